@@ -1,0 +1,31 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: run test venv env bench soak clean
+
+# A venv whose requirements are re-installed only when requirements.txt changes.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# .env from .env.example on first run, with a random APP_KEY for payload signing.
+env:
+	@test -f .env || cp .env.example .env
+	@grep -q '^APP_KEY=.\+' .env || $(PY) -c "import secrets,re,pathlib; p=pathlib.Path('.env'); t=p.read_text(); k='base64:'+__import__('base64').b64encode(secrets.token_bytes(32)).decode(); p.write_text(re.sub(r'(?m)^APP_KEY=.*$$', 'APP_KEY='+k, t) if re.search(r'(?m)^APP_KEY=', t) else t+'\nAPP_KEY='+k+'\n')"
+
+run: venv env
+	$(PY) main.py demo
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) storage/*.sqlite* storage/logs/*.log

@@ -1,0 +1,1 @@
+"""Application settings, one module per area, each read from the environment."""

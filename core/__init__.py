@@ -1,0 +1,1 @@
+"""The framework package: jobs, queue connections, the worker, MQTT routing and the console."""

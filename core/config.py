@@ -1,0 +1,122 @@
+"""Typed settings, read from `.env` and the real environment by the modules under `config/`."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return env(name, "true" if default else "false").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def project_path(path: str) -> Path:
+    """A path from config, relative paths taken from the project root."""
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str = "mqtt-app"
+    key: str = field(default="", repr=False)
+    log_file: str = ""
+    job_packages: tuple[str, ...] = ("app.jobs",)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    driver: str = "sqlite"          # sqlite | mysql
+    database: str = "storage/database.sqlite"
+    host: str = "127.0.0.1"
+    port: int = 3306
+    username: str = "root"
+    password: str = field(default="", repr=False)
+
+    def describe(self) -> str:
+        if self.driver == "sqlite":
+            return f"SQLite at {self.database}"
+        return f"MySQL at {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    password: str = field(default="", repr=False)
+    url: str = field(default="", repr=False)
+    cluster: bool = False
+    prefix: str = "queues:"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    default: str = "database"       # database | redis | sync
+    visibility_timeout: int = 90
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = field(default="", repr=False)
+    client_id: str = ""
+    tls: bool = False
+    shared_group: str = "app"
+    max_concurrent_messages: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    app: AppConfig
+    queue: QueueConfig
+    database: DatabaseConfig
+    redis: RedisConfig
+    mqtt: MqttConfig
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach output, logs or stored rows."""
+        values = [self.app.key, self.database.password, self.redis.password, self.mqtt.password]
+        return [v for v in values if v]
+
+
+def load_env_file(path: Path | None = None) -> None:
+    """Read `.env` without overriding variables already set in the real environment."""
+    load_dotenv(path or ROOT / ".env", override=False)
+
+
+def load_config() -> Config:
+    load_env_file()
+    parts = {name: importlib.import_module(f"config.{name}").load()
+             for name in ("app", "queue", "database", "redis", "mqtt")}
+    return Config(**parts)

@@ -1,0 +1,70 @@
+"""The click group and the wrapper that turns every error into one clear line and an exit code."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+
+from core.errors import FrameworkError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """A Laravel-style framework for MQTT apps and their job queues.
+
+    Run `python main.py COMMAND --help` for one command's options.
+    """
+
+
+def command(name: str, **kwargs: Any) -> Callable:
+    """Register an async function as a CLI command; it runs with the application booted."""
+
+    def decorate(fn: Callable[..., Coroutine[Any, Any, int | None]]) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: Any, **kw: Any) -> None:
+            sys.exit(run_async(fn, *args, **kw))
+
+        return cli.command(name, **kwargs)(run)
+
+    return decorate
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, int | None]], *args: Any, **kwargs: Any) -> int:
+    from bootstrap.app import create_app
+
+    async def main() -> int | None:
+        async with create_app() as app:
+            return await fn(app, *args, **kwargs)
+
+    secrets: list[str] = []
+    try:
+        from core.config import load_config
+
+        secrets = load_config().secrets()
+        return asyncio.run(main()) or 0
+    except KeyboardInterrupt:
+        return 130
+    except FrameworkError as exc:
+        return fail(str(exc), secrets)
+    except Exception as exc:  # the last resort: still one line, never a traceback
+        if os.environ.get("APP_DEBUG", "").lower() in {"1", "true"}:
+            raise
+        return fail(describe(exc), secrets)
+
+
+def describe(exc: BaseException) -> str:
+    from core.errors import describe_exception
+
+    return describe_exception(exc)
+
+
+def fail(message: str, secrets: list[str] | None = None) -> int:
+    from core.log import redact
+
+    click.echo(f"Error: {redact(message, secrets or [])}", err=True)
+    return 1

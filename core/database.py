@@ -1,0 +1,200 @@
+"""One small async layer over aiosqlite and aiomysql; the dialect differences live here only.
+
+SQL is written with `?` placeholders and `{now}` for the database's clock (unix seconds);
+`sql()` turns it into the dialect's form. Values are always passed as parameters.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.config import DatabaseConfig, project_path
+from core.errors import ConfigError, ConnectionFailed
+
+_NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMESTAMP()"}
+
+
+class Session:
+    """What a transaction (or the database outside one) can run."""
+
+    def __init__(self, db: "Database", conn: Any) -> None:
+        self._db, self._conn = db, conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._db._execute(self._conn, sql, params)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return await self._db._fetch(self._conn, sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+class Database:
+    dialect: str
+
+    @staticmethod
+    async def connect(config: DatabaseConfig) -> "Database":
+        if config.driver == "sqlite":
+            db: Database = SqliteDatabase(project_path(config.database))
+        elif config.driver == "mysql":
+            db = MysqlDatabase(config)
+        else:
+            raise ConfigError(f"DB_CONNECTION must be sqlite or mysql, got {config.driver!r}")
+        await db.open()
+        return db
+
+    def sql(self, text: str) -> str:
+        return text.replace("{now}", _NOW[self.dialect])
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
+    def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self.session() as s:
+            return await s.execute(sql, params)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        async with self.session() as s:
+            return await s.fetchall(sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int: ...
+    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]: ...
+
+
+class SqliteDatabase(Database):
+    """One aiosqlite connection per process, in WAL mode; transactions are BEGIN IMMEDIATE so
+    several worker processes can share the file. A lock keeps this process's users in turn."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        import aiosqlite
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = await aiosqlite.connect(str(self.path), isolation_level=None, timeout=60)
+            await self._conn.execute("PRAGMA busy_timeout = 60000")
+            await self._conn.execute("PRAGMA journal_mode = WAL")
+            await self._conn.execute("PRAGMA synchronous = NORMAL")
+        except Exception as exc:  # sqlite3.OperationalError, OSError
+            raise ConnectionFailed(f"Cannot open SQLite database at {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        async with self._lock:
+            yield Session(self, self._conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Session]:
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Session(self, self._conn)
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
+        cursor = await conn.execute(self.sql(sql), tuple(params))
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
+        async with conn.execute(self.sql(sql), tuple(params)) as cursor:
+            return [tuple(r) for r in await cursor.fetchall()]
+
+
+class MysqlDatabase(Database):
+    """An aiomysql pool in autocommit mode; transactions run at READ COMMITTED so that
+    `FOR UPDATE SKIP LOCKED` locks only the rows it returns."""
+
+    dialect = "mysql"
+
+    def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
+        self.config = config
+        self._maxsize = maxsize
+        self._pool: Any = None
+
+    def sql(self, text: str) -> str:
+        return super().sql(text).replace("?", "%s")
+
+    async def open(self) -> None:
+        import aiomysql
+
+        c = self.config
+        try:
+            self._pool = await aiomysql.create_pool(
+                host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
+                autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
+                init_command="SET SESSION time_zone = '+00:00', SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        except Exception as exc:
+            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
+            await pool.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        async with self._pool.acquire() as conn:
+            yield Session(self, conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Session]:
+        async with self._pool.acquire() as conn:
+            await conn.begin()
+            try:
+                yield Session(self, conn)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+            await conn.commit()
+
+    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
+        async with conn.cursor() as cursor:
+            return await cursor.execute(self.sql(sql), tuple(params) or None)
+
+    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
+        async with conn.cursor() as cursor:
+            await cursor.execute(self.sql(sql), tuple(params) or None)
+            return list(await cursor.fetchall())
+
+
+def describe_mysql_error(exc: BaseException) -> str:
+    """The server's own words for a MySQL error, without the driver's tuple wrapping."""
+    args = getattr(exc, "args", ())
+    if len(args) >= 2 and isinstance(args[1], str):
+        message = args[1]
+        if "Can't connect" in message:
+            cause = exc.__cause__ or exc.__context__
+            reason = getattr(cause, "strerror", None) or (str(cause) if cause else "")
+            return reason or "connection refused"
+        return message
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,24 @@
+"""Errors that reach the user as one clear line."""
+from __future__ import annotations
+
+
+class FrameworkError(Exception):
+    """An error whose message is written for the user; the CLI prints it as one line."""
+
+
+class ConfigError(FrameworkError):
+    pass
+
+
+class ConnectionFailed(FrameworkError):
+    """A store (database, Redis, broker) could not be reached."""
+
+
+class InvalidQueueName(FrameworkError, ValueError):
+    pass
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an unexpected error: its type and message, first line only."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

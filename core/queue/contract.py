@@ -1,0 +1,90 @@
+"""The one interface every queue connection implements; the worker, dispatcher and commands use only this."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReservedJob:
+    """A job a worker holds. `token` fences the reservation: once it is taken over, it no longer matches."""
+    id: str
+    queue: str
+    payload: str
+    attempts: int          # attempts so far, this one included
+    token: str
+
+
+@dataclass(frozen=True)
+class QueueSize:
+    pending: int = 0
+    delayed: int = 0
+    reserved: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"pending": self.pending, "delayed": self.delayed, "reserved": self.reserved}
+
+
+class QueueConnection(ABC):
+    """A store of queued jobs. Every method that changes state is one atomic operation."""
+
+    name: str = "abstract"
+
+    async def open(self) -> None:
+        """Connect and create what the store needs; raises ConnectionFailed with a clear message."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def push(self, queue: str, payload: str, delay: float = 0) -> None:
+        """Add a job, available after `delay` seconds."""
+
+    async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
+        """Add several jobs in one round trip where the store allows it."""
+        for payload in payloads:
+            await self.push(queue, payload, delay)
+
+    @abstractmethod
+    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
+        """Take the oldest due job of the first queue that has one, counting the attempt; None if none."""
+
+    async def reserve_wait(self, queues: Sequence[str], timeout: float) -> ReservedJob | None:
+        """Like reserve, but may wait up to `timeout` seconds for a job to arrive.
+
+        Stores that can be woken (Redis) override this; the default just reserves once.
+        """
+        return await self.reserve(queues)
+
+    @abstractmethod
+    async def acknowledge(self, job: ReservedJob) -> bool:
+        """Delete a finished job. False if the reservation was no longer this worker's."""
+
+    @abstractmethod
+    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+        """Put a job back to run again after `delay` seconds. False if the reservation was lost."""
+
+    @abstractmethod
+    async def fail(self, job: ReservedJob, exception: str) -> bool:
+        """Write the job to failed_jobs and remove it from the queue, atomically where one store holds both."""
+
+    @abstractmethod
+    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
+        """Renew the reservations of jobs still running, so they are not handed to another worker."""
+
+    @abstractmethod
+    async def sizes(self, queues: Sequence[str] | None = None) -> dict[str, QueueSize]:
+        """Counts per queue: the given queues, or every queue that has jobs."""
+
+    @abstractmethod
+    async def clear(self, queue: str) -> int:
+        """Delete the jobs of a queue that are not reserved; returns how many."""
+
+    @abstractmethod
+    async def request_restart(self, at: float) -> None:
+        """Record that workers started before `at` should finish their jobs and exit."""
+
+    @abstractmethod
+    async def restart_requested_at(self) -> float:
+        """When queue:restart was last called (0 if never)."""

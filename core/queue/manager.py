@@ -1,0 +1,82 @@
+"""QueueManager: turns a connection name from config into an open QueueConnection, lazily."""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from core.config import Config
+from core.database import Database
+from core.errors import ConfigError
+from core.queue.contract import QueueConnection
+from core.queue.failed import FailedJobStore
+
+if TYPE_CHECKING:
+    from core.app import Application
+
+CONNECTIONS = ("database", "redis", "sync")
+
+
+class QueueManager:
+    def __init__(self, app: "Application") -> None:
+        self.app = app
+        self.config: Config = app.config
+        self._connections: dict[str, QueueConnection] = {}
+        self._database: Database | None = None
+        self._failed: FailedJobStore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+
+    def _check_loop(self) -> None:
+        # Connections belong to the event loop that opened them; a new loop (a second
+        # asyncio.run in a script or test) gets fresh ones.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._lock = loop, asyncio.Lock()
+            self._connections, self._database, self._failed = {}, None, None
+
+    async def database(self) -> Database:
+        self._check_loop()
+        async with self._lock:
+            if self._database is None:
+                self._database = await Database.connect(self.config.database)
+            return self._database
+
+    async def failed_store(self) -> FailedJobStore:
+        if self._failed is None:
+            store = FailedJobStore(await self.database())
+            await store.migrate()
+            self._failed = store
+        return self._failed
+
+    async def connection(self, name: str | None = None) -> QueueConnection:
+        self._check_loop()
+        name = name or self.config.queue.default
+        if name in self._connections:
+            return self._connections[name]
+        conn = await self._make(name)
+        await conn.open()
+        return self._connections.setdefault(name, conn)
+
+    async def _make(self, name: str) -> QueueConnection:
+        vt = self.config.queue.visibility_timeout
+        if name == "database":
+            from core.queue.database import DatabaseQueue
+
+            return DatabaseQueue(await self.database(), await self.failed_store(), vt)
+        if name == "redis":
+            from core.queue.redis import RedisQueue
+
+            return RedisQueue(self.config.redis, await self.failed_store(), vt)
+        if name == "sync":
+            from core.queue.sync import SyncQueue
+
+            return SyncQueue(self.app)
+        raise ConfigError(f"unknown queue connection {name!r}: use one of {', '.join(CONNECTIONS)}")
+
+    async def close(self) -> None:
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            await conn.close()
+        if self._database is not None:
+            db, self._database, self._failed = self._database, None, None
+            await db.close()

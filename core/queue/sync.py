@@ -1,0 +1,53 @@
+"""The sync connection: a pushed job runs at once, in the dispatching process."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from core.dispatch import run_now
+from core.payload import Payload, resolve_job_class
+from core.queue.contract import QueueConnection, QueueSize, ReservedJob
+
+if TYPE_CHECKING:
+    from core.app import Application
+
+
+class SyncQueue(QueueConnection):
+    name = "sync"
+
+    def __init__(self, app: "Application") -> None:
+        self.app = app
+
+    async def push(self, queue: str, payload: str, delay: float = 0) -> None:
+        decoded = Payload.decode(payload, self.app.config.app.key)
+        cls = resolve_job_class(decoded.job, self.app.config.app.job_packages)
+        job = cls.from_payload(decoded, attempts=1)
+        await run_now(job)
+
+    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
+        return None
+
+    async def acknowledge(self, job: ReservedJob) -> bool:
+        return True
+
+    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+        return True
+
+    async def fail(self, job: ReservedJob, exception: str) -> bool:
+        return True
+
+    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
+        return None
+
+    async def sizes(self, queues: Sequence[str] | None = None) -> dict[str, QueueSize]:
+        return {q: QueueSize() for q in queues or ()}
+
+    async def clear(self, queue: str) -> int:
+        return 0
+
+    async def request_restart(self, at: float) -> None:
+        return None
+
+    async def restart_requested_at(self) -> float:
+        return 0.0
+

@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated environment per test (temp SQLite file, own MySQL database, own Redis db)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import MYSQL, REDIS, require, unique_name
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_PORT", "DB_USERNAME",
+            "DB_PASSWORD", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_URL",
+            "REDIS_CLUSTER", "REDIS_PREFIX", "QUEUE_VISIBILITY_TIMEOUT", "APP_KEY", "LOG_FILE",
+            "JOB_PACKAGES", "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_CLIENT_ID")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Every test starts from defaults with its own SQLite file, whatever .env holds."""
+    for key in ENV_KEYS:
+        monkeypatch.setenv(key, "")
+    monkeypatch.setenv("DB_DATABASE", str(tmp_path / "database.sqlite"))
+    monkeypatch.setenv("JOB_PACKAGES", "app.jobs,tests.jobs")
+    from core import app as app_module
+
+    app_module.set_current(None)
+    yield
+    app_module.set_current(None)
+
+
+@pytest.fixture
+def mysql_env(monkeypatch):
+    """A fresh MySQL database for this test, dropped afterwards; env points DB_* at it."""
+    require(MYSQL)
+    import pymysql
+
+    name = unique_name("test_jobs")
+    conn = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", password="", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    monkeypatch.setenv("DB_CONNECTION", "mysql")
+    monkeypatch.setenv("DB_DATABASE", name)
+    monkeypatch.setenv("DB_HOST", MYSQL[0])
+    monkeypatch.setenv("DB_PORT", str(MYSQL[1]))
+    monkeypatch.setenv("DB_USERNAME", "root")
+    yield name
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@pytest.fixture
+def redis_env(monkeypatch):
+    """The suite's own Redis db number (9, or TEST_REDIS_DB), flushed before and after; env points at it."""
+    require(REDIS)
+    import redis
+
+    db = int(os.environ.get("TEST_REDIS_DB", "") or 9)
+    client = redis.Redis(host=REDIS[0], port=REDIS[1], db=db)
+    client.flushdb()
+    monkeypatch.setenv("REDIS_HOST", REDIS[0])
+    monkeypatch.setenv("REDIS_PORT", str(REDIS[1]))
+    monkeypatch.setenv("REDIS_DB", str(db))
+    yield db
+    client.flushdb()
+    client.close()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` as a user types it, with the test's environment."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    result = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=full_env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"main.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
