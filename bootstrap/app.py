@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 from core.app import Application
-from core.config import Config
+from core.config import ROOT, Config
+from core.router import Router
 
 
 def create_app(config: Config | None = None) -> Application:
     """`async with create_app() as app:` boots the application and closes its connections on exit."""
     return Application(config)
+
+
+def load_routes(app: Application) -> Router:
+    """Every `routes/*.py` that defines `router = Router()`, merged in file-name order, set as app.router."""
+    from core.router import load_routes as load_directory
+
+    app.router = load_directory(ROOT / "routes")
+    return app.router

@@ -1,12 +1,15 @@
 """One small async layer over aiosqlite and aiomysql; the dialect differences live here only.
 
-SQL is written with `?` placeholders and `{now}` for the database's clock (unix seconds);
+SQL is written with `?` placeholders, `{now}` for the database's clock (whole unix seconds) and
+`{due}` for "now plus ? seconds", rounded up;
 `sql()` turns it into the dialect's form. Values are always passed as parameters.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,9 @@ from core.config import DatabaseConfig, project_path
 from core.errors import ConfigError, ConnectionFailed
 
 _NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMESTAMP()"}
+# The first whole second at or after now + ? seconds: a delayed job never comes due early.
+_DUE = {"sqlite": "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)",
+        "mysql": "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"}
 
 
 class Session:
@@ -49,7 +55,7 @@ class Database:
         return db
 
     def sql(self, text: str) -> str:
-        return text.replace("{now}", _NOW[self.dialect])
+        return text.replace("{now}", _NOW[self.dialect]).replace("{due}", _DUE[self.dialect])
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -144,13 +150,16 @@ class MysqlDatabase(Database):
 
     async def open(self) -> None:
         import aiomysql
+        import pymysql
 
+        # "Table already exists" notes from CREATE TABLE IF NOT EXISTS are not news to a user.
+        warnings.filterwarnings("ignore", category=pymysql.Warning)
         c = self.config
         try:
             self._pool = await aiomysql.create_pool(
                 host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
                 autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
-                init_command="SET SESSION time_zone = '+00:00', SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                init_command="SET SESSION time_zone = '+00:00'")
         except Exception as exc:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
 
@@ -168,6 +177,10 @@ class MysqlDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
         async with self._pool.acquire() as conn:
+            if not getattr(conn, "_read_committed", False):
+                async with conn.cursor() as cursor:
+                    await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                conn._read_committed = True
             await conn.begin()
             try:
                 yield Session(self, conn)
@@ -194,7 +207,8 @@ def describe_mysql_error(exc: BaseException) -> str:
         message = args[1]
         if "Can't connect" in message:
             cause = exc.__cause__ or exc.__context__
-            reason = getattr(cause, "strerror", None) or (str(cause) if cause else "")
-            return reason or "connection refused"
+            if getattr(cause, "errno", None):
+                return os.strerror(cause.errno)
+            return str(cause) if cause else "connection refused"
         return message
     return str(exc) or type(exc).__name__

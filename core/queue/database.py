@@ -6,7 +6,6 @@ matches its own row and cannot delete or release the new holder's job.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from core.database import Database, Session
@@ -43,19 +42,23 @@ SCHEMA = {
 }
 
 PUSH = ("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
-        "VALUES (?, ?, 0, NULL, {now} + ?, {now})")
+        "VALUES (?, ?, 0, NULL, {now}, {now})")
+PUSH_DELAYED = ("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
+                "VALUES (?, ?, 0, NULL, {due}, {now})")
 PUSH_ROW = "(?, ?, 0, NULL, ?, ?)"
 PUSH_MANY = "INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) VALUES "
-NOW = "SELECT {now}"
+NOW = "SELECT {now}, {due}"
 # A due job, or one whose reservation outlived the visibility timeout (its worker died).
 NEXT = ("SELECT id, payload, attempts FROM jobs WHERE queue = ? AND "
-        "((reserved_at IS NULL AND available_at <= {now}) OR reserved_at <= {now} - ?) "
+        "((reserved_at IS NULL AND available_at <= {now}) OR reserved_at < {now} - ?) "
         "ORDER BY id LIMIT 1")
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 MARK_RESERVED = "UPDATE jobs SET reserved_at = {now}, attempts = attempts + 1 WHERE id = ?"
 DELETE_HELD = "DELETE FROM jobs WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL"
-RELEASE_HELD = ("UPDATE jobs SET reserved_at = NULL, available_at = {now} + ? "
+RELEASE_HELD = ("UPDATE jobs SET reserved_at = NULL, available_at = {now} "
                 "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
+RELEASE_HELD_DELAYED = ("UPDATE jobs SET reserved_at = NULL, available_at = {due} "
+                        "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
 EXTEND_HELD = "UPDATE jobs SET reserved_at = {now} WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL"
 SIZES = ("SELECT queue, "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END), "
@@ -68,10 +71,6 @@ SIGNAL_SET = {
     "mysql": "INSERT INTO queue_signals (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
 }
 BULK_ROWS = 500
-
-
-def whole_seconds(delay: float) -> int:
-    return max(0, math.ceil(delay))
 
 
 class DatabaseQueue(QueueConnection):
@@ -91,12 +90,20 @@ class DatabaseQueue(QueueConnection):
         await self.failed.migrate()
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
-        await self.db.execute(PUSH, (queue, payload, whole_seconds(delay)))
+        async with self.db.session() as session:
+            await self.push_in(session, queue, payload, delay)
+
+    async def push_in(self, tx: Session, queue: str, payload: str, delay: float = 0) -> None:
+        """Push inside a caller's transaction on the same database."""
+        if delay > 0:
+            await tx.execute(PUSH_DELAYED, (queue, payload, float(delay)))
+        else:
+            await tx.execute(PUSH, (queue, payload))
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         async with self.db.transaction() as tx:
-            (now,) = await tx.fetchone(NOW)
-            available = int(now) + whole_seconds(delay)
+            now, due = await tx.fetchone(NOW, (float(delay),))
+            available = int(due) if delay > 0 else int(now)
             for start in range(0, len(payloads), BULK_ROWS):
                 chunk = payloads[start:start + BULK_ROWS]
                 params: list = []
@@ -120,7 +127,9 @@ class DatabaseQueue(QueueConnection):
         return await self.db.execute(DELETE_HELD, (int(job.id), int(job.token))) == 1
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
-        return await self.db.execute(RELEASE_HELD, (whole_seconds(delay), int(job.id), int(job.token))) == 1
+        if delay > 0:
+            return await self.db.execute(RELEASE_HELD_DELAYED, (float(delay), int(job.id), int(job.token))) == 1
+        return await self.db.execute(RELEASE_HELD, (int(job.id), int(job.token))) == 1
 
     async def fail(self, job: ReservedJob, exception: str) -> bool:
         async with self.db.transaction() as tx:

@@ -1,0 +1,141 @@
+"""The failed-job and queue maintenance commands: queue:failed, queue:retry, queue:size, ..."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from core.console.base import command
+from core.job import validate_queue_name
+from core.queue.failed import FailedJob
+from core.queue.retry import retry_failed
+
+
+def _queues(value: str | None) -> list[str] | None:
+    return [validate_queue_name(q.strip()) for q in value.split(",") if q.strip()] if value else None
+
+
+@command("queue:failed")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+async def failed(app, as_json) -> None:
+    """List failed jobs: id, connection, queue, class, failed_at and the exception's first line."""
+    jobs = await (await app.queue.failed_store()).all()
+    if as_json:
+        click.echo(json.dumps([j.as_dict() for j in jobs], indent=2))
+    else:
+        print_failed(jobs)
+
+
+def print_failed(jobs: list[FailedJob]) -> None:
+    if not jobs:
+        click.echo("No failed jobs.")
+        return
+    rows = [(j.uuid, j.connection, j.queue, j.job_class, j.as_dict()["failed_at"], j.summary) for j in jobs]
+    _table(("ID", "Connection", "Queue", "Class", "Failed At", "Exception"), rows)
+
+
+@command("queue:retry")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--queue", default=None, help="With `all`: only the failed jobs of this queue.")
+async def retry(app, ids, queue) -> int:
+    """Push failed jobs back on their own connection and queue with attempts reset.
+
+    IDS are job ids from queue:failed, or `all`. A retried job keeps its id.
+    """
+    if queue:
+        validate_queue_name(queue)
+    result = await retry_failed(app, None if list(ids) == ["all"] else list(ids), queue)
+    for job in result.retried:
+        click.echo(f"Retried {job.uuid} ({job.job_class}) onto {job.connection}/{job.queue}")
+    for job_id in result.missing:
+        click.echo(f"No failed job with id {job_id}", err=True)
+    if not result.retried and not result.missing:
+        click.echo("No failed jobs to retry.")
+    return 1 if result.missing else 0
+
+
+@command("queue:forget")
+@click.argument("job_id")
+async def forget(app, job_id) -> int:
+    """Delete one failed job."""
+    if await (await app.queue.failed_store()).forget(job_id):
+        click.echo(f"Deleted failed job {job_id}.")
+        return 0
+    click.echo(f"No failed job with id {job_id}", err=True)
+    return 1
+
+
+@command("queue:flush")
+@click.option("--hours", type=float, default=None, help="Only failed jobs older than this many hours.")
+async def flush(app, hours) -> None:
+    """Delete all failed jobs (or those older than --hours)."""
+    count = await (await app.queue.failed_store()).flush(hours)
+    click.echo(f"Deleted {count} failed job(s).")
+
+
+@command("queue:prune-failed")
+@click.option("--hours", type=float, default=24, show_default=True, help="Delete failed jobs older than this.")
+async def prune_failed(app, hours) -> None:
+    """Delete failed jobs older than --hours."""
+    count = await (await app.queue.failed_store()).flush(hours)
+    click.echo(f"Pruned {count} failed job(s) older than {hours:g} hour(s).")
+
+
+@command("queue:clear")
+@click.argument("connection", required=False)
+@click.option("--queue", default="default", show_default=True, help="Queue(s) to clear, comma-separated.")
+async def clear(app, connection, queue) -> None:
+    """Delete the jobs waiting in a queue (pending and delayed; jobs running now are left to finish)."""
+    conn = await app.queue.connection(connection)
+    for name in _queues(queue) or []:
+        count = await conn.clear(name)
+        click.echo(f"Cleared {count} job(s) from queue {name} on {conn.name}.")
+
+
+@command("queue:size")
+@click.argument("connection", required=False)
+@click.option("--queue", default=None, help="Queue(s) to count, comma-separated (default: every queue with jobs).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+async def size(app, connection, queue, as_json) -> None:
+    """Show pending, delayed and reserved counts per queue."""
+    conn = await app.queue.connection(connection)
+    sizes = await conn.sizes(_queues(queue))
+    if as_json:
+        click.echo(json.dumps({"connection": conn.name, "queues": {q: s.as_dict() for q, s in sizes.items()}}))
+        return
+    if not sizes:
+        click.echo(f"No jobs on {conn.name}.")
+        return
+    _table(("Queue", "Pending", "Delayed", "Reserved"),
+           [(q, s.pending, s.delayed, s.reserved) for q, s in sizes.items()])
+
+
+@command("queue:restart")
+@click.argument("connection", required=False)
+async def restart(app, connection) -> None:
+    """Tell every running worker to finish its current jobs and exit (a supervisor starts new ones)."""
+    names = [connection] if connection else sorted({app.config.queue.default, "database"} - {"sync"})
+    now = time.time()
+    for name in names:
+        await (await app.queue.connection(name)).request_restart(now)
+    click.echo(f"Restart signal sent to workers on {', '.join(names)}.")
+
+
+@command("migrate")
+async def migrate(app) -> None:
+    """Create the jobs and failed_jobs tables in the database of DB_CONNECTION."""
+    from core.queue.database import DatabaseQueue
+
+    db = await app.queue.database()
+    await DatabaseQueue(db, await app.queue.failed_store(), app.config.queue.visibility_timeout).migrate()
+    click.echo(f"Migrated jobs and failed_jobs ({app.config.database.describe()}).")
+
+
+def _table(headers: tuple, rows: list[tuple]) -> None:
+    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))

@@ -1,0 +1,40 @@
+"""queue:work"""
+from __future__ import annotations
+
+import click
+
+from core.console.base import command
+from core.worker import Worker, WorkerOptions
+
+
+@command("queue:work")
+@click.argument("connection", required=False)
+@click.option("--queue", "queues", default="default", show_default=True,
+              help="Queues to work, comma-separated, highest priority first.")
+@click.option("--concurrency", default=1, show_default=True, help="Jobs run at once in this process.")
+@click.option("--sleep", default=1.0, show_default=True,
+              help="Seconds to wait when no job is due (Redis wakes at once when one is pushed).")
+@click.option("--tries", type=int, default=None, help="Attempts per job, overriding the job class's max_tries.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds one attempt may run, overriding the job class's timeout; must be below "
+                   "QUEUE_VISIBILITY_TIMEOUT.")
+@click.option("--max-jobs", default=0, show_default=True, help="Stop after this many jobs (0: no limit).")
+@click.option("--max-time", default=0.0, show_default=True, help="Stop after this many seconds (0: no limit).")
+@click.option("--memory", default=128, show_default=True,
+              help="Stop after a job once resident memory passes this many MB (0: no limit).")
+@click.option("--stop-when-empty", is_flag=True, help="Stop once no job can be taken right now.")
+@click.option("--once", is_flag=True, help="Run a single job (if one is due), then stop.")
+async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_jobs, max_time, memory,
+               stop_when_empty, once) -> int:
+    """Process jobs from the queues.
+
+    CONNECTION is database, redis or sync (default: QUEUE_CONNECTION). Each job logs a
+    RUNNING line and a DONE, RETRY or FAIL line. SIGTERM or SIGINT stops taking jobs, lets the
+    running ones finish (bounded by their timeout) and exits 0.
+
+    Example: python main.py queue:work --queue high,default --concurrency 4
+    """
+    options = WorkerOptions(connection=connection, queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
+                            concurrency=concurrency, sleep=sleep, tries=tries, timeout=timeout, max_jobs=max_jobs,
+                            max_time=max_time, memory=memory, stop_when_empty=stop_when_empty, once=once)
+    return await Worker(app, options).run()

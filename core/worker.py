@@ -1,0 +1,329 @@
+"""The worker: takes jobs from a queue connection, runs them with timeouts, retries and fails them."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import logging
+import os
+import pkgutil
+import resource
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.errors import ConfigError
+from core.job import Job, validate_queue_name
+from core.log import redact
+from core.payload import Payload, resolve_job_class
+from core.queue.contract import QueueConnection, ReservedJob
+from core.watchdog import JobTimeoutError, Watchdog, run_guarded
+
+if TYPE_CHECKING:
+    from core.app import Application
+
+log = logging.getLogger("worker")
+
+
+class MaxAttemptsExceededError(Exception):
+    """A job came back after its last attempt never finished (its worker died or was killed)."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    connection: str | None = None
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 1
+    sleep: float = 1.0            # idle wait between empty polls (Redis wakes at once instead)
+    tries: int | None = None      # override the payload's max_tries
+    timeout: float | None = None  # override the payload's timeout
+    max_jobs: int = 0             # stop after this many jobs (0: no limit)
+    max_time: float = 0           # stop after this many seconds (0: no limit)
+    memory: int = 128             # stop when resident memory passes this many MB (0: no limit)
+    stop_when_empty: bool = False
+    once: bool = False
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    status: str                   # DONE, RETRY, FAIL
+    job_id: str
+
+
+def exception_text(exc: BaseException, secrets: list[str]) -> str:
+    """What failed_jobs.exception holds: `Class: message` on the first line, then the traceback."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    message = str(exc).strip()
+    trace = "".join(traceback.format_exception(exc))
+    return redact(f"{name}: {message}\n\n{trace}" if message else f"{name}\n\n{trace}", secrets)
+
+
+def memory_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Worker:
+    def __init__(self, app: "Application", options: WorkerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.visibility_timeout = app.config.queue.visibility_timeout
+        self.key = app.config.app.key
+        self.packages = app.config.app.job_packages
+        self.secrets = app.config.secrets()
+        self.processed = 0
+        self.stop_reason = ""
+        self._running: dict[int, ReservedJob] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._keys = itertools.count(1)
+        self._warned: set[str] = set()
+        self.watchdog = Watchdog()
+        for queue in options.queues:
+            validate_queue_name(queue)
+        if options.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if options.timeout is not None and options.timeout >= self.visibility_timeout:
+            raise ConfigError(f"--timeout {options.timeout:g} must be below QUEUE_VISIBILITY_TIMEOUT "
+                              f"({self.visibility_timeout}s), or a running job could be handed to a second worker")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        if self._stopping.is_set():
+            log.info("Already stopping; waiting for %d running job(s) to finish", len(self._running))
+            return
+        self.stop_reason = reason
+        log.info("Stopping (%s): no new jobs; waiting for %d running job(s)", reason, len(self._running))
+        self._stopping.set()
+
+    async def run(self) -> int:
+        conn = await self.app.queue.connection(self.options.connection)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        self._warn_long_timeouts()
+        self.watchdog.start()
+        started, wall_started = time.monotonic(), time.time()
+        heartbeat = asyncio.create_task(self._heartbeat(conn))
+        log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
+                 ",".join(self.options.queues), self.options.concurrency, os.getpid())
+        try:
+            await self._loop(conn, started, wall_started)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            heartbeat.cancel()
+            self.watchdog.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("Worker stopped (%s) after %d job(s)", self.stop_reason or "done", self.processed)
+        return 0
+
+    async def _loop(self, conn: QueueConnection, started: float, wall_started: float) -> None:
+        o = self.options
+        backoff = 0.0
+        next_restart_check = 0.0
+        while not self._stopping.is_set():
+            if o.max_time and time.monotonic() - started >= o.max_time:
+                self.stop(f"--max-time {o.max_time:g}s reached")
+                break
+            if time.monotonic() >= next_restart_check:
+                next_restart_check = time.monotonic() + 1.0
+                try:
+                    if await conn.restart_requested_at() > wall_started:
+                        self.stop("queue:restart")
+                        break
+                except Exception as exc:  # the reserve below reports connection trouble
+                    log.debug("restart check failed: %s", exc)
+            if len(self._running) >= o.concurrency:
+                await self._wait_for_slot()
+                continue
+            try:
+                job = await conn.reserve_wait(o.queues, o.sleep)
+                backoff = 0.0
+            except Exception as exc:
+                backoff = min(10.0, backoff * 2 or 0.5)
+                log.error("Queue connection error: %s; retrying in %.1fs", redact(str(exc) or type(exc).__name__,
+                                                                                    self.secrets), backoff)
+                await self._idle(backoff)
+                continue
+            if job is None:
+                if o.once or (o.stop_when_empty and not self._running):
+                    self.stop("queue empty" if o.stop_when_empty else "--once")
+                    break
+                if o.stop_when_empty:
+                    await self._wait_for_slot()  # a running job may release a retry
+                else:
+                    await self._idle(o.sleep)
+                continue
+            self._start(conn, job)
+            if o.once:
+                self.stop("--once")
+                break
+            if o.max_jobs and self.processed + len(self._running) >= o.max_jobs:
+                self.stop(f"--max-jobs {o.max_jobs} reached")
+                break
+
+    def _start(self, conn: QueueConnection, job: ReservedJob) -> None:
+        key = next(self._keys)
+        self._running[key] = job
+        task = asyncio.create_task(self._process(conn, key, job))
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            self._running.pop(key, None)
+            self.processed += 1
+            self._slot_freed.set()
+            if self.options.memory and memory_mb() > self.options.memory:
+                self.stop(f"memory {memory_mb():.0f}MB over --memory {self.options.memory}MB")
+
+        task.add_done_callback(finished)
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_freed.clear()
+        await self._first_of(self._slot_freed.wait(), self._stopping.wait())
+
+    async def _idle(self, seconds: float) -> None:
+        await self._first_of(self._stopping.wait(), asyncio.sleep(seconds))
+
+    @staticmethod
+    async def _first_of(*coros) -> None:
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _heartbeat(self, conn: QueueConnection) -> None:
+        """Renew the reservations of running jobs so no second worker takes them."""
+        interval = max(0.5, self.visibility_timeout / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self._running:
+                try:
+                    await conn.extend(list(self._running.values()))
+                except Exception as exc:
+                    log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _process(self, conn: QueueConnection, key: int, reserved: ReservedJob) -> JobOutcome:
+        started = time.monotonic()
+        try:
+            payload = Payload.decode(reserved.payload, self.key)
+            cls = resolve_job_class(payload.job, self.packages)
+            job = cls.from_payload(payload, reserved.attempts)
+        except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
+            label = f"job {reserved.id} on {reserved.queue}"
+            return await self._bury(conn, reserved, None, exc, label, started)
+        label = f"{payload.display_name} [{payload.uuid}]"
+        max_tries = self.options.tries or payload.max_tries
+        timeout = self.options.timeout or payload.timeout
+        self._warn_timeout(payload.job, timeout)
+        if reserved.attempts > max_tries:
+            exc = MaxAttemptsExceededError(
+                f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of {max_tries}: "
+                f"a worker died or was stopped while running its last attempt; it was not run again")
+            return await self._bury(conn, reserved, job, exc, label, started)
+        log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, max_tries)
+        try:
+            await self._run_handle(key, job, timeout, label)
+        except asyncio.CancelledError:
+            await conn.release(reserved, 0)
+            raise
+        except Exception as exc:
+            if reserved.attempts < max_tries:
+                delay = payload.retry_delay(reserved.attempts)
+                held = await conn.release(reserved, delay)
+                log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
+                         "" if held else " [reservation lost]")
+                return JobOutcome("RETRY", payload.uuid)
+            return await self._bury(conn, reserved, job, exc, label, started)
+        if not await conn.acknowledge(reserved):
+            log.warning("%s finished, but its reservation had been taken over by another worker", label)
+        log.info("DONE    %s %s", label, _took(started))
+        return JobOutcome("DONE", payload.uuid)
+
+    async def _run_handle(self, key: int, job: Job, timeout: float, label: str) -> None:
+        message = f"{label} exceeded its timeout of {timeout:g}s"
+        self.watchdog.watch(key, timeout, message)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                await run_guarded(key, job.run_handle)
+        except TimeoutError as exc:
+            if scope.expired() and not isinstance(exc, JobTimeoutError):
+                raise JobTimeoutError(message) from None
+            raise
+        finally:
+            self.watchdog.unwatch(key)
+
+    async def _bury(self, conn: QueueConnection, reserved: ReservedJob, job: Job | None, exc: BaseException,
+                    label: str, started: float) -> JobOutcome:
+        """The job's tries are over: call failed() once, then record it in failed_jobs and remove it."""
+        if job is not None:
+            try:
+                async with asyncio.timeout(max(1.0, float(type(job).timeout))):
+                    await job.run_failed(exc)
+            except Exception as failed_exc:
+                log.error("%s: failed() raised %s; recording the job as failed anyway", label,
+                          _first_line(failed_exc))
+        recorded = await conn.fail(reserved, exception_text(exc, self.secrets))
+        log.info("FAIL    %s %s (%s)%s", label, _took(started), _first_line(exc),
+                 "" if recorded else " [reservation lost; not recorded by this worker]")
+        return JobOutcome("FAIL", job.job_id if job else reserved.id)
+
+    # -- timeouts against the visibility timeout --------------------------------------------
+
+    def _warn_timeout(self, job_class: str, timeout: float) -> None:
+        if timeout >= self.visibility_timeout and job_class not in self._warned:
+            self._warned.add(job_class)
+            log.warning("%s has timeout %gs, not below QUEUE_VISIBILITY_TIMEOUT (%ss): if this worker dies "
+                        "mid-job, the job waits that long to come back", job_class, timeout,
+                        self.visibility_timeout)
+
+    def _warn_long_timeouts(self) -> None:
+        if self.options.timeout is not None:
+            return
+        for cls in discover_job_classes(self.packages):
+            self._warn_timeout(cls.class_path(), float(cls.timeout))
+
+
+def discover_job_classes(packages: tuple[str, ...]) -> list[type[Job]]:
+    """Import every module of the job packages and return the Job subclasses defined there."""
+    found: list[type[Job]] = []
+    for package in packages:
+        try:
+            pkg = importlib.import_module(package)
+        except ImportError:
+            continue
+        names = [package] + [m.name for m in pkgutil.walk_packages(getattr(pkg, "__path__", []), package + ".")]
+        for name in names:
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:
+                log.warning("Cannot import job module %s: %s", name, _first_line(exc))
+                continue
+            for value in vars(module).values():
+                if isinstance(value, type) and issubclass(value, Job) and value is not Job \
+                        and value.__module__ == module.__name__:
+                    found.append(value)
+    return found
+
+
+def _took(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.1f}ms"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
