@@ -12,7 +12,7 @@ from core.payload import Payload, from_json_value, now, to_json_value
 if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
 _NOT_SERIALIZED = {"job_id", "attempts"}
 
 
@@ -21,7 +21,7 @@ class SerializationError(FrameworkError, TypeError):
 
 
 def validate_queue_name(name: Any) -> str:
-    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise InvalidQueueName(f"invalid queue name {name!r}: use 1-100 letters, digits, '-', '_', '.' or ':'")
     return name
 
@@ -97,7 +97,7 @@ class Job:
         cls = type(self)
         retry = cls.retry_after if isinstance(cls.retry_after, (list, tuple)) else [cls.retry_after]
         return Payload(uuid=self.job_id or str(uuid.uuid4()), job=cls.class_path(),
-                       queue=validate_queue_name(queue or cls.queue), max_tries=int(cls.max_tries),
+                       queue=validate_queue_name(cls.queue if queue is None else queue), max_tries=int(cls.max_tries),
                        timeout=float(cls.timeout), retry_after=tuple(float(r) for r in retry),
                        data=self.serialize(), pushed_at=now())
 

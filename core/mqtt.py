@@ -18,7 +18,7 @@ from core.config import MqttConfig
 from core.errors import ConnectionFailed, FrameworkError
 from core.router import MessageContext, PayloadError, Router, call_route
 
-log = logging.getLogger("mqtt")
+log = logging.getLogger("core.mqtt")   # not "mqtt": aiomqtt holds that logger at WARNING
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,12 @@ def encode_payload(payload: Any) -> bytes | str | None:
     return json.dumps(payload)
 
 
+def reason(exc: aiomqtt.MqttError) -> str:
+    """The error with its cause: aiomqtt's "Disconnected during message iteration" hides the why."""
+    text = str(exc) or type(exc).__name__
+    return f"{text} ({exc.__cause__})" if exc.__cause__ else text
+
+
 def client_id(config: MqttConfig, app_name: str) -> str:
     return config.client_id or f"{app_name}-{uuid.uuid4().hex[:8]}"
 
@@ -68,6 +74,7 @@ class MqttApp:
         self._stop = asyncio.Event()
         self._limit = asyncio.Semaphore(max(1, config.max_concurrent_messages))
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._session_connected = False
         self.connected = asyncio.Event()   # set while subscribed; lets tests and callers wait for readiness
 
     @property
@@ -102,28 +109,29 @@ class MqttApp:
 
     async def _connect_loop(self) -> None:
         delay = self.options.first_delay
-        ever_connected = False
         while not self._stop.is_set():
+            self._session_connected = False
             try:
-                ever_connected |= await self._session()
-                delay = self.options.first_delay
+                await self._session()
             except aiomqtt.MqttError as exc:
                 if self._stop.is_set():
                     break
-                if ever_connected:
-                    log.warning("MQTT connection lost: %s; reconnecting in %gs", exc, delay)
+                if self._session_connected:
+                    delay = self.options.first_delay    # a fresh outage starts the backoff over
+                    log.warning("MQTT connection lost: %s; reconnecting in %gs", reason(exc), delay)
                 else:
-                    log.warning("Cannot connect to MQTT broker at %s: %s; retrying in %gs", self.address, exc, delay)
+                    log.warning("Cannot connect to MQTT broker at %s: %s; retrying in %gs", self.address, reason(exc),
+                                delay)
                 await self._until_stopped(asyncio.sleep(delay))
                 delay = min(delay * 2, self.options.max_delay)
         await self._drain()
 
-    async def _session(self) -> bool:
-        """One connection: subscribe, serve until stop or until the broker goes away (MqttError).
-        Returns whether it connected."""
+    async def _session(self) -> None:
+        """One connection: subscribe, serve until stop or until the broker goes away (MqttError)."""
         mqtt = self._new_client()
         if not await self._until_stopped(mqtt.__aenter__()):
-            return False
+            return
+        self._session_connected = True
         try:
             for topic, qos in self.router.subscriptions(self.config.shared_group):
                 await mqtt.subscribe(topic, qos=qos)
@@ -138,7 +146,6 @@ class MqttApp:
                 await self._drain()     # handlers finishing now can still publish their replies
             self.client._mqtt = None
             await self._close(mqtt)
-        return True
 
     def _new_client(self) -> aiomqtt.Client:
         return aiomqtt.Client(

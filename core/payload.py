@@ -12,7 +12,7 @@ from typing import Any
 
 from core.errors import FrameworkError
 
-_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _TUPLE = "__tuple__"
 
 
@@ -124,7 +124,7 @@ def resolve_job_class(path: str, packages: tuple[str, ...]) -> type:
     """Import the Job subclass a payload names, refusing anything outside the job packages."""
     from core.job import Job
 
-    if not _CLASS_PATH.match(path):
+    if not _CLASS_PATH.fullmatch(path):
         raise InvalidPayload(f"job class {path!r} is not a valid class path")
     module_name, _, class_name = path.rpartition(".")
     if not any(module_name == p or module_name.startswith(p + ".") for p in packages):

@@ -287,9 +287,9 @@ class Worker:
     def _warn_timeout(self, job_class: str, timeout: float) -> None:
         if timeout >= self.visibility_timeout and job_class not in self._warned:
             self._warned.add(job_class)
-            log.warning("%s has timeout %gs, not below QUEUE_VISIBILITY_TIMEOUT (%ss): if this worker dies "
-                        "mid-job, the job waits that long to come back", job_class, timeout,
-                        self.visibility_timeout)
+            log.warning("%s has timeout %gs, not below QUEUE_VISIBILITY_TIMEOUT (%ss): a job that blocks the "
+                        "event loop that long cannot renew its reservation, and a second worker may take it",
+                        job_class, timeout, self.visibility_timeout)
 
     def _warn_long_timeouts(self) -> None:
         if self.options.timeout is not None:

@@ -1,0 +1,66 @@
+-- Reserve the oldest ready job of one queue.
+-- KEYS[1] ready list      queues:{q}
+-- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
+-- KEYS[3] reserved zset   queues:{q}:reserved  (score = reservation expiry)
+-- KEYS[4] jobs hash       queues:{q}:jobs
+-- KEYS[5] notify list     queues:{q}:notify
+-- ARGV[1] visibility timeout in seconds; ARGV[2] the new reservation's token (random, from the
+-- client); ARGV[3] how many due or expired jobs to move per call (bounds the script's run time)
+-- Returns {id, payload, attempts}, or {false, wake}: seconds until a delayed job comes due or a
+-- reservation expires ('' if neither), so an idle worker knows how long it may block.
+--
+-- Atomic because moving due and expired jobs back, popping, counting the attempt and recording
+-- the reservation must be one step: done in several, two workers could both move the same job,
+-- or a popped job not yet in the reserved set would look lost and be handed out twice.
+local vt, token, batch = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+-- Due delayed jobs join the back of the queue, oldest due first.
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, batch)
+if #due > 0 then
+    redis.call('ZREM', KEYS[2], unpack(due))
+    redis.call('RPUSH', KEYS[1], unpack(due))
+end
+
+-- Expired reservations (their worker died) go to the front, in expiry order: they were first in
+-- line already. Clearing the token fences off the dead worker's late acknowledge or release.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
+if #expired > 0 then
+    redis.call('ZREM', KEYS[3], unpack(expired))
+    for i = #expired, 1, -1 do
+        redis.call('LPUSH', KEYS[1], expired[i])
+        redis.call('HDEL', KEYS[4], expired[i] .. ':token')
+    end
+end
+
+local id, payload
+repeat
+    id = redis.call('LPOP', KEYS[1])
+    if id then payload = redis.call('HGET', KEYS[4], id) end
+until not id or payload
+
+-- Keep one wake-up entry per ready job: never more (the list stays bounded), never fewer
+-- (a blocked worker must wake while jobs wait).
+local ready, signals = redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[5])
+if signals > ready then
+    if ready == 0 then redis.call('DEL', KEYS[5]) else redis.call('LTRIM', KEYS[5], 0, ready - 1) end
+elseif signals < ready then
+    local missing = {}
+    for i = 1, math.min(ready - signals, 1000) do missing[i] = 1 end
+    redis.call('RPUSH', KEYS[5], unpack(missing))
+end
+
+if not id then
+    local wake = nil
+    local d = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    local r = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    if d[2] then wake = tonumber(d[2]) end
+    if r[2] and (not wake or tonumber(r[2]) < wake) then wake = tonumber(r[2]) end
+    return {false, wake and tostring(wake - now) or ''}
+end
+
+local attempts = redis.call('HINCRBY', KEYS[4], id .. ':attempts', 1)
+redis.call('HSET', KEYS[4], id .. ':token', token)
+redis.call('ZADD', KEYS[3], now + vt, id)
+return {id, payload, attempts}

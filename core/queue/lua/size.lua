@@ -1,0 +1,11 @@
+-- Count a queue's jobs: {pending, delayed, reserved}. Read-only.
+-- KEYS[1] ready list      queues:{q}
+-- KEYS[2] delayed zset    queues:{q}:delayed
+-- KEYS[3] reserved zset   queues:{q}:reserved
+--
+-- One script so the three counts and the clock that splits due from delayed jobs are read at one
+-- instant: a delayed job that is due but not moved yet counts as pending, as it is.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = redis.call('ZCOUNT', KEYS[2], '-inf', now)
+return {redis.call('LLEN', KEYS[1]) + due, redis.call('ZCARD', KEYS[2]) - due, redis.call('ZCARD', KEYS[3])}

@@ -1,0 +1,292 @@
+"""The Redis connection: Laravel's key layout, and every state change one Lua script (lua/*.lua).
+
+Keys of one queue share the hash tag `{queue}`, so in Redis Cluster they sit in one slot and
+every script touches one node:
+
+    queues:{emails}            list    ids of ready jobs, oldest first (RPUSH + LPOP: FIFO)
+    queues:{emails}:delayed    zset    ids of delayed jobs, score = due time
+    queues:{emails}:reserved   zset    ids of reserved jobs, score = reservation expiry
+    queues:{emails}:jobs       hash    <id> = payload, <id>:attempts, <id>:token
+    queues:{emails}:notify     list    one entry per ready job; idle workers block on it
+
+The payload is stored as pushed and never re-encoded (it may be signed); attempts and the
+reservation token live beside it. A job's id is its payload's uuid, so pushing the same job twice
+is a no-op and `queue:retry` brings a failed job back under its own id. Times come from the Redis
+server's clock (`TIME` inside the scripts): one clock for every worker, as the database
+connection uses the database's.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from core.config import RedisConfig
+from core.errors import ConnectionFailed
+from core.payload import peek_uuid
+from core.queue.contract import QueueConnection, QueueSize, ReservedJob
+from core.queue.failed import FailedJobStore
+
+LUA = Path(__file__).resolve().parent / "lua"
+SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "size", "clear")
+BATCH = 500               # due or expired jobs moved per reserve call; jobs deleted per clear step
+PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks Redis for long
+MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
+SOCKET_TIMEOUT = 10.0
+CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    ready: str
+    delayed: str
+    reserved: str
+    jobs: str
+    notify: str
+
+    @classmethod
+    def of(cls, prefix: str, queue: str) -> "QueueKeys":
+        base = f"{prefix}{{{queue}}}"
+        return cls(base, f"{base}:delayed", f"{base}:reserved", f"{base}:jobs", f"{base}:notify")
+
+
+def address(config: RedisConfig) -> str:
+    """host:port the connection goes to, for messages (never the password)."""
+    if config.url:
+        parts = urlsplit(config.url)
+        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+    return f"{config.host}:{config.port}"
+
+
+def is_cluster(config: RedisConfig) -> bool:
+    return config.cluster or urlsplit(config.url).scheme in CLUSTER_SCHEMES
+
+
+def make_client(config: RedisConfig) -> Redis | RedisCluster:
+    """A redis-py asyncio client from REDIS_URL (redis://, rediss://, redis+cluster://) or REDIS_*."""
+    options: dict[str, Any] = dict(
+        decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
+        password=config.password or None)
+    url = config.url
+    if url:
+        scheme, _, rest = url.partition("://")
+        url = f"{CLUSTER_SCHEMES.get(scheme, scheme)}://{rest}"
+    if is_cluster(config):
+        if url:
+            return RedisCluster.from_url(url, **options)
+        return RedisCluster(host=config.host, port=config.port, **options)
+    if url:
+        return Redis.from_url(url, db=config.db, **options)  # the URL's own password and db win
+    return Redis(host=config.host, port=config.port, db=config.db, **options)
+
+
+def reason(exc: BaseException) -> str:
+    """The short cause of a connection error: 'Connection refused', not redis-py's whole sentence."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).strip().rstrip(".")
+    return text or type(exc).__name__
+
+
+class RedisQueue(QueueConnection):
+    name = "redis"
+
+    def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90) -> None:
+        self.config = config
+        self.failed = failed
+        self.visibility_timeout = visibility_timeout
+        self.cluster = is_cluster(config)
+        self.client: Redis | RedisCluster | None = None
+        self._scripts: dict[str, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        client = make_client(self.config)
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            await client.ping()
+        except (redis_errors.RedisError, OSError) as exc:
+            await _close_quietly(client)
+            message = f"Cannot connect to Redis at {address(self.config)}: {reason(exc)}"
+            if self.config.password:
+                message = message.replace(self.config.password, "***")
+            raise ConnectionFailed(message) from None
+        self.client = client
+        # Registered once; redis-py sends EVALSHA and reloads a script the server forgot (a restart).
+        self._scripts = {name: client.register_script((LUA / f"{name}.lua").read_text()) for name in SCRIPTS}
+
+    async def close(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            await _close_quietly(client)
+
+    def keys(self, queue: str) -> QueueKeys:
+        return QueueKeys.of(self.config.prefix, queue)
+
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._scripts[script](keys=list(keys), args=list(args))
+
+    # -- pushing ---------------------------------------------------------------------------------
+
+    async def push(self, queue: str, payload: str, delay: float = 0) -> None:
+        await self.push_many(queue, [payload], delay)
+
+    async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
+        k = self.keys(queue)
+        for start in range(0, len(payloads), PUSH_CHUNK):
+            args: list[Any] = [max(0.0, float(delay))]
+            for payload in payloads[start:start + PUSH_CHUNK]:
+                args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
+            await self._run("push", [k.ready, k.delayed, k.jobs, k.notify], args)
+
+    # -- reserving -------------------------------------------------------------------------------
+
+    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
+        job, _ = await self._reserve(queues)
+        return job
+
+    async def _reserve(self, queues: Sequence[str]) -> tuple[ReservedJob | None, float | None]:
+        """The first queue's due job; else None and the seconds until something may come due."""
+        wake: float | None = None
+        for queue in queues:
+            k = self.keys(queue)
+            token = secrets.token_hex(8)
+            result = await self._run("reserve", [k.ready, k.delayed, k.reserved, k.jobs, k.notify],
+                                     [self.visibility_timeout, token, BATCH])
+            if result[0]:
+                job_id, payload, attempts = result
+                return ReservedJob(id=job_id, queue=queue, payload=payload, attempts=int(attempts), token=token), None
+            if result[1]:
+                due_in = max(0.0, float(result[1]))
+                wake = due_in if wake is None else min(wake, due_in)
+        return None, wake
+
+    async def reserve_wait(self, queues: Sequence[str], timeout: float) -> ReservedJob | None:
+        """Reserve, or block on the queues' notify lists until a job is pushed (or comes due)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        woken_by: str | None = None
+        while True:
+            job, wake = await self._reserve(queues)
+            if job is not None:
+                if woken_by is not None and woken_by != job.queue:
+                    # Woken for another queue but took a job of a higher one: pass the signal on.
+                    await self.client.rpush(self.keys(woken_by).notify, 1)
+                return job
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            block = min(remaining, MAX_BLOCK, wake if wake is not None else MAX_BLOCK)
+            woken_by = await self._block(queues, max(block, 0.01))
+
+    async def _block(self, queues: Sequence[str], seconds: float) -> str | None:
+        """Wait for a notify entry; returns the queue it came from, None on timeout."""
+        if self.cluster and len(queues) > 1:
+            # Keys of different slots cannot share one BLPOP: block on the first queue briefly.
+            seconds = min(seconds, CLUSTER_POLL)
+            queues = queues[:1]
+        notify = {self.keys(q).notify: q for q in queues}
+        popped = await self.client.blpop(list(notify), timeout=seconds)
+        return notify[popped[0]] if popped else None
+
+    # -- finishing -------------------------------------------------------------------------------
+
+    async def acknowledge(self, job: ReservedJob) -> bool:
+        k = self.keys(job.queue)
+        return await self._run("acknowledge", [k.reserved, k.jobs], [job.id, job.token]) == 1
+
+    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+        k = self.keys(job.queue)
+        return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify],
+                               [job.id, job.token, max(0.0, float(delay))]) == 1
+
+    async def fail(self, job: ReservedJob, exception: str) -> bool:
+        """Record in failed_jobs first, then delete: no path removes a job that is not recorded.
+
+        The reservation is renewed first, which also checks it is still ours and keeps it ours
+        while the row is written; only then is the job deleted (token-checked, acknowledge.lua).
+        """
+        if not await self._extend_queue(job.queue, [job]):
+            return False
+        await self.failed.record(self.name, job.queue, job.payload, exception)
+        return await self.acknowledge(job)
+
+    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
+        by_queue: dict[str, list[ReservedJob]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job)
+        for queue, held in by_queue.items():
+            await self._extend_queue(queue, held)
+
+    async def _extend_queue(self, queue: str, jobs: Sequence[ReservedJob]) -> int:
+        k = self.keys(queue)
+        args: list[Any] = [self.visibility_timeout]
+        for job in jobs:
+            args += [job.id, job.token]
+        return int(await self._run("extend", [k.reserved, k.jobs], args))
+
+    # -- inspecting ------------------------------------------------------------------------------
+
+    async def sizes(self, queues: Sequence[str] | None = None) -> dict[str, QueueSize]:
+        names = list(queues) if queues else await self._queues_with_jobs()
+        result = {}
+        for queue in names:
+            k = self.keys(queue)
+            pending, delayed, reserved = await self._run("size", [k.ready, k.delayed, k.reserved], [])
+            result[queue] = QueueSize(int(pending), int(delayed), int(reserved))
+        return result
+
+    async def _queues_with_jobs(self) -> list[str]:
+        """Queues whose jobs hash exists (it is deleted with its last job). SCAN: commands only."""
+        head, tail = f"{self.config.prefix}{{", "}:jobs"
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*" + tail
+        found = set()
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            if key.startswith(head) and key.endswith(tail):
+                found.add(key[len(head):-len(tail)])
+        return sorted(found)
+
+    async def clear(self, queue: str) -> int:
+        k = self.keys(queue)
+        total = 0
+        while True:
+            count = int(await self._run("clear", [k.ready, k.delayed, k.jobs, k.notify], [BATCH]))
+            total += count
+            if count < BATCH:
+                return total
+
+    # -- restart signal --------------------------------------------------------------------------
+
+    async def request_restart(self, at: float) -> None:
+        await self.client.set(f"{self.config.prefix}restart", repr(float(at)))
+
+    async def restart_requested_at(self) -> float:
+        value = await self.client.get(f"{self.config.prefix}restart")
+        return float(value) if value else 0.0
+
+
+async def _close_quietly(client: Redis | RedisCluster) -> None:
+    try:
+        await client.aclose()
+    except (redis_errors.RedisError, OSError, RuntimeError):
+        pass

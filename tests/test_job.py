@@ -1,0 +1,138 @@
+"""The Job class and its payload: what survives the trip, what is refused, what is frozen."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from core.errors import InvalidQueueName
+from core.job import Job, SerializationError
+from core.payload import InvalidPayload, Payload, resolve_job_class
+
+
+class ExampleJob(Job):
+    max_tries = 4
+    timeout = 12
+    retry_after = [5, 30]
+    queue = "emails"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to = None
+        self.items = []
+        self._private = "not sent"
+
+
+def test_defaults_match_the_spec():
+    assert (Job.max_tries, Job.timeout, Job.retry_after, Job.queue) == (3, 60, 0, "default")
+
+
+def test_public_attributes_round_trip_with_their_types():
+    job = ExampleJob.make(to="a@example.com", items=[1, 2.5, None, True, {"k": ["v", (1, 2)]}],
+                          point=(1, 2), nested={"a": {"b": [1, {"c": "d"}]}})
+    payload = job.to_payload()
+    restored = ExampleJob.from_payload(Payload.decode(payload.encode()), attempts=2)
+    assert restored.to == "a@example.com"
+    assert restored.items == [1, 2.5, None, True, {"k": ["v", (1, 2)]}]
+    assert restored.point == (1, 2) and isinstance(restored.point, tuple)
+    assert restored.nested == {"a": {"b": [1, {"c": "d"}]}}
+    assert restored.attempts == 2 and restored.job_id == payload.uuid
+    assert restored._private == "not sent"  # set by __init__, never from the payload
+    assert "_private" not in payload.data and "job_id" not in payload.data and "attempts" not in payload.data
+
+
+def test_payload_freezes_class_settings_at_dispatch():
+    payload = ExampleJob.make(to="x").to_payload()
+    ExampleJob.max_tries, ExampleJob.timeout = 9, 99
+    try:
+        decoded = Payload.decode(payload.encode())
+    finally:
+        ExampleJob.max_tries, ExampleJob.timeout = 4, 12
+    assert (decoded.max_tries, decoded.timeout, decoded.retry_after, decoded.queue) == (4, 12.0, (5.0, 30.0), "emails")
+
+
+def test_retry_after_list_gives_one_delay_per_retry_and_the_last_repeats():
+    payload = ExampleJob.make().to_payload()
+    assert [payload.retry_delay(n) for n in (1, 2, 3, 4)] == [5, 30, 30, 30]
+
+
+@pytest.mark.parametrize("value, fragment", [
+    (object(), "object"),
+    ({1: "int key"}, "key of type int"),
+    (float("nan"), "nan"),
+    ([1, {"deep": {1, 2}}], "set"),
+])
+def test_unserializable_values_name_class_and_attribute(value, fragment):
+    with pytest.raises(SerializationError) as err:
+        ExampleJob.make(to="x", items=value).to_payload()
+    assert "ExampleJob.items" in str(err.value) and fragment in str(err.value)
+
+
+def test_a_socket_is_refused():
+    with socket.socket() as s, pytest.raises(SerializationError, match="ExampleJob.conn"):
+        ExampleJob.make(conn=s).to_payload()
+
+
+@pytest.mark.parametrize("name", ["high", "emails.v2", "tenant:42", "a-b_c", "x" * 100])
+def test_valid_queue_names(name):
+    assert ExampleJob.make().to_payload(queue=name).queue == name
+
+
+@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "quote'", "x" * 101, "new\nline", "trailing\n", "é"])
+def test_invalid_queue_names_are_refused(name):
+    with pytest.raises(InvalidQueueName, match="invalid queue name"):
+        ExampleJob.make().to_payload(queue=name)
+
+
+def test_signed_payload_verifies_and_rejects_tampering():
+    raw = ExampleJob.make(to="a@example.com").to_payload().encode("secret-key")
+    body = json.loads(raw)
+    assert body["data"]["to"] == "a@example.com"  # signing, not encryption
+    assert Payload.decode(raw, "secret-key").data["to"] == "a@example.com"
+    body["data"]["to"] = "evil@example.com"
+    with pytest.raises(InvalidPayload, match="signature is invalid"):
+        Payload.decode(json.dumps(body), "secret-key")
+    del body["signature"]
+    with pytest.raises(InvalidPayload, match="signature is missing"):
+        Payload.decode(json.dumps(body), "secret-key")
+    with pytest.raises(InvalidPayload, match="signature is invalid"):
+        Payload.decode(raw, "another-key")
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"uuid": "x"}', "missing or has a malformed field"),
+])
+def test_malformed_payloads_are_refused(raw, fragment):
+    with pytest.raises(InvalidPayload, match=fragment):
+        Payload.decode(raw)
+
+
+@pytest.mark.parametrize("path, fragment", [
+    ("os.system", "outside the job packages"),
+    ("builtins.eval", "outside the job packages"),
+    ("app.jobs_evil.module.Job", "outside the job packages"),
+    ("app.jobs.does_not_exist.Gone", "cannot be imported"),
+    ("app.jobs.send_email_job.log", "not a Job subclass"),
+    ("tests.jobs.sample_jobs.NotAJob", "not a Job subclass"),
+    ("app.jobs.send_email_job.Job", "not a Job subclass"),
+    ("__import__('os')", "not a valid class path"),
+])
+def test_only_job_subclasses_in_job_packages_resolve(path, fragment):
+    with pytest.raises(InvalidPayload, match=fragment):
+        resolve_job_class(path, ("app.jobs", "tests.jobs"))
+
+
+def test_job_class_resolves():
+    from app.jobs.send_email_job import SendEmailJob
+
+    assert resolve_job_class("app.jobs.send_email_job.SendEmailJob", ("app.jobs",)) is SendEmailJob
+
+
+def test_reserved_names_cannot_be_set_at_dispatch():
+    with pytest.raises(SerializationError):
+        ExampleJob.make(job_id="forged")
+    with pytest.raises(SerializationError):
+        ExampleJob.make(_private="x")

@@ -1,0 +1,241 @@
+"""The worker against real stores: retries, failures, timeouts, forged payloads, crashed workers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from bootstrap.app import create_app
+from core.worker import Worker, WorkerOptions
+from tests.jobs.sample_jobs import (BackoffJob, BlockingJob, BusyLoopJob, FailedRaisesJob, FlakyJob, NotAJob,
+                                    RecordingJob, SleepyJob, read_events)
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request):
+    if request.param == "mysql":
+        request.getfixturevalue("mysql_env")
+    return request.param
+
+
+async def work(app, **options) -> Worker:
+    """Work the default queue until nothing is pending, delayed or reserved."""
+    options.setdefault("stop_when_empty", True)
+    options.setdefault("sleep", 0.05)
+    queues = options.setdefault("queues", ("default",))
+    conn = await app.queue.connection(options.get("connection"))
+    for _ in range(200):
+        worker = Worker(app, WorkerOptions(**options))
+        await worker.run()
+        sizes = await conn.sizes(list(queues))
+        if not any(s.pending or s.delayed or s.reserved for s in sizes.values()):
+            return worker
+        await asyncio.sleep(0.2)
+    raise AssertionError("queue never drained")
+
+
+async def test_a_job_runs_once_with_its_attributes_and_is_removed(backend, tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await RecordingJob.dispatch(log=log, value={"n": [1, 2]})
+        await work(app)
+        events = read_events(log)
+        assert [(e["job_id"], e["attempts"], e["value"]) for e in events] == [(job_id, 1, {"n": [1, 2]})]
+        conn = await app.queue.connection()
+        assert (await conn.sizes(["default"]))["default"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+        assert await (await app.queue.failed_store()).all() == []
+
+
+async def test_a_failing_attempt_is_retried_and_then_succeeds(backend, tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        await FlakyJob.dispatch(log=log, succeed_on=2)
+        await work(app)
+        assert [e["attempts"] for e in read_events(log)] == [1, 2]
+        assert await (await app.queue.failed_store()).all() == []
+
+
+async def test_exhausted_tries_call_failed_once_and_record_the_job(backend, tmp_path, capsys):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await FlakyJob.dispatch(log=log, succeed_on=99)
+        await work(app)
+        events = read_events(log)
+        assert [e["attempts"] for e in events if e["event"] == "handle"] == [1, 2, 3]
+        assert [e for e in events if e["event"] == "failed"] == [
+            {"event": "failed", "job_id": job_id, "exception": "flaky attempt 3"}]
+        [failed] = await (await app.queue.failed_store()).all()
+        assert (failed.uuid, failed.connection, failed.queue) == (job_id, "database", "default")
+        assert failed.exception.splitlines()[0] == "ValueError: flaky attempt 3"
+        assert "Traceback" in failed.exception and "sample_jobs.py" in failed.exception
+        assert json.loads(failed.payload)["data"]["succeed_on"] == 99
+        assert (await (await app.queue.connection()).sizes(["default"]))["default"].pending == 0
+    out = capsys.readouterr().out
+    assert out.count(f"RETRY   FlakyJob [{job_id}]") == 2 and out.count(f"FAIL    FlakyJob [{job_id}]") == 1
+
+
+async def test_retry_after_list_spaces_the_retries(tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        await BackoffJob.dispatch(log=log, succeed_on=3)
+        await work(app)
+    times = [e["t"] for e in read_events(log)]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 1.0 and times[2] - times[1] >= 2.0
+
+
+async def test_a_failed_method_that_raises_still_records_the_job(backend, tmp_path, capsys):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await FailedRaisesJob.dispatch(log=log)
+        await work(app)
+        [failed] = await (await app.queue.failed_store()).all()
+        assert failed.uuid == job_id and failed.summary == "RuntimeError: handle broke"
+    assert [e["event"] for e in read_events(log)] == ["failed"]
+    assert "failed() raised RuntimeError: failed() broke too" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("job_class", [SleepyJob, BlockingJob, BusyLoopJob])
+async def test_timeout_stops_awaiting_and_blocking_code(job_class, tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await job_class.dispatch(log=log, seconds=30)
+        started = time.monotonic()
+        await work(app)
+        elapsed = time.monotonic() - started
+        events = read_events(log)
+        # Each attempt was cut at ~1 s; none ran to its end; no attempt past max_tries.
+        assert [e["event"] for e in events] == ["start"] * job_class.max_tries + ["failed"]
+        assert elapsed < 3 * job_class.max_tries
+        [failed] = await (await app.queue.failed_store()).all()
+        assert failed.uuid == job_id
+        assert "TimeoutError" in failed.summary and job_class.__name__ in failed.summary
+        assert "timeout of 1s" in failed.summary
+
+
+async def test_worker_timeout_and_tries_options_override_the_class(tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        await FlakyJob.dispatch(log=log, succeed_on=99)
+        await work(app, tries=1)
+        assert len(read_events(log)) == 2  # one handle, then failed()
+        await SleepyJob.dispatch(log=log, seconds=0.6)
+        await work(app, timeout=0.3)
+        [_, sleepy] = await (await app.queue.failed_store()).all()
+        assert "timeout of 0.3s" in sleepy.summary
+
+
+FORGED = {
+    "not json": ("{{not json", "payload is not valid JSON"),
+    "os.system": ("os.system", "outside the job packages"),
+    "builtins.eval": ("builtins.eval", "outside the job packages"),
+    "evil sibling package": ("app.jobs_evil.x.Job", "outside the job packages"),
+    "plain class": ("tests.jobs.sample_jobs.NotAJob", "not a Job subclass"),
+    "missing module": ("app.jobs.gone_module.GoneJob", "cannot be imported"),
+}
+
+
+def forged_payload(job: str) -> str:
+    if job.startswith("{{"):
+        return job
+    return json.dumps({"uuid": f"forged-{job}", "job": job, "queue": "default", "maxTries": 1, "timeout": 5,
+                       "retryAfter": [0], "data": {"command": "touch /tmp/pwned"}})
+
+
+async def test_forged_and_broken_payloads_end_in_failed_jobs_and_the_worker_goes_on(backend, tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        conn = await app.queue.connection()
+        for job, _ in FORGED.values():
+            await conn.push("default", forged_payload(job))
+        good = await RecordingJob.dispatch(log=log, value="after")
+        await work(app)
+        failed = await (await app.queue.failed_store()).all()
+        summaries = [f.summary for f in failed]
+        assert len(failed) == len(FORGED)
+        for (_, fragment), summary in zip(FORGED.values(), summaries):
+            assert fragment in summary
+        assert [e["job_id"] for e in read_events(log)] == [good]
+        assert not NotAJob.instantiated
+
+
+async def test_with_app_key_an_unsigned_payload_is_recorded_and_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("APP_KEY", "base64:test-signing-key")
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        signed = await RecordingJob.dispatch(log=log, value=1)
+        unsigned = json.dumps({"uuid": "unsigned-1", "job": "tests.jobs.sample_jobs.RecordingJob", "queue": "default",
+                               "maxTries": 1, "timeout": 5, "retryAfter": [0], "data": {"log": log, "value": 2}})
+        await (await app.queue.connection()).push("default", unsigned)
+        await work(app)
+        assert [e["job_id"] for e in read_events(log)] == [signed]
+        [failed] = await (await app.queue.failed_store()).all()
+        assert failed.uuid == "unsigned-1" and "signature is missing" in failed.summary
+        assert "test-signing-key" not in failed.exception + failed.payload
+
+
+async def test_a_dead_workers_last_attempt_is_failed_without_running_again(backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "1")
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await FailedRaisesJob.dispatch(log=log)   # max_tries = 1
+        conn = await app.queue.connection()
+        assert (await conn.reserve(["default"])).attempts == 1   # a worker took it, then died
+        await asyncio.sleep(2.2)
+        await work(app)
+        [failed] = await (await app.queue.failed_store()).all()
+        assert failed.uuid == job_id
+        assert failed.summary.startswith("core.worker.MaxAttemptsExceededError")
+        assert "a worker died" in failed.summary
+        assert [e["event"] for e in read_events(log)] == ["failed"]   # failed() ran; handle() never did
+
+
+async def test_queues_are_taken_in_priority_order(tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        for n in range(3):
+            await RecordingJob.dispatch(log=log, value=f"low{n}").on_queue("low")
+            await RecordingJob.dispatch(log=log, value=f"high{n}").on_queue("high")
+        await work(app, queues=("high", "low"))
+    assert [e["value"] for e in read_events(log)] == ["high0", "high1", "high2", "low0", "low1", "low2"]
+
+
+async def test_max_jobs_stops_the_worker(tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        for n in range(5):
+            await RecordingJob.dispatch(log=log, value=n)
+        await Worker(app, WorkerOptions(max_jobs=2, sleep=0.05)).run()
+        assert [e["value"] for e in read_events(log)] == [0, 1]
+        await Worker(app, WorkerOptions(once=True)).run()
+        assert len(read_events(log)) == 3
+
+
+async def test_concurrency_runs_jobs_side_by_side(tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        for _ in range(4):
+            await SleepyJob.dispatch(log=log, seconds=0.5)
+        started = time.monotonic()
+        await work(app, concurrency=4)
+        assert time.monotonic() - started < 1.5
+    assert [e["event"] for e in read_events(log)].count("end") == 4
+
+
+async def test_a_running_job_keeps_its_reservation_past_the_visibility_timeout(backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        SleepyJob.timeout = 6
+        try:
+            await SleepyJob.dispatch(log=log, seconds=4.5)
+            task = asyncio.create_task(work(app))
+            await asyncio.sleep(3.5)
+            # A second worker finds nothing to take: the first keeps renewing its reservation.
+            assert await (await app.queue.connection()).reserve(["default"]) is None
+            await task
+        finally:
+            SleepyJob.timeout = 1
+    assert [e["event"] for e in read_events(log)] == ["start", "end"]
