@@ -1,0 +1,231 @@
+"""The commands as a user types them: `python main.py ...`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bootstrap.app import create_app
+from tests.conftest import ROOT, run_cli
+from tests.jobs.sample_jobs import FlakyJob, RecordingJob, SleepyJob, read_events
+
+COMMANDS = ["queue:work", "queue:failed", "queue:retry", "queue:forget", "queue:flush", "queue:prune-failed",
+            "queue:clear", "queue:size", "queue:restart", "migrate", "make:job"]
+
+
+def dispatch(coro_factory):
+    async def go():
+        async with create_app():
+            return await coro_factory()
+    return asyncio.run(go())
+
+
+def test_help_lists_every_command_and_each_explains_itself():
+    result = run_cli("--help", check=True)
+    for name in COMMANDS:
+        assert name in result.stdout
+    for name in COMMANDS:
+        sub = run_cli(name, "--help", check=True)
+        assert "Usage: python main.py " + name in sub.stdout and len(sub.stdout.splitlines()) > 4
+
+
+def test_failed_jobs_can_be_listed_retried_and_keep_their_id(tmp_path):
+    log = str(tmp_path / "events")
+    job_id = dispatch(lambda: FlakyJob.dispatch(log=log, succeed_on=99))
+    work = run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", check=True)
+    assert f"FAIL    FlakyJob [{job_id}]" in work.stdout
+
+    table = run_cli("queue:failed", check=True).stdout
+    assert job_id in table and "tests.jobs.sample_jobs.FlakyJob" in table and "ValueError: flaky attempt 3" in table
+    [row] = json.loads(run_cli("queue:failed", "--json", check=True).stdout)
+    assert set(row) == {"id", "connection", "queue", "job", "exception", "failed_at"}
+    assert (row["id"], row["connection"], row["queue"], row["job"], row["exception"]) == (
+        job_id, "database", "default", "tests.jobs.sample_jobs.FlakyJob", "ValueError: flaky attempt 3")
+    assert row["failed_at"].endswith("Z") and row["failed_at"][:4].isdigit()
+
+    retried = run_cli("queue:retry", job_id, check=True)
+    assert job_id in retried.stdout
+    assert json.loads(run_cli("queue:failed", "--json", check=True).stdout) == []
+    size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
+    assert size == {"connection": "database", "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0}}}
+
+    # attempts were reset: three more tries, under the same id, then failed again
+    run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", check=True)
+    handles = [e for e in read_events(log) if e["event"] == "handle"]
+    assert [e["attempts"] for e in handles] == [1, 2, 3, 1, 2, 3]
+    assert {e["job_id"] for e in handles} == {job_id}
+    assert json.loads(run_cli("queue:failed", "--json", check=True).stdout)[0]["id"] == job_id
+
+
+def test_retry_all_forget_flush_and_prune(tmp_path):
+    log = str(tmp_path / "events")
+    ids = [dispatch(lambda: FlakyJob.dispatch(log=log, succeed_on=99)) for _ in range(3)]
+    run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", "--tries", "1", check=True)
+    assert len(json.loads(run_cli("queue:failed", "--json").stdout)) == 3
+
+    missing = run_cli("queue:forget", "no-such-id")
+    assert missing.returncode == 1 and "No failed job with id no-such-id" in missing.stderr
+    assert run_cli("queue:forget", ids[0], check=True).returncode == 0
+    assert run_cli("queue:prune-failed", "--hours", "1", check=True).stdout.startswith("Pruned 0")
+    assert run_cli("queue:retry", "all", check=True).stdout.count("Retried") == 2
+    run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", "--tries", "1", check=True)
+    assert "Deleted 2 failed job(s)" in run_cli("queue:flush", check=True).stdout
+    assert run_cli("queue:failed", check=True).stdout.strip() == "No failed jobs."
+
+
+def test_size_and_clear(tmp_path):
+    log = str(tmp_path / "events")
+
+    async def push():
+        for n in range(3):
+            await RecordingJob.dispatch(log=log, value=n).on_queue("emails")
+        await RecordingJob.dispatch(log=log, value="later").on_queue("emails").delay(60)
+        await RecordingJob.dispatch(log=log, value="other").on_queue("reports")
+
+    dispatch(push)
+    sizes = json.loads(run_cli("queue:size", "--json", check=True).stdout)
+    assert sizes["queues"] == {"emails": {"pending": 3, "delayed": 1, "reserved": 0},
+                               "reports": {"pending": 1, "delayed": 0, "reserved": 0}}
+    table = run_cli("queue:size", "--queue", "emails", check=True).stdout
+    assert "emails" in table and "reports" not in table
+    assert "Cleared 4 job(s) from queue emails" in run_cli("queue:clear", "--queue", "emails", check=True).stdout
+    sizes = json.loads(run_cli("queue:size", "--json", "--queue", "emails,reports", check=True).stdout)
+    assert sizes["queues"]["emails"]["pending"] == 0 and sizes["queues"]["reports"]["pending"] == 1
+
+
+def start_worker(*args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "main.py", "queue:work", *args], cwd=ROOT, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc
+
+
+def wait_for(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(tmp_path):
+    log = str(tmp_path / "events")
+    SleepyJob.timeout = 10
+    try:
+        job_id = dispatch(lambda: SleepyJob.dispatch(log=log, seconds=1.5))
+    finally:
+        SleepyJob.timeout = 1
+    proc = start_worker("--sleep", "0.1")
+    try:
+        wait_for(lambda: any(e["event"] == "start" for e in read_events(log)))
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert f"DONE    SleepyJob [{job_id}]" in out and "Traceback" not in out
+    assert [e["event"] for e in read_events(log)] == ["start", "end"]
+
+
+def test_queue_restart_stops_running_workers(tmp_path):
+    proc = start_worker("--sleep", "0.1")
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None
+        assert "Restart signal sent" in run_cli("queue:restart", check=True).stdout
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "queue:restart" in out
+
+
+def test_worker_log_lines_name_class_id_status_and_duration(tmp_path):
+    log = str(tmp_path / "events")
+    job_id = dispatch(lambda: RecordingJob.dispatch(log=log, value=1))
+    out = run_cli("queue:work", "--stop-when-empty", check=True).stdout
+    running = next(line for line in out.splitlines() if "RUNNING" in line)
+    done = next(line for line in out.splitlines() if "DONE" in line)
+    assert f"RecordingJob [{job_id}]" in running and f"RecordingJob [{job_id}]" in done
+    assert done[:4].isdigit() and done.rstrip().endswith("ms")
+
+
+def test_log_file_receives_the_job_lines(tmp_path, monkeypatch):
+    name = f"test-{os.getpid()}-{time.time_ns()}.log"
+    monkeypatch.setenv("LOG_FILE", name)
+    path = ROOT / "storage" / "logs" / name
+    try:
+        job_id = dispatch(lambda: RecordingJob.dispatch(log=str(tmp_path / "e"), value=1))
+        run_cli("queue:work", "--stop-when-empty", check=True)
+        assert f"DONE    RecordingJob [{job_id}]" in path.read_text()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_timeout_not_below_visibility_timeout_is_refused():
+    result = run_cli("queue:work", "--timeout", "90")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: --timeout 90 must be below QUEUE_VISIBILITY_TIMEOUT (90s), or a running job could be handed "
+        "to a second worker"]
+
+
+def test_bad_queue_name_is_one_clear_line():
+    result = run_cli("queue:work", "--queue", "bad name;drop")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: invalid queue name 'bad name;drop'")
+
+
+@pytest.mark.parametrize("command", [["queue:size"], ["queue:failed"], ["queue:work", "--once"], ["migrate"]])
+def test_unreachable_mysql_is_one_line_without_the_password(command):
+    env = {"DB_CONNECTION": "mysql", "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
+    result = run_cli(*command, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: Cannot connect to MySQL at 127.0.0.1:1: Connection refused"
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_wrong_mysql_credentials_are_one_line_without_the_password(mysql_env):
+    env = {"DB_USERNAME": "no_such_user", "DB_PASSWORD": "hunter2-secret"}
+    result = run_cli("queue:size", env=env)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "Access denied for user 'no_such_user'" in result.stderr
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_migrate_creates_the_tables(tmp_path):
+    import sqlite3
+
+    assert "Migrated jobs and failed_jobs" in run_cli("migrate", check=True).stdout
+    db = sqlite3.connect(os.environ["DB_DATABASE"])
+    columns = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in ("jobs", "failed_jobs")}
+    assert columns == {"jobs": ["id", "queue", "payload", "attempts", "reserved_at", "available_at", "created_at"],
+                       "failed_jobs": ["id", "uuid", "connection", "queue", "payload", "exception", "failed_at"]}
+
+
+def test_make_job_writes_a_working_job_class():
+    name = f"TmpTestJob{os.getpid()}"
+    path = ROOT / "app" / "jobs" / f"tmp_test_job{os.getpid()}.py"
+    try:
+        assert f"Created app/jobs/{path.name}" in run_cli("make:job", name, "--queue", "sms", check=True).stdout
+        again = run_cli("make:job", name)
+        assert again.returncode == 1 and "already exists" in again.stderr
+        check = subprocess.run([sys.executable, "-c", f"from app.jobs.{path.stem} import {name}; "
+                                f"print({name}.queue, {name}.max_tries)"], cwd=ROOT, capture_output=True, text=True)
+        assert check.stdout.strip() == "sms 3"
+        assert run_cli("make:job", "not_camel").returncode == 1
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_demo_runs_the_examples_and_ends_with_the_failing_one_in_failed_jobs():
+    result = run_cli("demo", check=True, timeout=90)
+    for name in ("SendEmailJob", "SendNotificationJob", "ProcessDataJob", "GenerateReportJob"):
+        assert f"DONE    {name}" in result.stdout
+    assert result.stdout.count("RETRY   AlwaysFailingJob") == 2 and "FAIL    AlwaysFailingJob" in result.stdout
+    assert "is in failed_jobs" in result.stdout and "RuntimeError: the upstream service is down" in result.stdout
