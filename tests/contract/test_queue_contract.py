@@ -1,0 +1,191 @@
+"""The queue contract, one body per case, run against every connection (see conftest.py).
+
+tests/test_redis_cluster.py imports these cases to run them on a real Redis Cluster too.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from core.dispatch import dispatch_many
+from core.payload import Payload
+from tests.contract.conftest import APP_KEY, VISIBILITY_TIMEOUT, payload
+from tests.jobs.contract_jobs import RecordRun
+
+EXPIRED = VISIBILITY_TIMEOUT + 1.3     # long enough for a reservation to lapse on every store
+
+
+def counts(size) -> dict[str, int]:
+    return size.as_dict()
+
+
+async def test_push_reserve_acknowledge(backend):
+    conn, raw = backend.conn, payload(1)
+    await conn.push("contract", raw)
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 1, "delayed": 0, "reserved": 0}
+
+    job = await conn.reserve(["contract"])
+    assert job is not None
+    assert (job.queue, job.payload, job.attempts) == ("contract", raw, 1)     # the payload's bytes unchanged
+    assert await conn.reserve(["contract"]) is None
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 1}
+
+    assert await conn.acknowledge(job) is True
+    assert await conn.acknowledge(job) is False
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert await conn.reserve(["contract"]) is None
+
+
+async def test_jobs_of_one_queue_come_out_in_dispatch_order(backend):
+    conn = backend.conn
+    pushed = [payload(n) for n in range(30)]
+    for raw in pushed[:10]:
+        await conn.push("contract", raw)
+    await conn.push_many("contract", pushed[10:])
+    taken = []
+    while (job := await conn.reserve(["contract"])) is not None:
+        taken.append(job.payload)
+        assert await conn.acknowledge(job)
+    assert taken == pushed
+
+
+async def test_the_first_queue_with_a_due_job_wins(backend):
+    conn = backend.conn
+    low, high = payload(1), payload(2)
+    await conn.push("contract-low", low)
+    await conn.push("contract-high", high)
+    first = await conn.reserve(["contract-high", "contract-low"])
+    second = await conn.reserve(["contract-high", "contract-low"])
+    assert (first.queue, first.payload) == ("contract-high", high)
+    assert (second.queue, second.payload) == ("contract-low", low)
+    assert await conn.reserve(["contract-high", "contract-low"]) is None
+
+
+async def test_a_delayed_job_waits_until_it_is_due(backend):
+    conn, raw = backend.conn, payload()
+    await conn.push("contract", raw, delay=2)
+    assert await conn.reserve(["contract"]) is None
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 1, "reserved": 0}
+    await asyncio.sleep(3.2)
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 1, "delayed": 0, "reserved": 0}
+    job = await conn.reserve(["contract"])
+    assert (job.payload, job.attempts) == (raw, 1)
+
+
+async def test_release_puts_a_job_back_after_its_delay_with_the_attempt_counted(backend):
+    conn = backend.conn
+    await conn.push("contract", payload())
+    first = await conn.reserve(["contract"])
+    assert await conn.release(first, delay=2) is True
+    assert await conn.release(first, delay=0) is False          # released already: no longer held
+    assert await conn.reserve(["contract"]) is None
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 1, "reserved": 0}
+    await asyncio.sleep(3.2)
+    second = await conn.reserve(["contract"])
+    assert (second.id, second.payload, second.attempts) == (first.id, first.payload, 2)
+    assert await conn.release(second) is True                   # no delay: due at once
+    third = await conn.reserve(["contract"])
+    assert (third.id, third.attempts) == (first.id, 3)
+
+
+async def test_an_expired_reservation_passes_on_and_fences_off_the_old_holder(backend):
+    conn = backend.conn
+    await conn.push("contract", payload())
+    stale = await conn.reserve(["contract"])
+    assert await conn.reserve(["contract"]) is None             # reserved, not expired yet
+    await asyncio.sleep(EXPIRED)
+
+    holder = await conn.reserve(["contract"])
+    assert (holder.id, holder.payload, holder.attempts) == (stale.id, stale.payload, 2)
+    assert holder.token != stale.token
+    assert await conn.acknowledge(stale) is False
+    assert await conn.release(stale, delay=0) is False
+    assert await conn.fail(stale, "RuntimeError: stale") is False
+    await conn.extend([stale])
+    failed = await backend.app.queue.failed_store()
+    assert await failed.all() == []                             # a stale fail records nothing
+
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 1}
+    assert await conn.acknowledge(holder) is True
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
+async def test_extending_a_reservation_keeps_a_long_job_from_a_second_worker(backend):
+    conn = backend.conn
+    await conn.push("contract", payload())
+    job = await conn.reserve(["contract"])
+    until = time.monotonic() + VISIBILITY_TIMEOUT * 2.2
+    while time.monotonic() < until:                             # runs for more than twice the timeout
+        await conn.extend([job])
+        assert await conn.reserve(["contract"]) is None
+        await asyncio.sleep(0.4)
+    assert await conn.acknowledge(job) is True
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
+async def test_fail_records_the_job_and_removes_it(backend):
+    conn, raw = backend.conn, payload()
+    await conn.push("contract", raw)
+    job = await conn.reserve(["contract"])
+    assert await conn.fail(job, "RuntimeError: boom\nTraceback ...") is True
+    failed = await (await backend.app.queue.failed_store()).all()
+    assert [(f.uuid, f.connection, f.queue, f.payload, f.summary) for f in failed] == [
+        (json.loads(raw)["uuid"], conn.name, "contract", raw, "RuntimeError: boom")]
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert await conn.acknowledge(job) is False
+
+
+async def test_size_and_clear(backend):
+    conn = backend.conn
+    await conn.push_many("contract", [payload(n) for n in range(3)])
+    await conn.push_many("contract", [payload(n) for n in range(2)], delay=60)
+    await conn.push("contract-other", payload())
+    held = await conn.reserve(["contract"])
+    sizes = await conn.sizes()
+    assert {q: counts(s) for q, s in sizes.items() if q.startswith("contract")} == {
+        "contract": {"pending": 2, "delayed": 2, "reserved": 1},
+        "contract-other": {"pending": 1, "delayed": 0, "reserved": 0}}
+    assert counts((await conn.sizes(["contract-empty"]))["contract-empty"]) == {"pending": 0, "delayed": 0,
+                                                                                "reserved": 0}
+
+    assert await conn.clear("contract") == 4                    # pending and delayed; the reserved job stays
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 1}
+    assert counts((await conn.sizes(["contract-other"]))["contract-other"])["pending"] == 1
+    assert await conn.acknowledge(held) is True
+    assert await conn.clear("contract") == 0
+
+
+async def test_dispatch_many_pushes_every_job_in_order(backend, tmp_path):
+    ids = await RecordRun.dispatch_many([{"path": str(tmp_path / "runs"), "n": n} for n in range(1200)])
+    instances = []
+    for n in range(5):
+        job = RecordRun()
+        job.n = 2000 + n
+        instances.append(job)
+    ids += await dispatch_many(instances, queue="contract")
+    assert len(set(ids)) == 1205
+    conn = backend.conn
+    assert counts((await conn.sizes(["contract"]))["contract"])["pending"] == 1205
+
+    taken = []
+    while (job := await conn.reserve(["contract"])) is not None:
+        body = Payload.decode(job.payload, APP_KEY)             # still signed: bytes kept as dispatched
+        taken.append((body.uuid, body.data["n"]))
+        await conn.acknowledge(job)
+    assert taken == list(zip(ids, [*range(1200), *range(2000, 2005)]))
+
+
+async def test_delayed_bulk_push(backend):
+    conn = backend.conn
+    await conn.push_many("contract", [payload(n) for n in range(3)], delay=60)
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 3, "reserved": 0}
+    assert await conn.reserve(["contract"]) is None
+
+
+async def test_restart_signal_is_shared(backend):
+    conn = backend.conn
+    assert await conn.restart_requested_at() == 0
+    at = time.time()
+    await conn.request_restart(at)
+    assert abs(await conn.restart_requested_at() - at) < 0.01
