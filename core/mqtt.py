@@ -133,15 +133,15 @@ class MqttApp:
             return
         self._session_connected = True
         try:
-            for topic, qos in self.router.subscriptions(self.config.shared_group):
+            subscriptions = self.router.subscriptions(self.config.shared_group)
+            for topic, qos in subscriptions:
                 granted = await mqtt.subscribe(topic, qos=qos)
                 # A refusal (e.g. an ACL) comes back as code 128 in SUBACK, not as an error.
                 if any(getattr(code, "value", code) >= 128 for code in granted):
                     log.error("The broker refused the subscription to %s (not allowed for this user?)", topic)
             self.client._mqtt = mqtt
             self.connected.set()
-            log.info("Connected to MQTT broker at %s; subscribed to %d topics", self.address,
-                     len(self.router.subscriptions(self.config.shared_group)))
+            log.info("Connected to MQTT broker at %s; subscribed to %d topics", self.address, len(subscriptions))
             await self._serve(mqtt)
         finally:
             self.connected.clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import logging
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -14,8 +13,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import FrameworkError
-
-log = logging.getLogger("router")
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 # Names a handler may declare besides its route parameters.

@@ -114,7 +114,9 @@ class AppProcess:
     """`python main.py run` started as a user starts it, its output read line by line."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        # A developer's .env must not point the app elsewhere or share a group with a running instance.
+        defaults = {"MQTT_TLS": "false", "MQTT_SHARED_GROUP": f"g{uuid.uuid4().hex[:8]}", "MQTT_MAX_CONCURRENT": "100"}
+        full_env = {**os.environ, **defaults, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "main.py", "run"], cwd=ROOT, env=full_env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

@@ -222,8 +222,7 @@ async def test_reconnects_and_resubscribes_after_the_broker_restarts(caplog):
 async def test_published_status_becomes_a_job_that_queue_work_runs():
     """The whole path as a user walks it: `run`, mosquitto-style publishes, SIGTERM, `queue:work`."""
     device = f"dev-{uuid.uuid4().hex[:8]}"
-    app = AppProcess(env={"MQTT_SHARED_GROUP": f"g{uuid.uuid4().hex[:8]}", "MQTT_TLS": "false",
-                          "MQTT_USERNAME": "", "MQTT_PASSWORD": "s3cret-pass"})
+    app = AppProcess(env={"MQTT_PASSWORD": "s3cret-pass"})
     try:
         await app.wait_for("Connected to MQTT broker at 127.0.0.1:1883")
         await publish(f"devices/{device}/status", "garbage")                       # handler cannot use it
