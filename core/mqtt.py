@@ -92,8 +92,8 @@ class MqttApp:
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
-        log.info("MQTT app starting: broker %s, client id %s, %d routes", self.address, self.identifier,
-                 len(self.router.routes))
+        log.info("MQTT app starting: broker %s%s, client id %s, %d routes", self.address,
+                 " over TLS" if self.config.tls else "", self.identifier, len(self.router.routes))
         try:
             await self._connect_loop()
         finally:
