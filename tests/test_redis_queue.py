@@ -1,0 +1,165 @@
+"""What only the Redis connection has to prove: key layout, bounded keys, wake-up, round trips."""
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+
+import pytest
+from redis.crc import key_slot
+
+from bootstrap.app import create_app
+from core.config import RedisConfig
+from core.queue.redis import RedisQueue
+from tests.jobs.contract_jobs import RecordRun
+from tests.redis_server import LocalRedis
+
+
+INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_hsetnx", "cmdstat_rpush", "cmdstat_zadd"}
+
+
+def raw(**extra) -> str:
+    return json.dumps({"uuid": str(uuid.uuid4()), "job": "x.Y", **extra})
+
+
+@pytest.fixture
+async def redis_queue(redis_env, monkeypatch):
+    monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
+    async with create_app() as app:
+        yield await app.queue.connection()
+
+
+async def test_the_keys_of_a_queue_share_one_slot_and_none_is_left_behind(redis_queue):
+    q = redis_queue
+    await q.push_many("emails", [raw() for _ in range(5)])
+    await q.push("emails", raw(), delay=60)
+    held = [await q.reserve(["emails"]) for _ in range(3)]
+    keys = await q.client.keys("*")
+    assert sorted(keys) == ["queues:{emails}", "queues:{emails}:delayed", "queues:{emails}:jobs",
+                            "queues:{emails}:notify", "queues:{emails}:reserved"]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+    await q.acknowledge(held[0])
+    await q.release(held[1], delay=0)
+    await q.fail(held[2], "RuntimeError: no")
+    await q.clear("emails")
+    while (job := await q.reserve(["emails"])) is not None:
+        await q.acknowledge(job)
+    assert await q.client.keys("*") == []
+
+
+async def test_the_notify_list_never_outgrows_the_ready_list(redis_queue):
+    q = redis_queue
+    await q.push_many("bounded", [raw() for _ in range(300)])
+    for _ in range(100):
+        await q.acknowledge(await q.reserve(["bounded"]))
+    assert await q.client.llen("queues:{bounded}:notify") == await q.client.llen("queues:{bounded}") == 200
+    while (job := await q.reserve(["bounded"])) is not None:
+        await q.acknowledge(job)
+    assert await q.client.exists("queues:{bounded}:notify") == 0
+
+
+async def test_a_job_id_is_its_uuid_and_pushing_it_twice_is_a_no_op(redis_queue):
+    q = redis_queue
+    same = raw()
+    await q.push("dupes", same)
+    await q.push_many("dupes", [same, same])
+    no_uuid = '{"job": "x.Y"}'
+    await q.push_many("dupes", [no_uuid, no_uuid])            # no readable uuid: each gets a fresh id
+    assert (await q.sizes(["dupes"]))["dupes"].pending == 3
+    job = await q.reserve(["dupes"])
+    assert job.id == json.loads(same)["uuid"]
+
+
+async def test_dispatch_many_is_one_round_trip(monkeypatch, tmp_path):
+    server = LocalRedis(7121).start()
+    try:
+        monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+        monkeypatch.setenv("REDIS_PORT", "7121")
+        async with create_app() as app:
+            conn = await app.queue.connection()
+            await conn.push("bulk", raw())                      # loads the script once
+            before = await conn.client.info("commandstats")
+            await RecordRun.dispatch_many([{"path": str(tmp_path / "runs"), "n": n} for n in range(1000)],
+                                          queue="bulk")
+            after = await conn.client.info("commandstats")
+            calls = {name: after[name]["calls"] - before.get(name, {"calls": 0})["calls"]
+                     for name in after if name not in ("cmdstat_info",)}
+            sent = {n: c for n, c in calls.items() if c and n not in INSIDE_PUSH_SCRIPT}
+            assert sent == {"cmdstat_evalsha": 1}
+            assert (await conn.sizes(["bulk"]))["bulk"].pending == 1001
+    finally:
+        server.cleanup()
+
+
+async def test_an_idle_worker_wakes_within_milliseconds_of_a_push(redis_queue, capsys):
+    pusher = RedisQueue(redis_queue.config, redis_queue.failed)
+    await pusher.open()
+    latencies = []
+    try:
+        for _ in range(20):
+            waiting = asyncio.create_task(redis_queue.reserve_wait(["low", "wake"], timeout=5))
+            await asyncio.sleep(0.05)                           # blocked on the notify lists by now
+            started = time.perf_counter()
+            await pusher.push("wake", raw())
+            job = await waiting
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert job is not None and job.queue == "wake"
+            await redis_queue.acknowledge(job)
+    finally:
+        await pusher.close()
+    latencies.sort()
+    with capsys.disabled():
+        print(f"\n  push-to-reserve while blocked: p50 {statistics.median(latencies):.2f} ms, "
+              f"max {latencies[-1]:.2f} ms")
+    assert statistics.median(latencies) < 20
+    assert latencies[-1] < 250
+
+
+async def test_a_blocked_worker_still_takes_the_first_queue_first(redis_queue):
+    q = redis_queue
+    await q.push_many("low", [raw(n=1)])
+    await q.push_many("high", [raw(n=2)])
+    first = await q.reserve_wait(["high", "low"], timeout=1)
+    second = await q.reserve_wait(["high", "low"], timeout=1)
+    assert (first.queue, second.queue) == ("high", "low")
+    started = time.monotonic()
+    assert await q.reserve_wait(["high", "low"], timeout=0.3) is None
+    assert 0.25 < time.monotonic() - started < 1.0
+
+
+async def test_a_blocked_worker_wakes_when_a_delayed_job_comes_due(redis_queue):
+    q = redis_queue
+    await q.push("later", raw(), delay=0.5)
+    started = time.monotonic()
+    job = await q.reserve_wait(["later"], timeout=5)
+    assert job is not None
+    assert 0.45 < time.monotonic() - started < 1.2             # not the whole 5 s
+
+
+async def test_a_signal_for_a_lower_queue_is_passed_on_when_a_higher_one_is_taken(redis_queue):
+    q = redis_queue
+    other = RedisQueue(q.config, q.failed)
+    await other.open()
+    try:
+        first = asyncio.create_task(q.reserve_wait(["high", "low"], timeout=5))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(other.reserve_wait(["low"], timeout=5))
+        await asyncio.sleep(0.05)
+        # One transaction pushes to low, then high: `first` is woken through low's notify list but
+        # takes the high job, so it must hand low's signal on to `second`, blocked on low alone.
+        async with other.client.pipeline(transaction=True) as tx:
+            for queue in ("low", "high"):
+                k = other.keys(queue)
+                await other._scripts["push"](keys=[k.ready, k.delayed, k.jobs, k.notify], args=[0, str(uuid.uuid4()), raw()],
+                                       client=tx)
+            started = time.monotonic()
+            await tx.execute()
+        assert (await first).queue == "high"
+        assert (await asyncio.wait_for(second, 1)).queue == "low"
+        assert time.monotonic() - started < 0.5
+    finally:
+        await other.close()
