@@ -1,0 +1,94 @@
+"""The contract suite's core cases on a real 3-node Redis Cluster (ports 7101-7103), started and torn
+down here. Every script touches only one queue's slot, or the cluster would answer CROSSSLOT."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from tests.contract.conftest import configure, open_backend
+from tests.contract.test_queue_contract import (  # noqa: F401  (collected here, run on the cluster)
+    test_a_delayed_job_waits_until_it_is_due, test_an_expired_reservation_passes_on_and_fences_off_the_old_holder,
+    test_delayed_bulk_push, test_dispatch_many_pushes_every_job_in_order,
+    test_extending_a_reservation_keeps_a_long_job_from_a_second_worker, test_fail_records_the_job_and_removes_it,
+    test_jobs_of_one_queue_come_out_in_dispatch_order, test_push_reserve_acknowledge,
+    test_release_puts_a_job_back_after_its_delay_with_the_attempt_counted, test_restart_signal_is_shared,
+    test_size_and_clear, test_the_first_queue_with_a_due_job_wins)
+from tests.redis_server import LocalRedis
+
+PORTS = (7101, 7102, 7103)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three empty masters joined into one cluster; always stopped and removed, even on failure."""
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not installed")
+    base = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
+    nodes: list[LocalRedis] = []
+    try:
+        for port in PORTS:
+            node_dir = base / str(port)
+            node_dir.mkdir()
+            nodes.append(LocalRedis(port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                    "--cluster-node-timeout", "2000", "--appendonly", "no",
+                                    dir=node_dir).start())
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in PORTS),
+                                  "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
+                                 timeout=30)
+        assert created.returncode == 0, created.stdout + created.stderr
+        clients = [redis.Redis(port=p) for p in PORTS]
+        until = time.monotonic() + 20
+        while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
+            assert time.monotonic() < until, "the cluster never reached state ok"
+            time.sleep(0.1)
+        yield clients
+        for c in clients:
+            c.close()
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+async def backend(cluster, monkeypatch, tmp_path):
+    """The contract suite's fixture, pointed at the cluster through a redis+cluster:// URL."""
+    for node in cluster:
+        node.flushall()
+    configure(monkeypatch, "redis")
+    monkeypatch.setenv("REDIS_URL", f"redis+cluster://127.0.0.1:{PORTS[0]}")
+    async for b in open_backend("redis-cluster", tmp_path):
+        yield b
+
+
+def test_the_queues_used_here_live_on_different_nodes(cluster):
+    slots = {q: key_slot(f"queues:{{{q}}}".encode()) for q in ("contract", "contract-high", "contract-low")}
+    owners = {}
+    for low, high, (host, port, *_), *_ in cluster[0].cluster("slots"):
+        for queue, slot in slots.items():
+            if low <= slot <= high:
+                owners[queue] = port
+    assert len(set(owners.values())) > 1, owners        # so the cases above really cross nodes
+
+
+async def test_a_blocked_worker_on_queues_of_several_slots_wakes_promptly(backend):
+    conn = backend.conn
+    assert isinstance(conn.client, RedisCluster)
+    waiting = asyncio.create_task(conn.reserve_wait(["contract-high", "contract-low"], timeout=5))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await conn.push("contract-low", '{"uuid": "00000000-0000-4000-8000-00000000000c"}')
+    job = await waiting
+    assert job.queue == "contract-low"
+    assert time.monotonic() - started < 0.5
