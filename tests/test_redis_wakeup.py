@@ -1,0 +1,64 @@
+"""Dispatch-to-start latency of an idle `queue:work redis` process: milliseconds, not --sleep."""
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bootstrap.app import create_app
+from tests.conftest import ROOT
+from tests.jobs.contract_jobs import RecordStartTime
+
+pytestmark = pytest.mark.slow
+
+
+async def start_latencies(tmp_path, sleep: float, gap: float, count: int) -> list[float]:
+    """Milliseconds from each dispatch to its job starting in an idle worker with --sleep `sleep`."""
+    runs = tmp_path / "runs"
+    worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "redis", "--queue", "contract",
+                               "--sleep", str(sleep)], cwd=ROOT, env=dict(os.environ),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sent: dict[str, float] = {}
+    try:
+        async with create_app():
+            await asyncio.sleep(1.5)                            # started, and idle
+            for _ in range(count):
+                started = time.time()
+                sent[await RecordStartTime.dispatch(path=str(runs))] = started
+                await asyncio.sleep(gap)
+            until = time.monotonic() + 2 * sleep + 2
+            while time.monotonic() < until and len(runs.read_text().splitlines() if runs.exists() else []) < count:
+                await asyncio.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+    lines = [line.split() for line in runs.read_text().splitlines()]
+    return sorted((float(start) - sent[job_id]) * 1000 for job_id, _, start in lines)
+
+
+@pytest.fixture
+def redis_worker_env(redis_env, monkeypatch):
+    monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+
+
+async def test_an_idle_worker_starts_a_job_within_milliseconds(redis_worker_env, tmp_path, capsys):
+    latencies = await start_latencies(tmp_path, sleep=3, gap=0.3, count=10)
+    with capsys.disabled():
+        print(f"\n  dispatch-to-start, idle worker: p50 {statistics.median(latencies):.1f} ms, "
+              f"max {latencies[-1]:.1f} ms")
+    assert len(latencies) == 10
+    assert statistics.median(latencies) < 25
+
+
+@pytest.mark.xfail(reason="core/worker.py idles another --sleep after reserve_wait returns None, so a job "
+                          "dispatched then waits up to --sleep; passes once the worker skips that idle",
+                   strict=False)
+async def test_a_job_dispatched_after_a_quiet_spell_also_starts_at_once(redis_worker_env, tmp_path):
+    latencies = await start_latencies(tmp_path, sleep=0.3, gap=0.5, count=8)
+    assert len(latencies) == 8
+    assert latencies[-1] < 100
