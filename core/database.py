@@ -95,7 +95,12 @@ class SqliteDatabase(Database):
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = await aiosqlite.connect(str(self.path), isolation_level=None, timeout=60)
+            pending = aiosqlite.connect(str(self.path), isolation_level=None, timeout=60)
+            # A lazily booted app is never closed; its connection thread must not keep the process alive.
+            thread = getattr(pending, "_thread", None)
+            if thread is not None:
+                thread.daemon = True
+            self._conn = await pending
             await self._conn.execute("PRAGMA busy_timeout = 60000")
             await self._conn.execute("PRAGMA journal_mode = WAL")
             await self._conn.execute("PRAGMA synchronous = NORMAL")
