@@ -36,8 +36,13 @@ async def open_redis():
         return (await conn.sizes(["cfg"]))["cfg"].pending
 
 
-async def test_unreachable_redis_is_one_clear_error(closed_port, monkeypatch):
-    monkeypatch.setenv("REDIS_PORT", str(closed_port))
+@pytest.mark.parametrize("how", ["port", "url", "cluster-url"])
+async def test_unreachable_redis_is_one_clear_error(closed_port, monkeypatch, how):
+    if how == "port":
+        monkeypatch.setenv("REDIS_PORT", str(closed_port))
+    else:
+        scheme = "redis+cluster" if how == "cluster-url" else "redis"
+        monkeypatch.setenv("REDIS_URL", f"{scheme}://:{PASSWORD}@127.0.0.1:{closed_port}")
     with pytest.raises(ConnectionFailed) as caught:
         await open_redis()
     assert str(caught.value) == f"Cannot connect to Redis at 127.0.0.1:{closed_port}: Connection refused"

@@ -18,6 +18,7 @@ connection uses the database's.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import uuid
@@ -103,6 +104,8 @@ def reason(exc: BaseException) -> str:
             return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__
     text = str(exc).strip().rstrip(".")
+    if "Connect call failed" in text or "Connection refused" in text:   # the cluster client keeps only the text
+        return os.strerror(errno.ECONNREFUSED)
     return text or type(exc).__name__
 
 
@@ -125,7 +128,7 @@ class RedisQueue(QueueConnection):
             if isinstance(client, RedisCluster):
                 await client.initialize()
             await client.ping()
-        except (redis_errors.RedisError, OSError) as exc:
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
             await _close_quietly(client)
             message = f"Cannot connect to Redis at {address(self.config)}: {reason(exc)}"
             if self.config.password:
