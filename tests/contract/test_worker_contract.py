@@ -87,3 +87,21 @@ async def test_size_clear_and_restart_commands(backend, tmp_path):
         assert await asyncio.to_thread(worker.wait, 15) == 0
     finally:
         backend.kill(worker)
+
+
+async def test_retry_puts_a_failed_job_back_on_its_connection_with_attempts_reset(backend, tmp_path):
+    job_id = await RecordRun.dispatch(path=str(tmp_path / "runs"))
+    conn = backend.conn
+    first = await conn.reserve(["contract"])
+    await conn.release(first)
+    second = await conn.reserve(["contract"])
+    assert second.attempts == 2
+    assert await conn.fail(second, "RuntimeError: boom")
+    failed = await (await backend.app.queue.failed_store()).all()
+    assert [(f.uuid, f.connection) for f in failed] == [(job_id, backend.connection)]
+
+    retried = await asyncio.to_thread(run_cli, "queue:retry", job_id)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    again = await conn.reserve(["contract"])
+    assert (again.payload, again.attempts) == (second.payload, 1)          # same job, same id, attempts reset
+    assert await (await backend.app.queue.failed_store()).all() == []
