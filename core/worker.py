@@ -147,6 +147,7 @@ class Worker:
                 await self._wait_for_slot()
                 continue
             try:
+                polled_at = time.monotonic()
                 job = await conn.reserve_wait(o.queues, o.sleep)
                 backoff = 0.0
             except Exception as exc:
@@ -162,7 +163,8 @@ class Worker:
                 if o.stop_when_empty:
                     await self._wait_for_slot()  # a running job may release a retry
                 else:
-                    await self._idle(o.sleep)
+                    # A store that blocked in reserve_wait (Redis) has already waited its --sleep.
+                    await self._idle(o.sleep - (time.monotonic() - polled_at))
                 continue
             self._start(conn, job)
             if o.once:
@@ -193,7 +195,8 @@ class Worker:
         await self._first_of(self._slot_freed.wait(), self._stopping.wait())
 
     async def _idle(self, seconds: float) -> None:
-        await self._first_of(self._stopping.wait(), asyncio.sleep(seconds))
+        if seconds > 0:
+            await self._first_of(self._stopping.wait(), asyncio.sleep(seconds))
 
     @staticmethod
     async def _first_of(*coros) -> None:
