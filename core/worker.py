@@ -11,6 +11,7 @@ import resource
 import signal
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from core.app import Application
 
 log = logging.getLogger("worker")
+SETTLE_TRIES = 8          # about 20 s of retries for acknowledge/release/fail
 
 
 class MaxAttemptsExceededError(Exception):
@@ -242,20 +244,40 @@ class Worker:
         try:
             await self._run_handle(key, job, timeout, label)
         except asyncio.CancelledError:
-            await conn.release(reserved, 0)
+            await self._settle(label, "release", lambda: conn.release(reserved, 0))
             raise
         except Exception as exc:
             if reserved.attempts < max_tries:
                 delay = payload.retry_delay(reserved.attempts)
-                held = await conn.release(reserved, delay)
+                held = await self._settle(label, "release", lambda: conn.release(reserved, delay))
                 log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
                          "" if held else " [reservation lost]")
                 return JobOutcome("RETRY", payload.uuid)
             return await self._bury(conn, reserved, job, exc, label, started)
-        if not await conn.acknowledge(reserved):
+        if not await self._settle(label, "acknowledge", lambda: conn.acknowledge(reserved)):
             log.warning("%s finished, but its reservation had been taken over by another worker", label)
         log.info("DONE    %s %s", label, _took(started))
         return JobOutcome("DONE", payload.uuid)
+
+    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[bool]]) -> bool:
+        """Run one state change, retrying while the store is unreachable (a restart, a dropped connection).
+
+        Giving up is safe: the job stays reserved and comes back after the visibility timeout.
+        """
+        delay = 0.2
+        for attempt in range(1, SETTLE_TRIES + 1):
+            try:
+                return await step()
+            except Exception as exc:
+                if attempt == SETTLE_TRIES:
+                    log.error("%s: could not %s (%s); it comes back after the visibility timeout", label,
+                              action, redact(_first_line(exc), self.secrets))
+                    return False
+                log.warning("%s: could not %s (%s); retrying in %.1fs", label, action,
+                            redact(_first_line(exc), self.secrets), delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+        return False
 
     async def _run_handle(self, key: int, job: Job, timeout: float, label: str) -> None:
         message = f"{label} exceeded its timeout of {timeout:g}s"
@@ -280,7 +302,8 @@ class Worker:
             except Exception as failed_exc:
                 log.error("%s: failed() raised %s; recording the job as failed anyway", label,
                           _first_line(failed_exc))
-        recorded = await conn.fail(reserved, exception_text(exc, self.secrets))
+        text = exception_text(exc, self.secrets)
+        recorded = await self._settle(label, "record as failed", lambda: conn.fail(reserved, text))
         log.info("FAIL    %s %s (%s)%s", label, _took(started), _first_line(exc),
                  "" if recorded else " [reservation lost; not recorded by this worker]")
         return JobOutcome("FAIL", job.job_id if job else reserved.id)

@@ -239,3 +239,38 @@ async def test_a_running_job_keeps_its_reservation_past_the_visibility_timeout(b
         finally:
             SleepyJob.timeout = 1
     assert [e["event"] for e in read_events(log)] == ["start", "end"]
+
+
+async def test_a_dropped_database_connection_mid_job_is_survived(mysql_env, tmp_path):
+    """The server kills every connection of the worker while a job runs; the job still finishes once."""
+    import pymysql
+
+    from tests.servers import MYSQL
+
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        SleepyJob.timeout = 10
+        try:
+            job_id = await SleepyJob.dispatch(log=log, seconds=1.0)
+        finally:
+            SleepyJob.timeout = 1
+        await RecordingJob.dispatch(log=log, value="next")
+        task = asyncio.create_task(work(app))
+        for _ in range(100):
+            if read_events(log):
+                break
+            await asyncio.sleep(0.05)
+        admin = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", password="", autocommit=True)
+        with admin.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s", (mysql_env,))
+            victims = [row[0] for row in cur.fetchall()]
+            for victim in victims:
+                cur.execute(f"KILL {int(victim)}")
+        admin.close()
+        assert victims
+        await asyncio.wait_for(task, 30)
+        events = read_events(log)
+        assert [(e["event"], e.get("job_id")) for e in events if e["event"] in ("start", "end")] == [
+            ("start", job_id), ("end", job_id)]
+        assert [e["value"] for e in events if e["event"] == "handle"] == ["next"]
+        assert await (await app.queue.failed_store()).all() == []
