@@ -55,10 +55,9 @@ async def test_an_idle_worker_starts_a_job_within_milliseconds(redis_worker_env,
     assert statistics.median(latencies) < 25
 
 
-@pytest.mark.xfail(reason="core/worker.py idles another --sleep after reserve_wait returns None, so a job "
-                          "dispatched then waits up to --sleep; passes once the worker skips that idle",
-                   strict=False)
 async def test_a_job_dispatched_after_a_quiet_spell_also_starts_at_once(redis_worker_env, tmp_path):
+    """Dispatches further apart than --sleep: the worker's waits time out in between, and it must
+    go straight back to blocking rather than sleep through the next dispatch."""
     latencies = await start_latencies(tmp_path, sleep=0.3, gap=0.5, count=8)
     assert len(latencies) == 8
     assert latencies[-1] < 100
