@@ -1,6 +1,7 @@
 """Dispatching: pending dispatches, lazy boot, sync running, and refusals that push nothing."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -53,7 +54,7 @@ async def test_a_delayed_job_is_not_taken_before_it_is_due(delay, tmp_path):
         assert await conn.reserve(["default"]) is None
         deadline = time.monotonic() + 5
         while (job := await conn.reserve(["default"])) is None and time.monotonic() < deadline:
-            await __import__("asyncio").sleep(0.1)
+            await asyncio.sleep(0.1)
         assert job is not None and time.monotonic() < deadline
 
 
@@ -114,3 +115,12 @@ async def test_memory_limit_stops_the_worker_after_a_job(tmp_path, caplog):
         await Worker(app, WorkerOptions(memory=1, sleep=0.05)).run()
     assert len(read_events(log)) == 1
     assert "over --memory 1MB" in caplog.text
+
+
+async def test_concurrent_first_dispatches_share_one_connection(tmp_path):
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        connections = await asyncio.gather(*[app.queue.connection() for _ in range(5)])
+        assert len({id(c) for c in connections}) == 1
+        ids = await asyncio.gather(*[RecordingJob.dispatch(log=log, value=n) for n in range(20)])
+        assert len(set(ids)) == 20 and await pending(app) == 20

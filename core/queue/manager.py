@@ -25,13 +25,14 @@ class QueueManager:
         self._failed: FailedJobStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
+        self._opening: asyncio.Lock | None = None
 
     def _check_loop(self) -> None:
         # Connections belong to the event loop that opened them; a new loop (a second
         # asyncio.run in a script or test) gets fresh ones.
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._lock = loop, asyncio.Lock()
+            self._loop, self._lock, self._opening = loop, asyncio.Lock(), asyncio.Lock()
             self._connections, self._database, self._failed = {}, None, None
 
     async def database(self) -> Database:
@@ -53,9 +54,12 @@ class QueueManager:
         name = name or self.config.queue.default
         if name in self._connections:
             return self._connections[name]
-        conn = await self._make(name)
-        await conn.open()
-        return self._connections.setdefault(name, conn)
+        async with self._opening:   # two first callers at once must not open two connections
+            if name not in self._connections:
+                conn = await self._make(name)
+                await conn.open()
+                self._connections[name] = conn
+        return self._connections[name]
 
     async def _make(self, name: str) -> QueueConnection:
         vt = self.config.queue.visibility_timeout
