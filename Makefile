@@ -24,8 +24,15 @@ run: venv env
 test: venv
 	$(PY) -m pytest -q
 
-bench: venv
-	$(PY) bench/throughput.py
+# Peers run in venvs of their own (bench/.venv/<peer>), never in requirements.txt; arq pins redis<6.
+PEERS := arq saq rq dramatiq celery
+bench/.venv/%/.installed: bench/requirements/%.txt
+	test -x bench/.venv/$*/bin/python || $(PYTHON) -m venv bench/.venv/$*
+	bench/.venv/$*/bin/pip install --quiet --disable-pip-version-check -r $< && touch $@ \
+		|| echo "bench: could not install $*; it will be reported as not run"
+
+bench: venv $(PEERS:%=bench/.venv/%/.installed)
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) storage/*.sqlite* storage/logs/*.log

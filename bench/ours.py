@@ -1,0 +1,165 @@
+"""Our framework on one connection: sqlite (a fresh file), mysql (database bench_jobs) or redis (db 11).
+
+Enqueue: `await NoopJob.dispatch()` one after another, and `NoopJob.dispatch_many([{}] * n)`, in
+one process on one application (`create_app()`), the connection opened before the clock starts.
+Workers: `python main.py queue:work --stop-when-empty --concurrency N` (N = 1 and 10), started
+after the jobs are queued; latency: `python main.py queue:work` with its default options
+(--sleep 1). Payloads are unsigned (APP_KEY empty), as the peers' are. Job log lines go to a
+file, as they would under a process manager.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import OUR_DB, REDIS_HOST, REDIS_PORT, Target, WorkerConfig, redis_url
+
+MYSQL_DATABASE = "bench_jobs"
+JOBS = {"redis": 20_000, "sqlite": 5_000, "mysql": 5_000}
+LATENCY_BUDGET = {"redis": 20.0, "sqlite": 10.0, "mysql": 10.0}
+
+
+class Ours(Target):
+    redis_db = OUR_DB
+
+    def __init__(self, connection: str) -> None:
+        self.connection = connection
+        self.name = f"ours ({connection})"
+        self.version = _git_head()
+        self.jobs = JOBS[connection]
+        self.latency_budget = LATENCY_BUDGET[connection]
+        self.bulk_label = "dispatch_many"
+        self.sqlite = Path(tempfile.mkdtemp(prefix="bench-sqlite-")) / "bench.sqlite"
+        os.environ.update(self.env())       # the in-process application reads the same settings
+        self._runner = asyncio.Runner()
+        self._app: Any = None
+
+    def env(self) -> dict[str, str]:
+        mysql = self.connection == "mysql"
+        return {
+            "QUEUE_CONNECTION": "redis" if self.connection == "redis" else "database",
+            "DB_CONNECTION": "mysql" if mysql else "sqlite",
+            "DB_DATABASE": MYSQL_DATABASE if mysql else str(self.sqlite),
+            "DB_HOST": "127.0.0.1", "DB_PORT": "3306", "DB_USERNAME": "root", "DB_PASSWORD": "",
+            "REDIS_HOST": REDIS_HOST, "REDIS_PORT": str(REDIS_PORT), "REDIS_DB": str(OUR_DB),
+            "REDIS_URL": "", "REDIS_PASSWORD": "", "REDIS_CLUSTER": "false", "REDIS_PREFIX": "queues:",
+            "JOB_PACKAGES": "bench.jobs", "APP_KEY": "", "LOG_FILE": "", "QUEUE_VISIBILITY_TIMEOUT": "90",
+        }
+
+    # -- store ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.clear()
+
+    def teardown(self) -> None:
+        self._close_app()
+        self._runner.close()
+        super().clear()
+        if self.connection == "mysql":
+            _mysql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
+        for path in self.sqlite.parent.glob("*"):
+            path.unlink()
+        self.sqlite.parent.rmdir()
+
+    def clear(self) -> None:
+        """A fresh store: Redis db flushed, SQLite file or MySQL database made anew."""
+        self._close_app()
+        super().clear()
+        if self.connection == "mysql":
+            _mysql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}", f"CREATE DATABASE {MYSQL_DATABASE}")
+        for path in self.sqlite.parent.glob("*"):
+            path.unlink()
+
+    # -- dispatching -----------------------------------------------------------------------------
+
+    def _call(self, coro_fn: Any, *args: Any) -> Any:
+        return self._runner.run(self._with_app(coro_fn, *args))
+
+    async def _with_app(self, coro_fn: Any, *args: Any) -> Any:
+        if self._app is None:
+            from bootstrap.app import create_app
+
+            self._app = await create_app().__aenter__()
+            await self._app.queue.connection()      # connect (and migrate) before any clock starts
+        return await coro_fn(*args)
+
+    def _close_app(self) -> None:
+        if self._app is not None:
+            app, self._app = self._app, None
+            self._runner.run(app.__aexit__(None, None, None))
+
+    def connect(self) -> None:
+        self._call(asyncio.sleep, 0)
+
+    def enqueue(self, n: int) -> None:
+        self._call(_dispatch_sequential, n)
+
+    def enqueue_bulk(self, n: int) -> None:
+        self._call(_dispatch_many, n)
+
+    def send_probe(self) -> None:
+        self._call(_dispatch_probe)
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def throughput_workers(self) -> list[WorkerConfig]:
+        return [WorkerConfig(f"--concurrency {c}", self._work("--stop-when-empty", "--concurrency", str(c)),
+                             exits_when_empty=True) for c in (1, 10)]
+
+    def latency_worker(self) -> WorkerConfig:
+        return WorkerConfig("queue:work defaults (--sleep 1, --concurrency 1)", self._work())
+
+    @staticmethod
+    def _work(*options: str) -> list[str]:
+        return [sys.executable, "main.py", "queue:work", *options]
+
+
+async def _dispatch_sequential(n: int) -> None:
+    from bench.jobs import NoopJob
+
+    for _ in range(n):
+        await NoopJob.dispatch()
+
+
+async def _dispatch_many(n: int) -> None:
+    from bench.jobs import NoopJob
+
+    await NoopJob.dispatch_many([{} for _ in range(n)])
+
+
+async def _dispatch_probe() -> None:
+    from bench.jobs import ProbeJob
+
+    await ProbeJob.dispatch(sent=time.time())
+
+
+def _mysql(*statements: str) -> None:
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    try:
+        with conn.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+def _git_head() -> str:
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (head.parent / ref[5:]).read_text().strip()[:8]
+        return ref[:8]
+    except OSError:
+        return ""
+
+
+def make_target(connection: str) -> Ours:
+    return Ours(connection)

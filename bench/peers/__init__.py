@@ -1,0 +1,1 @@
+"""One module per peer queue library; each runs in its own venv under bench/.venv/<peer>/."""
