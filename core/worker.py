@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import itertools
 import logging
@@ -84,7 +85,8 @@ class Worker:
         self._running: dict[int, ReservedJob] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        self._changed = asyncio.Event()     # a running job finished, or stop() was called
+        self._next_memory_check = 0.0
         self._keys = itertools.count(1)
         self._warned: set[str] = set()
         self.watchdog = Watchdog()
@@ -103,6 +105,7 @@ class Worker:
             log.info("Already stopping; waiting for %d running job(s) to finish", len(self._running))
             return
         self.stop_reason = reason
+        self._changed.set()
         log.info("Stopping (%s): no new jobs; waiting for %d running job(s)", reason, len(self._running))
         self._stopping.set()
 
@@ -145,12 +148,19 @@ class Worker:
                         break
                 except Exception as exc:  # the reserve below reports connection trouble
                     log.debug("restart check failed: %s", exc)
-            if len(self._running) >= o.concurrency:
-                await self._wait_for_slot()
+            free = o.concurrency - len(self._running)
+            if o.max_jobs:
+                free = min(free, o.max_jobs - self.processed - len(self._running))
+            if free <= 0:
+                await self._wait_for_change()
                 continue
             try:
                 polled_at = time.monotonic()
-                job = await conn.reserve_wait(o.queues, o.sleep)
+                # Busy: as many jobs as there are free slots in one round trip. Idle: block for one.
+                jobs = await conn.reserve_many(o.queues, free) if free > 1 and not o.once else []
+                if not jobs:
+                    job = await conn.reserve_wait(o.queues, o.sleep)
+                    jobs = [job] if job is not None else []
                 backoff = 0.0
             except Exception as exc:
                 backoff = min(10.0, backoff * 2 or 0.5)
@@ -158,17 +168,18 @@ class Worker:
                                                                                     self.secrets), backoff)
                 await self._idle(backoff)
                 continue
-            if job is None:
+            if not jobs:
                 if o.once or (o.stop_when_empty and not self._running):
                     self.stop("queue empty" if o.stop_when_empty else "--once")
                     break
                 if o.stop_when_empty:
-                    await self._wait_for_slot()  # a running job may release a retry
+                    await self._wait_for_change()  # a running job may release a retry
                 else:
                     # A store that blocked in reserve_wait (Redis) has already waited its --sleep.
                     await self._idle(o.sleep - (time.monotonic() - polled_at))
                 continue
-            self._start(conn, job)
+            for job in jobs:
+                self._start(conn, job)
             if o.once:
                 self.stop("--once")
                 break
@@ -186,28 +197,31 @@ class Worker:
             self._tasks.discard(t)
             self._running.pop(key, None)
             self.processed += 1
-            self._slot_freed.set()
-            if self.options.memory and memory_mb() > self.options.memory:
-                self.stop(f"memory {memory_mb():.0f}MB over --memory {self.options.memory}MB")
+            self._changed.set()
+            self._check_memory()
 
         task.add_done_callback(finished)
 
-    async def _wait_for_slot(self) -> None:
-        self._slot_freed.clear()
-        await self._first_of(self._slot_freed.wait(), self._stopping.wait())
+    def _check_memory(self) -> None:
+        """Between jobs, at most once a second: reading /proc per job costs more than a no-op job."""
+        now = time.monotonic()
+        if not self.options.memory or now < self._next_memory_check:
+            return
+        self._next_memory_check = now + 1.0
+        used = memory_mb()
+        if used > self.options.memory:
+            self.stop(f"memory {used:.0f}MB over --memory {self.options.memory}MB")
+
+    async def _wait_for_change(self) -> None:
+        """Until a running job finishes or the worker is told to stop."""
+        self._changed.clear()
+        await self._changed.wait()
 
     async def _idle(self, seconds: float) -> None:
-        if seconds > 0:
-            await self._first_of(self._stopping.wait(), asyncio.sleep(seconds))
-
-    @staticmethod
-    async def _first_of(*coros) -> None:
-        tasks = [asyncio.ensure_future(c) for c in coros]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
+        if seconds > 0 and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._stopping.wait()
 
     async def _heartbeat(self, conn: QueueConnection) -> None:
         """Renew the reservations of running jobs so no second worker takes them."""

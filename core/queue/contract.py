@@ -50,6 +50,12 @@ class QueueConnection(ABC):
     async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
         """Take the oldest due job of the first queue that has one, counting the attempt; None if none."""
 
+    async def reserve_many(self, queues: Sequence[str], limit: int) -> list[ReservedJob]:
+        """Up to `limit` due jobs in queue-priority then FIFO order, in one round trip where the
+        store allows it. A worker asks for as many as it has free slots, so none waits reserved."""
+        job = await self.reserve(queues)
+        return [job] if job is not None else []
+
     async def reserve_wait(self, queues: Sequence[str], timeout: float) -> ReservedJob | None:
         """Like reserve, but may wait up to `timeout` seconds for a job to arrive.
 

@@ -51,9 +51,9 @@ NOW = "SELECT {now}, {due}"
 # A due job, or one whose reservation outlived the visibility timeout (its worker died).
 NEXT = ("SELECT id, payload, attempts FROM jobs WHERE queue = ? AND "
         "((reserved_at IS NULL AND available_at <= {now}) OR reserved_at < {now} - ?) "
-        "ORDER BY id LIMIT 1")
+        "ORDER BY id LIMIT ?")
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
-MARK_RESERVED = "UPDATE jobs SET reserved_at = {now}, attempts = attempts + 1 WHERE id = ?"
+MARK_RESERVED = "UPDATE jobs SET reserved_at = {now}, attempts = attempts + 1 WHERE id IN "
 DELETE_HELD = "DELETE FROM jobs WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL"
 RELEASE_HELD = ("UPDATE jobs SET reserved_at = NULL, available_at = {now} "
                 "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
@@ -112,16 +112,23 @@ class DatabaseQueue(QueueConnection):
                 await tx.execute(PUSH_MANY + ", ".join([PUSH_ROW] * len(chunk)), params)
 
     async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
+        jobs = await self.reserve_many(queues, 1)
+        return jobs[0] if jobs else None
+
+    async def reserve_many(self, queues: Sequence[str], limit: int) -> list[ReservedJob]:
         next_sql = NEXT + (SKIP_LOCKED if self.db.dialect == "mysql" else "")
+        taken: list[ReservedJob] = []
         async with self.db.transaction() as tx:
             for queue in queues:
-                row = await tx.fetchone(next_sql, (queue, self.visibility_timeout))
-                if row is not None:
-                    job_id, payload, attempts = row
-                    await tx.execute(MARK_RESERVED, (job_id,))
-                    return ReservedJob(id=str(job_id), queue=queue, payload=payload,
-                                       attempts=int(attempts) + 1, token=str(int(attempts) + 1))
-        return None
+                rows = await tx.fetchall(next_sql, (queue, self.visibility_timeout, limit - len(taken)))
+                if rows:
+                    await tx.execute(MARK_RESERVED + "(" + ", ".join("?" for _ in rows) + ")",
+                                     [job_id for job_id, _, _ in rows])
+                    taken += [ReservedJob(id=str(job_id), queue=queue, payload=payload, attempts=int(attempts) + 1,
+                                          token=str(int(attempts) + 1)) for job_id, payload, attempts in rows]
+                if len(taken) >= limit:
+                    break
+        return taken
 
     async def acknowledge(self, job: ReservedJob) -> bool:
         return await self.db.execute(DELETE_HELD, (int(job.id), int(job.token))) == 1

@@ -165,24 +165,32 @@ class RedisQueue(QueueConnection):
     # -- reserving -------------------------------------------------------------------------------
 
     async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
-        job, _ = await self._reserve(queues)
-        return job
+        jobs, _ = await self._reserve(queues, 1)
+        return jobs[0] if jobs else None
 
-    async def _reserve(self, queues: Sequence[str]) -> tuple[ReservedJob | None, float | None]:
-        """The first queue's due job; else None and the seconds until something may come due."""
+    async def reserve_many(self, queues: Sequence[str], limit: int) -> list[ReservedJob]:
+        jobs, _ = await self._reserve(queues, limit)
+        return jobs
+
+    async def _reserve(self, queues: Sequence[str], limit: int) -> tuple[list[ReservedJob], float | None]:
+        """Up to `limit` due jobs, first queue first; if none, the seconds until something may come due."""
         wake: float | None = None
+        taken: list[ReservedJob] = []
         for queue in queues:
             k = self.keys(queue)
             token = secrets.token_hex(8)
             result = await self._run("reserve", [k.ready, k.delayed, k.reserved, k.jobs, k.notify],
-                                     [self.visibility_timeout, token, BATCH])
+                                     [self.visibility_timeout, token, BATCH, limit - len(taken)])
             if result[0]:
-                job_id, payload, attempts = result
-                return ReservedJob(id=job_id, queue=queue, payload=payload, attempts=int(attempts), token=token), None
-            if result[1]:
+                rows = result[1:]
+                taken += [ReservedJob(id=rows[i], queue=queue, payload=rows[i + 1], attempts=int(rows[i + 2]),
+                                      token=f"{token}:{i // 3 + 1}") for i in range(0, len(rows), 3)]
+                if len(taken) >= limit:
+                    break
+            elif result[1]:
                 due_in = max(0.0, float(result[1]))
                 wake = due_in if wake is None else min(wake, due_in)
-        return None, wake
+        return taken, (None if taken else wake)
 
     async def reserve_wait(self, queues: Sequence[str], timeout: float) -> ReservedJob | None:
         """Reserve, or block on the queues' notify lists until a job is pushed (or comes due)."""
@@ -190,7 +198,8 @@ class RedisQueue(QueueConnection):
         deadline = loop.time() + max(0.0, timeout)
         woken_by: str | None = None
         while True:
-            job, wake = await self._reserve(queues)
+            jobs, wake = await self._reserve(queues, 1)
+            job = jobs[0] if jobs else None
             if job is not None:
                 if woken_by is not None and woken_by != job.queue:
                     # Woken for another queue but took a job of a higher one: pass the signal on.

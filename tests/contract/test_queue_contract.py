@@ -62,6 +62,26 @@ async def test_the_first_queue_with_a_due_job_wins(backend):
     assert await conn.reserve(["contract-high", "contract-low"]) is None
 
 
+async def test_reserve_many_takes_a_batch_in_priority_then_dispatch_order(backend):
+    conn = backend.conn
+    high, low = [payload(n) for n in range(3)], [payload(n) for n in range(10, 16)]
+    await conn.push_many("contract-high", high)
+    await conn.push_many("contract-low", low)
+    batch = await conn.reserve_many(["contract-high", "contract-low"], 5)
+    assert [(j.queue, j.payload, j.attempts) for j in batch] == (
+        [("contract-high", raw, 1) for raw in high] + [("contract-low", raw, 1) for raw in low[:2]])
+    assert len({(j.id, j.token) for j in batch}) == 5
+    rest = await conn.reserve_many(["contract-high", "contract-low"], 10)
+    assert [j.payload for j in rest] == low[2:]
+    assert await conn.reserve_many(["contract-high", "contract-low"], 10) == []
+    # each job of a batch is fenced on its own: acknowledging one leaves the others held
+    assert await conn.acknowledge(batch[0]) is True and await conn.acknowledge(batch[0]) is False
+    assert [await conn.release(j) for j in batch[1:]] == [True] * 4
+    sizes = await conn.sizes(["contract-high", "contract-low"])
+    assert counts(sizes["contract-high"]) == {"pending": 2, "delayed": 0, "reserved": 0}
+    assert counts(sizes["contract-low"]) == {"pending": 2, "delayed": 0, "reserved": 4}
+
+
 async def test_a_delayed_job_waits_until_it_is_due(backend):
     conn, raw = backend.conn, payload()
     await conn.push("contract", raw, delay=2)

@@ -1,18 +1,19 @@
--- Reserve the oldest ready job of one queue.
+-- Reserve the oldest ready jobs of one queue (up to a limit).
 -- KEYS[1] ready list      queues:{q}
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
 -- KEYS[3] reserved zset   queues:{q}:reserved  (score = reservation expiry)
 -- KEYS[4] jobs hash       queues:{q}:jobs
 -- KEYS[5] notify list     queues:{q}:notify
--- ARGV[1] visibility timeout in seconds; ARGV[2] the new reservation's token (random, from the
--- client); ARGV[3] how many due or expired jobs to move per call (bounds the script's run time)
--- Returns {id, payload, attempts}, or {false, wake}: seconds until a delayed job comes due or a
--- reservation expires ('' if neither), so an idle worker knows how long it may block.
+-- ARGV[1] visibility timeout in seconds; ARGV[2] the reservation token's stem (random, from the
+-- client; job n of this call gets token stem..':'..n); ARGV[3] how many due or expired jobs to
+-- move per call (bounds the script's run time); ARGV[4] how many jobs to reserve at most
+-- Returns {count, id1, payload1, attempts1, id2, ...}, or {false, wake}: seconds until a delayed
+-- job comes due or a reservation expires ('' if neither), so an idle worker knows how long to block.
 --
 -- Atomic because moving due and expired jobs back, popping, counting the attempt and recording
 -- the reservation must be one step: done in several, two workers could both move the same job,
 -- or a popped job not yet in the reserved set would look lost and be handed out twice.
-local vt, token, batch = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local vt, token, batch, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4] or '1')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
@@ -34,11 +35,24 @@ if #expired > 0 then
     end
 end
 
-local id, payload
-repeat
-    id = redis.call('LPOP', KEYS[1])
-    if id then payload = redis.call('HGET', KEYS[4], id) end
-until not id or payload
+-- Pop, count the attempt and record the reservation, job by job. An id whose payload is gone
+-- (cleared while it waited) is skipped.
+local taken, count = {}, 0
+while count < limit do
+    local id, payload
+    repeat
+        id = redis.call('LPOP', KEYS[1])
+        if id then payload = redis.call('HGET', KEYS[4], id) end
+    until not id or payload
+    if not id then break end
+    count = count + 1
+    local attempts = redis.call('HINCRBY', KEYS[4], id .. ':attempts', 1)
+    redis.call('HSET', KEYS[4], id .. ':token', token .. ':' .. count)
+    redis.call('ZADD', KEYS[3], now + vt, id)
+    taken[#taken + 1] = id
+    taken[#taken + 1] = payload
+    taken[#taken + 1] = attempts
+end
 
 -- Keep one wake-up entry per ready job: never more (the list stays bounded), never fewer
 -- (a blocked worker must wake while jobs wait).
@@ -51,7 +65,7 @@ elseif signals < ready then
     redis.call('RPUSH', KEYS[5], unpack(missing))
 end
 
-if not id then
+if count == 0 then
     local wake = nil
     local d = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     local r = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -60,7 +74,5 @@ if not id then
     return {false, wake and tostring(wake - now) or ''}
 end
 
-local attempts = redis.call('HINCRBY', KEYS[4], id .. ':attempts', 1)
-redis.call('HSET', KEYS[4], id .. ':token', token)
-redis.call('ZADD', KEYS[3], now + vt, id)
-return {id, payload, attempts}
+table.insert(taken, 1, count)
+return taken
