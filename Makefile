@@ -34,5 +34,9 @@ bench/.venv/%/.installed: bench/requirements/%.txt
 bench: venv $(PEERS:%=bench/.venv/%/.installed)
 	$(PY) bench/run.py
 
+# Workers SIGKILLed at random while they run jobs, on SQLite, MySQL and Redis: nothing may be lost.
+soak: venv
+	$(PY) bench/soak.py
+
 clean:
 	rm -rf $(VENV) storage/*.sqlite* storage/logs/*.log

@@ -21,3 +21,26 @@ class ProbeJob(Job):
 
     async def handle(self) -> None:
         record_latency(self.sent)
+
+
+class SoakJob(Job):
+    """Sleeps a little, then appends `job_id attempts pid` to a shared file (O_APPEND keeps lines whole)."""
+
+    max_tries = 5
+    timeout = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ""
+        self.work = 0.01
+
+    async def handle(self) -> None:
+        import asyncio
+        import os
+
+        await asyncio.sleep(self.work)
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{self.job_id} {self.attempts} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
