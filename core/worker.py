@@ -49,12 +49,6 @@ class WorkerOptions:
     once: bool = False
 
 
-@dataclass(frozen=True)
-class JobOutcome:
-    status: str                   # DONE, RETRY, FAIL
-    job_id: str
-
-
 def exception_text(exc: BaseException, secrets: list[str]) -> str:
     """What failed_jobs.exception holds: `Class: message` on the first line, then the traceback."""
     cls = type(exc)
@@ -236,7 +230,7 @@ class Worker:
 
     # -- one job ---------------------------------------------------------------------------
 
-    async def _process(self, conn: QueueConnection, key: int, reserved: ReservedJob) -> JobOutcome:
+    async def _process(self, conn: QueueConnection, key: int, reserved: ReservedJob) -> None:
         started = time.monotonic()
         try:
             payload = Payload.decode(reserved.payload, self.key)
@@ -244,7 +238,8 @@ class Worker:
             job = cls.from_payload(payload, reserved.attempts)
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             label = f"job {reserved.id} on {reserved.queue}"
-            return await self._bury(conn, reserved, None, exc, label, started)
+            await self._bury(conn, reserved, None, exc, label, started)
+            return
         label = f"{payload.display_name} [{payload.uuid}]"
         max_tries = self.options.tries or payload.max_tries
         timeout = self.options.timeout or payload.timeout
@@ -253,10 +248,11 @@ class Worker:
             exc = MaxAttemptsExceededError(
                 f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of {max_tries}: "
                 f"a worker died or was stopped while running its last attempt; it was not run again")
-            return await self._bury(conn, reserved, job, exc, label, started)
+            await self._bury(conn, reserved, job, exc, label, started)
+            return
         log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, max_tries)
         try:
-            await self._run_handle(key, job, timeout, label)
+            await self._run_limited(key, job.run_handle, timeout, f"{label} exceeded its timeout of {timeout:g}s")
         except asyncio.CancelledError:
             await self._settle(label, "release", lambda: conn.release(reserved, 0))
             raise
@@ -265,18 +261,19 @@ class Worker:
                 delay = payload.retry_delay(reserved.attempts)
                 held = await self._settle(label, "release", lambda: conn.release(reserved, delay))
                 log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
-                         "" if held else " [reservation lost]")
-                return JobOutcome("RETRY", payload.uuid)
-            return await self._bury(conn, reserved, job, exc, label, started)
-        if not await self._settle(label, "acknowledge", lambda: conn.acknowledge(reserved)):
+                         " [reservation lost]" if held is False else "")
+            else:
+                await self._bury(conn, reserved, job, exc, label, started)
+            return
+        if await self._settle(label, "acknowledge", lambda: conn.acknowledge(reserved)) is False:
             log.warning("%s finished, but its reservation had been taken over by another worker", label)
         log.info("DONE    %s %s", label, _took(started))
-        return JobOutcome("DONE", payload.uuid)
 
-    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[bool]]) -> bool:
+    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[bool]]) -> bool | None:
         """Run one state change, retrying while the store is unreachable (a restart, a dropped connection).
 
-        Giving up is safe: the job stays reserved and comes back after the visibility timeout.
+        Returns the step's answer (False: the reservation was no longer ours), or None after giving
+        up, which is safe: the job stays reserved and comes back after the visibility timeout.
         """
         delay = 0.2
         for attempt in range(1, SETTLE_TRIES + 1):
@@ -286,19 +283,19 @@ class Worker:
                 if attempt == SETTLE_TRIES:
                     log.error("%s: could not %s (%s); it comes back after the visibility timeout", label,
                               action, redact(_first_line(exc), self.secrets))
-                    return False
+                    return None
                 log.warning("%s: could not %s (%s); retrying in %.1fs", label, action,
                             redact(_first_line(exc), self.secrets), delay)
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
-        return False
+        return None
 
-    async def _run_handle(self, key: int, job: Job, timeout: float, label: str) -> None:
-        message = f"{label} exceeded its timeout of {timeout:g}s"
+    async def _run_limited(self, key: int, fn: Callable[[], Awaitable[object]], timeout: float, message: str) -> None:
+        """Run job code for at most `timeout` seconds, whether it awaits or blocks the event loop."""
         self.watchdog.watch(key, timeout, message)
         try:
             async with asyncio.timeout(timeout) as scope:
-                await run_guarded(key, job.run_handle)
+                await run_guarded(key, fn)
         except TimeoutError as exc:
             if scope.expired() and not isinstance(exc, JobTimeoutError):
                 raise JobTimeoutError(message) from None
@@ -307,20 +304,20 @@ class Worker:
             self.watchdog.unwatch(key)
 
     async def _bury(self, conn: QueueConnection, reserved: ReservedJob, job: Job | None, exc: BaseException,
-                    label: str, started: float) -> JobOutcome:
+                    label: str, started: float) -> None:
         """The job's tries are over: call failed() once, then record it in failed_jobs and remove it."""
         if job is not None:
+            limit = max(1.0, float(type(job).timeout))
             try:
-                async with asyncio.timeout(max(1.0, float(type(job).timeout))):
-                    await job.run_failed(exc)
+                await self._run_limited(next(self._keys), lambda: job.run_failed(exc), limit,
+                                        f"{label}: failed() exceeded {limit:g}s")
             except Exception as failed_exc:
                 log.error("%s: failed() raised %s; recording the job as failed anyway", label,
                           _first_line(failed_exc))
         text = exception_text(exc, self.secrets)
         recorded = await self._settle(label, "record as failed", lambda: conn.fail(reserved, text))
         log.info("FAIL    %s %s (%s)%s", label, _took(started), _first_line(exc),
-                 "" if recorded else " [reservation lost; not recorded by this worker]")
-        return JobOutcome("FAIL", job.job_id if job else reserved.id)
+                 " [reservation lost; not recorded by this worker]" if recorded is False else "")
 
     # -- timeouts against the visibility timeout --------------------------------------------
 

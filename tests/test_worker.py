@@ -274,3 +274,17 @@ async def test_a_dropped_database_connection_mid_job_is_survived(mysql_env, tmp_
             ("start", job_id), ("end", job_id)]
         assert [e["value"] for e in events if e["event"] == "handle"] == ["next"]
         assert await (await app.queue.failed_store()).all() == []
+
+
+async def test_a_failed_method_that_blocks_is_cut_and_the_job_recorded(tmp_path, capsys):
+    from tests.jobs.sample_jobs import FailedBlocksJob
+
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await FailedBlocksJob.dispatch(log=log)
+        started = time.monotonic()
+        await work(app)
+        assert time.monotonic() - started < 5
+        [failed] = await (await app.queue.failed_store()).all()
+        assert failed.uuid == job_id and failed.summary == "RuntimeError: handle broke"
+    assert "failed() raised JobTimeoutError" in capsys.readouterr().out
