@@ -229,3 +229,23 @@ def test_demo_runs_the_examples_and_ends_with_the_failing_one_in_failed_jobs():
         assert f"DONE    {name}" in result.stdout
     assert result.stdout.count("RETRY   AlwaysFailingJob") == 2 and "FAIL    AlwaysFailingJob" in result.stdout
     assert "is in failed_jobs" in result.stdout and "RuntimeError: the upstream service is down" in result.stdout
+
+
+def test_a_job_that_cannot_be_interrupted_ends_the_worker_and_is_not_run_again(tmp_path, monkeypatch):
+    """The watchdog's last resort: exit so the job's reservation lapses; the next worker fails it."""
+    from tests.jobs.sample_jobs import UninterruptibleJob
+
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "3")
+    log = str(tmp_path / "events")
+    job_id = dispatch(lambda: UninterruptibleJob.dispatch(log=log, seconds=60))
+    started = time.monotonic()
+    first = run_cli("queue:work", "--stop-when-empty", timeout=60)
+    assert first.returncode == 70, first.stdout + first.stderr
+    assert time.monotonic() - started < 30
+    assert "could not be interrupted" in first.stdout
+    time.sleep(4)                                        # the dead worker's reservation lapses
+    second = run_cli("queue:work", "--stop-when-empty", check=True)
+    assert f"FAIL    UninterruptibleJob [{job_id}]" in second.stdout
+    assert [e["event"] for e in read_events(log)] == ["start", "failed"]   # not run past its one try; failed() once
+    [row] = json.loads(run_cli("queue:failed", "--json", check=True).stdout)
+    assert row["id"] == job_id and row["exception"].startswith("core.worker.MaxAttemptsExceededError")

@@ -144,3 +144,17 @@ class FailedBlocksJob(Job):
     async def failed(self, exception: BaseException) -> None:
         record(self.log, event="failed-start", job_id=self.job_id)
         time.sleep(30)
+
+
+class UninterruptibleJob(SleepyJob):
+    """Stands in for C code that never returns to Python: it blocks the watchdog's signal, then sleeps."""
+    max_tries = 1
+    timeout = 1
+
+    async def handle(self) -> None:
+        import signal
+
+        record(self.log, event="start", job_id=self.job_id, attempts=self.attempts, pid=os.getpid())
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        time.sleep(self.seconds)
+        record(self.log, event="end", job_id=self.job_id, attempts=self.attempts)
