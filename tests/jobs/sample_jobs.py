@@ -129,17 +129,9 @@ class NotAJob:
         NotAJob.instantiated = True
 
 
-class FailedBlocksJob(Job):
+class FailedBlocksJob(FailedRaisesJob):
     """A failed() that blocks the event loop: the watchdog must cut it, and the job still be recorded."""
-    max_tries = 1
     timeout = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log = ""
-
-    async def handle(self) -> None:
-        raise RuntimeError("handle broke")
 
     async def failed(self, exception: BaseException) -> None:
         record(self.log, event="failed-start", job_id=self.job_id)
