@@ -123,7 +123,7 @@ class Worker:
             self.watchdog.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        log.info("Worker stopped (%s) after %d job(s)", self.stop_reason or "done", self.processed)
+        log.info("Worker stopped (%s) after %d attempt(s)", self.stop_reason or "done", self.processed)
         return 0
 
     async def _loop(self, conn: QueueConnection, started: float, wall_started: float) -> None:
@@ -153,7 +153,8 @@ class Worker:
                 # Busy: as many jobs as there are free slots in one round trip. Idle: block for one.
                 jobs = await conn.reserve_many(o.queues, free) if free > 1 and not o.once else []
                 if not jobs:
-                    job = await conn.reserve_wait(o.queues, o.sleep)
+                    # --stop-when-empty asks about now: no point blocking for a job to arrive.
+                    job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep)
                     jobs = [job] if job is not None else []
                 backoff = 0.0
             except Exception as exc:
