@@ -171,14 +171,14 @@ def test_timeout_not_below_visibility_timeout_is_refused():
     result = run_cli("queue:work", "--timeout", "90")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: --timeout 90 must be below QUEUE_VISIBILITY_TIMEOUT (90s), or a running job could be handed "
+        "--timeout 90 must be below QUEUE_VISIBILITY_TIMEOUT (90s), or a running job could be handed "
         "to a second worker"]
 
 
 def test_bad_queue_name_is_one_clear_line():
     result = run_cli("queue:work", "--queue", "bad name;drop")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("Error: invalid queue name 'bad name;drop'")
+    assert result.stderr.startswith("invalid queue name 'bad name;drop'")
 
 
 @pytest.mark.parametrize("command", [["queue:size"], ["queue:failed"], ["queue:work", "--once"], ["migrate"]])
@@ -186,7 +186,7 @@ def test_unreachable_mysql_is_one_line_without_the_password(command):
     env = {"DB_CONNECTION": "mysql", "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
     result = run_cli(*command, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip() == "Error: Cannot connect to MySQL at 127.0.0.1:1: Connection refused"
+    assert result.stderr.strip() == "Cannot connect to MySQL at 127.0.0.1:1: Connection refused"
     assert "hunter2-secret" not in result.stdout + result.stderr
 
 

@@ -55,7 +55,7 @@ def test_every_command_exits_non_zero_with_one_line_and_no_password(closed_port,
     result = run_cli(*command, env=env, timeout=30)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"Error: Cannot connect to Redis at 127.0.0.1:{closed_port}: Connection refused"]
+        f"Cannot connect to Redis at 127.0.0.1:{closed_port}: Connection refused"]
     assert PASSWORD not in result.stdout + result.stderr
 
 

@@ -66,5 +66,5 @@ def describe(exc: BaseException) -> str:
 def fail(message: str, secrets: list[str] | None = None) -> int:
     from core.log import redact
 
-    click.echo(f"Error: {redact(message, secrets or [])}", err=True)
+    click.echo(redact(message, secrets or []), err=True)
     return 1
