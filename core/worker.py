@@ -154,7 +154,7 @@ class Worker:
                 jobs = await conn.reserve_many(o.queues, free) if free > 1 and not o.once else []
                 if not jobs:
                     # --stop-when-empty asks about now: no point blocking for a job to arrive.
-                    job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep)
+                    job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep, self._stopping)
                     jobs = [job] if job is not None else []
                 backoff = 0.0
             except Exception as exc:

@@ -61,3 +61,23 @@ async def test_a_job_dispatched_after_a_quiet_spell_also_starts_at_once(redis_wo
     latencies = await start_latencies(tmp_path, sleep=0.3, gap=0.5, count=8)
     assert len(latencies) == 8
     assert latencies[-1] < 100
+
+
+def test_an_idle_worker_stops_at_once_on_sigterm(redis_env):
+    """The blocking pop is cut short by a stop: SIGTERM does not wait out the block."""
+    import signal
+
+    worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "redis", "--sleep", "30"], cwd=ROOT,
+                              env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2.0)                                          # started, and blocked waiting for a job
+        assert worker.poll() is None
+        sent = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=10)
+        stopped_in = time.monotonic() - sent
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, out
+    assert "Worker stopped (SIGTERM)" in out
+    assert stopped_in < 1.0

@@ -1,6 +1,7 @@
 """The one interface every queue connection implements; the worker, dispatcher and commands use only this."""
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ class QueueConnection(ABC):
         job = await self.reserve(queues)
         return [job] if job is not None else []
 
-    async def reserve_wait(self, queues: Sequence[str], timeout: float) -> ReservedJob | None:
-        """Like reserve, but may wait up to `timeout` seconds for a job to arrive.
+    async def reserve_wait(self, queues: Sequence[str], timeout: float,
+                           interrupt: asyncio.Event | None = None) -> ReservedJob | None:
+        """Like reserve, but may wait up to `timeout` seconds for a job to arrive; a set
+        `interrupt` (the worker stopping) ends the wait at once.
 
         Stores that can be woken (Redis) override this; the default just reserves once.
         """

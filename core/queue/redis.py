@@ -192,7 +192,8 @@ class RedisQueue(QueueConnection):
                 wake = due_in if wake is None else min(wake, due_in)
         return taken, (None if taken else wake)
 
-    async def reserve_wait(self, queues: Sequence[str], timeout: float) -> ReservedJob | None:
+    async def reserve_wait(self, queues: Sequence[str], timeout: float,
+                           interrupt: asyncio.Event | None = None) -> ReservedJob | None:
         """Reserve, or block on the queues' notify lists until a job is pushed (or comes due)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
@@ -206,19 +207,32 @@ class RedisQueue(QueueConnection):
                     await self.client.rpush(self.keys(woken_by).notify, 1)
                 return job
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or (interrupt is not None and interrupt.is_set()):
                 return None
             block = min(remaining, MAX_BLOCK, wake if wake is not None else MAX_BLOCK)
-            woken_by = await self._block(queues, max(block, 0.01))
+            woken_by = await self._block(queues, max(block, 0.01), interrupt)
 
-    async def _block(self, queues: Sequence[str], seconds: float) -> str | None:
-        """Wait for a notify entry; returns the queue it came from, None on timeout."""
+    async def _block(self, queues: Sequence[str], seconds: float, interrupt: asyncio.Event | None = None) -> str | None:
+        """Wait for a notify entry; returns the queue it came from, None on timeout or interrupt.
+
+        Cancelling a BLPOP on interrupt is safe: it only takes wake-up entries, which every
+        reserve brings back in line with the ready jobs."""
         if self.cluster and len(queues) > 1:
             # Keys of different slots cannot share one BLPOP: block on the first queue briefly.
             seconds = min(seconds, CLUSTER_POLL)
             queues = queues[:1]
         notify = {self.keys(q).notify: q for q in queues}
-        popped = await self.client.blpop(list(notify), timeout=seconds)
+        if interrupt is None:
+            popped = await self.client.blpop(list(notify), timeout=seconds)
+        else:
+            pop = asyncio.ensure_future(self.client.blpop(list(notify), timeout=seconds))
+            stop = asyncio.ensure_future(interrupt.wait())
+            await asyncio.wait({pop, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not pop.done():
+                pop.cancel()
+                return None
+            popped = pop.result()
         return notify[popped[0]] if popped else None
 
     # -- finishing -------------------------------------------------------------------------------
