@@ -60,7 +60,7 @@ async def push(job: Job, *, queue: str | None = None, connection: str | None = N
     app = current()
     job.job_id = job.job_id or str(uuid.uuid4())
     payload = job.to_payload(queue)
-    conn = await app.queue.connection(connection or type(job).connection)
+    conn = await app.queue.connection(connection or job.connection)
     if conn.name == "sync":
         await run_now(job)
         return payload.uuid
@@ -84,7 +84,7 @@ async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection
     for job in jobs:
         job.job_id = job.job_id or str(uuid.uuid4())
         payload = job.to_payload(queue)
-        groups.setdefault((connection or type(job).connection, payload.queue), []).append(
+        groups.setdefault((connection or job.connection, payload.queue), []).append(
             payload.encode(app.config.app.key))
         ids.append(payload.uuid)
     for (conn_name, queue_name), payloads in groups.items():

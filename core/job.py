@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
-_NOT_SERIALIZED = {"job_id", "attempts"}
+# Not job data: the id and attempt count, and the settings that travel in the payload's own fields.
+_NOT_SERIALIZED = {"job_id", "attempts", "max_tries", "timeout", "retry_after", "queue", "connection"}
 
 
 class SerializationError(FrameworkError, TypeError):
@@ -71,7 +72,7 @@ class Job:
     def make(cls, **attributes: Any) -> "Job":
         job = cls()
         for name, value in attributes.items():
-            if name.startswith("_") or name in _NOT_SERIALIZED:
+            if name.startswith("_") or name in ("job_id", "attempts"):
                 raise SerializationError(f"{cls.__name__}: {name!r} cannot be set at dispatch")
             setattr(job, name, value)
         return job
@@ -94,12 +95,12 @@ class Job:
         return data
 
     def to_payload(self, queue: str | None = None) -> Payload:
-        cls = type(self)
-        retry = cls.retry_after if isinstance(cls.retry_after, (list, tuple)) else [cls.retry_after]
-        return Payload(uuid=self.job_id or str(uuid.uuid4()), job=cls.class_path(),
-                       queue=validate_queue_name(cls.queue if queue is None else queue), max_tries=int(cls.max_tries),
-                       timeout=float(cls.timeout), retry_after=tuple(float(r) for r in retry),
-                       data=self.serialize(), pushed_at=now())
+        """The payload, freezing this job's settings (the class's, unless set on the instance)."""
+        retry = self.retry_after if isinstance(self.retry_after, (list, tuple)) else [self.retry_after]
+        return Payload(uuid=self.job_id or str(uuid.uuid4()), job=type(self).class_path(),
+                       queue=validate_queue_name(self.queue if queue is None else queue),
+                       max_tries=int(self.max_tries), timeout=float(self.timeout),
+                       retry_after=tuple(float(r) for r in retry), data=self.serialize(), pushed_at=now())
 
     @classmethod
     def from_payload(cls, payload: Payload, attempts: int) -> "Job":

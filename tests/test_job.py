@@ -136,3 +136,11 @@ def test_reserved_names_cannot_be_set_at_dispatch():
         ExampleJob.make(job_id="forged")
     with pytest.raises(SerializationError):
         ExampleJob.make(_private="x")
+
+
+def test_settings_set_on_an_instance_or_at_dispatch_win_over_the_class():
+    job = ExampleJob.make(to="x", queue="high", max_tries=7, timeout=5, retry_after=[1, 2, 3])
+    payload = job.to_payload()
+    assert (payload.queue, payload.max_tries, payload.timeout, payload.retry_after) == ("high", 7, 5.0, (1.0, 2.0, 3.0))
+    assert set(payload.data) == {"to", "items"}           # settings travel in their own fields, not as data
+    assert (ExampleJob.queue, ExampleJob.max_tries) == ("emails", 4)
