@@ -17,7 +17,8 @@ from tests.jobs.contract_jobs import RecordRun
 from tests.redis_server import LocalRedis
 
 
-INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_hsetnx", "cmdstat_rpush", "cmdstat_zadd"}
+INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_hsetnx", "cmdstat_hset", "cmdstat_incr", "cmdstat_rpush",
+                      "cmdstat_zadd"}
 
 
 def raw(**extra) -> str:
@@ -39,7 +40,7 @@ async def test_the_keys_of_a_queue_share_one_slot_and_none_is_left_behind(redis_
     held = [await q.reserve(["emails"]) for _ in range(3)]
     keys = await q.client.keys("*")
     assert sorted(keys) == ["queues:{emails}", "queues:{emails}:delayed", "queues:{emails}:jobs",
-                            "queues:{emails}:notify", "queues:{emails}:reserved"]
+                            "queues:{emails}:notify", "queues:{emails}:reserved", "queues:{emails}:seq"]
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
     await q.acknowledge(held[0])
@@ -56,7 +57,7 @@ async def test_the_notify_list_never_outgrows_the_ready_list(redis_queue):
     await q.push_many("bounded", [raw() for _ in range(300)])
     for _ in range(100):
         await q.acknowledge(await q.reserve(["bounded"]))
-    assert await q.client.llen("queues:{bounded}:notify") == await q.client.llen("queues:{bounded}") == 200
+    assert await q.client.llen("queues:{bounded}:notify") == await q.client.zcard("queues:{bounded}") == 200
     while (job := await q.reserve(["bounded"])) is not None:
         await q.acknowledge(job)
     assert await q.client.exists("queues:{bounded}:notify") == 0
@@ -154,8 +155,8 @@ async def test_a_signal_for_a_lower_queue_is_passed_on_when_a_higher_one_is_take
         async with other.client.pipeline(transaction=True) as tx:
             for queue in ("low", "high"):
                 k = other.keys(queue)
-                await other._scripts["push"](keys=[k.ready, k.delayed, k.jobs, k.notify], args=[0, str(uuid.uuid4()), raw()],
-                                       client=tx)
+                await other._scripts["push"](keys=[k.ready, k.delayed, k.jobs, k.notify, k.seq],
+                                             args=[0, str(uuid.uuid4()), raw()], client=tx)
             started = time.monotonic()
             await tx.execute()
         assert (await first).queue == "high"

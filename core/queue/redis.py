@@ -3,11 +3,16 @@
 Keys of one queue share the hash tag `{queue}`, so in Redis Cluster they sit in one slot and
 every script touches one node:
 
-    queues:{emails}            list    ids of ready jobs, oldest first (RPUSH + LPOP: FIFO)
+    queues:{emails}            zset    ids of ready jobs, score = dispatch sequence (ZPOPMIN: FIFO)
     queues:{emails}:delayed    zset    ids of delayed jobs, score = due time
     queues:{emails}:reserved   zset    ids of reserved jobs, score = reservation expiry
-    queues:{emails}:jobs       hash    <id> = payload, <id>:attempts, <id>:token
+    queues:{emails}:jobs       hash    <id> = payload, <id>:seq, <id>:attempts, <id>:token
     queues:{emails}:notify     list    one entry per ready job; idle workers block on it
+    queues:{emails}:seq        string  counter giving each pushed job its place in dispatch order
+
+A job keeps its sequence number for life, so a delayed job coming due, a retry, or an expired
+reservation goes back to its dispatch position: due jobs run in dispatch order, as on the
+database connection.
 
 The payload is stored as pushed and never re-encoded (it may be signed); attempts and the
 reservation token live beside it. A job's id is its payload's uuid, so pushing the same job twice
@@ -57,11 +62,12 @@ class QueueKeys:
     reserved: str
     jobs: str
     notify: str
+    seq: str
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> "QueueKeys":
         base = f"{prefix}{{{queue}}}"
-        return cls(base, f"{base}:delayed", f"{base}:reserved", f"{base}:jobs", f"{base}:notify")
+        return cls(base, f"{base}:delayed", f"{base}:reserved", f"{base}:jobs", f"{base}:notify", f"{base}:seq")
 
 
 def address(config: RedisConfig) -> str:
@@ -160,7 +166,7 @@ class RedisQueue(QueueConnection):
             args: list[Any] = [max(0.0, float(delay))]
             for payload in payloads[start:start + PUSH_CHUNK]:
                 args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
-            await self._run("push", [k.ready, k.delayed, k.jobs, k.notify], args)
+            await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq], args)
 
     # -- reserving -------------------------------------------------------------------------------
 
@@ -239,7 +245,7 @@ class RedisQueue(QueueConnection):
 
     async def acknowledge(self, job: ReservedJob) -> bool:
         k = self.keys(job.queue)
-        return await self._run("acknowledge", [k.reserved, k.jobs], [job.id, job.token]) == 1
+        return await self._run("acknowledge", [k.reserved, k.jobs, k.seq], [job.id, job.token]) == 1
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         k = self.keys(job.queue)
@@ -296,7 +302,7 @@ class RedisQueue(QueueConnection):
         k = self.keys(queue)
         total = 0
         while True:
-            count = int(await self._run("clear", [k.ready, k.delayed, k.jobs, k.notify], [BATCH]))
+            count = int(await self._run("clear", [k.ready, k.delayed, k.jobs, k.notify, k.seq], [BATCH]))
             total += count
             if count < BATCH:
                 return total

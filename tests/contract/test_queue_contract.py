@@ -82,6 +82,20 @@ async def test_reserve_many_takes_a_batch_in_priority_then_dispatch_order(backen
     assert counts(sizes["contract-low"]) == {"pending": 2, "delayed": 0, "reserved": 4}
 
 
+async def test_due_jobs_run_in_dispatch_order_whatever_delayed_or_released_them(backend):
+    conn = backend.conn
+    early_delayed, retried, plain = payload(1), payload(2), payload(3)
+    await conn.push("contract", early_delayed, delay=1)
+    await conn.push("contract", retried)
+    await conn.release(await conn.reserve(["contract"]), 0)     # a retry keeps its place in line
+    await conn.push("contract", plain)
+    await asyncio.sleep(2.2)                                     # the delayed job is due (whole seconds on SQL)
+    taken = []
+    while (job := await conn.reserve(["contract"])) is not None:
+        taken.append(job.payload)
+    assert taken == [early_delayed, retried, plain]
+
+
 async def test_a_delayed_job_waits_until_it_is_due(backend):
     conn, raw = backend.conn, payload()
     await conn.push("contract", raw, delay=2)

@@ -1,16 +1,17 @@
 -- Delete up to a batch of a queue's jobs that are not reserved (ready first, then delayed).
--- KEYS[1] ready list      queues:{q}
+-- KEYS[1] ready zset      queues:{q}
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] jobs hash       queues:{q}:jobs
 -- KEYS[4] notify list     queues:{q}:notify
+-- KEYS[5] sequence        queues:{q}:seq       (deleted with the queue's last job)
 -- ARGV[1] batch size
 -- Returns how many jobs were deleted; the caller repeats until it gets less than a batch.
 --
 -- Atomic because an id and its payload must go together (no id left pointing at nothing, no
 -- payload left behind), and batched so clearing a huge queue never blocks Redis for long.
 local batch = tonumber(ARGV[1])
-local ids = redis.call('LRANGE', KEYS[1], 0, batch - 1)
-if #ids > 0 then redis.call('LTRIM', KEYS[1], #ids, -1) end
+local ids = redis.call('ZRANGE', KEYS[1], 0, batch - 1)
+if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
 if #ids < batch then
     local delayed = redis.call('ZRANGE', KEYS[2], 0, batch - #ids - 1)
     if #delayed > 0 then
@@ -19,7 +20,8 @@ if #ids < batch then
     end
 end
 for _, id in ipairs(ids) do
-    redis.call('HDEL', KEYS[3], id, id .. ':attempts', id .. ':token')
+    redis.call('HDEL', KEYS[3], id, id .. ':seq', id .. ':attempts', id .. ':token')
 end
-if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('DEL', KEYS[5]) end
 return #ids

@@ -1,12 +1,13 @@
 -- Push one or more jobs onto a queue.
--- KEYS[1] ready list      queues:{q}
+-- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence: FIFO)
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
--- KEYS[3] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:attempts, <id>:token)
+-- KEYS[3] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq, <id>:attempts, <id>:token)
 -- KEYS[4] notify list     queues:{q}:notify    (one entry per ready job, for blocked workers)
+-- KEYS[5] sequence        queues:{q}:seq       (counter: each job's place in dispatch order)
 -- ARGV[1] delay in seconds (0 = ready now); ARGV[2], ARGV[3], ... pairs of job id, payload
 -- Returns how many jobs were added.
 --
--- Atomic because the payload, the job's place in the ready list or delayed set and the wake-up
+-- Atomic because the payload, the job's place in the ready or delayed set and the wake-up
 -- signal must appear together: a worker must never pop an id whose payload is not stored yet.
 -- HSETNX makes a second push of the same id (a retried dispatch) a no-op instead of a duplicate.
 local delay = tonumber(ARGV[1])
@@ -16,10 +17,12 @@ local added = 0
 for i = 2, #ARGV, 2 do
     local id = ARGV[i]
     if redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 1 then
+        local seq = redis.call('INCR', KEYS[5])
+        redis.call('HSET', KEYS[3], id .. ':seq', seq)
         if delay > 0 then
             redis.call('ZADD', KEYS[2], due, id)
         else
-            redis.call('RPUSH', KEYS[1], id)
+            redis.call('ZADD', KEYS[1], seq, id)
             redis.call('RPUSH', KEYS[4], 1)
         end
         added = added + 1

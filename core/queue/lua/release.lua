@@ -1,5 +1,5 @@
 -- Put a reserved job back, to run again now or after a delay; its attempt count is kept.
--- KEYS[1] ready list      queues:{q}
+-- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence)
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] reserved zset   queues:{q}:reserved
 -- KEYS[4] jobs hash       queues:{q}:jobs
@@ -7,7 +7,7 @@
 -- ARGV[1] job id; ARGV[2] the reservation token the worker holds; ARGV[3] delay in seconds
 -- Returns 1 if released, 0 if the reservation is no longer this worker's.
 --
--- Atomic because the token check, leaving the reserved set and joining the ready list or the
+-- Atomic because the token check, leaving the reserved set and joining the ready set or the
 -- delayed set are one move: split, the job could be in two places (run twice) or in none (lost).
 if redis.call('HGET', KEYS[4], ARGV[1] .. ':token') ~= ARGV[2] then
     return 0
@@ -19,7 +19,7 @@ if delay > 0 then
     local t = redis.call('TIME')
     redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay, ARGV[1])
 else
-    redis.call('RPUSH', KEYS[1], ARGV[1])
+    redis.call('ZADD', KEYS[1], tonumber(redis.call('HGET', KEYS[4], ARGV[1] .. ':seq') or '0'), ARGV[1])
     redis.call('RPUSH', KEYS[5], 1)
 end
 return 1

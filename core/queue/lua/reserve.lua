@@ -1,5 +1,5 @@
 -- Reserve the oldest ready jobs of one queue (up to a limit).
--- KEYS[1] ready list      queues:{q}
+-- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence: FIFO)
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
 -- KEYS[3] reserved zset   queues:{q}:reserved  (score = reservation expiry)
 -- KEYS[4] jobs hash       queues:{q}:jobs
@@ -17,22 +17,24 @@ local vt, token, batch, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), t
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
--- Due delayed jobs join the back of the queue, oldest due first.
+-- Due delayed jobs and expired reservations (their worker died) go back to the ready set at
+-- their dispatch position, so due jobs run in the order they were dispatched, as on the database.
+-- Clearing the token fences off the dead worker's late acknowledge or release.
+local function make_ready(ids)
+    for _, id in ipairs(ids) do
+        redis.call('ZADD', KEYS[1], tonumber(redis.call('HGET', KEYS[4], id .. ':seq') or '0'), id)
+    end
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, batch)
 if #due > 0 then
     redis.call('ZREM', KEYS[2], unpack(due))
-    redis.call('RPUSH', KEYS[1], unpack(due))
+    make_ready(due)
 end
-
--- Expired reservations (their worker died) go to the front, in expiry order: they were first in
--- line already. Clearing the token fences off the dead worker's late acknowledge or release.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
 if #expired > 0 then
     redis.call('ZREM', KEYS[3], unpack(expired))
-    for i = #expired, 1, -1 do
-        redis.call('LPUSH', KEYS[1], expired[i])
-        redis.call('HDEL', KEYS[4], expired[i] .. ':token')
-    end
+    make_ready(expired)
+    for _, id in ipairs(expired) do redis.call('HDEL', KEYS[4], id .. ':token') end
 end
 
 -- Pop, count the attempt and record the reservation, job by job. An id whose payload is gone
@@ -41,7 +43,7 @@ local taken, count = {}, 0
 while count < limit do
     local id, payload
     repeat
-        id = redis.call('LPOP', KEYS[1])
+        id = redis.call('ZPOPMIN', KEYS[1])[1]
         if id then payload = redis.call('HGET', KEYS[4], id) end
     until not id or payload
     if not id then break end
@@ -56,7 +58,7 @@ end
 
 -- Keep one wake-up entry per ready job: never more (the list stays bounded), never fewer
 -- (a blocked worker must wake while jobs wait).
-local ready, signals = redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[5])
+local ready, signals = redis.call('ZCARD', KEYS[1]), redis.call('LLEN', KEYS[5])
 if signals > ready then
     if ready == 0 then redis.call('DEL', KEYS[5]) else redis.call('LTRIM', KEYS[5], 0, ready - 1) end
 elseif signals < ready then

@@ -1,5 +1,5 @@
 -- Count a queue's jobs: {pending, delayed, reserved}. Read-only.
--- KEYS[1] ready list      queues:{q}
+-- KEYS[1] ready zset      queues:{q}
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] reserved zset   queues:{q}:reserved
 --
@@ -8,4 +8,4 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local due = redis.call('ZCOUNT', KEYS[2], '-inf', now)
-return {redis.call('LLEN', KEYS[1]) + due, redis.call('ZCARD', KEYS[2]) - due, redis.call('ZCARD', KEYS[3])}
+return {redis.call('ZCARD', KEYS[1]) + due, redis.call('ZCARD', KEYS[2]) - due, redis.call('ZCARD', KEYS[3])}
