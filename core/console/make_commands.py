@@ -86,12 +86,16 @@ async def demo(app) -> None:
         click.echo(f"  {name:<20} {job_id}")
     queues = ("emails", "notifications", "data", "reports", "default")
     click.echo(f"\nWorking queues {','.join(queues)} (AlwaysFailingJob retries after 1s, twice):")
-    while True:
-        await Worker(app, WorkerOptions(queues=queues, concurrency=4, sleep=0.2, stop_when_empty=True)).run()
+    # One worker, stopped once nothing is left: --stop-when-empty would stop while a retry waits.
+    worker = Worker(app, WorkerOptions(queues=queues, concurrency=4, sleep=0.2))
+    running = asyncio.create_task(worker.run())
+    while not running.done():
+        await asyncio.sleep(0.3)
         sizes = await conn.sizes(list(queues))
         if not any(s.pending or s.delayed or s.reserved for s in sizes.values()):
+            worker.stop("every example job is done or failed")
             break
-        await asyncio.sleep(0.5)  # a retry is delayed; wait for it to come due
+    await running
     failed_id = dispatched[-1][1]
     store = await app.queue.failed_store()
     if await store.find(failed_id):
