@@ -94,6 +94,7 @@ class MqttConfig:
     tls: bool = False
     shared_group: str = "app"
     max_concurrent_messages: int = 100
+    connect_timeout: float = 5.0     # seconds `run` keeps trying a broker it never reached (0: forever)
 
 
 @dataclass(frozen=True)

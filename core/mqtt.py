@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import ssl
 import uuid
@@ -59,6 +60,15 @@ def reason(exc: aiomqtt.MqttError) -> str:
     return f"{text} ({exc.__cause__})" if exc.__cause__ else text
 
 
+# CONNACK codes for bad credentials / not authorized (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135).
+REFUSED_CREDENTIALS = {4, 5, 134, 135}
+
+
+def short_reason(exc: aiomqtt.MqttError) -> str:
+    """'Connection refused', not '[Errno 111] Connection refused'."""
+    return re.sub(r"^\[Errno \d+\]\s*", "", reason(exc))
+
+
 def client_id(config: MqttConfig, app_name: str) -> str:
     return config.client_id or f"{app_name}-{uuid.uuid4().hex[:8]}"
 
@@ -109,6 +119,7 @@ class MqttApp:
 
     async def _connect_loop(self) -> None:
         delay = self.options.first_delay
+        started, ever_connected = asyncio.get_running_loop().time(), False
         while not self._stop.is_set():
             self._session_connected = False
             try:
@@ -116,6 +127,9 @@ class MqttApp:
             except aiomqtt.MqttError as exc:
                 if self._stop.is_set():
                     break
+                ever_connected = ever_connected or self._session_connected
+                if not ever_connected:
+                    self._give_up_if_unreachable(exc, started, delay)
                 if self._session_connected:
                     delay = self.options.first_delay    # a fresh outage starts the backoff over
                     log.warning("MQTT connection lost: %s; reconnecting in %gs", reason(exc), delay)
@@ -125,6 +139,16 @@ class MqttApp:
                 await self._until_stopped(asyncio.sleep(delay))
                 delay = min(delay * 2, self.options.max_delay)
         await self._drain()
+
+    def _give_up_if_unreachable(self, exc: aiomqtt.MqttError, started: float, delay: float) -> None:
+        """A broker never reached within MQTT_CONNECT_TIMEOUT, or one that refuses our credentials, is a
+        configuration error: one clear line and a non-zero exit. Once connected, `run` never gives up."""
+        code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
+        refused_credentials = code in REFUSED_CREDENTIALS
+        waited = asyncio.get_running_loop().time() - started + delay
+        timeout = self.config.connect_timeout
+        if refused_credentials or (timeout and waited > timeout):
+            raise ConnectionFailed(f"Cannot connect to MQTT broker at {self.address}: {short_reason(exc)}")
 
     async def _session(self) -> None:
         """One connection: subscribe, serve until stop or until the broker goes away (MqttError)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import uuid
 
 import pytest
@@ -262,8 +263,21 @@ async def test_run_replies_on_the_response_topic_and_stops_on_a_signal(sig):
     assert f"Received {sig.name}" in app.output and "Traceback" not in app.output
 
 
+def test_run_gives_up_on_a_broker_it_never_reached_with_one_line():
+    from tests.conftest import run_cli
+
+    started = time.monotonic()
+    result = run_cli("run", env={"MQTT_PORT": "1", "MQTT_PASSWORD": "s3cret-pass", "MQTT_CONNECT_TIMEOUT": "2"},
+                     timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Cannot connect to MQTT broker at 127.0.0.1:1: Connection refused"
+    assert "retrying in 0.5s" in result.stdout                 # it did try again before giving up
+    assert time.monotonic() - started < 10
+    assert "s3cret-pass" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
 async def test_run_keeps_retrying_an_unreachable_broker_and_stops_on_sigterm():
-    app = AppProcess(env={"MQTT_PORT": "1", "MQTT_PASSWORD": "s3cret-pass"})
+    app = AppProcess(env={"MQTT_PORT": "1", "MQTT_PASSWORD": "s3cret-pass", "MQTT_CONNECT_TIMEOUT": "0"})
     try:
         line = await app.wait_for("Cannot connect to MQTT broker at 127.0.0.1:1")
         assert "retrying in 0.5s" in line
