@@ -68,3 +68,13 @@ def fail(message: str, secrets: list[str] | None = None) -> int:
 
     click.echo(redact(message, secrets or []), err=True)
     return 1
+
+
+def print_table(headers: tuple[str, ...], rows: list[tuple]) -> None:
+    """Columns padded to their widest cell, a rule under the header."""
+    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))

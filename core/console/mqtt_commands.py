@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from bootstrap.app import load_routes
-from core.console.base import command
+from core.console.base import command, print_table
 from core.mqtt import MqttApp
 
 
@@ -31,13 +31,5 @@ async def route_list(app) -> None:
     group = app.config.mqtt.shared_group
     rows = [(r.pattern, r.subscription(group), r.handler_name, str(r.qos), "yes" if r.shared else "no")
             for r in router.routes]
-    _table(("Pattern", "Subscription", "Handler", "QoS", "Shared"), rows)
+    print_table(("Pattern", "Subscription", "Handler", "QoS", "Shared"), rows)
 
-
-def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    cells = [headers, *rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if n == 0:
-            click.echo("  ".join("-" * w for w in widths))

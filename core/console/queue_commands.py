@@ -6,7 +6,7 @@ import time
 
 import click
 
-from core.console.base import command
+from core.console.base import command, print_table
 from core.job import validate_queue_name
 from core.queue.failed import FailedJob
 from core.queue.retry import retry_failed
@@ -32,7 +32,7 @@ def print_failed(jobs: list[FailedJob]) -> None:
         click.echo("No failed jobs.")
         return
     rows = [(j.uuid, j.connection, j.queue, j.job_class, j.as_dict()["failed_at"], j.summary) for j in jobs]
-    _table(("ID", "Connection", "Queue", "Class", "Failed At", "Exception"), rows)
+    print_table(("ID", "Connection", "Queue", "Class", "Failed At", "Exception"), rows)
 
 
 @command("queue:retry")
@@ -107,7 +107,7 @@ async def size(app, connection, queue, as_json) -> None:
     if not sizes:
         click.echo(f"No jobs on {conn.name}.")
         return
-    _table(("Queue", "Pending", "Delayed", "Reserved"),
+    print_table(("Queue", "Pending", "Delayed", "Reserved"),
            [(q, s.pending, s.delayed, s.reserved) for q, s in sizes.items()])
 
 
@@ -131,11 +131,3 @@ async def migrate(app) -> None:
     await DatabaseQueue(db, await app.queue.failed_store(), app.config.queue.visibility_timeout).migrate()
     click.echo(f"Migrated jobs and failed_jobs ({app.config.database.describe()}).")
 
-
-def _table(headers: tuple, rows: list[tuple]) -> None:
-    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if n == 0:
-            click.echo("  ".join("-" * w for w in widths))
