@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Generator
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,17 +54,8 @@ class PendingDispatch:
 
 
 async def push(job: Job, *, queue: str | None = None, connection: str | None = None, delay: float = 0) -> str:
-    from core.app import current
-
-    app = current()
-    job.job_id = job.job_id or str(uuid.uuid4())
-    payload = job.to_payload(queue)
-    conn = await app.queue.connection(connection or job.connection)
-    if conn.name == "sync":
-        await run_now(job)
-        return payload.uuid
-    await conn.push(payload.queue, payload.encode(app.config.app.key), delay)
-    return payload.uuid
+    [job_id] = await _push_all([job], queue=queue, connection=connection, delay=delay)
+    return job_id
 
 
 async def dispatch(job: Job, *, queue: str | None = None, connection: str | None = None,
@@ -76,26 +66,33 @@ async def dispatch(job: Job, *, queue: str | None = None, connection: str | None
 
 async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection: str | None = None) -> list[str]:
     """Push several jobs; jobs bound for the same connection and queue go in one round trip."""
+    return await _push_all(jobs, queue=queue, connection=connection)
+
+
+async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | None, delay: float = 0) -> list[str]:
+    """Encode every job first (so a bad one pushes nothing), then push per connection and queue."""
     from core.app import current
 
     app = current()
-    groups: dict[tuple[str | None, str], list[str]] = {}
-    ids = []
+    groups: dict[tuple[str | None, str], list[tuple[Job, str]]] = {}
     for job in jobs:
-        job.job_id = job.job_id or str(uuid.uuid4())
         payload = job.to_payload(queue)
         groups.setdefault((connection or job.connection, payload.queue), []).append(
-            payload.encode(app.config.app.key))
-        ids.append(payload.uuid)
-    for (conn_name, queue_name), payloads in groups.items():
+            (job, payload.encode(app.config.app.key)))
+    for (conn_name, queue_name), items in groups.items():
         conn = await app.queue.connection(conn_name)
-        await conn.push_many(queue_name, payloads)
-    return ids
+        if conn.name == "sync":  # runs here and now; the job object is at hand
+            for job, _ in items:
+                await run_now(job)
+        elif len(items) == 1:
+            await conn.push(queue_name, items[0][1], delay)
+        else:
+            await conn.push_many(queue_name, [raw for _, raw in items], delay)
+    return [job.job_id for job in jobs]
 
 
 async def run_now(job: Job) -> Any:
     """Run a job in this process: serialized and restored as a worker would, failed() on error."""
-    job.job_id = job.job_id or str(uuid.uuid4())
     payload = job.to_payload()
     instance = type(job).from_payload(payload, attempts=1)
     try:

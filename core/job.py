@@ -95,9 +95,11 @@ class Job:
         return data
 
     def to_payload(self, queue: str | None = None) -> Payload:
-        """The payload, freezing this job's settings (the class's, unless set on the instance)."""
+        """The payload, freezing this job's settings (the class's, unless set on the instance).
+        A job without an id gets one here, kept for every later attempt."""
+        self.job_id = self.job_id or str(uuid.uuid4())
         retry = self.retry_after if isinstance(self.retry_after, (list, tuple)) else [self.retry_after]
-        return Payload(uuid=self.job_id or str(uuid.uuid4()), job=type(self).class_path(),
+        return Payload(uuid=self.job_id, job=type(self).class_path(),
                        queue=validate_queue_name(self.queue if queue is None else queue),
                        max_tries=int(self.max_tries), timeout=float(self.timeout),
                        retry_after=tuple(float(r) for r in retry), data=self.serialize(), pushed_at=now())
