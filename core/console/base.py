@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from core.errors import FrameworkError
+from core.errors import FrameworkError, describe_exception
+from core.log import redact
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,15 +38,15 @@ def command(name: str, **kwargs: Any) -> Callable:
 def run_async(fn: Callable[..., Coroutine[Any, Any, int | None]], *args: Any, **kwargs: Any) -> int:
     from bootstrap.app import create_app
 
-    async def main() -> int | None:
-        async with create_app() as app:
-            return await fn(app, *args, **kwargs)
-
     secrets: list[str] = []
     try:
-        from core.config import load_config
+        app = create_app()
+        secrets = app.config.secrets()
 
-        secrets = load_config().secrets()
+        async def main() -> int | None:
+            async with app:
+                return await fn(app, *args, **kwargs)
+
         return asyncio.run(main()) or 0
     except KeyboardInterrupt:
         return 130
@@ -54,18 +55,10 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, int | None]], *args: Any, **
     except Exception as exc:  # the last resort: still one line, never a traceback
         if os.environ.get("APP_DEBUG", "").lower() in {"1", "true"}:
             raise
-        return fail(describe(exc), secrets)
-
-
-def describe(exc: BaseException) -> str:
-    from core.errors import describe_exception
-
-    return describe_exception(exc)
+        return fail(describe_exception(exc), secrets)
 
 
 def fail(message: str, secrets: list[str] | None = None) -> int:
-    from core.log import redact
-
     click.echo(redact(message, secrets or []), err=True)
     return 1
 
