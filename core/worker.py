@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from core.errors import ConfigError
 from core.job import Job, validate_queue_name
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from core.app import Application
 
 log = logging.getLogger("worker")
+T = TypeVar("T")
 SETTLE_TRIES = 8          # about 20 s of retries for acknowledge/release/fail
 
 
@@ -78,11 +79,16 @@ class Worker:
         self.stop_reason = ""
         self._running: dict[int, ReservedJob] = {}
         self._tasks: set[asyncio.Task] = set()
+        # Finished jobs waiting for their acknowledgement, sent in batches by one task (_acknowledge).
+        self._acks: list[tuple[ReservedJob, str, float]] = []
+        self._acking: list[tuple[ReservedJob, str, float]] = []
+        self._acker: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()     # a running job finished, or stop() was called
         self._next_memory_check = 0.0
         self._keys = itertools.count(1)
         self._warned: set[str] = set()
+        self._classes: dict[str, type[Job]] = {}    # class paths already checked and imported
         self.watchdog = Watchdog()
         for queue in options.queues:
             validate_queue_name(queue)
@@ -118,6 +124,8 @@ class Worker:
             await self._loop(conn, started, wall_started)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            while self._acker is not None:
+                await asyncio.gather(self._acker, return_exceptions=True)
         finally:
             heartbeat.cancel()
             self.watchdog.stop()
@@ -223,9 +231,10 @@ class Worker:
         interval = max(0.5, self.visibility_timeout / 3)
         while True:
             await asyncio.sleep(interval)
-            if self._running:
+            held = [*self._running.values(), *(job for job, _, _ in self._acking + self._acks)]
+            if held:
                 try:
-                    await conn.extend(list(self._running.values()))
+                    await conn.extend(held)
                 except Exception as exc:
                     log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
 
@@ -235,7 +244,7 @@ class Worker:
         started = time.monotonic()
         try:
             payload = Payload.decode(reserved.payload, self.key)
-            cls = resolve_job_class(payload.job, self.packages)
+            cls = self._classes.get(payload.job) or self._resolve(payload.job)
             job = cls.from_payload(payload, reserved.attempts)
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             label = f"job {reserved.id} on {reserved.queue}"
@@ -266,11 +275,37 @@ class Worker:
             else:
                 await self._bury(conn, reserved, job, exc, label, started)
             return
-        if await self._settle(label, "acknowledge", lambda: conn.acknowledge(reserved)) is False:
-            log.warning("%s finished, but its reservation had been taken over by another worker", label)
-        log.info("DONE    %s %s", label, _took(started))
+        self._acks.append((reserved, label, started))
+        if self._acker is None:
+            self._acker = asyncio.create_task(self._acknowledge(conn))
 
-    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[bool]]) -> bool | None:
+    async def _acknowledge(self, conn: QueueConnection) -> None:
+        """Acknowledge finished jobs, all that are waiting in one round trip.
+
+        A job's slot is free once its handle() returned; its acknowledgement goes out at once,
+        with those of every job that finished while the previous batch was in flight. Until it
+        is acknowledged the heartbeat keeps renewing its reservation, as for a running job.
+        """
+        try:
+            while self._acks:
+                self._acking, self._acks = self._acks, []
+                batch = self._acking
+                label = batch[0][1] if len(batch) == 1 else f"{len(batch)} finished jobs"
+                done = await self._settle(label, "acknowledge", lambda: conn.acknowledge_many([j for j, _, _ in batch]))
+                for i, (_, job_label, started) in enumerate(batch):
+                    if done is not None and not done[i]:
+                        log.warning("%s finished, but its reservation had been taken over by another worker", job_label)
+                    log.info("DONE    %s %s", job_label, _took(started))
+                self._acking = []
+        finally:
+            self._acker = None
+
+    def _resolve(self, path: str) -> type[Job]:
+        cls = resolve_job_class(path, self.packages)
+        self._classes[path] = cls
+        return cls
+
+    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run one state change, retrying while the store is unreachable (a restart, a dropped connection).
 
         Returns the step's answer (False: the reservation was no longer ours), or None after giving

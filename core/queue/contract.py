@@ -70,6 +70,11 @@ class QueueConnection(ABC):
     async def acknowledge(self, job: ReservedJob) -> bool:
         """Delete a finished job. False if the reservation was no longer this worker's."""
 
+    async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
+        """Delete several finished jobs in one round trip where the store allows it; one answer per
+        job, as acknowledge gives. Each job's reservation is checked on its own."""
+        return [await self.acknowledge(job) for job in jobs]
+
     @abstractmethod
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         """Put a job back to run again after `delay` seconds. False if the reservation was lost."""

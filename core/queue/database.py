@@ -59,6 +59,8 @@ RELEASE_HELD = ("UPDATE jobs SET reserved_at = NULL, available_at = {now} "
                 "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
 RELEASE_HELD_DELAYED = ("UPDATE jobs SET reserved_at = NULL, available_at = {due} "
                         "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
+HELD_OF = "SELECT id, attempts FROM jobs WHERE reserved_at IS NOT NULL AND id IN "
+DELETE_IDS = "DELETE FROM jobs WHERE id IN "
 EXTEND_HELD = "UPDATE jobs SET reserved_at = {now} WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL"
 SIZES = ("SELECT queue, "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END), "
@@ -132,6 +134,21 @@ class DatabaseQueue(QueueConnection):
 
     async def acknowledge(self, job: ReservedJob) -> bool:
         return await self.db.execute(DELETE_HELD, (int(job.id), int(job.token))) == 1
+
+    async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
+        """One transaction: lock the rows still held under these reservations, delete those."""
+        if not jobs:
+            return []
+        marks = "(" + ", ".join("?" for _ in jobs) + ")"
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(HELD_OF + marks + (" FOR UPDATE" if self.db.dialect == "mysql" else ""),
+                                     [int(job.id) for job in jobs])
+            held = {(str(job_id), str(attempts)) for job_id, attempts in rows}
+            done = [(job.id, job.token) in held for job in jobs]
+            mine = [int(job.id) for job, ok in zip(jobs, done) if ok]
+            if mine:
+                await tx.execute(DELETE_IDS + "(" + ", ".join("?" for _ in mine) + ")", mine)
+        return done
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         if delay > 0:

@@ -244,8 +244,22 @@ class RedisQueue(QueueConnection):
     # -- finishing -------------------------------------------------------------------------------
 
     async def acknowledge(self, job: ReservedJob) -> bool:
-        k = self.keys(job.queue)
-        return await self._run("acknowledge", [k.reserved, k.jobs, k.seq], [job.id, job.token]) == 1
+        [done] = await self.acknowledge_many([job])
+        return done
+
+    async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
+        """One script call per queue; the answers come back in the order of `jobs`."""
+        by_queue: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_queue.setdefault(job.queue, []).append(i)
+        done = [False] * len(jobs)
+        for queue, indexes in by_queue.items():
+            k = self.keys(queue)
+            args = [part for i in indexes for part in (jobs[i].id, jobs[i].token)]
+            flags = await self._run("acknowledge", [k.reserved, k.jobs, k.seq], args)
+            for i, flag in zip(indexes, flags):
+                done[i] = flag == 1
+        return done
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         k = self.keys(job.queue)

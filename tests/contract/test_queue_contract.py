@@ -145,6 +145,25 @@ async def test_an_expired_reservation_passes_on_and_fences_off_the_old_holder(ba
     assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
 
 
+async def test_acknowledging_a_batch_deletes_only_the_jobs_still_held(backend):
+    conn = backend.conn
+    await conn.push_many("contract", [payload(n) for n in range(3)])
+    await conn.push("contract-other", payload(9))
+    stale = await conn.reserve(["contract"])
+    await asyncio.sleep(EXPIRED)                                # stale's reservation lapses...
+    held = await conn.reserve_many(["contract"], 3)             # ...and passes on with the other two
+    other = await conn.reserve(["contract-other"])
+    assert stale.id in {job.id for job in held}
+
+    batch = [held[0], stale, other, held[1], held[2]]
+    assert await conn.acknowledge_many(batch) == [True, False, True, True, True]
+    assert await conn.acknowledge_many(held) == [False, False, False]
+    assert await conn.acknowledge_many([]) == []
+    sizes = await conn.sizes(["contract", "contract-other"])
+    assert {q: counts(s) for q, s in sizes.items()} == {q: {"pending": 0, "delayed": 0, "reserved": 0}
+                                                         for q in ("contract", "contract-other")}
+
+
 async def test_extending_a_reservation_keeps_a_long_job_from_a_second_worker(backend):
     conn = backend.conn
     await conn.push("contract", payload())

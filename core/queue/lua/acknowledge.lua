@@ -1,16 +1,22 @@
--- Delete a reserved job: it finished, or it failed and is already recorded in failed_jobs.
+-- Delete reserved jobs of one queue: they finished, or failed and are already in failed_jobs.
 -- KEYS[1] reserved zset   queues:{q}:reserved
 -- KEYS[2] jobs hash       queues:{q}:jobs
 -- KEYS[3] sequence        queues:{q}:seq       (deleted with the queue's last job)
--- ARGV[1] job id; ARGV[2] the reservation token the worker holds
--- Returns 1 if deleted, 0 if the reservation is no longer this worker's.
+-- ARGV[1], ARGV[2], ... pairs of job id, the reservation token the worker holds
+-- Returns one flag per pair: 1 if deleted, 0 if that reservation is no longer this worker's.
 --
--- Atomic because the token check and the delete must not be split: between them the reservation
+-- Atomic because each token check and its delete must not be split: between them the reservation
 -- could expire and pass to another worker, whose job this worker would then delete.
-if redis.call('HGET', KEYS[2], ARGV[1] .. ':token') ~= ARGV[2] then
-    return 0
+local done = {}
+for i = 1, #ARGV, 2 do
+    local id = ARGV[i]
+    if redis.call('HGET', KEYS[2], id .. ':token') == ARGV[i + 1] then
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('HDEL', KEYS[2], id, id .. ':seq', id .. ':attempts', id .. ':token')
+        done[#done + 1] = 1
+    else
+        done[#done + 1] = 0
+    end
 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':seq', ARGV[1] .. ':attempts', ARGV[1] .. ':token')
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-return 1
+return done
