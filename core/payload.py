@@ -47,10 +47,11 @@ class Payload:
                 "retryAfter": list(self.retry_after), "data": self.data, "pushedAt": self.pushed_at}
 
     def encode(self, key: str = "") -> str:
-        body = self.body()
-        if key:
-            body["signature"] = _sign(body, key)
-        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+        """Canonical JSON (what the signature covers), with the signature appended as a last key."""
+        canonical = _canonical(self.body())
+        if not key:
+            return canonical
+        return f'{canonical[:-1]},"signature":"{_hmac(canonical, key)}"}}'
 
     @classmethod
     def decode(cls, raw: str | bytes, key: str = "") -> "Payload":
@@ -74,8 +75,18 @@ class Payload:
             raise InvalidPayload(f"payload is missing or has a malformed field: {exc}") from None
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TAIL = re.compile(r'"(,"signature":"[0-9a-f]{64}")?\}')      # what may follow the last key's value
+
+
 def peek_uuid(raw: str | bytes) -> str | None:
     """The job id of a raw payload if it can be read, without trusting anything else in it."""
+    if isinstance(raw, str):
+        # Our encoding sorts keys, so "uuid" is the last top-level key (only the signature
+        # follows), and any "uuid" inside the data comes before it, its quotes escaped.
+        at = raw.rfind('"uuid":"')
+        if at >= 0 and _UUID.fullmatch(raw, at + 8, at + 44) and _TAIL.fullmatch(raw, at + 44):
+            return raw[at + 8:at + 44]
     try:
         body = json.loads(raw)
         return str(body["uuid"]) if isinstance(body, dict) and body.get("uuid") else None
@@ -83,9 +94,15 @@ def peek_uuid(raw: str | bytes) -> str | None:
         return None
 
 
+_canonical = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def _hmac(canonical: str, key: str) -> str:
+    return hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
 def _sign(body: dict[str, Any], key: str) -> str:
-    canonical = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    return hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()
+    return _hmac(_canonical(body), key)
 
 
 def to_json_value(value: Any, where: str) -> Any:

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import InvalidQueueName
 from core.job import Job, SerializationError
-from core.payload import InvalidPayload, Payload, resolve_job_class
+from core.payload import InvalidPayload, Payload, peek_uuid, resolve_job_class
 
 
 class ExampleJob(Job):
@@ -98,6 +98,17 @@ def test_signed_payload_verifies_and_rejects_tampering():
         Payload.decode(json.dumps(body), "secret-key")
     with pytest.raises(InvalidPayload, match="signature is invalid"):
         Payload.decode(raw, "another-key")
+
+
+@pytest.mark.parametrize("key", ["", "secret-key"])
+def test_the_job_id_is_read_from_the_top_level_whatever_the_data_holds(key):
+    decoy = "11111111-1111-4111-8111-111111111111"
+    job = ExampleJob.make(to=f'"uuid":"{decoy}"', items=[{"uuid": decoy}])
+    raw = job.to_payload().encode(key)
+    assert peek_uuid(raw) == job.job_id == json.loads(raw)["uuid"]
+    reordered = json.dumps({"uuid": job.job_id, "data": {"uuid": decoy}})    # not our key order
+    assert peek_uuid(reordered) == job.job_id
+    assert peek_uuid("not json") is None and peek_uuid('{"data": {}}') is None
 
 
 @pytest.mark.parametrize("raw, fragment", [

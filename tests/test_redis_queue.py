@@ -17,8 +17,8 @@ from tests.jobs.contract_jobs import RecordRun
 from tests.redis_server import LocalRedis
 
 
-INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_hsetnx", "cmdstat_hset", "cmdstat_incr", "cmdstat_rpush",
-                      "cmdstat_zadd"}
+INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_hsetnx", "cmdstat_hset", "cmdstat_incr", "cmdstat_incrby",
+                      "cmdstat_rpush", "cmdstat_zadd"}
 
 
 def raw(**extra) -> str:

@@ -5,6 +5,7 @@
 -- KEYS[4] notify list     queues:{q}:notify    (one entry per ready job, for blocked workers)
 -- KEYS[5] sequence        queues:{q}:seq       (counter: each job's place in dispatch order)
 -- ARGV[1] delay in seconds (0 = ready now); ARGV[2], ARGV[3], ... pairs of job id, payload
+-- (at most ~2,000 pairs per call: the batched commands below unpack one argument per job or two)
 -- Returns how many jobs were added.
 --
 -- Atomic because the payload, the job's place in the ready or delayed set and the wake-up
@@ -13,19 +14,27 @@
 local delay = tonumber(ARGV[1])
 local now = redis.call('TIME')
 local due = tonumber(now[1]) + tonumber(now[2]) / 1000000 + delay
-local added = 0
+local pairs_ = (#ARGV - 1) / 2
+-- One sequence number per job of this call, taken at once (a skipped duplicate leaves a gap).
+local seq = redis.call('INCRBY', KEYS[5], pairs_) - pairs_
+local seqs, members, signals = {}, {}, {}
 for i = 2, #ARGV, 2 do
     local id = ARGV[i]
+    seq = seq + 1
     if redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 1 then
-        local seq = redis.call('INCR', KEYS[5])
-        redis.call('HSET', KEYS[3], id .. ':seq', seq)
-        if delay > 0 then
-            redis.call('ZADD', KEYS[2], due, id)
-        else
-            redis.call('ZADD', KEYS[1], seq, id)
-            redis.call('RPUSH', KEYS[4], 1)
-        end
-        added = added + 1
+        seqs[#seqs + 1] = id .. ':seq'
+        seqs[#seqs + 1] = seq
+        members[#members + 1] = (delay > 0) and due or seq
+        members[#members + 1] = id
+        signals[#signals + 1] = 1
     end
 end
-return added
+if #signals == 0 then return 0 end
+redis.call('HSET', KEYS[3], unpack(seqs))
+if delay > 0 then
+    redis.call('ZADD', KEYS[2], unpack(members))
+else
+    redis.call('ZADD', KEYS[1], unpack(members))
+    redis.call('RPUSH', KEYS[4], unpack(signals))
+end
+return #signals
