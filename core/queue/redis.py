@@ -50,6 +50,7 @@ SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "size", "clear
 BATCH = 500               # due or expired jobs moved per reserve call; jobs deleted per clear step
 PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks Redis for long
 MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
+WAIT_SLICE = 1.0          # one pipelined wait-and-reserve (one queue); a stopping worker waits at most this
 SOCKET_TIMEOUT = 10.0
 CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -188,9 +189,7 @@ class RedisQueue(QueueConnection):
             result = await self._run("reserve", [k.ready, k.delayed, k.reserved, k.jobs, k.notify],
                                      [self.visibility_timeout, token, BATCH, limit - len(taken)])
             if result[0]:
-                rows = result[1:]
-                taken += [ReservedJob(id=rows[i], queue=queue, payload=rows[i + 1], attempts=int(rows[i + 2]),
-                                      token=f"{token}:{i // 3 + 1}") for i in range(0, len(rows), 3)]
+                taken += self._taken(queue, token, result)
                 if len(taken) >= limit:
                     break
             elif result[1]:
@@ -203,6 +202,8 @@ class RedisQueue(QueueConnection):
         """Reserve, or block on the queues' notify lists until a job is pushed (or comes due)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
+        if len(queues) == 1 and not self.cluster:
+            return await self._wait_one(queues[0], deadline, interrupt)
         woken_by: str | None = None
         while True:
             jobs, wake = await self._reserve(queues, 1)
@@ -217,6 +218,45 @@ class RedisQueue(QueueConnection):
                 return None
             block = min(remaining, MAX_BLOCK, wake if wake is not None else MAX_BLOCK)
             woken_by = await self._block(queues, max(block, 0.01), interrupt)
+
+    async def _wait_one(self, queue: str, deadline: float, interrupt: asyncio.Event | None) -> ReservedJob | None:
+        """One queue: BLPOP and the reserve script sent together, so Redis runs the reserve the
+        moment a push wakes the BLPOP, with no round trip back to the worker in between.
+
+        Nothing here is cancelled on interrupt (a cancelled pipeline could leave a job reserved
+        that the worker never saw, its attempt counted): the wait is cut into WAIT_SLICE pieces
+        and `interrupt` is looked at between them."""
+        loop = asyncio.get_running_loop()
+        jobs, wake = await self._reserve([queue], 1)
+        k = self.keys(queue)
+        while not jobs:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or (interrupt is not None and interrupt.is_set()):
+                return None
+            block = max(0.01, min(remaining, WAIT_SLICE, wake if wake is not None else WAIT_SLICE))
+            token = secrets.token_hex(8)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.blpop([k.notify], timeout=block)
+            # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
+            pipe.evalsha(self._scripts["reserve"].sha, 5, k.ready, k.delayed, k.reserved, k.jobs, k.notify,
+                         self.visibility_timeout, token, BATCH, 1)
+            try:
+                _, result = await pipe.execute()
+            except redis_errors.NoScriptError:          # the server lost its scripts (a restart)
+                await self._scripts["reserve"].registered_client.script_load(self._scripts["reserve"].script)
+                continue
+            jobs, wake = self._taken(queue, token, result), None
+            if not jobs and result[1]:
+                wake = max(0.0, float(result[1]))
+        return jobs[0]
+
+    def _taken(self, queue: str, token: str, result: list) -> list[ReservedJob]:
+        """The jobs a reserve script call returned ({count, id, payload, attempts, ...} or {false, wake})."""
+        if not result[0]:
+            return []
+        rows = result[1:]
+        return [ReservedJob(id=rows[i], queue=queue, payload=rows[i + 1], attempts=int(rows[i + 2]),
+                            token=f"{token}:{i // 3 + 1}") for i in range(0, len(rows), 3)]
 
     async def _block(self, queues: Sequence[str], seconds: float, interrupt: asyncio.Event | None = None) -> str | None:
         """Wait for a notify entry; returns the queue it came from, None on timeout or interrupt.
