@@ -78,7 +78,6 @@ class Workers:
                      "--concurrency", str(plan.concurrency), "--sleep", "0.2"]
         self.workdir = workdir
         self.procs: list[subprocess.Popen] = []
-        self.logs: dict[int, Path] = {}
         self.kills: list[Kill] = []
         self.problems: list[str] = []
         self.started = 0
@@ -90,7 +89,6 @@ class Workers:
             proc = subprocess.Popen(self.argv, cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.procs.append(proc)
-        self.logs[proc.pid] = path
         return proc
 
     async def kill_random(self, rng: random.Random) -> None:
@@ -113,7 +111,7 @@ class Workers:
         """SIGTERM, as a supervisor stops workers: each finishes its jobs and exits 0."""
         # A replacement started a moment ago may still be importing, before it handles signals.
         until = time.monotonic() + 30
-        while time.monotonic() < until and not all(self._running(p) for p in self.procs):
+        while time.monotonic() < until and not all(handles_sigterm(p) for p in self.procs):
             await asyncio.sleep(0.1)
         for proc in self.procs:
             proc.send_signal(signal.SIGTERM)
@@ -128,8 +126,15 @@ class Workers:
                 self.problems.append(f"worker {proc.pid} exited {code} after SIGTERM")
         self.procs = []
 
-    def _running(self, proc: subprocess.Popen) -> bool:
-        return proc.poll() is not None or "Worker started" in self.logs[proc.pid].read_text(errors="replace")
+
+def handles_sigterm(proc: subprocess.Popen) -> bool:
+    """Whether the process has its SIGTERM handler installed (or is gone): Linux's /proc says."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    except (OSError, StopIteration):
+        return True
+    return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1))) or proc.poll() is not None
 
 
 async def queue_left(conn: QueueConnection) -> int:
