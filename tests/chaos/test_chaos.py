@@ -27,10 +27,11 @@ def store(request, monkeypatch) -> str:
     return request.param
 
 
-async def test_sigkilled_workers_lose_nothing_and_repeat_only_what_they_were_running(store, tmp_path):
+async def test_sigkilled_workers_lose_nothing_and_repeat_only_what_they_were_running(store, tmp_path, capsys):
     seed = int(os.environ.get("CHAOS_SEED", "") or 0) or None
     report = await run_chaos(store, ChaosPlan(seed=seed), tmp_path)
-    print(report.line())
+    with capsys.disabled():
+        print("\n  " + report.line())
     assert report.ok, "\n".join([report.line(), *report.problems[:40], evidence(tmp_path, report)])
     # The scenario really happened: workers died mid-job, and long jobs outlived the visibility timeout.
     assert report.kills >= 4, report.line()
