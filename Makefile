@@ -35,6 +35,7 @@ bench: venv $(PEERS:%=bench/.venv/%/.installed)
 	$(PY) bench/run.py
 
 # Workers SIGKILLed at random while they run jobs, on SQLite, MySQL and Redis: nothing may be lost.
+# The chaos test, longer: SOAK_JOBS, SOAK_SECONDS, SOAK_WORKERS, ... (README, "Chaos").
 soak: venv
 	$(PY) bench/soak.py
 

@@ -1,146 +1,120 @@
-"""`make soak`: workers are SIGKILLed at random while they run jobs; nothing may be lost.
+"""`make soak`: the chaos test, longer. Workers are SIGKILLed at random while they run jobs; nothing may be lost.
 
-For each connection (sqlite, mysql, redis): N jobs are dispatched, W worker processes work them
-with QUEUE_VISIBILITY_TIMEOUT=2, and every second or so one worker, picked at random, is killed
-with SIGKILL and a new one started. At the end every job must have succeeded or be in
-failed_jobs, and a job may have run more than once only if a killed worker was running it
-(at-least-once, and twice only when a worker died). Prints one line per connection; exits 1 if
-any connection lost or double-ran a job.
+For each store (sqlite, mysql, redis) the chaos driver (tests/chaos/driver.py, the same one the
+test suite runs for about 30 s per store) dispatches SOAK_JOBS jobs of mixed length over
+SOAK_SECONDS while SOAK_WORKERS `queue:work` processes run them; every SOAK_KILL_EVERY seconds
+or so one worker is SIGKILLed and replaced. QUEUE_VISIBILITY_TIMEOUT is SOAK_VISIBILITY_TIMEOUT.
+At the end every job must have succeeded or be in failed_jobs, the queue must be empty, and a job
+may have run twice only where a killed worker was running it. Prints one line per store (and the
+problems, if any); exits 1 if any store failed.
 
-    python bench/soak.py [--jobs 3000] [--workers 4] [--kills 10] [sqlite mysql redis]
+    python bench/soak.py [--jobs 3000] [--seconds 60] [--workers 4] [sqlite mysql redis]
+
+MySQL gets a database of its own (dropped afterwards); Redis a key prefix of its own on
+SOAK_REDIS_DB (default: TEST_REDIS_DB, else 13), its keys deleted afterwards.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import os
-import random
-import signal
-import subprocess
 import sys
 import tempfile
-import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MYSQL_DB = "soak_jobs"
-REDIS_DB = "13"
+from tests.chaos.driver import ChaosPlan, evidence, run_chaos  # noqa: E402
+
+STORES = ("sqlite", "mysql", "redis")
 
 
-def environment(connection: str, tmp: Path) -> dict[str, str]:
-    env = dict(os.environ, JOB_PACKAGES="bench.jobs", APP_KEY="", LOG_FILE="", QUEUE_VISIBILITY_TIMEOUT="2",
-               DB_CONNECTION="sqlite", DB_DATABASE=str(tmp / "soak.sqlite"), QUEUE_CONNECTION="database",
-               REDIS_DB=REDIS_DB, REDIS_URL="", REDIS_HOST="127.0.0.1", REDIS_PORT="6379")
-    if connection == "mysql":
-        env.update(DB_CONNECTION="mysql", DB_DATABASE=MYSQL_DB, DB_HOST="127.0.0.1", DB_PORT="3306",
+def setting(name: str, default: str) -> str:
+    return os.environ.get(name, "") or default
+
+
+def environment(store: str, tmp: Path, mysql_db: str, redis_prefix: str) -> dict[str, str]:
+    """Every setting the workers read, so a developer's .env cannot change what is measured."""
+    env = {"JOB_PACKAGES": "tests.jobs", "APP_KEY": "soak-signing-key", "LOG_FILE": "",
+           "QUEUE_VISIBILITY_TIMEOUT": setting("SOAK_VISIBILITY_TIMEOUT", "2"),
+           "QUEUE_CONNECTION": "redis" if store == "redis" else "database",
+           "DB_CONNECTION": "sqlite", "DB_DATABASE": str(tmp / "soak.sqlite"),
+           "REDIS_URL": "", "REDIS_CLUSTER": "", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "6379",
+           "REDIS_PASSWORD": "", "REDIS_DB": setting("SOAK_REDIS_DB", setting("TEST_REDIS_DB", "13")),
+           "REDIS_PREFIX": redis_prefix}
+    if store == "mysql":
+        env.update(DB_CONNECTION="mysql", DB_DATABASE=mysql_db, DB_HOST="127.0.0.1", DB_PORT="3306",
                    DB_USERNAME="root", DB_PASSWORD="")
-    if connection == "redis":
-        env.update(QUEUE_CONNECTION="redis")
     return env
 
 
-def reset_stores(connection: str, create: bool = True) -> None:
-    if connection == "mysql":
-        import pymysql
+def mysql(statement: str) -> None:
+    import pymysql
 
-        conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    try:
         with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DB}")
-            if create:
-                cur.execute(f"CREATE DATABASE {MYSQL_DB}")
+            cur.execute(statement)
+    finally:
         conn.close()
-    if connection == "redis":
-        import redis
-
-        redis.Redis(db=int(REDIS_DB)).flushdb()
 
 
-async def dispatch(count: int, log: Path) -> list[str]:
-    from bench.jobs import SoakJob
-    from bootstrap.app import create_app
+def delete_redis_keys(db: str, prefix: str) -> None:
+    import redis
 
-    async with create_app():
-        return await SoakJob.dispatch_many([{"log": str(log), "work": 0.05} for _ in range(count)])
-
-
-async def outcome() -> tuple[set[str], int]:
-    from bootstrap.app import create_app
-
-    async with create_app() as app:
-        failed = {job.uuid for job in await (await app.queue.failed_store()).all()}
-        sizes = await (await app.queue.connection()).sizes(["default"])
-        left = sizes["default"].pending + sizes["default"].delayed + sizes["default"].reserved
-        return failed, left
+    client = redis.Redis(db=int(db))
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()
 
 
-def soak(connection: str, jobs: int, workers: int, kills: int) -> bool:
-    reset_stores(connection)
+def soak(store: str, plan: ChaosPlan) -> bool:
+    suffix = uuid.uuid4().hex[:8]
+    mysql_db, redis_prefix = f"soak_jobs_{suffix}", f"soak-{suffix}:"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        env = environment(connection, tmp)
+        env = environment(store, tmp, mysql_db, redis_prefix)
+        saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
-        log = tmp / "runs.log"
-        ids = set(asyncio.run(dispatch(jobs, log)))
-        argv = [sys.executable, "main.py", "queue:work", "--concurrency", "4", "--sleep", "0.2"]
-        out = open(tmp / "workers.out", "w")
-        start = lambda: subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: E731
-        procs = [start() for _ in range(workers)]
-        killed: set[int] = set()
-        began = time.monotonic()
-        for _ in range(kills):
-            time.sleep(random.uniform(0.5, 1.5))
-            victim = random.choice(procs)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            killed.add(victim.pid)
-            procs[procs.index(victim)] = start()
-        # Let the survivors finish, including the jobs of killed workers (back after 2 s).
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            failed, left = asyncio.run(outcome())
-            if left == 0:
-                break
-            time.sleep(0.5)
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=30)
-        out.close()
-        elapsed = time.monotonic() - began
-        runs = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-    done = collections.Counter(job_id for job_id, _, _ in runs)
-    lost = ids - set(done) - failed
-    repeated = {job_id for job_id, n in done.items() if n > 1}
-    # A repeat is allowed only when an earlier run was in a worker that was killed: its run
-    # finished (the line was written) but the worker died before acknowledging.
-    pids = collections.defaultdict(list)
-    for job_id, _, pid in runs:
-        pids[job_id].append(int(pid))
-    unexplained = {j for j in repeated if not any(pid in killed for pid in pids[j][:-1])}
-    ok = not lost and not unexplained and left == 0
-    print(f"{connection:<7} {jobs} jobs, {workers} workers, {kills} SIGKILLs in {elapsed:.1f}s: "
-          f"{len(done)} succeeded, {len(failed)} failed, {len(lost)} lost, {left} left in the queue, "
-          f"{len(repeated)} ran twice (all after a kill: {not unexplained}) -> {'OK' if ok else 'FAILED'}",
-          flush=True)
-    return ok
+        try:
+            if store == "mysql":
+                mysql(f"CREATE DATABASE `{mysql_db}`")
+            report = asyncio.run(run_chaos(store, plan, tmp))
+        finally:
+            if store == "mysql":
+                mysql(f"DROP DATABASE IF EXISTS `{mysql_db}`")
+            if store == "redis":
+                delete_redis_keys(env["REDIS_DB"], redis_prefix)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        print(report.line(), flush=True)
+        if not report.ok:
+            print("\n".join(["  " + p for p in report.problems[:40]] + [evidence(tmp, report)]), flush=True)
+    return report.ok
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("connections", nargs="*", default=["sqlite", "mysql", "redis"])
-    parser.add_argument("--jobs", type=int, default=3000)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("stores", nargs="*", metavar="STORE", help="sqlite, mysql, redis (default: all three)")
+    parser.add_argument("--jobs", type=int, default=int(setting("SOAK_JOBS", "3000")))
+    parser.add_argument("--seconds", type=float, default=float(setting("SOAK_SECONDS", "60")),
+                        help="length of the chaos phase per store (dispatching and killing)")
+    parser.add_argument("--workers", type=int, default=int(setting("SOAK_WORKERS", "4")))
+    parser.add_argument("--concurrency", type=int, default=int(setting("SOAK_CONCURRENCY", "8")))
+    parser.add_argument("--kill-every", type=float, default=float(setting("SOAK_KILL_EVERY", "2")))
+    parser.add_argument("--seed", type=int, default=int(setting("SOAK_SEED", "0")) or None)
     args = parser.parse_args()
-    results = []
-    for connection in args.connections:
-        try:
-            results.append(soak(connection, args.jobs, args.workers, args.kills))
-        finally:
-            reset_stores(connection, create=False)
+    unknown = sorted(set(args.stores) - set(STORES))
+    if unknown:
+        parser.error(f"unknown store {', '.join(unknown)}: use {', '.join(STORES)}")
+    plan = ChaosPlan(jobs=args.jobs, workers=args.workers, concurrency=args.concurrency, seconds=args.seconds,
+                     kill_every=args.kill_every, drain_timeout=max(90.0, args.seconds), seed=args.seed)
+    results = [soak(store, plan) for store in args.stores or STORES]
     sys.exit(0 if all(results) else 1)
 
 
