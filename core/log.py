@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from core.config import Config, project_path
 
 FORMAT = "%(asctime)s.%(msecs)03d %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
+WORKER_NAME_ENV = "QUEUE_WORKER_NAME"   # set by `queue:work --processes N` on each worker: "worker 2"
 
 
 class RedactSecrets(logging.Filter):
@@ -39,9 +41,11 @@ def configure_logging(config: Config, level: int = logging.INFO) -> None:
         path = project_path("storage/logs") / config.app.log_file
         path.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(path))
+    name = os.environ.get(WORKER_NAME_ENV, "").replace("%", "%%")
+    fmt = f"%(asctime)s.%(msecs)03d [{name}] %(message)s" if name else FORMAT
     for handler in handlers:
         handler._framework = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
+        handler.setFormatter(logging.Formatter(fmt, DATEFMT))
         handler.addFilter(RedactSecrets(config.secrets()))
         root.addHandler(handler)
     root.setLevel(level)
