@@ -100,7 +100,7 @@ def test_processes_must_be_at_least_one_and_help_explains_it():
 
 def test_two_workers_share_the_jobs_and_stop_when_empty(tmp_path):
     log = str(tmp_path / "events")
-    ids = dispatch_sleepy(log, 24, 0.2)
+    ids = dispatch_sleepy(log, 30, 0.2)
     result = run_cli("queue:work", "--processes", "2", "--stop-when-empty", "--timeout", "10", timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     ends = events(log, "end")
@@ -125,7 +125,8 @@ async def test_a_worker_that_keeps_dying_at_start_is_retried_then_given_up_in_a_
     async with create_app() as app:
         sup = supervisor.Supervisor(app, WorkerOptions(stop_when_empty=True), 2, [])
         # Worker 1 drains an empty queue at once; worker 2 dies with code 3 every time it starts.
-        sup.argv = [sys.executable, "-c", "import os, sys; sys.exit(3 * (os.environ['QUEUE_WORKER_NAME'] == 'worker 2'))"]
+        code = "import os, sys; sys.exit(3 if os.environ['QUEUE_WORKER_NAME'] == 'worker 2' else 0)"
+        sup.argv = [sys.executable, "-c", code]
         assert await sup.run() == 1
     out = capsys.readouterr().out
     assert len(re.findall(r"Worker 2 \(pid \d+\) exited with code 3; starting it again in 0.05s", out)) == 4, out
@@ -162,22 +163,38 @@ def test_a_killed_worker_is_replaced_and_every_job_still_finishes(tmp_path):
     assert all(any(e["job_id"] == job and e["pid"] == victim for e in events(log, "start")) for job in twice)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_supervisor_lets_running_jobs_finish_and_exits_zero(tmp_path, sig):
+def test_sigterm_to_the_supervisor_lets_running_jobs_finish_and_exits_zero(tmp_path):
     log = str(tmp_path / "events")
-    ids = dispatch_sleepy(log, 2, 3)
+    ids = dispatch_sleepy(log, 2, 2)
     sup = Supervised(tmp_path, "--processes", "2", "--timeout", "20", "--sleep", "0.2")
     try:
         wait_for(lambda: len(events(log, "start")) == 2, 30, "both jobs running")
-        sup.proc.send_signal(sig)
+        sup.proc.send_signal(signal.SIGTERM)
         assert sup.wait(30) == 0, sup.output()
     finally:
         sup.kill_all()
     out = sup.output()
     assert sorted(e["job_id"] for e in events(log, "end")) == sorted(ids), out
     assert len({e["pid"] for e in events(log, "start")}) == 2
-    assert f"Supervisor: {sig.name}; passing it on to 2 worker(s)" in out and "starting it again" not in out
+    assert "Supervisor: SIGTERM; passing it on to 2 worker(s)" in out and "starting it again" not in out
+    assert out.count("] Worker stopped (SIGTERM)") == 2
     assert not any(alive(pid) for pid in sup.worker_pids())
+
+
+def test_sigint_is_passed_on_and_so_is_a_second_one(tmp_path):
+    """What a worker does with a second SIGINT is its own business; the supervisor must pass it on."""
+    log = str(tmp_path / "events")
+    dispatch_sleepy(log, 2, 3)
+    sup = Supervised(tmp_path, "--processes", "2", "--timeout", "20", "--sleep", "0.2")
+    try:
+        wait_for(lambda: len(events(log, "start")) == 2, 30, "both jobs running")
+        sup.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: sup.output().count("] Stopping (SIGINT)") == 2, 15, "both workers stopping")
+        sup.proc.send_signal(signal.SIGINT)
+        assert sup.wait(30) == 0, sup.output()
+    finally:
+        sup.kill_all()
+    assert "Supervisor: SIGINT again; passing it on to 2 worker(s)" in sup.output()
 
 
 def test_queue_restart_lets_workers_finish_and_the_supervisor_exits(tmp_path):
