@@ -48,13 +48,11 @@ RESTART_POLL = 1.0    # seconds between looks at the queue:restart signal, as th
 PR_SET_PDEATHSIG = 1
 
 
-async def work(app: "Application", options: WorkerOptions, processes: int, worker_args: list[str]) -> int:
-    """What `queue:work` runs: one worker in this process, or a supervisor of `processes` workers."""
+async def supervise(app: "Application", options: WorkerOptions, processes: int, worker_args: list[str]) -> int:
+    """Run `processes` workers started with `queue:work WORKER_ARGS`; the exit code for the supervisor."""
     if processes < 1:
         raise ConfigError("--processes must be at least 1")
-    worker = Worker(app, options)     # checks the options here, once, with one clear line
-    if processes == 1:
-        return await worker.run()
+    Worker(app, options)     # checks the options here, once, with one clear line, rather than in N workers
     return await Supervisor(app, options, processes, worker_args).run()
 
 
@@ -65,9 +63,9 @@ class Supervisor:
         self.processes = processes
         self.argv = [sys.executable, str(project_path("main.py")), "queue:work", *worker_args]
         self.finite = options.stop_when_empty or options.once
-        self._children: dict[int, tuple[asyncio.subprocess.Process, float]] = {}   # index -> (process, wall start)
-        self._signals: list[signal.Signals] = []      # forwarded so far; a worker started late gets them too
+        self._children: dict[int, asyncio.subprocess.Process] = {}   # by worker number, 1..N
         self._stopping = asyncio.Event()
+        self._signalled = False
         self._started_at = 0.0
         self._conn: QueueConnection | None = None
         self._detach = _child_setup(os.getpid())
@@ -124,18 +122,17 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             *self.argv, cwd=project_path("."), env=env, stdin=subprocess.DEVNULL, process_group=0,
             preexec_fn=self._detach)
-        self._children[index] = (process, time.time())
-        for sig in self._signals:    # a stop that arrived while this worker was being started
-            _send(process, sig)
+        self._children[index] = process
+        if self._stopping.is_set():   # the stop came while this worker was being started: no jobs yet
+            _send(process, signal.SIGTERM)
         return process
 
     def _forward(self, sig: signal.Signals) -> None:
-        again = self._stopping.is_set()
-        self._signals.append(sig)
+        again, self._signalled = self._signalled, True
         self._stopping.set()
         log.info("Supervisor: %s%s; passing it on to %d worker(s)%s", sig.name, " again" if again else "",
                  len(self._children), "" if again else ", which finish their running jobs")
-        for process, _ in list(self._children.values()):
+        for process in list(self._children.values()):
             _send(process, sig)
 
     async def _watch_restart(self) -> None:
@@ -147,8 +144,9 @@ class Supervisor:
     async def _restart_requested(self) -> bool:
         """True once queue:restart was called after the supervisor started; then it stops too.
 
-        The workers see the signal themselves. Only a worker started after it (one that was being
-        replaced at that moment) would not, and gets a SIGTERM instead.
+        The workers see the restart themselves, except one that started after it was called (one
+        being replaced at that moment), so each also gets a SIGTERM: a first stop signal only
+        repeats what the restart asks (finish the running jobs, exit).
         """
         if self._stopping.is_set():
             return False
@@ -160,11 +158,10 @@ class Supervisor:
         if at <= self._started_at:
             return False
         self._stopping.set()
-        log.info("Supervisor: queue:restart; waiting for %d worker(s) to finish their running jobs, then exiting",
+        log.info("Supervisor: queue:restart; stopping %d worker(s) after their running jobs, then exiting",
                  len(self._children))
-        for process, started in list(self._children.values()):
-            if started >= at:
-                _send(process, signal.SIGTERM)
+        for process in list(self._children.values()):
+            _send(process, signal.SIGTERM)
         return True
 
     async def _pause(self, seconds: float) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from core.console.base import command
-from core.supervisor import work as run_workers
-from core.worker import WorkerOptions
+from core.supervisor import supervise
+from core.worker import Worker, WorkerOptions
 
 
 @command("queue:work")
@@ -44,7 +44,9 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
     options = WorkerOptions(connection=connection, queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
                             concurrency=concurrency, sleep=sleep, tries=tries, timeout=timeout, max_jobs=max_jobs,
                             max_time=max_time, memory=memory, stop_when_empty=stop_when_empty, once=once)
-    return await run_workers(app, options, processes, worker_arguments(click.get_current_context()))
+    if processes != 1:
+        return await supervise(app, options, processes, worker_arguments(click.get_current_context()))
+    return await Worker(app, options).run()
 
 
 def worker_arguments(ctx: click.Context) -> list[str]:
