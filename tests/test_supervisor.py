@@ -18,7 +18,7 @@ from bootstrap.app import create_app
 from core import supervisor
 from core.worker import WorkerOptions
 from tests.conftest import ROOT, run_cli
-from tests.jobs.sample_jobs import RecordingJob, SleepyJob, read_events
+from tests.jobs.sample_jobs import SleepyJob, read_events
 
 pytestmark = pytest.mark.slow
 
