@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 
@@ -10,6 +11,7 @@ from core.config import Config, project_path
 
 FORMAT = "%(asctime)s.%(msecs)03d %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
+WORKER_NAME_ENV = "QUEUE_WORKER_NAME"   # set by `queue:work --processes N` on each worker: "worker 2"
 
 
 class RedactSecrets(logging.Filter):
@@ -27,8 +29,8 @@ class RedactSecrets(logging.Filter):
 class LineFormatter(logging.Formatter):
     """FORMAT, with the date and time formatted once per second rather than once per line."""
 
-    def __init__(self) -> None:
-        super().__init__(FORMAT, DATEFMT)
+    def __init__(self, fmt: str = FORMAT) -> None:
+        super().__init__(fmt, DATEFMT)
         self._second: int | None = None
         self._text = ""
 
@@ -80,9 +82,11 @@ def configure_logging(config: Config, level: int = logging.INFO) -> None:
         path = project_path("storage/logs") / config.app.log_file
         path.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(path))
+    name = os.environ.get(WORKER_NAME_ENV, "").replace("%", "%%")
+    fmt = f"%(asctime)s.%(msecs)03d [{name}] %(message)s" if name else FORMAT
     for handler in handlers:
         handler._framework = True  # type: ignore[attr-defined]
-        handler.setFormatter(LineFormatter())
+        handler.setFormatter(LineFormatter(fmt))
         handler.addFilter(RedactSecrets(config.secrets()))
         root.addHandler(handler)
     root.setLevel(level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from core.console.base import command
+from core.supervisor import supervise
 from core.worker import Worker, WorkerOptions
 
 
@@ -24,17 +25,42 @@ from core.worker import Worker, WorkerOptions
               help="Stop after a job once resident memory passes this many MB (0: no limit).")
 @click.option("--stop-when-empty", is_flag=True, help="Stop once no job can be taken right now.")
 @click.option("--once", is_flag=True, help="Run a single job (if one is due), then stop.")
+@click.option("--processes", default=1, show_default=True,
+              help="Worker processes to run, each with these options, under a supervisor that starts "
+                   "again one that dies and passes SIGTERM/SIGINT on (1: this process is the worker).")
 async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_jobs, max_time, memory,
-               stop_when_empty, once) -> int:
+               stop_when_empty, once, processes) -> int:
     """Process jobs from the queues.
 
     CONNECTION is database, redis or sync (default: QUEUE_CONNECTION). Each job logs a
     RUNNING line and a DONE, RETRY or FAIL line. SIGTERM or SIGINT stops taking jobs, lets the
     running ones finish (bounded by their timeout) and exits 0.
 
+    With --processes N, N such workers run under a supervisor; with --stop-when-empty or --once it
+    exits when all are done, and on queue:restart it exits like a single worker.
+
     Example: python main.py queue:work --queue high,default --concurrency 4
     """
     options = WorkerOptions(connection=connection, queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
                             concurrency=concurrency, sleep=sleep, tries=tries, timeout=timeout, max_jobs=max_jobs,
                             max_time=max_time, memory=memory, stop_when_empty=stop_when_empty, once=once)
+    if processes != 1:
+        return await supervise(app, options, processes, worker_arguments(click.get_current_context()))
     return await Worker(app, options).run()
+
+
+def worker_arguments(ctx: click.Context) -> list[str]:
+    """This command line as given, minus --processes: what each supervised worker is started with."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "processes" or value is None \
+                or ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT:
+            continue
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            args += [param.opts[0]] if value else []
+        else:
+            args += [param.opts[0], str(value)]
+    return args
