@@ -60,6 +60,7 @@ class DatabaseConfig:
     port: int = 3306
     username: str = "root"
     password: str = field(default="", repr=False)
+    timeout: float = 30.0           # seconds a MySQL call may wait for an answer; then the connection is dead (0: none)
 
     def describe(self) -> str:
         if self.driver == "sqlite":

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import os
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.config import DatabaseConfig, project_path
 from core.errors import ConfigError, ConnectionFailed
 
+T = TypeVar("T")
 _NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMESTAMP()"}
 # The first whole second at or after now + ? seconds: a delayed job never comes due early.
 _DUE = {"sqlite": "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)",
@@ -59,6 +60,15 @@ class Database:
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """The database and where it is, for messages; never a password."""
+        return self.dialect
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        """A short reason when `exc` means the server could not be reached or the connection
+        dropped (worth retrying); None for any other error."""
+        return None
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
@@ -112,6 +122,9 @@ class SqliteDatabase(Database):
             conn, self._conn = self._conn, None
             await conn.close()
 
+    def describe(self) -> str:
+        return f"SQLite at {self.path}"
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
         async with self._lock:
@@ -161,10 +174,10 @@ class MysqlDatabase(Database):
         warnings.filterwarnings("ignore", category=pymysql.Warning)
         c = self.config
         try:
-            self._pool = await aiomysql.create_pool(
+            self._pool = await self._bounded(None, aiomysql.create_pool(
                 host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
                 autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
-                init_command="SET SESSION time_zone = '+00:00'")
+                init_command="SET SESSION time_zone = '+00:00'"))
         except Exception as exc:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
 
@@ -174,35 +187,84 @@ class MysqlDatabase(Database):
             pool.close()
             await pool.wait_closed()
 
+    def describe(self) -> str:
+        return self.config.describe()
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        import pymysql
+
+        if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in DISCONNECTED:
+            return describe_mysql_error(exc)
+        if isinstance(exc, pymysql.err.InterfaceError):     # a connection closed under its user
+            return describe_mysql_error(exc) if exc.args and exc.args[-1] else "connection closed"
+        if isinstance(exc, OSError):                         # TimeoutError from _bounded, resets
+            return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        return None
+
+    async def _bounded(self, conn: Any, awaitable: Awaitable[T]) -> T:
+        """Await a call to the server for at most DB_TIMEOUT seconds. A partitioned network never
+        closes the socket, and aiomysql has no read timeout: without this a worker would hang for good.
+        A connection that did not answer in time is closed, as its conversation is out of step."""
+        timeout = self.config.timeout
+        if not timeout:
+            return await awaitable
+        try:
+            async with asyncio.timeout(timeout):
+                return await awaitable
+        except TimeoutError:
+            if conn is not None:
+                conn.close()
+            raise TimeoutError(f"no answer from {self.describe()} within {timeout:g}s (DB_TIMEOUT)") from None
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        conn = await self._bounded(None, self._pool.acquire())
+        try:
+            yield conn
+        except (asyncio.CancelledError, TimeoutError):
+            conn.close()            # it may be waiting for an answer that would reach the next user
+            raise
+        finally:
+            await self._pool.release(conn)
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             yield Session(self, conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             if not getattr(conn, "_read_committed", False):
-                async with conn.cursor() as cursor:
-                    await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                await self._execute_raw(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 conn._read_committed = True
-            await conn.begin()
+            await self._bounded(conn, conn.begin())
             try:
                 yield Session(self, conn)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await conn.rollback()
+                if not conn.closed:
+                    with contextlib.suppress(Exception):
+                        await self._bounded(conn, conn.rollback())
                 raise
-            await conn.commit()
+            await self._bounded(conn, conn.commit())
+
+    async def _execute_raw(self, conn: Any, sql: str, params: Sequence[Any] | None = None) -> int:
+        async with conn.cursor() as cursor:
+            return await self._bounded(conn, cursor.execute(sql, params))
 
     async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
-        async with conn.cursor() as cursor:
-            return await cursor.execute(self.sql(sql), tuple(params) or None)
+        return await self._execute_raw(conn, self.sql(sql), tuple(params) or None)
 
     async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
         async with conn.cursor() as cursor:
-            await cursor.execute(self.sql(sql), tuple(params) or None)
-            return list(await cursor.fetchall())
+            await self._bounded(conn, cursor.execute(self.sql(sql), tuple(params) or None))
+            return list(await self._bounded(conn, cursor.fetchall()))
+
+
+# Client and server error codes that mean the connection is gone or cannot be made: can't connect
+# (2002, 2003), server gone away or lost (2006, 2013, 2055), shutting down (1053), connection
+# killed (1927), too many connections (1040).
+DISCONNECTED = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1040}
 
 
 def describe_mysql_error(exc: BaseException) -> str:
