@@ -83,6 +83,7 @@ class RedisConfig:
 class QueueConfig:
     default: str = "database"       # database | redis | sync
     visibility_timeout: int = 90
+    dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
 
 
 @dataclass(frozen=True)
