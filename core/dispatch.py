@@ -105,6 +105,7 @@ class _Retrying:
         self.deadline = asyncio.get_running_loop().time() + self.limit
         self.pause = 0.05
         self.items = items
+        self.problem = ""               # what the last attempt that failed by itself ran into
         self._scope: asyncio.Timeout | None = None
 
     @property
@@ -124,6 +125,7 @@ class _Retrying:
 
     async def after(self, problem: str) -> None:
         """Wait before the next attempt, or raise once the time is up."""
+        self.problem = problem
         remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             given = f"gave up after {self.limit:g}s" if self.limit else "not retried"
@@ -145,7 +147,7 @@ async def _open(app: "Application", name: str | None, retrying: _Retrying) -> "Q
         except TimeoutError:
             if not retrying.out_of_time():
                 raise
-            await retrying.after(f"{app.queue.describe(name)} did not answer")
+            await retrying.after(retrying.problem or f"{app.queue.describe(name)} is unreachable (no answer)")
 
 
 async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], delay: float,
@@ -164,11 +166,15 @@ async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], dela
                     await conn.push_many(queue, raws, delay)
             return
         except Exception as exc:
-            reason = "no answer" if retrying.out_of_time() else conn.connection_error(exc)
-            if reason is None:
+            reason = conn.connection_error(exc)
+            if retrying.out_of_time():          # cut at the deadline: the cause is the last one seen
+                problem = retrying.problem or f"{conn.describe()} is unreachable (no answer)"
+            elif reason is None:
                 raise
+            else:
+                problem = f"{conn.describe()} is unreachable ({reason})"
             failed_before = True
-            await retrying.after(f"{conn.describe()} is unreachable ({reason})")
+            await retrying.after(problem)
 
 
 async def run_now(job: Job) -> Any:

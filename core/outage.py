@@ -37,5 +37,6 @@ class OutageLog:
     def recovered(self) -> None:
         """A call succeeded: if an outage was reported, report its end."""
         if self.since is not None:
-            self.logger.info("Connection to %s is back after %.1fs", self.conn.describe(), time.monotonic() - self.since)
+            took = time.monotonic() - self.since
+            self.logger.info("Connection to %s is back after %.1fs", self.conn.describe(), took)
             self.since = None
