@@ -10,14 +10,13 @@ import asyncio
 import contextlib
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from core.config import DatabaseConfig, project_path
 from core.errors import ConfigError, ConnectionFailed
 
-T = TypeVar("T")
 _NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMESTAMP()"}
 # The first whole second at or after now + ? seconds: a delayed job never comes due early.
 _DUE = {"sqlite": "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)",
@@ -174,10 +173,14 @@ class MysqlDatabase(Database):
         warnings.filterwarnings("ignore", category=pymysql.Warning)
         c = self.config
         try:
-            self._pool = await self._bounded(None, aiomysql.create_pool(
-                host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
-                init_command="SET SESSION time_zone = '+00:00'"))
+            async with asyncio.timeout(c.timeout or None):
+                self._pool = await aiomysql.create_pool(
+                    host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
+                    autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
+                    init_command="SET SESSION time_zone = '+00:00'")
+        except TimeoutError:
+            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
+                                   f"{c.timeout:g}s (DB_TIMEOUT)") from None
         except Exception as exc:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
 
@@ -197,35 +200,34 @@ class MysqlDatabase(Database):
             return describe_mysql_error(exc)
         if isinstance(exc, pymysql.err.InterfaceError):     # a connection closed under its user
             return describe_mysql_error(exc) if exc.args and exc.args[-1] else "connection closed"
-        if isinstance(exc, OSError):                         # TimeoutError from _bounded, resets
+        if isinstance(exc, OSError):                         # TimeoutError from _connection, resets
             return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
         return None
 
-    async def _bounded(self, conn: Any, awaitable: Awaitable[T]) -> T:
-        """Await a call to the server for at most DB_TIMEOUT seconds. A partitioned network never
-        closes the socket, and aiomysql has no read timeout: without this a worker would hang for good.
-        A connection that did not answer in time is closed, as its conversation is out of step."""
-        timeout = self.config.timeout
-        if not timeout:
-            return await awaitable
-        try:
-            async with asyncio.timeout(timeout):
-                return await awaitable
-        except TimeoutError:
-            if conn is not None:
-                conn.close()
-            raise TimeoutError(f"no answer from {self.describe()} within {timeout:g}s (DB_TIMEOUT)") from None
+    def _no_answer(self) -> TimeoutError:
+        return TimeoutError(f"no answer from {self.describe()} within {self.config.timeout:g}s (DB_TIMEOUT)")
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        conn = await self._bounded(None, self._pool.acquire())
+        """A pooled connection for one unit of work (a statement, a transaction), which must end
+        within DB_TIMEOUT seconds. A partitioned network never closes the socket and aiomysql has
+        no read timeout: without this bound a worker would wait for good. A connection whose work
+        was cut is closed, not pooled: an answer still on its way would reach the next user."""
+        timeout = self.config.timeout
         try:
-            yield conn
-        except (asyncio.CancelledError, TimeoutError):
-            conn.close()            # it may be waiting for an answer that would reach the next user
+            async with asyncio.timeout(timeout or None) as scope:
+                conn = await self._pool.acquire()
+                try:
+                    yield conn
+                except asyncio.CancelledError:
+                    conn.close()
+                    raise
+                finally:
+                    await self._pool.release(conn)
+        except TimeoutError:
+            if scope.expired():
+                raise self._no_answer() from None
             raise
-        finally:
-            await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
@@ -236,29 +238,29 @@ class MysqlDatabase(Database):
     async def transaction(self) -> AsyncIterator[Session]:
         async with self._connection() as conn:
             if not getattr(conn, "_read_committed", False):
-                await self._execute_raw(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                async with conn.cursor() as cursor:
+                    await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 conn._read_committed = True
-            await self._bounded(conn, conn.begin())
+            await conn.begin()
             try:
                 yield Session(self, conn)
-            except BaseException:
-                if not conn.closed:
-                    with contextlib.suppress(Exception):
-                        await self._bounded(conn, conn.rollback())
+            except asyncio.CancelledError:
+                conn.close()        # cut off: the server rolls back a transaction whose connection is gone
                 raise
-            await self._bounded(conn, conn.commit())
-
-    async def _execute_raw(self, conn: Any, sql: str, params: Sequence[Any] | None = None) -> int:
-        async with conn.cursor() as cursor:
-            return await self._bounded(conn, cursor.execute(sql, params))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+            await conn.commit()
 
     async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
-        return await self._execute_raw(conn, self.sql(sql), tuple(params) or None)
+        async with conn.cursor() as cursor:
+            return await cursor.execute(self.sql(sql), tuple(params) or None)
 
     async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
         async with conn.cursor() as cursor:
-            await self._bounded(conn, cursor.execute(self.sql(sql), tuple(params) or None))
-            return list(await self._bounded(conn, cursor.fetchall()))
+            await cursor.execute(self.sql(sql), tuple(params) or None)
+            return list(await cursor.fetchall())
 
 
 # Client and server error codes that mean the connection is gone or cannot be made: can't connect
