@@ -60,7 +60,7 @@ class DatabaseConfig:
     port: int = 3306
     username: str = "root"
     password: str = field(default="", repr=False)
-    timeout: float = 30.0           # seconds a MySQL call may wait for an answer; then the connection is dead (0: none)
+    timeout: float = 30.0           # seconds a MySQL statement or transaction may take (0: no limit)
 
     def describe(self) -> str:
         if self.driver == "sqlite":
