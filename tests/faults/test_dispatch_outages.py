@@ -133,7 +133,7 @@ async def test_no_retry_with_a_zero_timeout_and_a_store_down_from_the_start(stor
         started = time.monotonic()
         with pytest.raises(QueueConnectionError) as caught:
             await OutageJob.dispatch(path="-")
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 2.5              # the client's own quick retries, not 5s of ours
     message = str(caught.value)
     assert f"Cannot connect to {label}: Connection refused; not retried (QUEUE_DISPATCH_TIMEOUT)" in message, message
     assert "s3cret-pass" not in message
