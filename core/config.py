@@ -60,6 +60,7 @@ class DatabaseConfig:
     port: int = 3306
     username: str = "root"
     password: str = field(default="", repr=False)
+    timeout: float = 30.0           # seconds a MySQL statement or transaction may take (0: no limit)
 
     def describe(self) -> str:
         if self.driver == "sqlite":
@@ -82,6 +83,7 @@ class RedisConfig:
 class QueueConfig:
     default: str = "database"       # database | redis | sync
     visibility_timeout: int = 90
+    dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,15 @@ class Database:
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
+    def describe(self) -> str:
+        """The database and where it is, for messages; never a password."""
+        return self.dialect
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        """A short reason when `exc` means the server could not be reached or the connection
+        dropped (worth retrying); None for any other error."""
+        return None
+
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
 
@@ -112,6 +121,9 @@ class SqliteDatabase(Database):
             conn, self._conn = self._conn, None
             await conn.close()
 
+    def describe(self) -> str:
+        return f"SQLite at {self.path}"
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
         async with self._lock:
@@ -161,10 +173,14 @@ class MysqlDatabase(Database):
         warnings.filterwarnings("ignore", category=pymysql.Warning)
         c = self.config
         try:
-            self._pool = await aiomysql.create_pool(
-                host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
-                init_command="SET SESSION time_zone = '+00:00'")
+            async with asyncio.timeout(c.timeout or None):
+                self._pool = await aiomysql.create_pool(
+                    host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
+                    autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
+                    init_command="SET SESSION time_zone = '+00:00'")
+        except TimeoutError:
+            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
+                                   f"{c.timeout:g}s (DB_TIMEOUT)") from None
         except Exception as exc:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
 
@@ -174,14 +190,53 @@ class MysqlDatabase(Database):
             pool.close()
             await pool.wait_closed()
 
+    def describe(self) -> str:
+        return self.config.describe()
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        import pymysql
+
+        if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in DISCONNECTED:
+            return describe_mysql_error(exc)
+        if isinstance(exc, pymysql.err.InterfaceError):     # a connection closed under its user
+            return describe_mysql_error(exc) if exc.args and exc.args[-1] else "connection closed"
+        if isinstance(exc, OSError):                         # TimeoutError from _connection, resets
+            return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        return None
+
+    def _no_answer(self) -> TimeoutError:
+        return TimeoutError(f"no answer from {self.describe()} within {self.config.timeout:g}s (DB_TIMEOUT)")
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection for one unit of work (a statement, a transaction), which must end
+        within DB_TIMEOUT seconds. A partitioned network never closes the socket and aiomysql has
+        no read timeout: without this bound a worker would wait for good. A connection whose work
+        was cut is closed, not pooled: an answer still on its way would reach the next user."""
+        timeout = self.config.timeout
+        try:
+            async with asyncio.timeout(timeout or None) as scope:
+                conn = await self._pool.acquire()
+                try:
+                    yield conn
+                except asyncio.CancelledError:
+                    conn.close()
+                    raise
+                finally:
+                    await self._pool.release(conn)
+        except TimeoutError:
+            if scope.expired():
+                raise self._no_answer() from None
+            raise
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             yield Session(self, conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             if not getattr(conn, "_read_committed", False):
                 async with conn.cursor() as cursor:
                     await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -189,6 +244,9 @@ class MysqlDatabase(Database):
             await conn.begin()
             try:
                 yield Session(self, conn)
+            except asyncio.CancelledError:
+                conn.close()        # cut off: the server rolls back a transaction whose connection is gone
+                raise
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.rollback()
@@ -203,6 +261,12 @@ class MysqlDatabase(Database):
         async with conn.cursor() as cursor:
             await cursor.execute(self.sql(sql), tuple(params) or None)
             return list(await cursor.fetchall())
+
+
+# Client and server error codes that mean the connection is gone or cannot be made: can't connect
+# (2002, 2003), server gone away or lost (2006, 2013, 2055), shutting down (1053), connection
+# killed (1927), too many connections (1040).
+DISCONNECTED = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1040}
 
 
 def describe_mysql_error(exc: BaseException) -> str:

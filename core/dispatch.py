@@ -1,14 +1,20 @@
 """PendingDispatch: `await SendEmailJob.dispatch(...).delay(60).on_queue("high")` pushes the job."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Generator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.errors import FrameworkError
+from core.errors import ConnectionFailed, FrameworkError, QueueConnectionError
 from core.job import Job, validate_queue_name
+
+if TYPE_CHECKING:
+    from core.app import Application
+    from core.queue.contract import QueueConnection
 
 log = logging.getLogger("dispatch")
 
@@ -80,15 +86,95 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
         groups.setdefault((connection or job.connection, payload.queue), []).append(
             (job, payload.encode(app.config.app.key)))
     for (conn_name, queue_name), items in groups.items():
-        conn = await app.queue.connection(conn_name)
+        retrying = _Retrying(app, items)
+        conn = await _open(app, conn_name, retrying)
         if conn.name == "sync":  # runs here and now; the job object is at hand
             for job, _ in items:
                 await run_now(job)
-        elif len(items) == 1:
-            await conn.push(queue_name, items[0][1], delay)
         else:
-            await conn.push_many(queue_name, [raw for _, raw in items], delay)
+            await _push_group(conn, queue_name, [raw for _, raw in items], delay, retrying)
     return [job.job_id for job in jobs]
+
+
+class _Retrying:
+    """QUEUE_DISPATCH_TIMEOUT at work: retry with backoff while the store is unreachable, then raise
+    QueueConnectionError. Each attempt is cut at the deadline, so a dispatch never waits longer."""
+
+    def __init__(self, app: "Application", items: list[tuple[Job, str]]) -> None:
+        self.limit = app.config.queue.dispatch_timeout
+        self.deadline = asyncio.get_running_loop().time() + self.limit
+        self.pause = 0.05
+        self.items = items
+        self.problem = ""               # what the last attempt that failed by itself ran into
+        self._scope: asyncio.Timeout | None = None
+
+    @property
+    def what(self) -> str:
+        job = self.items[0][0]
+        return f"{type(job).__name__} [{job.job_id}]" if len(self.items) == 1 else f"{len(self.items)} jobs"
+
+    def attempt(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        if not self.limit:
+            return contextlib.nullcontext()
+        self._scope = asyncio.timeout_at(self.deadline)
+        return self._scope
+
+    def out_of_time(self) -> bool:
+        """Whether the last attempt was cut by the deadline (rather than failing by itself)."""
+        return self._scope is not None and self._scope.expired()
+
+    async def after(self, problem: str) -> None:
+        """Wait before the next attempt, or raise once the time is up."""
+        self.problem = problem
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            given = f"gave up after {self.limit:g}s" if self.limit else "not retried"
+            raise QueueConnectionError(f"Cannot dispatch {self.what}: {problem}; {given} "
+                                       "(QUEUE_DISPATCH_TIMEOUT)") from None
+        log.debug("dispatch of %s: %s; retrying", self.what, problem)
+        await asyncio.sleep(min(self.pause, remaining))
+        self.pause = min(1.0, self.pause * 2)
+
+
+async def _open(app: "Application", name: str | None, retrying: _Retrying) -> "QueueConnection":
+    """The connection, opened within QUEUE_DISPATCH_TIMEOUT (a dispatch may be its first use)."""
+    while True:
+        try:
+            async with retrying.attempt():
+                return await app.queue.connection(name)
+        except ConnectionFailed as exc:           # names the store, its address and the reason
+            await retrying.after(str(exc))
+        except TimeoutError:
+            if not retrying.out_of_time():
+                raise
+            await retrying.after(retrying.problem or f"{app.queue.describe(name)} is unreachable (no answer)")
+
+
+async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], delay: float,
+                      retrying: _Retrying) -> None:
+    """Push one connection's and queue's jobs. A failed attempt may have stored them all the same
+    (the command arrived, its answer was lost), so a retry pushes only what is missing."""
+    failed_before = False
+    while True:
+        try:
+            async with retrying.attempt():
+                if failed_before:
+                    await conn.push_missing(queue, raws, delay)
+                elif len(raws) == 1:
+                    await conn.push(queue, raws[0], delay)
+                else:
+                    await conn.push_many(queue, raws, delay)
+            return
+        except Exception as exc:
+            reason = conn.connection_error(exc)
+            if retrying.out_of_time():          # cut at the deadline: the cause is the last one seen
+                problem = retrying.problem or f"{conn.describe()} is unreachable (no answer)"
+            elif reason is None:
+                raise
+            else:
+                problem = f"{conn.describe()} is unreachable ({reason})"
+            failed_before = True
+            await retrying.after(problem)
 
 
 async def run_now(job: Job) -> Any:

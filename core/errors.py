@@ -14,6 +14,14 @@ class ConnectionFailed(FrameworkError):
     """A store (database, Redis, broker) could not be reached."""
 
 
+class QueueConnectionError(ConnectionFailed):
+    """A dispatch found its queue's store unreachable for QUEUE_DISPATCH_TIMEOUT seconds.
+
+    The job is not stored, unless the store took it and only its answer was lost on the way back
+    (then it runs as usual): never is a job reported as pushed that was not stored.
+    """
+
+
 class InvalidQueueName(FrameworkError, ValueError):
     pass
 

@@ -133,9 +133,10 @@ class MqttApp:
                 if self._session_connected:
                     delay = self.options.first_delay    # a fresh outage starts the backoff over
                     log.warning("MQTT connection lost: %s; reconnecting in %gs", reason(exc), delay)
-                else:
-                    log.warning("Cannot connect to MQTT broker at %s: %s; retrying in %gs", self.address, reason(exc),
-                                delay)
+                else:  # once the outage is reported, its retries are detail
+                    log.log(logging.DEBUG if ever_connected else logging.WARNING,
+                            "Cannot connect to MQTT broker at %s: %s; retrying in %gs", self.address, reason(exc),
+                            delay)
                 await self._until_stopped(asyncio.sleep(delay))
                 delay = min(delay * 2, self.options.max_delay)
         await self._drain()
@@ -249,6 +250,10 @@ class MqttApp:
             await call_route(context)
         except PayloadError as exc:
             log.error("Payload rejected on %s: %s", where, exc)
+        except ConnectionFailed as exc:
+            # A store or the broker is away (QueueConnectionError from a dispatch): the message says
+            # which; a traceback would only repeat itself for every message of the outage.
+            log.error("Handler failed on %s: %s: %s", where, type(exc).__name__, exc)
         except asyncio.CancelledError:
             log.warning("Handler cancelled on %s", where)
             raise

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from core.errors import ConfigError
 from core.job import Job, validate_queue_name
 from core.log import redact
+from core.outage import OutageLog
 from core.payload import Payload, resolve_job_class
 from core.queue.contract import QueueConnection, ReservedJob
 from core.watchdog import JobTimeoutError, Watchdog, run_guarded
@@ -89,6 +90,7 @@ class Worker:
         self._keys = itertools.count(1)
         self._warned: set[str] = set()
         self._classes: dict[str, type[Job]] = {}    # class paths already checked and imported
+        self._outage: OutageLog       # set by run(), once the connection is open
         self.watchdog = Watchdog()
         for queue in options.queues:
             validate_queue_name(queue)
@@ -111,6 +113,7 @@ class Worker:
 
     async def run(self) -> int:
         conn = await self.app.queue.connection(self.options.connection)
+        self._outage = OutageLog(log, conn, self.secrets)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, sig.name)
@@ -148,8 +151,12 @@ class Worker:
                     if await conn.restart_requested_at() > wall_started:
                         self.stop("queue:restart")
                         break
-                except Exception as exc:  # the reserve below reports connection trouble
+                except Exception as exc:  # the reserve below reports other trouble
                     log.debug("restart check failed: %s", exc)
+                    if self._outage.failed(exc):   # no point reserving from a store that is away
+                        backoff = min(10.0, backoff * 2 or 0.5)
+                        await self._idle(backoff)
+                        continue
             free = o.concurrency - len(self._running)
             if o.max_jobs:
                 free = min(free, o.max_jobs - self.processed - len(self._running))
@@ -165,10 +172,12 @@ class Worker:
                     job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep, self._stopping)
                     jobs = [job] if job is not None else []
                 backoff = 0.0
+                self._outage.recovered()
             except Exception as exc:
                 backoff = min(10.0, backoff * 2 or 0.5)
-                log.error("Queue connection error: %s; retrying in %.1fs", redact(str(exc) or type(exc).__name__,
-                                                                                    self.secrets), backoff)
+                if not self._outage.failed(exc):  # an outage is one line; anything else, each time
+                    log.error("Queue connection error: %s; retrying in %.1fs",
+                              redact(str(exc) or type(exc).__name__, self.secrets), backoff)
                 await self._idle(backoff)
                 continue
             if not jobs:
@@ -236,7 +245,8 @@ class Worker:
                 try:
                     await conn.extend(held)
                 except Exception as exc:
-                    log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
+                    if not self._outage.failed(exc):
+                        log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -310,21 +320,27 @@ class Worker:
 
         Returns the step's answer (False: the reservation was no longer ours), or None after giving
         up, which is safe: the job stays reserved and comes back after the visibility timeout.
+        An unreachable store is waited for until the reservation may have lapsed (at least the
+        SETTLE_TRIES window): an acknowledge that lands before then spares the job a second run.
         """
         delay = 0.2
-        for attempt in range(1, SETTLE_TRIES + 1):
+        give_up = time.monotonic() + self.visibility_timeout
+        for attempt in itertools.count(1):
             try:
                 return await step()
             except Exception as exc:
-                if attempt == SETTLE_TRIES:
+                outage = self._outage.failed(exc)
+                if attempt >= SETTLE_TRIES and not (outage and time.monotonic() + delay < give_up):
                     log.error("%s: could not %s (%s); it comes back after the visibility timeout", label,
                               action, redact(_first_line(exc), self.secrets))
                     return None
-                log.warning("%s: could not %s (%s); retrying in %.1fs", label, action,
-                            redact(_first_line(exc), self.secrets), delay)
+                # During an outage (reported once) the per-job retries are detail.
+                log.log(logging.DEBUG if outage else logging.WARNING,
+                        "%s: could not %s (%s); retrying in %.1fs", label, action,
+                        redact(_first_line(exc), self.secrets), delay)
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
-        return None
+        return None  # not reached: itertools.count never ends
 
     async def _run_limited(self, key: int, fn: Callable[[], Awaitable[object]], timeout: float, message: str) -> None:
         """Run job code for at most `timeout` seconds, whether it awaits or blocks the event loop."""

@@ -1,5 +1,5 @@
-"""Helpers for tests against the real broker: an in-process app, a publisher, a subscriber, broker restarts,
-and `python main.py run` as a user starts it."""
+"""Helpers for tests against the real broker: an in-process app, a publisher, a subscriber, and
+`python main.py run` as a user starts it. (Broker outages go through tests/faults/proxy.py.)"""
 from __future__ import annotations
 
 import asyncio
@@ -20,10 +20,7 @@ from core.config import MqttConfig
 from core.mqtt import MqttApp, RunnerOptions, encode_payload
 from core.router import Router
 from tests.conftest import ROOT
-from tests.servers import MQTT, reachable
-
-MOSQUITTO = ["mosquitto", "-d", "-c", "/etc/mosquitto/mosquitto.conf"]
-
+from tests.servers import MQTT
 
 def topic_prefix() -> str:
     """A prefix of its own per test, so tests never see each other's messages."""
@@ -86,28 +83,6 @@ async def subscribed(topic_filter: str) -> AsyncIterator[asyncio.Queue[tuple[str
             yield received
         finally:
             reader.cancel()
-
-
-def stop_broker() -> None:
-    for pid in subprocess.run(["pgrep", "-x", "mosquitto"], capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), signal.SIGTERM)
-    wait_until(lambda: not reachable(MQTT), 10, "the broker to stop")
-
-
-def start_broker() -> None:
-    """Start Mosquitto again unless it is already up; every test that stops it calls this in `finally`."""
-    if reachable(MQTT):
-        return
-    subprocess.run(MOSQUITTO, check=False)
-    wait_until(lambda: reachable(MQTT), 10, "the broker to start")
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class AppProcess:

@@ -12,8 +12,8 @@ import pytest
 
 from core.router import Router
 from tests.conftest import run_cli
-from tests.mqtt_support import (AppProcess, mqtt_config, publish, running_app, start_broker, stop_broker,
-                                subscribed, topic_prefix)
+from tests.faults.proxy import FaultProxy
+from tests.mqtt_support import AppProcess, mqtt_config, publish, running_app, subscribed, topic_prefix
 from tests.servers import MQTT, require
 
 
@@ -191,7 +191,8 @@ async def test_stop_lets_a_running_handler_finish_and_reply():
         assert await next_item(replies) == (f"{prefix}/done", "job-1")
 
 
-async def test_reconnects_and_resubscribes_after_the_broker_restarts(caplog):
+async def test_reconnects_and_resubscribes_after_the_broker_goes_away(caplog):
+    """The broker is reached through a proxy the test cuts: the shared broker is never stopped."""
     prefix = topic_prefix()
     got: asyncio.Queue = asyncio.Queue()
 
@@ -200,21 +201,19 @@ async def test_reconnects_and_resubscribes_after_the_broker_restarts(caplog):
 
     router = Router()
     router.on(prefix + "/count/{n}", handler, qos=1)
-    try:
-        with caplog.at_level(logging.INFO):
-            async with running_app(router) as app:
-                await publish(f"{prefix}/count/1")
-                assert await next_item(got) == "1"
+    with FaultProxy(MQTT[1]) as proxy, caplog.at_level(logging.INFO):
+        async with running_app(router, mqtt_config(port=proxy.port)) as app:
+            await publish(f"{prefix}/count/1")
+            assert await next_item(got) == "1"
 
-                await asyncio.to_thread(stop_broker)
-                await asyncio.sleep(0.3)                    # let the app notice and retry at least once
-                await asyncio.to_thread(start_broker)
-                await asyncio.wait_for(app.connected.wait(), 10)
+            proxy.cut()
+            await asyncio.sleep(0.5)                        # let the app notice and retry at least once
+            assert not app.connected.is_set()
+            proxy.restore()
+            await asyncio.wait_for(app.connected.wait(), 10)
 
-                await publish(f"{prefix}/count/2")
-                assert await next_item(got) == "2"
-    finally:
-        await asyncio.to_thread(start_broker)
+            await publish(f"{prefix}/count/2")
+            assert await next_item(got) == "2"
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("MQTT connection lost: ") and "reconnecting in" in m for m in messages), messages
     assert sum(m.startswith("Connected to MQTT broker") for m in messages) == 2

@@ -77,7 +77,9 @@ async def test_a_running_worker_logs_the_outage_reconnects_and_goes_on(restartab
             second = await RecordRun.dispatch(path=runs)
             await wait_for(lambda: len(read_runs(runs)) == 2, 20)
         assert read_runs(runs) == [(first, 1), (second, 1)]
-        assert "error" in log.read_text().lower()
+        output = log.read_text()
+        assert output.count(f"Lost the connection to Redis at 127.0.0.1:{PORT}: ") == 1, output
+        assert output.count(f"Connection to Redis at 127.0.0.1:{PORT} is back after ") == 1, output
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 15) == 0
     finally:

@@ -38,6 +38,15 @@ class QueueConnection(ABC):
     async def close(self) -> None:
         """Release connections."""
 
+    def describe(self) -> str:
+        """The store and its address for messages ("Redis at 127.0.0.1:6379"), never a password."""
+        return self.name
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        """A short reason ("Connection refused") when `exc` means the store could not be reached or
+        the connection dropped, so the caller may retry; None for any other error."""
+        return None
+
     @abstractmethod
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         """Add a job, available after `delay` seconds."""
@@ -46,6 +55,12 @@ class QueueConnection(ABC):
         """Add several jobs in one round trip where the store allows it."""
         for payload in payloads:
             await self.push(queue, payload, delay)
+
+    async def push_missing(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
+        """Push again after a failure that may have stored the jobs all the same (the answer was
+        lost): only those not stored yet. The default suits stores where a push of an id already
+        stored is a no-op (Redis)."""
+        await self.push_many(queue, payloads, delay)
 
     @abstractmethod
     async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:

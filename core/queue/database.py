@@ -73,6 +73,7 @@ SIGNAL_SET = {
     "mysql": "INSERT INTO queue_signals (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
 }
 BULK_ROWS = 500
+STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
 
 
 class DatabaseQueue(QueueConnection):
@@ -90,6 +91,12 @@ class DatabaseQueue(QueueConnection):
         for statement in SCHEMA[self.db.dialect]:
             await self.db.execute(statement)
         await self.failed.migrate()
+
+    def describe(self) -> str:
+        return self.db.describe()
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        return self.db.connection_error(exc)
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         async with self.db.session() as session:
@@ -112,6 +119,18 @@ class DatabaseQueue(QueueConnection):
                 for payload in chunk:
                     params += [queue, payload, available, int(now)]
                 await tx.execute(PUSH_MANY + ", ".join([PUSH_ROW] * len(chunk)), params)
+
+    async def push_missing(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
+        """An insert whose answer was lost may have committed: look for the payloads (each holds
+        its job's uuid) before inserting them again. Only a retried dispatch pays for this look."""
+        stored: set[str] = set()
+        for start in range(0, len(payloads), BULK_ROWS):
+            chunk = payloads[start:start + BULK_ROWS]
+            rows = await self.db.fetchall(STORED + "(" + ", ".join("?" for _ in chunk) + ")", [queue, *chunk])
+            stored.update(payload for (payload,) in rows)
+        missing = [payload for payload in payloads if payload not in stored]
+        if missing:
+            await self.push_many(queue, missing, delay)
 
     async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
         jobs = await self.reserve_many(queues, 1)

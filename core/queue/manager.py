@@ -77,6 +77,15 @@ class QueueManager:
             return SyncQueue(self.app)
         raise ConfigError(f"unknown queue connection {name!r}: use one of {', '.join(CONNECTIONS)}")
 
+    def describe(self, name: str | None = None) -> str:
+        """The store behind a connection name, for messages: "Redis at 127.0.0.1:6379"."""
+        name = name or self.config.queue.default
+        if name == "redis":
+            from core.queue.redis import address
+
+            return f"Redis at {address(self.config.redis)}"
+        return self.config.database.describe() if name == "database" else name
+
     async def close(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:

@@ -106,10 +106,13 @@ HIREDIS_PACKING = {base: type(f"Hiredis{base.__name__}", (_HiredisPacking, base)
 
 def make_client(config: RedisConfig) -> Redis | RedisCluster:
     """A redis-py asyncio client from REDIS_URL (redis://, rediss://, redis+cluster://) or REDIS_*."""
+    # A dropped connection is retried at once on a fresh one; a timeout is not: a server that does
+    # not answer within SOCKET_TIMEOUT is likely cut off, and three more waits would only delay
+    # the caller's own handling (a worker's backoff, a dispatch's QUEUE_DISPATCH_TIMEOUT).
     options: dict[str, Any] = dict(
         decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3,
+                    supported_errors=(redis_errors.ConnectionError,)),
         password=config.password or None)
     url = config.url
     if url:
@@ -174,6 +177,16 @@ class RedisQueue(QueueConnection):
         if self.client is not None:
             client, self.client = self.client, None
             await _close_quietly(client)
+
+    def describe(self) -> str:
+        return f"Redis at {address(self.config)}"
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        # ConnectionError covers a server still loading its data; ClusterDownError a failover.
+        if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterDownError,
+                            OSError)):
+            return reason(exc)
+        return None
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys.of(self.config.prefix, queue)

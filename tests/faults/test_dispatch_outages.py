@@ -1,0 +1,139 @@
+"""Dispatching while the queue's store is away: a bounded wait (QUEUE_DISPATCH_TIMEOUT), then a clear
+QueueConnectionError; never a success for a job that was not stored, never a job stored twice."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from bootstrap.app import create_app
+from core.dispatch import dispatch_many
+from core.errors import ConnectionFailed, QueueConnectionError
+from tests.faults.conftest import eventually
+from tests.faults.proxy import FaultProxy
+from tests.jobs.outage_jobs import OutageJob
+from tests.servers import MYSQL, REDIS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["redis", "mysql"])
+def store(request, monkeypatch) -> tuple[FaultProxy, str]:
+    monkeypatch.setenv("DB_TIMEOUT", "2")
+    proxy = request.getfixturevalue(f"{request.param}_proxy")
+    name = "Redis" if request.param == "redis" else "MySQL"
+    return proxy, f"{name} at 127.0.0.1:{proxy.port}"
+
+
+def stored_on_the_server() -> int:
+    """Jobs on the outage queue, asked of the real server (not through the proxy)."""
+    if os.environ["QUEUE_CONNECTION"] == "redis":
+        import redis
+
+        with redis.Redis(*REDIS, db=int(os.environ["REDIS_DB"])) as client:
+            return sum(client.zcard(f"queues:{{outage}}{part}") for part in ("", ":delayed", ":reserved"))
+    import pymysql
+
+    conn = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", database=os.environ["DB_DATABASE"])
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM jobs WHERE queue = 'outage'")
+            return cursor.fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def stored(app) -> int:
+    """Jobs on the outage queue, in whatever state."""
+    size = (await (await app.queue.connection()).sizes(["outage"]))["outage"]
+    return size.pending + size.delayed + size.reserved
+
+
+async def test_a_dispatch_during_a_cut_raises_a_clear_error_within_its_timeout(store, monkeypatch):
+    proxy, label = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "1.5")
+    async with create_app() as app:
+        await OutageJob.dispatch(path="-")                 # the connection is open and in use
+        proxy.cut()
+        job = OutageJob()
+        started = time.monotonic()
+        with pytest.raises(QueueConnectionError) as caught:
+            await OutageJob.dispatch(path="-")
+        waited = time.monotonic() - started
+        with pytest.raises(QueueConnectionError):
+            await dispatch_many([job, OutageJob(), OutageJob()])
+        proxy.restore()
+        assert await stored(app) == 1                      # only the one dispatched before the cut
+    assert 1.4 < waited < 5, waited
+    message = str(caught.value)
+    assert isinstance(caught.value, ConnectionFailed) and "\n" not in message
+    assert message.startswith("Cannot dispatch OutageJob [") and f"{label} is unreachable (" in message, message
+    assert message.endswith("gave up after 1.5s (QUEUE_DISPATCH_TIMEOUT)"), message
+
+
+async def test_a_store_back_within_the_timeout_gets_the_job_once(store, monkeypatch):
+    proxy, _ = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "15")
+    async with create_app() as app:
+        await app.queue.connection()
+        proxy.cut()
+        pending = asyncio.ensure_future(OutageJob.dispatch(path="-"))
+        await asyncio.sleep(1.0)
+        assert not pending.done()                           # waiting, not failed, not "pushed"
+        proxy.restore()
+        job_id = await asyncio.wait_for(pending, 15)
+        assert await stored(app) == 1
+        reserved = await (await app.queue.connection()).reserve(["outage"])
+        assert job_id in reserved.payload
+
+
+async def test_a_partition_does_not_hold_a_dispatch_past_its_timeout(store, monkeypatch):
+    proxy, label = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "1")
+    async with create_app() as app:
+        await app.queue.connection()
+        proxy.blackhole()                                   # the command hangs: no error comes by itself
+        started = time.monotonic()
+        with pytest.raises(QueueConnectionError) as caught:
+            await OutageJob.dispatch(path="-")
+        waited = time.monotonic() - started
+        proxy.restore()
+        assert await stored(app) == 0
+    assert waited < 3, waited                               # not the driver's own 10s or more
+    assert f"{label} is unreachable (" in str(caught.value)
+
+
+async def test_an_answer_lost_after_the_store_took_the_job_is_not_a_second_job(store, monkeypatch):
+    """The push reaches the server and is stored; its answer never comes back; the connection then
+    drops. The retry must find the job there rather than store it again."""
+    proxy, _ = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "20")
+    async with create_app() as app:
+        await app.queue.connection()
+        assert await stored(app) == 0
+        proxy.lose_replies()
+        pending = asyncio.ensure_future(OutageJob.dispatch(path="-"))
+        await eventually(lambda: stored_on_the_server() == 1, 10, "the server to store the job")
+        assert not pending.done()                           # the dispatcher is still waiting for the answer
+        proxy.cut()
+        proxy.restore()
+        await asyncio.wait_for(pending, 20)
+        assert await stored(app) == 1
+
+
+async def test_no_retry_with_a_zero_timeout_and_a_store_down_from_the_start(store, monkeypatch):
+    proxy, label = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "0")
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret-pass")
+    monkeypatch.setenv("DB_PASSWORD", "s3cret-pass")
+    proxy.cut()                                             # before the app ever connects
+    async with create_app():
+        started = time.monotonic()
+        with pytest.raises(QueueConnectionError) as caught:
+            await OutageJob.dispatch(path="-")
+        assert time.monotonic() - started < 2.5              # the client's own quick retries, not 5s of ours
+    message = str(caught.value)
+    assert f"Cannot connect to {label}: Connection refused; not retried (QUEUE_DISPATCH_TIMEOUT)" in message, message
+    assert "s3cret-pass" not in message
