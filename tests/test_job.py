@@ -103,7 +103,7 @@ def test_signed_payload_verifies_and_rejects_tampering():
 @pytest.mark.parametrize("raw, fragment", [
     ("not json", "not valid JSON"),
     ("[1, 2]", "not a JSON object"),
-    ('{"uuid": "x"}', "missing or has a malformed field"),
+    ('{"uuid": "x"}', "payload field 'job' is missing"),
 ])
 def test_malformed_payloads_are_refused(raw, fragment):
     with pytest.raises(InvalidPayload, match=fragment):
