@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import warnings
 from collections.abc import AsyncIterator, Sequence
@@ -101,6 +102,9 @@ class SqliteDatabase(Database):
             if thread is not None:
                 thread.daemon = True
             self._conn = await pending
+            # A TEXT value that is not UTF-8 (written by another program) must not make every read of
+            # its row fail: it would block the queue behind it. C-level str(), so no cost on the hot path.
+            self._conn.text_factory = functools.partial(str, encoding="utf-8", errors="replace")
             await self._conn.execute("PRAGMA busy_timeout = 60000")
             await self._conn.execute("PRAGMA journal_mode = WAL")
             await self._conn.execute("PRAGMA synchronous = NORMAL")

@@ -84,8 +84,11 @@ def is_cluster(config: RedisConfig) -> bool:
 
 def make_client(config: RedisConfig) -> Redis | RedisCluster:
     """A redis-py asyncio client from REDIS_URL (redis://, rediss://, redis+cluster://) or REDIS_*."""
+    # surrogateescape: bytes that are not UTF-8 (written by someone else) still decode, and encode back to
+    # the same key, so such a job is reserved, recorded as failed and deleted instead of failing every reserve.
     options: dict[str, Any] = dict(
-        decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
+        decode_responses=True, encoding_errors="surrogateescape", socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
         password=config.password or None)
