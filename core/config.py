@@ -82,6 +82,7 @@ class RedisConfig:
 class QueueConfig:
     default: str = "database"       # database | redis | sync
     visibility_timeout: int = 90
+    max_payload_bytes: int = 1048576  # an encoded payload over this is refused at dispatch (0: no limit)
 
 
 @dataclass(frozen=True)

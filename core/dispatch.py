@@ -9,6 +9,7 @@ from typing import Any
 
 from core.errors import FrameworkError
 from core.job import Job, validate_queue_name
+from core.payload import check_size
 
 log = logging.getLogger("dispatch")
 
@@ -74,11 +75,13 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
     from core.app import current
 
     app = current()
+    key, limit = app.config.app.key, app.config.queue.max_payload_bytes
     groups: dict[tuple[str | None, str], list[tuple[Job, str]]] = {}
     for job in jobs:
         payload = job.to_payload(queue)
-        groups.setdefault((connection or job.connection, payload.queue), []).append(
-            (job, payload.encode(app.config.app.key)))
+        raw = payload.encode(key)
+        check_size(raw, limit, payload.display_name)
+        groups.setdefault((connection or job.connection, payload.queue), []).append((job, raw))
     for (conn_name, queue_name), items in groups.items():
         conn = await app.queue.connection(conn_name)
         if conn.name == "sync":  # runs here and now; the job object is at hand
