@@ -22,6 +22,29 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """The filter masks the message; this masks what the formatter adds after it: a traceback
+    (`exc_info`) or stack, whose last line repeats the exception's message."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__(FORMAT, DATEFMT)
+        self.secrets = secrets
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+        return redact(super().formatException(ei), self.secrets)
+
+    def formatStack(self, stack_info: str) -> str:
+        return redact(super().formatStack(stack_info), self.secrets)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text from outside (a stored job id, an MQTT topic) made safe for one log line: control
+    characters and undecodable bytes escaped, so it cannot forge or break lines; cut at `limit`."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret:
@@ -41,7 +64,7 @@ def configure_logging(config: Config, level: int = logging.INFO) -> None:
         handlers.append(logging.FileHandler(path))
     for handler in handlers:
         handler._framework = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
+        handler.setFormatter(RedactingFormatter(config.secrets()))
         handler.addFilter(RedactSecrets(config.secrets()))
         root.addHandler(handler)
     root.setLevel(level)
