@@ -5,6 +5,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from dotenv import load_dotenv
 
@@ -109,6 +110,12 @@ class Config:
     def secrets(self) -> list[str]:
         """Values that must never reach output, logs or stored rows."""
         values = [self.app.key, self.database.password, self.redis.password, self.mqtt.password]
+        if self.redis.url:   # redis://:password@host/0 holds one too, as written and percent-decoded
+            try:
+                password = urlsplit(self.redis.url).password or ""
+            except ValueError:   # a malformed URL; connecting will say so
+                password = ""
+            values += [password, unquote(password)]
         return [v for v in values if v]
 
 
