@@ -17,8 +17,7 @@ from core.payload import PayloadTooLarge, check_size
 from tests.conftest import ROOT, run_cli
 from tests.jobs.hostile_jobs import DangerousJob
 from tests.jobs.sample_jobs import NotAJob, RecordingJob, read_events
-from tests.raw_store import RawStore
-from tests.test_worker import work
+from tests.hostile_support import RawStore, drain
 
 RECORDING = "tests.jobs.sample_jobs.RecordingJob"
 
@@ -94,7 +93,7 @@ async def test_broken_payloads_in_the_store_end_in_failed_jobs_and_the_worker_go
         finally:
             raw.close()
         good = await RecordingJob.dispatch(log=log, value="after")
-        await work(app, concurrency=4)         # batches: one bad job must not take its batch down with it
+        await drain(app, concurrency=4)         # batches: one bad job must not take its batch down with it
         failed = await (await app.queue.failed_store()).all()
         sizes = (await (await app.queue.connection()).sizes(["default"]))["default"]
     assert [e["job_id"] for e in read_events(log)] == [good]
@@ -120,7 +119,7 @@ async def test_redis_ids_and_payloads_that_are_not_utf8_do_not_jam_a_batch(redis
         raw.push(b"not json", job_id=b"id-not-utf8-\xff\xfe")
         raw.close()
         good = [await RecordingJob.dispatch(log=log, value=n) for n in range(3)]
-        await work(app, concurrency=8)
+        await drain(app, concurrency=8)
         failed = await (await app.queue.failed_store()).all()
         conn = await app.queue.connection()
         assert (await conn.sizes(["default"]))["default"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
@@ -185,7 +184,7 @@ async def test_class_paths_outside_the_job_packages_are_recorded_and_never_impor
             raw.push(json.dumps(body(f"class-{n:02d}", log, job=path)))
         raw.close()
         good = await RecordingJob.dispatch(log=log, value="after")
-        await work(app, concurrency=4)
+        await drain(app, concurrency=4)
         failed = {f.uuid: f for f in await (await app.queue.failed_store()).all()}
     assert [e["job_id"] for e in read_events(log)] == [good]    # nothing named above ran, in any form
     assert len(failed) == len(OUTSIDE)
@@ -237,7 +236,7 @@ async def test_a_worker_fails_an_oversized_stored_payload_without_decoding_it(st
         raw.push(big)
         raw.close()
         good = await RecordingJob.dispatch(log=log, value="after")
-        await work(app)
+        await drain(app)
         [failed] = await (await app.queue.failed_store()).all()
     assert [e["job_id"] for e in read_events(log)] == [good]      # decoded, it would have run and recorded
     assert failed.uuid == "too-big" and len(failed.payload) == len(big)   # kept whole

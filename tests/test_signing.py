@@ -19,9 +19,8 @@ from core.payload import InvalidPayload, Payload
 from tests.conftest import ROOT
 from tests.jobs.hostile_jobs import DangerousJob
 from tests.jobs.sample_jobs import RecordingJob, read_events
-from tests.raw_store import RawStore
+from tests.hostile_support import RawStore, drain
 from tests.test_payload_security import store  # noqa: F401  the sqlite/mysql/redis fixture
-from tests.test_worker import work
 
 KEY = "base64:" + base64.b64encode(secrets.token_bytes(32)).decode()
 OTHER_KEY = "base64:" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -100,7 +99,7 @@ async def test_without_the_key_no_write_to_the_store_makes_a_worker_run_a_job(st
         raw.close()
         legit = await RecordingJob.dispatch(log=log, value="legit")
         # --timeout skips the start-up scan of job classes, which would import tests.jobs_evil itself.
-        await work(app, concurrency=4, timeout=5)
+        await drain(app, concurrency=4, timeout=5)
         failed = {f.uuid: f for f in await (await app.queue.failed_store()).all()}
     assert [(e["job_id"], e.get("value")) for e in read_events(log)] == [(legit, "legit")]
     assert sorted(failed) == sorted(f"forged-{n:02d}" for n in range(len(cases)))

@@ -1,7 +1,9 @@
-"""Writing jobs straight into a store, as someone with write access but no APP_KEY would: plain SQL
-into the `jobs` table, plain Redis commands in the connection's key layout (core/queue/redis.py)."""
+"""Hostile input tests' helpers: writing jobs straight into a store, as someone with write access but no
+APP_KEY would (plain SQL into the `jobs` table, plain Redis commands in the connection's key layout of
+core/queue/redis.py), and draining a queue within a bounded time."""
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import uuid
@@ -48,3 +50,14 @@ class RawStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+async def drain(app, limit: float = 90, **options):
+    """Work the queue until it is empty, as tests/test_worker.py's `work`, but failing after `limit`
+    seconds: a poison job that jams the queue must fail the test, not hang it."""
+    from tests.test_worker import work
+
+    try:
+        return await asyncio.wait_for(work(app, **options), limit)
+    except TimeoutError:
+        raise AssertionError(f"the queue was not drained within {limit:g}s: a job is stuck") from None
