@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -216,6 +217,8 @@ def describe_mysql_error(exc: BaseException) -> str:
         message = args[1]
         if "Can't connect" in message:
             cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, socket.gaierror):   # an unknown host: errno -2, which os.strerror cannot name
+                return cause.strerror or str(cause)
             if getattr(cause, "errno", None):
                 return os.strerror(cause.errno)
             return str(cause) if cause else "connection refused"

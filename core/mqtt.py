@@ -67,7 +67,7 @@ REFUSED_CREDENTIALS = {4, 5, 134, 135}
 
 def short_reason(exc: aiomqtt.MqttError) -> str:
     """'Connection refused', not '[Errno 111] Connection refused'."""
-    return re.sub(r"^\[Errno \d+\]\s*", "", reason(exc))
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", reason(exc))
 
 
 def client_id(config: MqttConfig, app_name: str) -> str:

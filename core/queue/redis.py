@@ -26,6 +26,7 @@ import asyncio
 import errno
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ def reason(exc: BaseException) -> str:
     """The short cause of a connection error: 'Connection refused', not redis-py's whole sentence."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, socket.gaierror):   # an unknown host: errno -2, which os.strerror cannot name
+            return cause.strerror or str(cause)
         if isinstance(cause, OSError) and cause.errno:
             return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__
