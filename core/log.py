@@ -23,18 +23,17 @@ class RedactSecrets(logging.Filter):
 
 
 class RedactingFormatter(logging.Formatter):
-    """The filter masks the message; this masks what the formatter adds after it: a traceback
-    (`exc_info`) or stack, whose last line repeats the exception's message."""
+    """The filter masks the message; this masks the whole formatted line, including a traceback
+    (`exc_info`), whose last line repeats the exception's message. The whole line, because the
+    traceback text is cached on the record by whichever handler formats it first."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__(FORMAT, DATEFMT)
         self.secrets = secrets
 
-    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
-        return redact(super().formatException(ei), self.secrets)
-
-    def formatStack(self, stack_info: str) -> str:
-        return redact(super().formatStack(stack_info), self.secrets)
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return redact(text, self.secrets) if self.secrets else text
 
 
 def one_line(text: str, limit: int = 200) -> str:
