@@ -22,3 +22,25 @@ class DangerousJob(Job):
 
     async def handle(self) -> None:
         record(self.log, event="dangerous", job_id=self.job_id, value=self.value)
+
+
+class LeakyJob(Job):
+    """Job code careless with secrets: it logs and raises with every password and the APP_KEY in the text.
+    Nothing the framework writes about it (log lines, failed_jobs) may repeat them."""
+    max_tries = 2
+
+    async def handle(self) -> None:
+        import logging
+        import os
+
+        secrets = {name: os.environ.get(name, "") for name in ("DB_PASSWORD", "REDIS_PASSWORD", "MQTT_PASSWORD",
+                                                               "APP_KEY")}
+        logging.getLogger("app.jobs").warning("connecting with %s", secrets)
+        raise RuntimeError(f"cannot connect to mysql://app:{secrets['DB_PASSWORD']}@db/app, "
+                           f"redis://:{secrets['REDIS_PASSWORD']}@cache, mqtt password {secrets['MQTT_PASSWORD']}, "
+                           f"key {secrets['APP_KEY']}")
+
+    async def failed(self, exception: BaseException) -> None:
+        import logging
+
+        logging.getLogger("app.jobs").error("LeakyJob gave up", exc_info=exception)
