@@ -284,3 +284,20 @@ def test_bad_queue_names_on_the_command_line_are_one_line(command, name):
     assert result.returncode == 1, result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("invalid queue name ") and "use 1-100 letters, digits" in result.stderr
+
+
+async def test_queue_failed_lists_hostile_failed_jobs_printably(tmp_path):
+    """One unreadable row used to stop `queue:failed` (RecursionError); a forged class name could carry
+    terminal escape codes and newlines into the table."""
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        await app.queue.connection()
+        raw = RawStore("sqlite")
+        raw.push('{"marker":"deep","data":' + "[" * 50_000 + "]" * 50_000 + "}")
+        raw.push(json.dumps(body("escapes", log, job="evil\x1b[2J\x1b[31mRED\nDONE forged", maxTries="1")))
+        raw.close()
+        await drain(app)
+    table = run_cli("queue:failed", check=True).stdout
+    listed = json.loads(run_cli("queue:failed", "--json", check=True).stdout)
+    assert len(table.splitlines()) == 4 and all(line.isprintable() for line in table.splitlines())
+    assert sorted(j["job"] for j in listed) == ["?", "evil\\x1b[2J\\x1b[31mRED\\nDONE forged"]

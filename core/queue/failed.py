@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.database import Database, Session
+from core.log import one_line
 from core.payload import peek_uuid
 
 SCHEMA = {
@@ -56,10 +57,12 @@ class FailedJob:
 
     @property
     def job_class(self) -> str:
+        """The class the payload names, printable: a forged payload may name anything, or be unreadable."""
         try:
-            return str(json.loads(self.payload).get("job", "?"))
-        except (ValueError, AttributeError):
+            job = json.loads(self.payload).get("job", "?")
+        except (ValueError, TypeError, AttributeError, RecursionError):
             return "?"
+        return one_line(job, 120) if isinstance(job, str) else "?"
 
     @property
     def summary(self) -> str:
