@@ -158,7 +158,7 @@ def _describe(value: Any) -> str:
 
 def peek_uuid(raw: str | bytes) -> str | None:
     """The job id of a raw payload if it can be read, without trusting anything else in it:
-    a string of 1-255 characters, else None (the caller makes up an id)."""
+    a string of 1-255 printable characters, else None (the caller makes up an id)."""
     try:
         body = json.loads(raw)
     except (ValueError, TypeError, RecursionError):
