@@ -5,6 +5,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from dotenv import load_dotenv
 
@@ -84,6 +85,7 @@ class QueueConfig:
     default: str = "database"       # database | redis | sync
     visibility_timeout: int = 90
     dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
+    max_payload_bytes: int = 1048576  # an encoded payload over this is refused at dispatch (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,12 @@ class Config:
     def secrets(self) -> list[str]:
         """Values that must never reach output, logs or stored rows."""
         values = [self.app.key, self.database.password, self.redis.password, self.mqtt.password]
+        if self.redis.url:   # redis://:password@host/0 holds one too, as written and percent-decoded
+            try:
+                password = urlsplit(self.redis.url).password or ""
+            except ValueError:   # a malformed URL; connecting will say so
+                password = ""
+            values += [password, unquote(password)]
         return [v for v in values if v]
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import socket
 import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -110,6 +112,9 @@ class SqliteDatabase(Database):
             if thread is not None:
                 thread.daemon = True
             self._conn = await pending
+            # A TEXT value that is not UTF-8 (written by another program) must not make every read of
+            # its row fail: it would block the queue behind it. C-level str(), so no cost on the hot path.
+            self._conn.text_factory = functools.partial(str, encoding="utf-8", errors="replace")
             await self._conn.execute("PRAGMA busy_timeout = 60000")
             await self._conn.execute("PRAGMA journal_mode = WAL")
             await self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -276,6 +281,8 @@ def describe_mysql_error(exc: BaseException) -> str:
         message = args[1]
         if "Can't connect" in message:
             cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, socket.gaierror):   # an unknown host: errno -2, which os.strerror cannot name
+                return cause.strerror or str(cause)
             if getattr(cause, "errno", None):
                 return os.strerror(cause.errno)
             return str(cause) if cause else "connection refused"

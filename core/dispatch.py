@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import ConnectionFailed, FrameworkError, QueueConnectionError
 from core.job import Job, validate_queue_name
+from core.payload import check_size
 
 if TYPE_CHECKING:
     from core.app import Application
@@ -80,11 +81,13 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
     from core.app import current
 
     app = current()
+    key, limit = app.config.app.key, app.config.queue.max_payload_bytes
     groups: dict[tuple[str | None, str], list[tuple[Job, str]]] = {}
     for job in jobs:
         payload = job.to_payload(queue)
-        groups.setdefault((connection or job.connection, payload.queue), []).append(
-            (job, payload.encode(app.config.app.key)))
+        raw = payload.encode(key)
+        check_size(raw, limit, payload.display_name)
+        groups.setdefault((connection or job.connection, payload.queue), []).append((job, raw))
     for (conn_name, queue_name), items in groups.items():
         retrying = _Retrying(app, items)
         conn = await _open(app, conn_name, retrying)

@@ -61,6 +61,28 @@ class LoopFlushingHandler(logging.StreamHandler):
         super().flush()
 
 
+class RedactingFormatter(LineFormatter):
+    """The filter masks the message; this masks the whole formatted line, including a traceback
+    (`exc_info`), whose last line repeats the exception's message. The whole line, because the
+    traceback text is cached on the record by whichever handler formats it first."""
+
+    def __init__(self, secrets: list[str], fmt: str = FORMAT) -> None:
+        super().__init__(fmt)
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return redact(text, self.secrets) if self.secrets else text
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text from outside (a stored job id, an MQTT topic) made safe for one log line: control
+    characters and undecodable bytes escaped, so it cannot forge or break lines; cut at `limit`."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret:
@@ -86,7 +108,7 @@ def configure_logging(config: Config, level: int = logging.INFO) -> None:
     fmt = f"%(asctime)s.%(msecs)03d [{name}] %(message)s" if name else FORMAT
     for handler in handlers:
         handler._framework = True  # type: ignore[attr-defined]
-        handler.setFormatter(LineFormatter(fmt))
+        handler.setFormatter(RedactingFormatter(config.secrets(), fmt))
         handler.addFilter(RedactSecrets(config.secrets()))
         root.addHandler(handler)
     root.setLevel(level)

@@ -17,6 +17,7 @@ import aiomqtt
 
 from core.config import MqttConfig
 from core.errors import ConnectionFailed, FrameworkError
+from core.log import one_line
 from core.router import MessageContext, PayloadError, Router, call_route
 
 log = logging.getLogger("core.mqtt")   # not "mqtt": aiomqtt holds that logger at WARNING
@@ -66,7 +67,7 @@ REFUSED_CREDENTIALS = {4, 5, 134, 135}
 
 def short_reason(exc: aiomqtt.MqttError) -> str:
     """'Connection refused', not '[Errno 111] Connection refused'."""
-    return re.sub(r"^\[Errno \d+\]\s*", "", reason(exc))
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", reason(exc))
 
 
 def client_id(config: MqttConfig, app_name: str) -> str:
@@ -237,15 +238,16 @@ class MqttApp:
             context = self.router.context_for(topic, message.payload, client=self.client, qos=message.qos,
                                               retain=message.retain)
         except Exception as exc:  # a payload we cannot even decode must not reach the reader
-            log.error("Cannot read message on topic %s: %s", topic, exc)
+            log.error("Cannot read message on topic %s: %s", one_line(topic), one_line(str(exc)))
             return
         if context is None:
-            log.debug("No route for topic %s", topic)
+            log.debug("No route for topic %s", one_line(topic))
             return
         await self._call(context)
 
     async def _call(self, context: MessageContext) -> None:
-        where = f"topic {context.topic} (route {context.route.pattern} -> {context.route.handler_name})"
+        # The topic comes from whoever published: escaped, so it cannot forge or split a log line.
+        where = f"topic {one_line(context.topic)} (route {context.route.pattern} -> {context.route.handler_name})"
         try:
             await call_route(context)
         except PayloadError as exc:

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import importlib
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -14,10 +15,23 @@ from core.errors import FrameworkError
 
 _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _TUPLE = "__tuple__"
+MAX_UUID_LENGTH = 255      # failed_jobs.uuid is a VARCHAR(255)
 
 
 class InvalidPayload(FrameworkError):
     """A stored payload that cannot be turned back into a job; it goes to failed_jobs."""
+
+
+class PayloadTooLarge(FrameworkError):
+    """A job whose encoded payload is over QUEUE_MAX_PAYLOAD_BYTES; nothing was pushed."""
+
+
+def check_size(raw: str, limit: int, job_class: str) -> None:
+    """Refuse an encoded payload over `limit` bytes (0: no limit). Encoded payloads are ASCII
+    (json.dumps escapes the rest), so len() is the byte count."""
+    if limit and len(raw) > limit:
+        raise PayloadTooLarge(f"{job_class} payload is {len(raw):,} bytes, over QUEUE_MAX_PAYLOAD_BYTES "
+                              f"({limit:,}); nothing was pushed")
 
 
 @dataclass(frozen=True)
@@ -54,25 +68,93 @@ class Payload:
         return f'{canonical[:-1]},"signature":"{_hmac(canonical, key)}"}}'
 
     @classmethod
-    def decode(cls, raw: str | bytes, key: str = "") -> "Payload":
+    def decode(cls, raw: str | bytes, key: str = "", max_bytes: int = 0) -> "Payload":
+        """The payload of a stored job, checked before anything in it is trusted: its size first
+        (an oversized one is not parsed), then its signature (when `key` is set), then each field's type."""
+        if not isinstance(raw, (str, bytes)):
+            raise InvalidPayload(f"payload is {_describe(raw)}, not JSON text")
+        if max_bytes and _size(raw) > max_bytes:
+            raise InvalidPayload(f"payload is {_size(raw):,} bytes, over QUEUE_MAX_PAYLOAD_BYTES ({max_bytes:,}); "
+                                 f"it was not decoded")
         try:
             body = json.loads(raw)
-        except (ValueError, TypeError) as exc:
-            raise InvalidPayload(f"payload is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidPayload("payload is not a JSON object")
-        signature = body.pop("signature", None)
-        if key and (not isinstance(signature, str) or not hmac.compare_digest(signature, _sign(body, key))):
-            state = "missing" if signature is None else "invalid"
-            raise InvalidPayload(f"payload signature is {state}; the job was not loaded")
-        try:
-            retry = body.get("retryAfter", [])
-            return cls(uuid=str(body["uuid"]), job=str(body["job"]), queue=str(body.get("queue", "default")),
-                       max_tries=int(body["maxTries"]), timeout=float(body["timeout"]),
-                       retry_after=tuple(float(r) for r in (retry if isinstance(retry, list) else [retry])),
-                       data=dict(body.get("data") or {}), pushed_at=float(body.get("pushedAt", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidPayload(f"payload is missing or has a malformed field: {exc}") from None
+            if not isinstance(body, dict):
+                raise InvalidPayload("payload is not a JSON object")
+            signature = body.pop("signature", None)
+            if key and not _signed_by(body, signature, key):
+                state = "missing" if signature is None else "invalid"
+                raise InvalidPayload(f"payload signature is {state}; the job was not loaded")
+        except (ValueError, TypeError) as exc:   # UnicodeDecodeError is a ValueError
+            raise InvalidPayload(f"payload is not valid JSON: {_short(exc)}") from None
+        except RecursionError:
+            raise InvalidPayload("payload is nested too deeply to be read") from None
+        return cls(uuid=_job_id(body), job=_field(body, "job", str), queue=_field(body, "queue", str, "default"),
+                   max_tries=_field(body, "maxTries", int), timeout=_field(body, "timeout", float),
+                   retry_after=_retry_after(body), data=_field(body, "data", dict, {}),
+                   pushed_at=_field(body, "pushedAt", float, 0.0))
+
+
+_MISSING = object()
+_KIND = {str: "a string", int: "a whole number", float: "a number", dict: "a JSON object"}
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING) -> Any:
+    """One field of the right JSON type: no bools as numbers, no NaN or Infinity, no strings as numbers."""
+    value = body.get(name, _MISSING)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise InvalidPayload(f"payload field {name!r} is missing")
+        return default
+    if kind is float and type(value) is int and abs(value) < 2**53:
+        value = float(value)
+    if type(value) is not kind or (kind is float and not math.isfinite(value)):
+        raise InvalidPayload(f"payload field {name!r} must be {_KIND[kind]}, got {_describe(value)}")
+    return value
+
+
+def _job_id(body: dict[str, Any]) -> str:
+    job_id = _field(body, "uuid", str)
+    if not _valid_id(job_id):
+        raise InvalidPayload(f"payload field 'uuid' must be 1-{MAX_UUID_LENGTH} printable characters, "
+                             f"got {_describe(job_id)}")
+    return job_id
+
+
+def _valid_id(job_id: str) -> bool:
+    # Printable: the id goes into log lines and tables, where a newline or escape code could forge output.
+    return 0 < len(job_id) <= MAX_UUID_LENGTH and job_id.isprintable()
+
+
+def _retry_after(body: dict[str, Any]) -> tuple[float, ...]:
+    retry = body.get("retryAfter", [])
+    items = retry if isinstance(retry, list) else [retry]
+    return tuple(_field({"retryAfter": r}, "retryAfter", float) for r in items)
+
+
+def _signed_by(body: dict[str, Any], signature: Any, key: str) -> bool:
+    # Compared as bytes: compare_digest refuses non-ASCII text, and a forged signature may hold some.
+    return isinstance(signature, str) and hmac.compare_digest(
+        signature.encode("utf-8", "surrogatepass"), _sign(body, key).encode())
+
+
+def _size(raw: str | bytes) -> int:
+    """Bytes of a stored payload; ours are ASCII, so only a foreign one pays for an encode."""
+    if isinstance(raw, bytes) or raw.isascii():
+        return len(raw)
+    return len(raw.encode("utf-8", "surrogatepass"))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A hostile text as a short one-line excerpt (repr escapes newlines and control characters)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(value: Any) -> str:
+    """`str '3'`, `bool True`, or just `list`: containers are not printed (they may be huge or deep)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return f"{type(value).__name__} {_short(value)}"
+    return type(value).__name__
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -80,7 +162,8 @@ _TAIL = re.compile(r'"(,"signature":"[0-9a-f]{64}")?\}')      # what may follow 
 
 
 def peek_uuid(raw: str | bytes) -> str | None:
-    """The job id of a raw payload if it can be read, without trusting anything else in it."""
+    """The job id of a raw payload if it can be read, without trusting anything else in it:
+    a string of 1-255 printable characters, else None (the caller makes up an id)."""
     if isinstance(raw, str):
         # Our encoding sorts keys, so "uuid" is the last top-level key (only the signature
         # follows), and any "uuid" inside the data comes before it, its quotes escaped.
@@ -89,9 +172,10 @@ def peek_uuid(raw: str | bytes) -> str | None:
             return raw[at + 8:at + 44]
     try:
         body = json.loads(raw)
-        return str(body["uuid"]) if isinstance(body, dict) and body.get("uuid") else None
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, RecursionError):
         return None
+    job_id = body.get("uuid") if isinstance(body, dict) else None
+    return job_id if isinstance(job_id, str) and _valid_id(job_id) else None
 
 
 _canonical = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
@@ -138,11 +222,14 @@ def from_json_value(value: Any) -> Any:
 
 
 def resolve_job_class(path: str, packages: tuple[str, ...]) -> type:
-    """Import the Job subclass a payload names, refusing anything outside the job packages."""
+    """Import the Job subclass a payload names, refusing anything outside the job packages.
+
+    The path must be exactly where the class is defined (`Job.class_path()`), so an alias, an
+    attribute walked through, or a class merely imported into a job module is refused too."""
     from core.job import Job
 
-    if not _CLASS_PATH.fullmatch(path):
-        raise InvalidPayload(f"job class {path!r} is not a valid class path")
+    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path) or ".__" in f".{path}":
+        raise InvalidPayload(f"job class {_short(path)} is not a valid class path; it was not imported")
     module_name, _, class_name = path.rpartition(".")
     if not any(module_name == p or module_name.startswith(p + ".") for p in packages):
         raise InvalidPayload(f"job class {path} is outside the job packages ({', '.join(packages)}); it was not imported")
@@ -151,8 +238,8 @@ def resolve_job_class(path: str, packages: tuple[str, ...]) -> type:
     except ImportError as exc:
         raise InvalidPayload(f"job module {module_name} cannot be imported: {exc}") from None
     cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Job) and cls is not Job):
-        raise InvalidPayload(f"{path} is not a Job subclass; it was not run")
+    if not (isinstance(cls, type) and issubclass(cls, Job) and cls is not Job and cls.class_path() == path):
+        raise InvalidPayload(f"{path} is not a Job subclass defined there; it was not run")
     return cls
 
 

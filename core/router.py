@@ -205,7 +205,7 @@ def decode_payload(raw: bytes | bytearray | str | None) -> Any:
     text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", errors="replace")
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: nested deeper than Python can read
         return text
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from core.errors import ConfigError
 from core.job import Job, validate_queue_name
-from core.log import redact
+from core.log import one_line, redact
 from core.outage import OutageLog
 from core.payload import Payload, resolve_job_class
 from core.queue.contract import QueueConnection, ReservedJob
@@ -74,6 +74,7 @@ class Worker:
         self.options = options
         self.visibility_timeout = app.config.queue.visibility_timeout
         self.key = app.config.app.key
+        self.max_payload = app.config.queue.max_payload_bytes
         self.packages = app.config.app.job_packages
         self.secrets = app.config.secrets()
         self.processed = 0
@@ -253,11 +254,11 @@ class Worker:
     async def _process(self, conn: QueueConnection, key: int, reserved: ReservedJob) -> None:
         started = time.monotonic()
         try:
-            payload = Payload.decode(reserved.payload, self.key)
+            payload = Payload.decode(reserved.payload, self.key, self.max_payload)
             cls = self._classes.get(payload.job) or self._resolve(payload.job)
             job = cls.from_payload(payload, reserved.attempts)
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
-            label = f"job {reserved.id} on {reserved.queue}"
+            label = f"job {one_line(reserved.id)} on {reserved.queue}"
             await self._bury(conn, reserved, None, exc, label, started)
             return
         label = f"{payload.display_name} [{payload.uuid}]"

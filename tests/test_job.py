@@ -114,7 +114,7 @@ def test_the_job_id_is_read_from_the_top_level_whatever_the_data_holds(key):
 @pytest.mark.parametrize("raw, fragment", [
     ("not json", "not valid JSON"),
     ("[1, 2]", "not a JSON object"),
-    ('{"uuid": "x"}', "missing or has a malformed field"),
+    ('{"uuid": "x"}', "payload field 'job' is missing"),
 ])
 def test_malformed_payloads_are_refused(raw, fragment):
     with pytest.raises(InvalidPayload, match=fragment):

@@ -1,4 +1,6 @@
-"""The worker against real stores: retries, failures, timeouts, forged payloads, crashed workers."""
+"""The worker against real stores: retries, failures, timeouts, crashed workers.
+
+Forged and broken payloads: tests/test_payload_security.py, tests/test_signing.py, tests/test_payload_fuzz.py."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +11,8 @@ import pytest
 
 from bootstrap.app import create_app
 from core.worker import Worker, WorkerOptions
-from tests.jobs.sample_jobs import (BackoffJob, BlockingJob, BusyLoopJob, FailedRaisesJob, FlakyJob, NotAJob,
-                                    RecordingJob, SleepyJob, read_events)
+from tests.jobs.sample_jobs import (BackoffJob, BlockingJob, BusyLoopJob, FailedRaisesJob, FlakyJob, RecordingJob,
+                                    SleepyJob, read_events)
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
@@ -125,55 +127,6 @@ async def test_worker_timeout_and_tries_options_override_the_class(tmp_path):
         await work(app, timeout=0.3)
         [_, sleepy] = await (await app.queue.failed_store()).all()
         assert "timeout of 0.3s" in sleepy.summary
-
-
-FORGED = {
-    "not json": ("{{not json", "payload is not valid JSON"),
-    "os.system": ("os.system", "outside the job packages"),
-    "builtins.eval": ("builtins.eval", "outside the job packages"),
-    "evil sibling package": ("app.jobs_evil.x.Job", "outside the job packages"),
-    "plain class": ("tests.jobs.sample_jobs.NotAJob", "not a Job subclass"),
-    "missing module": ("app.jobs.gone_module.GoneJob", "cannot be imported"),
-}
-
-
-def forged_payload(job: str) -> str:
-    if job.startswith("{{"):
-        return job
-    return json.dumps({"uuid": f"forged-{job}", "job": job, "queue": "default", "maxTries": 1, "timeout": 5,
-                       "retryAfter": [0], "data": {"command": "touch /tmp/pwned"}})
-
-
-async def test_forged_and_broken_payloads_end_in_failed_jobs_and_the_worker_goes_on(backend, tmp_path):
-    log = str(tmp_path / "events")
-    async with create_app() as app:
-        conn = await app.queue.connection()
-        for job, _ in FORGED.values():
-            await conn.push("default", forged_payload(job))
-        good = await RecordingJob.dispatch(log=log, value="after")
-        await work(app)
-        failed = await (await app.queue.failed_store()).all()
-        summaries = [f.summary for f in failed]
-        assert len(failed) == len(FORGED)
-        for (_, fragment), summary in zip(FORGED.values(), summaries):
-            assert fragment in summary
-        assert [e["job_id"] for e in read_events(log)] == [good]
-        assert not NotAJob.instantiated
-
-
-async def test_with_app_key_an_unsigned_payload_is_recorded_and_not_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("APP_KEY", "base64:test-signing-key")
-    log = str(tmp_path / "events")
-    async with create_app() as app:
-        signed = await RecordingJob.dispatch(log=log, value=1)
-        unsigned = json.dumps({"uuid": "unsigned-1", "job": "tests.jobs.sample_jobs.RecordingJob", "queue": "default",
-                               "maxTries": 1, "timeout": 5, "retryAfter": [0], "data": {"log": log, "value": 2}})
-        await (await app.queue.connection()).push("default", unsigned)
-        await work(app)
-        assert [e["job_id"] for e in read_events(log)] == [signed]
-        [failed] = await (await app.queue.failed_store()).all()
-        assert failed.uuid == "unsigned-1" and "signature is missing" in failed.summary
-        assert "test-signing-key" not in failed.exception + failed.payload
 
 
 async def test_a_dead_workers_last_attempt_is_failed_without_running_again(backend, tmp_path, monkeypatch):

@@ -13,7 +13,10 @@ from core.queue.retry import retry_failed
 
 
 def _queues(value: str | None) -> list[str] | None:
-    return [validate_queue_name(q.strip()) for q in value.split(",") if q.strip()] if value else None
+    if value is None:
+        return None
+    # A value with no name in it ("", ",") is refused like any other bad name, not read as "every queue".
+    return [validate_queue_name(q.strip()) for q in value.split(",") if q.strip()] or [validate_queue_name(value)]
 
 
 @command("queue:failed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from core.console.base import command
+from core.job import validate_queue_name
 from core.supervisor import supervise
 from core.worker import Worker, WorkerOptions
 
@@ -41,7 +42,8 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
 
     Example: python main.py queue:work --queue high,default --concurrency 4
     """
-    options = WorkerOptions(connection=connection, queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
+    names = tuple(q.strip() for q in queues.split(",") if q.strip()) or (validate_queue_name(queues),)  # "," or ""
+    options = WorkerOptions(connection=connection, queues=names,
                             concurrency=concurrency, sleep=sleep, tries=tries, timeout=timeout, max_jobs=max_jobs,
                             max_time=max_time, memory=memory, stop_when_empty=stop_when_empty, once=once)
     if processes != 1:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.database import Database, Session
+from core.log import one_line
 from core.payload import peek_uuid
 
 SCHEMA = {
@@ -56,10 +57,12 @@ class FailedJob:
 
     @property
     def job_class(self) -> str:
+        """The class the payload names, printable: a forged payload may name anything, or be unreadable."""
         try:
-            return str(json.loads(self.payload).get("job", "?"))
-        except (ValueError, AttributeError):
+            job = json.loads(self.payload).get("job", "?")
+        except (ValueError, TypeError, AttributeError, RecursionError):
             return "?"
+        return one_line(job, 120) if isinstance(job, str) else "?"
 
     @property
     def summary(self) -> str:
@@ -81,7 +84,8 @@ class FailedJobStore:
                      session: Session | None = None) -> str:
         """Write one failed job (inside `session`'s transaction when given); returns its uuid."""
         job_uuid = peek_uuid(payload) or str(uuid_module.uuid4())
-        params = (job_uuid, connection, queue, payload, exception, datetime.now(timezone.utc).strftime(_TIME))
+        params = (job_uuid, connection, queue, storable(payload), storable(exception),
+                  datetime.now(timezone.utc).strftime(_TIME))
         sql = INSERT[self.db.dialect]
         if session is not None:
             await session.execute(sql, params)
@@ -110,6 +114,16 @@ class FailedJobStore:
             return await self.db.execute("DELETE FROM failed_jobs")
         cutoff = datetime.now(timezone.utc) - timedelta(hours=older_than_hours)
         return await self.db.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (cutoff.strftime(_TIME),))
+
+
+def storable(text: str) -> str:
+    """Text the database can hold: bytes and lone surrogates (bytes that were not UTF-8, read from
+    Redis) become U+FFFD, so a broken payload is still recorded rather than failing the insert."""
+    if isinstance(text, (bytes, bytearray)):       # a BLOB someone wrote into the jobs table
+        return bytes(text).decode("utf-8", "replace")
+    if isinstance(text, str) and not text.isascii():
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return str(text)
 
 
 def _row(row: tuple) -> FailedJob:

@@ -26,6 +26,7 @@ import asyncio
 import errno
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,8 +110,11 @@ def make_client(config: RedisConfig) -> Redis | RedisCluster:
     # A dropped connection is retried at once on a fresh one; a timeout is not: a server that does
     # not answer within SOCKET_TIMEOUT is likely cut off, and three more waits would only delay
     # the caller's own handling (a worker's backoff, a dispatch's QUEUE_DISPATCH_TIMEOUT).
+    # surrogateescape: bytes that are not UTF-8 (written by someone else) still decode, and encode back to
+    # the same key, so such a job is reserved, recorded as failed and deleted instead of failing every reserve.
     options: dict[str, Any] = dict(
-        decode_responses=True, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
+        decode_responses=True, encoding_errors="surrogateescape", socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3,
                     supported_errors=(redis_errors.ConnectionError,)),
         password=config.password or None)
@@ -135,6 +139,8 @@ def reason(exc: BaseException) -> str:
     """The short cause of a connection error: 'Connection refused', not redis-py's whole sentence."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, socket.gaierror):   # an unknown host: errno -2, which os.strerror cannot name
+            return cause.strerror or str(cause)
         if isinstance(cause, OSError) and cause.errno:
             return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__

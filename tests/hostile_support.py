@@ -1,0 +1,63 @@
+"""Hostile input tests' helpers: writing jobs straight into a store, as someone with write access but no
+APP_KEY would (plain SQL into the `jobs` table, plain Redis commands in the connection's key layout of
+core/queue/redis.py), and draining a queue within a bounded time."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+
+import pymysql
+import redis
+
+from tests.servers import MYSQL, REDIS
+
+
+class RawStore:
+    """`push(payload)` puts one job, ready now, on a queue; the payload may be text or any bytes."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        if backend == "sqlite":
+            self.db = sqlite3.connect(os.environ["DB_DATABASE"], isolation_level=None)
+        elif backend == "mysql":
+            self.db = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", password="",
+                                      database=os.environ["DB_DATABASE"], autocommit=True, charset="utf8mb4")
+        else:
+            self.db = redis.Redis(host=REDIS[0], port=REDIS[1], db=int(os.environ["REDIS_DB"]))
+
+    def push(self, payload: str | bytes, queue: str = "default", job_id: str | bytes | None = None) -> None:
+        if self.backend == "sqlite":
+            # CAST(? AS TEXT): bytes land as TEXT, as another program writing the table could leave them.
+            self.db.execute("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
+                            "VALUES (?, CAST(? AS TEXT), 0, NULL, strftime('%s','now'), strftime('%s','now'))",
+                            (queue, payload))
+        elif self.backend == "mysql":
+            if isinstance(payload, bytes):   # utf8mb4 refuses other bytes: an attacker can only store text
+                payload = payload.decode("utf-8", "replace")
+            with self.db.cursor() as cur:
+                cur.execute("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
+                            "VALUES (%s, %s, 0, NULL, UNIX_TIMESTAMP(), UNIX_TIMESTAMP())", (queue, payload))
+        else:
+            base = f"queues:{{{queue}}}"
+            job_id = job_id or f"raw-{uuid.uuid4().hex}"
+            seq = self.db.incr(f"{base}:seq")
+            self.db.hset(f"{base}:jobs", job_id, payload)
+            self.db.hset(f"{base}:jobs", (job_id if isinstance(job_id, bytes) else job_id.encode()) + b":seq", seq)
+            self.db.zadd(base, {job_id: seq})
+            self.db.rpush(f"{base}:notify", 1)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def drain(app, limit: float = 90, **options):
+    """Work the queue until it is empty, as tests/test_worker.py's `work`, but failing after `limit`
+    seconds: a poison job that jams the queue must fail the test, not hang it."""
+    from tests.test_worker import work
+
+    try:
+        return await asyncio.wait_for(work(app, **options), limit)
+    except TimeoutError:
+        raise AssertionError(f"the queue was not drained within {limit:g}s: a job is stuck") from None
