@@ -162,7 +162,7 @@ def test_a_worker_losing_redis_logs_no_secret(locked_redis, log_file):
         time.sleep(0.1)
     locked_redis.stop()
     out, err = worker.communicate(timeout=60)
-    assert "Queue connection error" in out
+    assert "Lost the connection to Redis" in out
     assert_no_secret(out, err, path.read_text())
 
 

@@ -98,7 +98,10 @@ class _HiredisPacking:
         self._serializer = HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        return self._serializer.pack(*args)
+        try:
+            return self._serializer.pack(*args)
+        except UnicodeEncodeError:      # text that came in as bytes that are not UTF-8: the
+            return super().pack_command(*args)   # client's own encoder (surrogateescape) sends them back
 
 
 HIREDIS_PACKING = {base: type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
