@@ -1,6 +1,9 @@
 """queue:work"""
 from __future__ import annotations
 
+import logging
+import os
+
 import click
 
 from core.console.base import command
@@ -30,11 +33,18 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
 
     CONNECTION is database, redis or sync (default: QUEUE_CONNECTION). Each job logs a
     RUNNING line and a DONE, RETRY or FAIL line. SIGTERM or SIGINT stops taking jobs, lets the
-    running ones finish (bounded by their timeout) and exits 0.
+    running ones finish (bounded by their timeout) and exits 0; a second one releases the running
+    jobs to the queue at once and exits 128+signal (130 for SIGINT).
 
     Example: python main.py queue:work --queue high,default --concurrency 4
     """
     options = WorkerOptions(connection=connection, queues=tuple(q.strip() for q in queues.split(",") if q.strip()),
                             concurrency=concurrency, sleep=sleep, tries=tries, timeout=timeout, max_jobs=max_jobs,
                             max_time=max_time, memory=memory, stop_when_empty=stop_when_empty, once=once)
-    return await Worker(app, options).run()
+    worker = Worker(app, options)
+    code = await worker.run()
+    if worker.left_behind:          # job code that ignores cancellation: only ending the process stops it
+        await app.close()
+        logging.shutdown()
+        os._exit(code)
+    return code
