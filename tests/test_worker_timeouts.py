@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from bootstrap.app import create_app
 from core.watchdog import CANCEL_GRACE
 from core.worker import Worker, WorkerOptions
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.contract.conftest import configure, open_backend
 from tests.jobs.sample_jobs import (CatchesCancelOnceJob, FailedIgnoresCancelJob, IgnoresCancelJob, RecordingJob,
                                     read_events)
@@ -127,3 +129,37 @@ def test_left_behind_tasks_piling_up_stop_the_worker_with_exit_70(tmp_path):
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
     assert size["queues"]["default"] == {"pending": 3, "delayed": 0, "reserved": 0}
     assert len([e for e in read_events(log) if e["event"] == "start"]) == 3
+
+
+WATCHDOG_SCRIPT = """
+import asyncio, signal, sys, time
+from core.watchdog import Watchdog, run_guarded
+
+async def awaits():
+    await asyncio.sleep(3.5)
+
+async def stuck_in_c():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})    # as C code that never returns to Python
+    time.sleep(3.5)
+
+async def main():
+    watchdog = Watchdog(hard_limit=2.0)     # above the 1 s between signals, as 15 s is
+    watchdog.start()
+    watchdog.watch(1, 0.1, "job 1 exceeded its timeout of 0.1s")
+    await run_guarded(1, awaits if sys.argv[1] == "awaits" else stuck_in_c)
+    watchdog.stop()
+    print("still running")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("code, survives", [("awaits", True), ("stuck_in_c", False)])
+def test_the_watchdog_exits_only_for_code_that_keeps_the_loop_stuck(code, survives):
+    """Past deadline + hard limit, code that merely awaits (the loop free) is the worker's business."""
+    result = subprocess.run([sys.executable, "-c", WATCHDOG_SCRIPT, code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    if survives:
+        assert (result.returncode, result.stdout.strip()) == (0, "still running"), result.stderr
+    else:
+        assert result.returncode == 70 and "could not be interrupted for 2s" in result.stdout + result.stderr
