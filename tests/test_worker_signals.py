@@ -1,7 +1,7 @@
 """Stopping a worker: between jobs when asked politely, at once (jobs released) when asked twice.
 
-Real `python main.py queue:work` processes on SQLite, MySQL/MariaDB and Redis. The visibility timeout
-is 30 s here, so a job seen pending right after a worker exits was released by it, not expired.
+Real `python main.py queue:work` processes on SQLite, MySQL/MariaDB and Redis (the `store` fixture,
+with a 30 s visibility timeout: a job seen pending right after a worker exits was released by it).
 """
 from __future__ import annotations
 
@@ -17,22 +17,9 @@ import pytest
 from bootstrap.app import create_app
 from core.watchdog import CANCEL_GRACE
 from tests.conftest import ROOT, run_cli
-from tests.contract.conftest import configure, open_backend
 from tests.jobs.sample_jobs import IgnoresCancelJob, RecordingJob, SlowFirstAttemptJob, read_events
 
 STORES = ["sqlite", "mysql", "redis"]
-
-
-@pytest.fixture(params=STORES)
-async def store(request, monkeypatch, tmp_path):
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
-    configure(monkeypatch, "redis" if request.param == "redis" else "database")
-    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
-    async for backend in open_backend(request.param, tmp_path):
-        yield backend
 
 
 async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:

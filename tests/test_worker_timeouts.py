@@ -21,23 +21,10 @@ from bootstrap.app import create_app
 from core.watchdog import CANCEL_GRACE
 from core.worker import Worker, WorkerOptions
 from tests.conftest import ROOT, run_cli
-from tests.contract.conftest import configure, open_backend
 from tests.jobs.sample_jobs import (CatchesCancelOnceJob, FailedIgnoresCancelJob, IgnoresCancelJob, RecordingJob,
                                     read_events)
 
 SLACK = 1.5     # seconds on top of timeout + grace for a loaded machine; still far below "for ever"
-
-
-@pytest.fixture(params=["sqlite", "mysql", "redis"])
-async def store(request, monkeypatch, tmp_path):
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
-    configure(monkeypatch, "redis" if request.param == "redis" else "database")
-    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
-    async for backend in open_backend(request.param, tmp_path):
-        yield backend
 
 
 def durations(out: str, status: str, job_id: str) -> list[float]:
