@@ -37,7 +37,7 @@ class MaxAttemptsExceededError(Exception):
 
 
 class JobInterrupted(Exception):
-    """The worker was told to stop at once (a second SIGINT or SIGTERM) while the job ran."""
+    """The worker was told to stop at once (a SIGINT after a stop signal) while the job ran."""
 
 
 class _Guarded(NamedTuple):
@@ -102,7 +102,7 @@ class Worker:
         self.left_behind = LeftBehind()
         self.exit_code = 0
         self._guarded: dict[int, _Guarded] = {}     # job code running now, by watch key
-        self._signals = 0
+        self._signalled = False
         self._interrupted = False
         for queue in options.queues:
             validate_queue_name(queue)
@@ -120,23 +120,28 @@ class Worker:
             return
         self.stop_reason = reason
         self._changed.set()
-        hint = f" (another {reason} releases them at once)" if reason in ("SIGINT", "SIGTERM") and self._running else ""
+        hint = " (a SIGINT now releases them at once)" if reason in ("SIGINT", "SIGTERM") and self._running else ""
         log.info("Stopping (%s): no new jobs; waiting for %d running job(s)%s", reason, len(self._running), hint)
         self._stopping.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        """The first SIGINT or SIGTERM stops gracefully; a second one cuts the running jobs short."""
-        self._signals += 1
-        if self._signals == 1:
-            self.stop(sig.name)
-        elif not self._interrupted:
-            self._interrupt(sig)
+        """SIGINT or SIGTERM stops gracefully; a SIGINT after that (Ctrl-C twice) cuts running jobs short.
+
+        A repeated SIGTERM does not: process managers mean a graceful stop however often they send
+        it, and the kernel's parent-death signal arrives again as each thread of a dying supervisor exits.
+        """
+        if self._signalled and sig == signal.SIGINT:
+            if not self._interrupted:
+                self._interrupt(sig)
+            return
+        self._signalled = True
+        self.stop(sig.name)
 
     def _interrupt(self, sig: signal.Signals) -> None:
         """Cancel running job code so its jobs go back on the queue at once (JobInterrupted)."""
         self._interrupted = True
         self.exit_code = self.exit_code or 128 + sig
-        log.warning("Second %s: cancelling %d running job(s) and releasing them to the queue now", sig.name,
+        log.warning("%s while stopping: cancelling %d running job(s) and releasing them to the queue now", sig.name,
                     len(self._running))
         for guarded in self._guarded.values():
             guarded.task.cancel()
@@ -316,7 +321,7 @@ class Worker:
     async def _failed_attempt(self, conn: QueueConnection, key: int, reserved: ReservedJob, payload: Payload, job: Job,
                               label: str, started: float, max_tries: int, exc: Exception) -> None:
         """An attempt raised, timed out or was interrupted: release the job for a retry, or bury it."""
-        if isinstance(exc, JobInterrupted):     # cut short by a second signal: back on the queue at once
+        if isinstance(exc, JobInterrupted):     # cut short by Ctrl-C twice: back on the queue at once
             delay: float = 0
         elif reserved.attempts < max_tries:
             delay = payload.retry_delay(reserved.attempts)
@@ -368,7 +373,7 @@ class Worker:
             if not self._interrupted:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            raise JobInterrupted("the worker was stopped at once by a second signal") from None
+            raise JobInterrupted("the worker was stopped at once by a second SIGINT") from None
         finally:
             self.watchdog.unwatch(key)
             if self._guarded.pop(key, None) is None:
@@ -410,7 +415,7 @@ class Worker:
 
     def _take_over_interrupted(self) -> None:
         for key, guarded in list(self._guarded.items()):
-            self._take_over(key, JobInterrupted("the worker was stopped at once by a second signal"),
+            self._take_over(key, JobInterrupted("the worker was stopped at once by a second SIGINT"),
                             f"{guarded.label} was interrupted, and ignored cancellation for {CANCEL_GRACE:g}s")
 
     def _take_over(self, key: int, exc: Exception, why: str) -> None:
@@ -426,7 +431,7 @@ class Worker:
             self.stop(f"{len(self.left_behind)} job tasks ignore cancellation")
 
     async def _close_left_behind(self) -> None:
-        # One last cancellation and grace; after a second signal the user wants out, so no more waiting.
+        # One last cancellation and grace; after Ctrl-C twice the user wants out, so no more waiting.
         left = await self.left_behind.close(0 if self._interrupted else CANCEL_GRACE)
         if left:
             self.exit_code = self.exit_code or EXIT_BLOCKED

@@ -33,8 +33,8 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
 
     CONNECTION is database, redis or sync (default: QUEUE_CONNECTION). Each job logs a
     RUNNING line and a DONE, RETRY or FAIL line. SIGTERM or SIGINT stops taking jobs, lets the
-    running ones finish (bounded by their timeout) and exits 0; a second one releases the running
-    jobs to the queue at once and exits 128+signal (130 for SIGINT).
+    running ones finish (bounded by their timeout) and exits 0; a SIGINT after that (Ctrl-C twice)
+    releases the running jobs to the queue at once and exits 130.
 
     Example: python main.py queue:work --queue high,default --concurrency 4
     """
