@@ -1,16 +1,24 @@
-"""Timeouts for job code that blocks the event loop.
+"""Timeouts for job code: code that awaits, code that blocks the event loop, code that ignores cancellation.
 
-`asyncio.timeout` cancels a job that awaits, but cannot stop one that blocks the loop
-(`time.sleep`, a busy loop, a blocking socket). A watchdog thread notices a job still running
-past its deadline and sends the worker's main thread a signal; the handler looks at the
-interrupted stack and, only if that job's `run_guarded` frame is on it, raises JobTimeoutError
-right where the job is blocked. The signal is repeated each second while the job goes on; a job
-stuck in C code that never returns to Python is ended by exiting the process after `hard_limit`
-seconds, so its reservation expires and the attempt is counted rather than hanging forever.
+Each attempt runs under `asyncio.timeout`, which cancels code that awaits. `asyncio` cannot cancel
+code that blocks the loop (`time.sleep`, a busy loop, a blocking socket), so a watchdog thread
+notices a job still running past its deadline and sends the worker's main thread a signal; the
+handler looks at the interrupted stack and, only if that job's `run_guarded` frame is on it, raises
+JobTimeoutError right where the job is blocked. The signal is repeated each second while the job
+goes on. A job stuck in C code that never returns to Python (the handler cannot run, or keeps
+finding the job on the stack) is ended by exiting the process after `hard_limit` seconds, so its
+reservation expires and the attempt is counted rather than hanging forever.
+
+Job code that swallows `CancelledError` is neither: the loop runs, the job just does not end.
+Once it is still running CANCEL_GRACE seconds past its deadline, the watchdog tells the worker
+(`on_overdue`), which ends the attempt without it and leaves the task behind (`LeftBehind`),
+cancelling it again every second. Such a job never makes the watchdog exit the process.
 Cost: one thread waking every 100 ms; nothing on the job's own path but a dict update.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,6 +31,8 @@ from typing import Any
 log = logging.getLogger("worker")
 SIGNAL = signal.SIGUSR2
 EXIT_BLOCKED = 70
+CANCEL_GRACE = 2.0        # seconds cancelled job code may take to end before the worker leaves it behind
+RECANCEL_EVERY = 1.0      # seconds between cancellations of job code left behind
 
 
 class JobTimeoutError(TimeoutError):
@@ -34,6 +44,8 @@ class _Watch:
     deadline: float
     message: str
     signalled_at: float = 0.0
+    reported: bool = False    # on_overdue was called for it
+    idle_at: float = 0.0      # when the signal handler last found this job off the stack: it awaits, not blocks
 
 
 async def run_guarded(watch_key: int, fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -42,8 +54,11 @@ async def run_guarded(watch_key: int, fn: Callable[[], Awaitable[Any]]) -> Any:
 
 
 class Watchdog:
-    def __init__(self, grace: float = 0.25, hard_limit: float = 15.0) -> None:
-        self.grace, self.hard_limit = grace, hard_limit
+    """`on_overdue(key)` is called on the event loop once job code is still running CANCEL_GRACE past its deadline."""
+
+    def __init__(self, on_overdue: Callable[[int], None] | None = None, grace: float = 0.25,
+                 hard_limit: float = 15.0) -> None:
+        self.on_overdue, self.grace, self.hard_limit = on_overdue, grace, hard_limit
         self._watches: dict[int, _Watch] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -55,6 +70,7 @@ class Watchdog:
             log.warning("watchdog disabled: the worker is not on the main thread")
             return
         self._main = threading.main_thread().ident
+        self._loop = asyncio.get_running_loop()
         self._previous = signal.signal(SIGNAL, self._on_signal)
         self._thread = threading.Thread(target=self._watch_loop, name="job-watchdog", daemon=True)
         self._thread.start()
@@ -78,9 +94,15 @@ class Watchdog:
         while not self._stopped.wait(0.1):
             now = time.monotonic()
             with self._lock:
-                overdue = [w for w in self._watches.values() if now > w.deadline + self.grace]
-            for watch in overdue:
-                if now > watch.deadline + self.hard_limit:
+                overdue = [(k, w) for k, w in self._watches.items() if now > w.deadline + self.grace]
+            for key, watch in overdue:
+                if not watch.reported and now > watch.deadline + CANCEL_GRACE and self.on_overdue is not None:
+                    watch.reported = True
+                    with contextlib.suppress(RuntimeError):    # the loop closed meanwhile
+                        self._loop.call_soon_threadsafe(self.on_overdue, key)
+                # Only a job that kept the loop from running the handler, or was on the stack each
+                # time it ran, counts as stuck; one that awaits (ignoring cancellation) does not.
+                if now > max(watch.deadline, watch.idle_at) + self.hard_limit:
                     log.critical("%s, and could not be interrupted for %.0fs; exiting so the job is retried "
                                  "or failed by the next worker", watch.message, self.hard_limit)
                     logging.shutdown()
@@ -91,10 +113,57 @@ class Watchdog:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         now = time.monotonic()
+        on_stack = []
         while frame is not None:
             if frame.f_code is run_guarded.__code__:
-                with self._lock:
-                    watch = self._watches.get(frame.f_locals.get("watch_key"))
-                if watch is not None and now > watch.deadline:
-                    raise JobTimeoutError(watch.message)
+                on_stack.append(frame.f_locals.get("watch_key"))
             frame = frame.f_back
+        with self._lock:
+            for key, watch in self._watches.items():
+                if key not in on_stack:
+                    watch.idle_at = now
+            overdue = [self._watches[k] for k in on_stack if k in self._watches and now > self._watches[k].deadline]
+        if overdue:
+            raise JobTimeoutError(overdue[0].message)
+
+
+class LeftBehind:
+    """Job code that ignored cancellation past its grace: the worker no longer waits for it, but keeps cancelling it."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[asyncio.Task, str] = {}      # task -> what it was running
+        self._canceller: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def add(self, task: asyncio.Task, what: str) -> None:
+        self.tasks[task] = what
+        task.add_done_callback(self._ended)
+        if self._canceller is None:
+            self._canceller = asyncio.create_task(self._keep_cancelling())
+
+    async def close(self, grace: float) -> int:
+        """At shutdown: cancel each once more and wait up to `grace`; returns how many still run."""
+        if self.tasks:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.wait(list(self.tasks), timeout=grace)
+        if self._canceller is not None:
+            self._canceller.cancel()
+        return len(self.tasks)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        what = self.tasks.pop(task, "job code")
+        if not task.cancelled():
+            task.exception()                           # retrieved: its outcome no longer counts
+        log.info("%s: the task left behind has ended", what)
+
+    async def _keep_cancelling(self) -> None:
+        try:
+            while self.tasks:
+                await asyncio.sleep(RECANCEL_EVERY)
+                for task in list(self.tasks):
+                    task.cancel()
+        finally:
+            self._canceller = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import itertools
 import logging
@@ -14,7 +15,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from core.errors import ConfigError
 from core.job import Job, validate_queue_name
@@ -22,7 +23,7 @@ from core.log import one_line, redact
 from core.outage import OutageLog
 from core.payload import Payload, resolve_job_class
 from core.queue.contract import QueueConnection, ReservedJob
-from core.watchdog import JobTimeoutError, Watchdog, run_guarded
+from core.watchdog import CANCEL_GRACE, EXIT_BLOCKED, JobTimeoutError, LeftBehind, Watchdog, run_guarded
 
 if TYPE_CHECKING:
     from core.app import Application
@@ -30,10 +31,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker")
 T = TypeVar("T")
 SETTLE_TRIES = 8          # about 20 s of retries for acknowledge/release/fail
+LEFT_BEHIND_LIMIT = 3     # job tasks ignoring cancellation at once before the worker stops to be replaced
 
 
 class MaxAttemptsExceededError(Exception):
     """A job came back after its last attempt never finished (its worker died or was killed)."""
+
+
+class JobInterrupted(Exception):
+    """The worker was told to stop at once (a SIGINT after a stop signal) while the job ran."""
+
+
+class _Guarded(NamedTuple):
+    """Job code running under its deadline, and how its attempt ends if the code ignores cancellation."""
+    task: asyncio.Task
+    slot: int                                                  # the job's key in Worker._running
+    instead: Callable[[Exception], Awaitable[None]]            # ends the attempt without the code
+    label: str
+    message: str                                               # what a timeout says
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,12 @@ class Worker:
         self._warned: set[str] = set()
         self._classes: dict[str, type[Job]] = {}    # class paths already checked and imported
         self._outage: OutageLog       # set by run(), once the connection is open
-        self.watchdog = Watchdog()
+        self.watchdog = Watchdog(on_overdue=self._overdue)
+        self.left_behind = LeftBehind()
+        self.exit_code = 0
+        self._guarded: dict[int, _Guarded] = {}     # job code running now, by watch key
+        self._signalled = False
+        self._interrupted = False
         for queue in options.queues:
             validate_queue_name(queue)
         if options.concurrency < 1:
@@ -109,15 +129,39 @@ class Worker:
             return
         self.stop_reason = reason
         self._changed.set()
-        log.info("Stopping (%s): no new jobs; waiting for %d running job(s)", reason, len(self._running))
+        hint = " (a SIGINT now releases them at once)" if reason in ("SIGINT", "SIGTERM") and self._running else ""
+        log.info("Stopping (%s): no new jobs; waiting for %d running job(s)%s", reason, len(self._running), hint)
         self._stopping.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """SIGINT or SIGTERM stops gracefully; a SIGINT after that (Ctrl-C twice) cuts running jobs short.
+
+        A repeated SIGTERM does not: process managers mean a graceful stop however often they send
+        it, and the kernel's parent-death signal arrives again as each thread of a dying supervisor exits.
+        """
+        if self._signalled and sig == signal.SIGINT:
+            if not self._interrupted:
+                self._interrupt(sig)
+            return
+        self._signalled = True
+        self.stop(sig.name)
+
+    def _interrupt(self, sig: signal.Signals) -> None:
+        """Cancel running job code so its jobs go back on the queue at once (JobInterrupted)."""
+        self._interrupted = True
+        self.exit_code = self.exit_code or 128 + sig
+        log.warning("%s while stopping: cancelling %d running job(s) and releasing them to the queue now", sig.name,
+                    len(self._running))
+        for guarded in self._guarded.values():
+            guarded.task.cancel()
+        asyncio.get_running_loop().call_later(CANCEL_GRACE, self._take_over_interrupted)
 
     async def run(self) -> int:
         conn = await self.app.queue.connection(self.options.connection)
         self._outage = OutageLog(log, conn, self.secrets)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop, sig.name)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         self._warn_long_timeouts()
         self.watchdog.start()
         started, wall_started = time.monotonic(), time.time()
@@ -126,17 +170,18 @@ class Worker:
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
         try:
             await self._loop(conn, started, wall_started)
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            while self._tasks:   # re-read: an attempt taken over from left-behind code goes on in a new task
+                await asyncio.wait(list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
             while self._acker is not None:
                 await asyncio.gather(self._acker, return_exceptions=True)
+            await self._close_left_behind()
         finally:
             heartbeat.cancel()
             self.watchdog.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log.info("Worker stopped (%s) after %d attempt(s)", self.stop_reason or "done", self.processed)
-        return 0
+        return self.exit_code
 
     async def _loop(self, conn: QueueConnection, started: float, wall_started: float) -> None:
         o = self.options
@@ -203,10 +248,15 @@ class Worker:
     def _start(self, conn: QueueConnection, job: ReservedJob) -> None:
         key = next(self._keys)
         self._running[key] = job
-        task = asyncio.create_task(self._process(conn, key, job))
+        self._track(key, asyncio.create_task(self._process(conn, key, job)))
+
+    def _track(self, key: int, task: asyncio.Task) -> None:
+        """The job's slot is busy until `task` ends, or until the task is left behind and replaced."""
         self._tasks.add(task)
 
         def finished(t: asyncio.Task) -> None:
+            if t not in self._tasks:    # left behind: the task that took over its attempt frees the slot
+                return
             self._tasks.discard(t)
             self._running.pop(key, None)
             self.processed += 1
@@ -259,7 +309,7 @@ class Worker:
             job = cls.from_payload(payload, reserved.attempts)
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             label = f"job {one_line(reserved.id)} on {reserved.queue}"
-            await self._bury(conn, reserved, None, exc, label, started)
+            await self._bury(conn, key, reserved, None, exc, label, started)
             return
         label = f"{payload.display_name} [{payload.uuid}]"
         max_tries = self.options.tries or payload.max_tries
@@ -269,22 +319,20 @@ class Worker:
             exc = MaxAttemptsExceededError(
                 f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of {max_tries}: "
                 f"a worker died or was stopped while running its last attempt; it was not run again")
-            await self._bury(conn, reserved, job, exc, label, started)
+            await self._bury(conn, key, reserved, job, exc, label, started)
             return
         log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, max_tries)
+        failed_attempt = functools.partial(self._failed_attempt, conn, key, reserved, payload, job, label, started,
+                                           max_tries)
         try:
-            await self._run_limited(key, job.run_handle, timeout, f"{label} exceeded its timeout of {timeout:g}s")
+            await self._run_limited(key, job.run_handle, timeout, f"{label} exceeded its timeout of {timeout:g}s",
+                                    label, key, failed_attempt)
         except asyncio.CancelledError:
-            await self._settle(label, "release", lambda: conn.release(reserved, 0))
+            if asyncio.current_task() in self._tasks:   # not left behind: the job is still ours to release
+                await self._settle(label, "release", lambda: conn.release(reserved, 0))
             raise
         except Exception as exc:
-            if reserved.attempts < max_tries:
-                delay = payload.retry_delay(reserved.attempts)
-                held = await self._settle(label, "release", lambda: conn.release(reserved, delay))
-                log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
-                         " [reservation lost]" if held is False else "")
-            else:
-                await self._bury(conn, reserved, job, exc, label, started)
+            await failed_attempt(exc)
             return
         self._acks.append((reserved, label, started))
         if self._acker is None:
@@ -317,6 +365,21 @@ class Worker:
         return cls
 
     async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[T]]) -> T | None:
+    async def _failed_attempt(self, conn: QueueConnection, key: int, reserved: ReservedJob, payload: Payload, job: Job,
+                              label: str, started: float, max_tries: int, exc: Exception) -> None:
+        """An attempt raised, timed out or was interrupted: release the job for a retry, or bury it."""
+        if isinstance(exc, JobInterrupted):     # cut short by Ctrl-C twice: back on the queue at once
+            delay: float = 0
+        elif reserved.attempts < max_tries:
+            delay = payload.retry_delay(reserved.attempts)
+        else:
+            await self._bury(conn, key, reserved, job, exc, label, started)
+            return
+        held = await self._settle(label, "release", lambda: conn.release(reserved, delay))
+        log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
+                 " [reservation lost]" if held is False else "")
+
+    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[bool]]) -> bool | None:
         """Run one state change, retrying while the store is unreachable (a restart, a dropped connection).
 
         Returns the step's answer (False: the reservation was no longer ours), or None after giving
@@ -343,8 +406,14 @@ class Worker:
                 delay = min(5.0, delay * 2)
         return None  # not reached: itertools.count never ends
 
-    async def _run_limited(self, key: int, fn: Callable[[], Awaitable[object]], timeout: float, message: str) -> None:
-        """Run job code for at most `timeout` seconds, whether it awaits or blocks the event loop."""
+    async def _run_limited(self, key: int, fn: Callable[[], Awaitable[object]], timeout: float, message: str,
+                           label: str, slot: int, instead: Callable[[Exception], Awaitable[None]]) -> None:
+        """Run job code for at most `timeout` seconds, whether it awaits, blocks the loop or ignores cancellation.
+
+        Code still running CANCEL_GRACE past its deadline is left behind (_overdue): `instead` ends
+        its attempt in a task of its own, and this call, if it ever returns, raises CancelledError.
+        """
+        self._guarded[key] = _Guarded(asyncio.current_task(), slot, instead, label, message)  # type: ignore[arg-type]
         self.watchdog.watch(key, timeout, message)
         try:
             async with asyncio.timeout(timeout) as scope:
@@ -353,24 +422,74 @@ class Worker:
             if scope.expired() and not isinstance(exc, JobTimeoutError):
                 raise JobTimeoutError(message) from None
             raise
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise JobInterrupted("the worker was stopped at once by a second SIGINT") from None
         finally:
             self.watchdog.unwatch(key)
+            if self._guarded.pop(key, None) is None:
+                raise asyncio.CancelledError   # left behind: another task ended its attempt; nothing more to do
 
-    async def _bury(self, conn: QueueConnection, reserved: ReservedJob, job: Job | None, exc: BaseException,
-                    label: str, started: float) -> None:
+    async def _bury(self, conn: QueueConnection, key: int, reserved: ReservedJob, job: Job | None,
+                    exc: BaseException, label: str, started: float) -> None:
         """The job's tries are over: call failed() once, then record it in failed_jobs and remove it."""
+        record = functools.partial(self._record_failed, conn, reserved, exc, label, started)
         if job is not None:
             limit = max(1.0, float(type(job).timeout))
             try:
                 await self._run_limited(next(self._keys), lambda: job.run_failed(exc), limit,
-                                        f"{label}: failed() exceeded {limit:g}s")
+                                        f"{label}: failed() exceeded {limit:g}s", label, key, lambda _: record())
             except Exception as failed_exc:
                 log.error("%s: failed() raised %s; recording the job as failed anyway", label,
                           _first_line(failed_exc))
+        await record()
+
+    async def _record_failed(self, conn: QueueConnection, reserved: ReservedJob, exc: BaseException, label: str,
+                             started: float) -> None:
         text = exception_text(exc, self.secrets)
         recorded = await self._settle(label, "record as failed", lambda: conn.fail(reserved, text))
         log.info("FAIL    %s %s (%s)%s", label, _took(started), _first_line(exc),
                  " [reservation lost; not recorded by this worker]" if recorded is False else "")
+
+    # -- job code that ignores cancellation ------------------------------------------------
+
+    def _overdue(self, key: int) -> None:
+        """Called by the watchdog: job code still runs CANCEL_GRACE past its deadline."""
+        guarded = self._guarded.get(key)
+        if guarded is None:
+            return
+        if not guarded.task.cancelling():   # the loop was too busy to cancel it yet: give it its grace first
+            asyncio.get_running_loop().call_later(CANCEL_GRACE, self._overdue, key)
+            return
+        self._take_over(key, JobTimeoutError(guarded.message),
+                        f"{guarded.message}, and ignored cancellation for {CANCEL_GRACE:g}s")
+
+    def _take_over_interrupted(self) -> None:
+        for key, guarded in list(self._guarded.items()):
+            self._take_over(key, JobInterrupted("the worker was stopped at once by a second SIGINT"),
+                            f"{guarded.label} was interrupted, and ignored cancellation for {CANCEL_GRACE:g}s")
+
+    def _take_over(self, key: int, exc: Exception, why: str) -> None:
+        """End the attempt of job code that ignores cancellation without it; leave the code behind."""
+        guarded = self._guarded.pop(key)
+        self._tasks.discard(guarded.task)      # run() stops waiting for it; the new task holds the slot
+        self.left_behind.add(guarded.task, guarded.label)
+        log.warning("%s: the attempt ends now; its task is left behind and cancelled again every second "
+                    "(%d left behind)", why, len(self.left_behind))
+        self._track(guarded.slot, asyncio.create_task(guarded.instead(exc)))
+        if len(self.left_behind) >= LEFT_BEHIND_LIMIT:
+            self.exit_code = self.exit_code or EXIT_BLOCKED
+            self.stop(f"{len(self.left_behind)} job tasks ignore cancellation")
+
+    async def _close_left_behind(self) -> None:
+        # One last cancellation and grace; after Ctrl-C twice the user wants out, so no more waiting.
+        left = await self.left_behind.close(0 if self._interrupted else CANCEL_GRACE)
+        if left:
+            self.exit_code = self.exit_code or EXIT_BLOCKED
+            log.error("%d job task(s) still ignore cancellation; exiting with code %d so a supervisor starts a "
+                      "fresh worker", left, self.exit_code)
 
     # -- timeouts against the visibility timeout --------------------------------------------
 

@@ -80,3 +80,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 60, check: boo
     if check and result.returncode != 0:
         raise AssertionError(f"main.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(params=["sqlite", "mysql", "redis"])
+async def store(request, monkeypatch, tmp_path):
+    """The contract suite's Backend on each store, with a 30 s visibility timeout: a job seen pending
+    right after a worker stopped was released by it, not expired."""
+    from tests.contract.conftest import configure, open_backend
+
+    if request.param == "mysql":
+        request.getfixturevalue("mysql_env")
+    if request.param == "redis":
+        request.getfixturevalue("redis_env")
+    configure(monkeypatch, "redis" if request.param == "redis" else "database")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
+    async for backend in open_backend(request.param, tmp_path):
+        yield backend

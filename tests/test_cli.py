@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 
 from bootstrap.app import create_app
 from tests.conftest import ROOT, run_cli
-from tests.jobs.sample_jobs import FlakyJob, RecordingJob, SleepyJob, read_events
+from tests.jobs.sample_jobs import FlakyJob, RecordingJob, read_events
 
 COMMANDS = ["queue:work", "queue:failed", "queue:retry", "queue:forget", "queue:flush", "queue:prune-failed",
             "queue:clear", "queue:size", "queue:restart", "migrate", "make:job"]
@@ -103,34 +102,6 @@ def start_worker(*args: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "main.py", "queue:work", *args], cwd=ROOT, env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def test_sigterm_lets_the_running_job_finish_and_exits_zero(tmp_path):
-    log = str(tmp_path / "events")
-    SleepyJob.timeout = 10
-    try:
-        job_id = dispatch(lambda: SleepyJob.dispatch(log=log, seconds=1.5))
-    finally:
-        SleepyJob.timeout = 1
-    proc = start_worker("--sleep", "0.1")
-    try:
-        wait_for(lambda: any(e["event"] == "start" for e in read_events(log)))
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out
-    assert f"DONE    SleepyJob [{job_id}]" in out and "Traceback" not in out
-    assert [e["event"] for e in read_events(log)] == ["start", "end"]
 
 
 def test_queue_restart_stops_running_workers(tmp_path):

@@ -1,6 +1,9 @@
 """queue:work"""
 from __future__ import annotations
 
+import logging
+import os
+
 import click
 
 from core.console.base import command
@@ -35,7 +38,8 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
 
     CONNECTION is database, redis or sync (default: QUEUE_CONNECTION). Each job logs a
     RUNNING line and a DONE, RETRY or FAIL line. SIGTERM or SIGINT stops taking jobs, lets the
-    running ones finish (bounded by their timeout) and exits 0.
+    running ones finish (bounded by their timeout) and exits 0; a SIGINT after that (Ctrl-C twice)
+    releases the running jobs to the queue at once and exits 130.
 
     With --processes N, N such workers run under a supervisor; with --stop-when-empty or --once it
     exits when all are done, and on queue:restart it exits like a single worker.
@@ -48,7 +52,13 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
                             max_time=max_time, memory=memory, stop_when_empty=stop_when_empty, once=once)
     if processes != 1:
         return await supervise(app, options, processes, worker_arguments(click.get_current_context()))
-    return await Worker(app, options).run()
+    worker = Worker(app, options)
+    code = await worker.run()
+    if worker.left_behind:          # job code that ignores cancellation: only ending the process stops it
+        await app.close()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def worker_arguments(ctx: click.Context) -> list[str]:

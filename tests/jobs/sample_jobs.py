@@ -150,3 +150,68 @@ class UninterruptibleJob(SleepyJob):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
         time.sleep(self.seconds)
         record(self.log, event="end", job_id=self.job_id, attempts=self.attempts)
+
+
+class IgnoresCancelJob(SleepyJob):
+    """Swallows every CancelledError for `seconds` (a careless retry loop): asyncio.timeout alone cannot end it."""
+    max_tries = 2
+    timeout = 1
+
+    async def handle(self) -> None:
+        record(self.log, event="start", job_id=self.job_id, attempts=self.attempts, t=time.time())
+        until = time.monotonic() + self.seconds
+        while time.monotonic() < until:
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+        record(self.log, event="end", job_id=self.job_id, attempts=self.attempts, t=time.time())
+
+
+class CatchesCancelOnceJob(SleepyJob):
+    """Catches the first CancelledError, then awaits `seconds` more (a clean-up that takes too long)."""
+    max_tries = 1
+    timeout = 1
+
+    async def handle(self) -> None:
+        record(self.log, event="start", job_id=self.job_id, attempts=self.attempts, t=time.time())
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            record(self.log, event="cancelled", job_id=self.job_id, t=time.time())
+            try:
+                await asyncio.sleep(self.seconds)
+            except asyncio.CancelledError:
+                record(self.log, event="cancelled again", job_id=self.job_id, t=time.time())
+                raise
+        record(self.log, event="end", job_id=self.job_id, attempts=self.attempts)
+
+
+class FailedIgnoresCancelJob(FailedRaisesJob):
+    """handle() raises; failed() then swallows every CancelledError for `seconds`."""
+    timeout = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 30.0
+
+    async def failed(self, exception: BaseException) -> None:
+        record(self.log, event="failed-start", job_id=self.job_id, t=time.time())
+        until = time.monotonic() + self.seconds
+        while time.monotonic() < until:
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+
+
+class SlowFirstAttemptJob(SleepyJob):
+    """Awaits `seconds` on its first attempt only; later attempts end at once."""
+    max_tries = 3
+    timeout = 20
+
+    async def handle(self) -> None:
+        record(self.log, event="start", job_id=self.job_id, attempts=self.attempts, t=time.time())
+        if self.attempts == 1:
+            await asyncio.sleep(self.seconds)
+        record(self.log, event="end", job_id=self.job_id, attempts=self.attempts, t=time.time())
