@@ -364,7 +364,6 @@ class Worker:
         self._classes[path] = cls
         return cls
 
-    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[T]]) -> T | None:
     async def _failed_attempt(self, conn: QueueConnection, key: int, reserved: ReservedJob, payload: Payload, job: Job,
                               label: str, started: float, max_tries: int, exc: Exception) -> None:
         """An attempt raised, timed out or was interrupted: release the job for a retry, or bury it."""
@@ -379,7 +378,7 @@ class Worker:
         log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
                  " [reservation lost]" if held is False else "")
 
-    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[bool]]) -> bool | None:
+    async def _settle(self, label: str, action: str, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run one state change, retrying while the store is unreachable (a restart, a dropped connection).
 
         Returns the step's answer (False: the reservation was no longer ours), or None after giving
