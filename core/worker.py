@@ -61,7 +61,7 @@ class WorkerOptions:
     timeout: float | None = None  # override the payload's timeout
     max_jobs: int = 0             # stop after this many jobs (0: no limit)
     max_time: float = 0           # stop after this many seconds (0: no limit)
-    memory: int = 128             # stop when resident memory passes this many MB (0: no limit)
+    memory: int = 0               # stop when resident memory passes this many MB (0: no limit; the CLI: 128)
     stop_when_empty: bool = False
     once: bool = False
 
