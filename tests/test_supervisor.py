@@ -210,7 +210,9 @@ def test_queue_restart_lets_workers_finish_and_the_supervisor_exits(tmp_path):
         sup.kill_all()
     out = sup.output()
     assert [e["job_id"] for e in events(log, "end")] == [job_id], out
-    assert "Supervisor: queue:restart; stopping 2 worker(s) after their running jobs, then exiting" in out
+    # A worker may see the restart itself before the supervisor's once-a-second check does.
+    assert re.search(r"Supervisor: queue:restart; stopping [12] worker\(s\) after their running jobs, then exiting",
+                     out), out
     assert out.count("] Worker stopped (") == 2 and "Supervisor stopped: all 2 workers exited" in out
     assert len(sup.worker_pids()) == 2 and "starting it again" not in out
 
