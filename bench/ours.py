@@ -22,7 +22,7 @@ from typing import Any
 from bench.harness import N, OUR_DB, REDIS_HOST, REDIS_PORT, Target, WorkerConfig
 
 MYSQL_DATABASE = "bench_jobs"
-LATENCY_BUDGET = {"redis": 10.0, "sqlite": 5.0, "mysql": 5.0}     # the database workers poll (--sleep 1)
+LATENCY_BUDGET = {"redis": 8.0, "sqlite": 4.0, "mysql": 4.0}     # the database workers poll (--sleep 1)
 PROCESSES_MISSING = "not available: queue:work has no --processes option in this version"
 
 
