@@ -171,42 +171,16 @@ def gather_fill(runner: Any, call: Callable[[], Any], n: int) -> int:
     return runner.run(go())
 
 
-def drain(target: Target, config: WorkerConfig, n: int, budget: float = DRAIN_BUDGET,
-          env: dict[str, str] | None = None) -> dict[str, Any]:
+def drain(target: Target, config: WorkerConfig, n: int, budget: float = DRAIN_BUDGET) -> dict[str, Any]:
     """Start the worker(s) on n queued no-op jobs; jobs/s from the first job's start to the last's end."""
     stamp = str(Path(tempfile.gettempdir()) / f"bench-stamp-{os.getpid()}")
     clear_stamps(stamp)
     row: dict[str, Any] = {"label": config.label, "concurrency": config.concurrency, "copies": config.copies,
                            "of": n, "jobs": 0, "rate": None, "partial": False}
-    workers = Workers(config, {**target.env(), **(env or {}), "BENCH_JOBS": str(n), "BENCH_STAMP": stamp,
+    workers = Workers(config, {**target.env(), "BENCH_JOBS": str(n), "BENCH_STAMP": stamp,
                                "BENCH_REDIS_URL": redis_url(target.redis_db)})
     try:
-        started = first_seen = time.monotonic()
-        next_sample = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_sample:
-                workers.sample_memory()
-                next_sample = now + 0.25
-            stamps = read_stamps(stamp)
-            if stamps and "startup_s" not in row:
-                row["startup_s"] = round(now - started, 1)
-                first_seen = now
-            if config.exits_when_empty and not workers.running():
-                if workers.died():
-                    raise RuntimeError(workers.died())
-                stamps = read_stamps(stamp)     # final stamps are written at exit
-                break
-            if not config.exits_when_empty and stamps and stamps[2] >= n:
-                break
-            if not config.exits_when_empty and not workers.running():
-                raise RuntimeError(workers.died() or f"worker stopped before the last job: {workers.tail()}")
-            if not stamps and now - started > 30:
-                raise RuntimeError(f"no job run after {now - started:.0f}s: {workers.tail()}")
-            if stamps and now - first_seen > budget:
-                row["partial"] = True
-                break
-            time.sleep(0.02)
+        stamps = _wait(workers, config, stamp, n, budget, row)
         workers.sample_memory()
     finally:
         stopping = time.monotonic()
@@ -218,6 +192,35 @@ def drain(target: Target, config: WorkerConfig, n: int, budget: float = DRAIN_BU
         row.update(jobs=count, rate=count / (last - first) if last > first else None)
     clear_stamps(stamp)
     return row
+
+
+def _wait(workers: Workers, config: WorkerConfig, stamp: str, n: int, budget: float,
+          row: dict[str, Any]) -> tuple[float, float, int] | None:
+    """Until the worker has run n jobs (or exited, if it exits when empty), or `budget` seconds
+    have passed since its first job (row["partial"]); samples its memory meanwhile."""
+    started = first_seen = time.monotonic()
+    next_sample = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= next_sample:
+            workers.sample_memory()
+            next_sample = now + 0.25
+        stamps = read_stamps(stamp)
+        if stamps and "startup_s" not in row:
+            row["startup_s"] = round(now - started, 1)
+            first_seen = now
+        if not workers.running():
+            if config.exits_when_empty and not workers.died():
+                return read_stamps(stamp)     # final stamps are written at exit
+            raise RuntimeError(workers.died() or f"worker stopped before the last job: {workers.tail()}")
+        if not config.exits_when_empty and stamps and stamps[2] >= n:
+            return stamps
+        if not stamps and now - started > 30:
+            raise RuntimeError(f"no job run after {now - started:.0f}s: {workers.tail()}")
+        if stamps and now - first_seen > budget:
+            row["partial"] = True
+            return stamps
+        time.sleep(0.02)
 
 
 def measure_latency(target: Target) -> tuple[list[float], list[float]]:

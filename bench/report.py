@@ -192,7 +192,7 @@ def render(data: Row) -> str:
         "## Per scenario\n\n" + main_table(data) + "\n\n"
         f"{PARTIAL} over the jobs run within the time budget, not all N (see the settings). Best peer: the fastest in "
         "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best peer; for (d) and (e) below 1 "
-        "is better. (e) is the largest worker process's "
+        "is better. Ours on SQLite and MySQL polls every `--sleep` (1 s), hence its (d). (e) is the largest worker process's "
         "VmHWM over its (c) runs, with the sum over the worker's processes where it has several.",
         "## Settings\n\n" + settings_table(data),
         "## (f) Database connections and worker processes\n\n" + database_table(data),
