@@ -24,13 +24,24 @@ run: venv env
 test: venv
 	$(PY) -m pytest -q
 
-# Peers run in venvs of their own (bench/.venv/<peer>), never in requirements.txt; arq pins redis<6.
-PEERS := arq saq rq dramatiq celery
-bench/.venv/%/.installed: bench/requirements/%.txt
-	test -x bench/.venv/$*/bin/python || $(PYTHON) -m venv bench/.venv/$*
-	bench/.venv/$*/bin/pip install --quiet --disable-pip-version-check -r $< && touch $@ \
-		|| echo "bench: could not install $*; it will be reported as not run"
+# Peers run in venvs of their own (bench/.venv/<peer>), never in requirements.txt: arq pins redis<6,
+# taskiq-redis needs redis>=6, RouteMQ needs Python 3.12 or newer. Each venv is built once (the
+# .installed stamp), again only when its requirements file changes; pip's output goes to
+# bench/.venv/<peer>.log. A peer that cannot install is reported by the run as not run, with the reason.
+PEERS := arq saq rq dramatiq celery taskiq routemq
+ROUTEMQ_PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python python3.13 python3.12 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$p; break; }; done)
+peer_python = $(if $(filter routemq,$(1)),$(ROUTEMQ_PYTHON),$(PYTHON))
 
+bench/.venv/%/.installed: bench/requirements/%.txt
+	@mkdir -p bench/.venv
+	@echo "bench: installing $* into bench/.venv/$* (once)"
+	@( test -n "$(call peer_python,$*)" || { echo "no Python 3.12 or newer found: set ROUTEMQ_PYTHON"; exit 1; } ; \
+	  test -x bench/.venv/$*/bin/python || $(call peer_python,$*) -m venv bench/.venv/$* || exit 1 ; \
+	  bench/.venv/$*/bin/pip install --disable-pip-version-check -r $< ) > bench/.venv/$*.log 2>&1 \
+		&& touch $@ || echo "bench: could not install $* (bench/.venv/$*.log); it will be reported as not run"
+
+# BENCH_N=2000 make bench for a quick run; BENCH_ONLY=ours,taskiq runs only the targets named.
 bench: venv $(PEERS:%=bench/.venv/%/.installed)
 	$(PY) bench/run.py
 

@@ -1,17 +1,24 @@
 """The scenarios every target (ours on one connection, or one peer) goes through, the same way.
 
-1. Sequential enqueue: `jobs` no-op jobs pushed one at a time, one awaited call after another,
-   from one process; rate = jobs / elapsed (the client is connected before the clock starts).
-2. Bulk enqueue, where the target has a bulk call: the same number in one call.
-3. Worker throughput: with `jobs` no-op jobs queued, one worker process is started as a user would
-   start it; rate = jobs / (last job's end - first job's start), both taken by the jobs (probe.tick),
-   so start-up and shutdown are excluded. The jobs queued by steps 1 and 2 are reused.
-4. Idle dispatch-to-start latency: a running, idle worker; a probe job is dispatched carrying the
-   time.time() taken just before the dispatch call, and its handler pushes now - sent to a Redis
-   list (probe.record_latency); the driver waits for it, pauses 20-50 ms so the worker is idle
-   again, and repeats: up to `latency_samples` samples or `latency_budget` seconds, after 3 warm-ups.
-   Then `long_idle_samples` more after pauses of 1-2 s, longer than the usual poll or block
-   interval, which is where a worker that stops listening between waits shows it.
+(a) Sequential enqueue: up to N no-op jobs pushed one at a time, one awaited call after another,
+    from one process, the client connected before the clock starts; rate = jobs / elapsed. It
+    stops early at ENQUEUE_BUDGET seconds (slow targets), and the rate is over what was pushed.
+(b) Bulk enqueue, where the target has a bulk call: N jobs in one call (a bulk call that pushes
+    one job at a time, RouteMQ's, in calls of 500 within ENQUEUE_BUDGET).
+(c) Worker throughput, once per worker configuration (concurrency 1, 10, 100 where the target
+    has them): with the jobs queued, the worker is started as a user would start it; rate =
+    jobs / (last job's end - first job's start), both taken by the jobs (probe.tick), so start-up
+    and shutdown are excluded. A worker still busy DRAIN_BUDGET seconds after its first job is
+    stopped and the rate is over the jobs it ran (marked partial). The jobs queued by (a) and (b)
+    are reused; other fills use the fastest call the target has (not timed, within FILL_BUDGET).
+(d) Idle dispatch-to-start latency: a running, idle worker; a probe job is dispatched carrying the
+    time.time() taken just before the dispatch call, and its handler pushes now - sent to a Redis
+    list (probe.record_latency); the driver waits for it, pauses 5-10 ms so the worker is idle
+    again, and repeats: up to LATENCY_SAMPLES samples or LATENCY_BUDGET seconds, after 3 warm-ups.
+    Then LONG_IDLE more after pauses of 1-1.5 s, longer than a usual poll or block interval, which
+    is where a worker that stops listening between waits shows it.
+(e) Worker peak RSS: VmHWM of the worker's processes, sampled during (c) (procs.Workers).
+Extra rows (scenario f): worker configurations a target adds, e.g. 4 processes side by side.
 
 Run one target: `python -m bench.harness MODULE [ARGS]`; MODULE has `make_target(*ARGS)`.
 The last line printed is the result as JSON (bench/run.py reads it).
@@ -23,47 +30,55 @@ import json
 import os
 import random
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.procs import WorkerConfig, Workers, clear_stamps, read_stamps
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 OUR_DB, PEER_DB = 11, 12          # never 9: the test suite's
+N = int(os.environ.get("BENCH_N") or 20_000)
+# Time budgets (seconds) that keep the default run near ten minutes; slow targets are measured
+# over what fits, and the report marks such figures.
+ENQUEUE_BUDGET = 4.0
+FILL_BUDGET = 5.0
+DRAIN_BUDGET = 6.0            # counted from the first job, so a slow start-up costs no measuring time
+LATENCY_SAMPLES = 500
+LATENCY_BUDGET = 5.0
+LONG_IDLE = 2
+
+__all__ = ["WorkerConfig", "Target", "Result", "run", "drain", "gather_fill", "redis_url", "N"]
 
 
 def redis_url(db: int) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    label: str                    # how the worker was configured, for the table
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    exits_when_empty: bool = False
-
-
 @dataclass
 class Result:
     name: str
     version: str = ""
-    jobs: int = 0
+    jobs: int = 0                                # N asked for
     enqueue: float | None = None                 # jobs/s, sequential
+    enqueue_jobs: int = 0                        # how many (a) pushed within its budget
     bulk: float | None = None                    # jobs/s, one bulk call
+    bulk_jobs: int = 0
     bulk_label: str = ""
-    throughput: list[tuple[str, float | None]] = field(default_factory=list)   # (config, jobs/s)
+    enqueue_label: str = ""
+    throughput: list[dict] = field(default_factory=list)    # one drain() dict per worker configuration
+    extra: list[dict] = field(default_factory=list)         # drain() dicts of extra rows (scenario f)
     latency_label: str = ""
-    latency_ms: list[float] = field(default_factory=list)                     # sorted samples
-    long_idle_ms: list[float] = field(default_factory=list)                   # sorted, after 1-2 s pauses
+    latency_ms: list[float] = field(default_factory=list)   # sorted samples
+    long_idle_ms: list[float] = field(default_factory=list)  # sorted, after 1-1.5 s pauses
     errors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, to budget the run
 
 
 class Target(ABC):
@@ -72,11 +87,11 @@ class Target(ABC):
     name: str = ""
     version: str = ""
     redis_db: int = PEER_DB
-    jobs: int = 20_000
-    latency_samples: int = 200
-    latency_budget: float = 20.0
-    long_idle_samples: int = 8
+    jobs: int = N
+    latency_budget: float = LATENCY_BUDGET
+    enqueue_label: str = ""       # the call (a) makes
     bulk_label: str = ""          # set when enqueue_bulk is implemented
+    bulk_chunk: int = 0           # 0: (b) is one call of N; else calls of this many, within ENQUEUE_BUDGET
 
     def env(self) -> dict[str, str]:
         """Environment of the worker processes (besides the BENCH_* variables)."""
@@ -104,6 +119,14 @@ class Target(ABC):
     def enqueue_bulk(self, n: int) -> None:
         raise NotImplementedError
 
+    def fill(self, n: int) -> int:
+        """Queue up to n no-op jobs as fast as the target's own API allows (not timed); returns how many."""
+        if self.bulk_label:
+            self.enqueue_bulk(n)
+            return n
+        done, _ = chunked(self.enqueue, n, FILL_BUDGET)
+        return done
+
     @abstractmethod
     def send_probe(self) -> None:
         """Dispatch one probe job carrying sent=time.time(), taken just before the dispatch call."""
@@ -114,74 +137,90 @@ class Target(ABC):
     @abstractmethod
     def latency_worker(self) -> WorkerConfig: ...
 
-
-# -- worker processes ------------------------------------------------------------------------------
-
-class WorkerProcess:
-    """A worker started in its own session, so it and its children can be stopped together by id."""
-
-    def __init__(self, config: WorkerConfig, env: dict[str, str]) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-worker-", suffix=".log", delete=False)
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env, **config.env}
-        self.proc = subprocess.Popen(config.argv, cwd=ROOT, env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def tail(self, lines: int = 5) -> str:
-        text = Path(self.log.name).read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        else:
-            _signal_group(self.proc.pid, signal.SIGKILL)   # children a worker may have left behind
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-        return self.proc.returncode
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
+    def extra_workers(self) -> list[WorkerConfig | dict]:
+        """More configurations, each run on N freshly queued jobs (scenario f); a dict is a row that
+        cannot run here, with a "note" saying why."""
+        return []
 
 
 # -- scenarios -------------------------------------------------------------------------------------
 
-def timed_rate(fn: Callable[[int], None], n: int) -> float:
+def chunked(fn: Callable[[int], None], n: int, budget: float, chunk: int = 200) -> tuple[int, float]:
+    """Call fn(chunk) until n jobs are pushed or `budget` seconds have passed: (jobs, seconds)."""
     started = time.perf_counter()
-    fn(n)
-    return n / (time.perf_counter() - started)
+    done = 0
+    while done < n and time.perf_counter() - started < budget:
+        step = min(chunk, n - done)
+        fn(step)
+        done += step
+    return done, time.perf_counter() - started
 
 
-def drain(target: Target, config: WorkerConfig, n: int, timeout: float) -> float:
-    """Start a worker on n queued no-op jobs; jobs/s from the first job's start to the last's end."""
-    stamp = Path(tempfile.gettempdir()) / f"bench-stamp-{os.getpid()}"
-    stamp.unlink(missing_ok=True)
-    worker = WorkerProcess(config, {**target.env(), "BENCH_JOBS": str(n), "BENCH_STAMP": str(stamp)})
+def gather_fill(runner: Any, call: Callable[[], Any], n: int) -> int:
+    """Queue up to n jobs with an async client, 100 calls in flight at a time (not timed), within
+    FILL_BUDGET seconds; returns how many."""
+    import asyncio
+
+    async def go() -> int:
+        done, deadline = 0, time.monotonic() + FILL_BUDGET
+        while done < n and time.monotonic() < deadline:
+            step = min(100, n - done)
+            await asyncio.gather(*(call() for _ in range(step)))
+            done += step
+        return done
+    return runner.run(go())
+
+
+def drain(target: Target, config: WorkerConfig, n: int, budget: float = DRAIN_BUDGET) -> dict[str, Any]:
+    """Start the worker(s) on n queued no-op jobs; jobs/s from the first job's start to the last's end."""
+    stamp = str(Path(tempfile.gettempdir()) / f"bench-stamp-{os.getpid()}")
+    clear_stamps(stamp)
+    row: dict[str, Any] = {"label": config.label, "concurrency": config.concurrency, "copies": config.copies,
+                           "of": n, "jobs": 0, "rate": None, "partial": False}
+    workers = Workers(config, {**target.env(), "BENCH_JOBS": str(n), "BENCH_STAMP": stamp,
+                               "BENCH_REDIS_URL": redis_url(target.redis_db)})
     try:
-        deadline = time.monotonic() + timeout
-        while not stamp.exists():
-            if worker.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {worker.proc.returncode} before the last job: {worker.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not done after {timeout:.0f}s: {worker.tail()}")
-            time.sleep(0.02)
-        if config.exits_when_empty:
-            worker.proc.wait(15)
-            if worker.proc.returncode != 0:
-                raise RuntimeError(f"worker exited {worker.proc.returncode}: {worker.tail()}")
+        stamps = _wait(workers, config, stamp, n, budget, row)
+        workers.sample_memory()
     finally:
-        worker.stop()
-    first, last = (float(x) for x in stamp.read_text().split())
-    stamp.unlink(missing_ok=True)
-    return n / (last - first)
+        stopping = time.monotonic()
+        workers.stop()
+        row["stop_s"] = round(time.monotonic() - stopping, 1)
+        row.update(workers.memory())
+    if stamps:
+        first, last, count = stamps
+        row.update(jobs=count, rate=count / (last - first) if last > first else None)
+    clear_stamps(stamp)
+    return row
+
+
+def _wait(workers: Workers, config: WorkerConfig, stamp: str, n: int, budget: float,
+          row: dict[str, Any]) -> tuple[float, float, int] | None:
+    """Until the worker has run n jobs (or exited, if it exits when empty), or `budget` seconds
+    have passed since its first job (row["partial"]); samples its memory meanwhile."""
+    started = first_seen = time.monotonic()
+    next_sample = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= next_sample:
+            workers.sample_memory()
+            next_sample = now + 0.25
+        stamps = read_stamps(stamp)
+        if stamps and "startup_s" not in row:
+            row["startup_s"] = round(now - started, 1)
+            first_seen = now
+        if not workers.running():
+            if config.exits_when_empty and not workers.died():
+                return read_stamps(stamp)     # final stamps are written at exit
+            raise RuntimeError(workers.died() or f"worker stopped before the last job: {workers.tail()}")
+        if not config.exits_when_empty and stamps and stamps[2] >= n:
+            return stamps
+        if not stamps and now - started > 30:
+            raise RuntimeError(f"no job run after {now - started:.0f}s: {workers.tail()}")
+        if stamps and now - first_seen > budget:
+            row["partial"] = True
+            return stamps
+        time.sleep(0.02)
 
 
 def measure_latency(target: Target) -> tuple[list[float], list[float]]:
@@ -190,7 +229,7 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
     from bench.probe import LATENCY_KEY
 
     client = redis.Redis.from_url(redis_url(target.redis_db))
-    worker = WorkerProcess(target.latency_worker(), {**target.env(), "BENCH_REDIS_URL": redis_url(target.redis_db)})
+    workers = Workers(target.latency_worker(), {**target.env(), "BENCH_REDIS_URL": redis_url(target.redis_db)})
     samples: list[float] = []
     long_idle: list[float] = []
 
@@ -199,58 +238,85 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
         target.send_probe()
         popped = client.blpop([LATENCY_KEY], timeout=10)
         if popped is None:
-            raise RuntimeError(f"probe job not run within 10s: {worker.tail()}")
+            raise RuntimeError(f"probe job not run within 10s: {workers.tail()}")
         return float(popped[1]) * 1000
 
     try:
-        for i in range(3):    # warm-up; the first also waits for the worker to start
+        for _ in range(3):    # warm-up; the first also waits for the worker to start
             target.connect()
             target.send_probe()
-            if client.blpop([LATENCY_KEY], timeout=30 if i == 0 else 10) is None:
-                raise RuntimeError(f"probe job not run: {worker.tail()}")
+            deadline = time.monotonic() + 30
+            while client.blpop([LATENCY_KEY], timeout=1) is None:
+                if not workers.running() or time.monotonic() > deadline:
+                    raise RuntimeError(f"probe job not run: {workers.died() or workers.tail()}")
         deadline = time.monotonic() + target.latency_budget
-        while len(samples) < target.latency_samples and time.monotonic() < deadline:
-            samples.append(sample(random.uniform(0.02, 0.05)))
-        for _ in range(target.long_idle_samples):
-            long_idle.append(sample(random.uniform(1.0, 2.0)))
+        while len(samples) < LATENCY_SAMPLES and time.monotonic() < deadline:
+            samples.append(sample(random.uniform(0.005, 0.01)))
+        for _ in range(LONG_IDLE):
+            long_idle.append(sample(random.uniform(1.0, 1.5)))
     finally:
-        worker.stop()
+        workers.stop()
     return sorted(samples), sorted(long_idle)
 
 
-def run(target: Target, timeout: float = 120.0) -> Result:
-    result = Result(name=target.name, version=target.version, jobs=target.jobs, bulk_label=target.bulk_label)
+def run(target: Target) -> Result:
+    result = Result(name=target.name, version=target.version, jobs=target.jobs, bulk_label=target.bulk_label,
+                    enqueue_label=target.enqueue_label)
     n = target.jobs
-    fills: list[tuple[str, Callable[[int], None]]] = [("enqueue", target.enqueue)]
-    if target.bulk_label:
-        fills.append(("bulk", target.enqueue_bulk))
+
+    def timed(phase: str, fn: Callable) -> Any:
+        started = time.monotonic()
+        try:
+            return _attempt(result, phase, fn)
+        finally:
+            result.seconds[phase] = round(time.monotonic() - started, 1)
+
     target.setup()
     try:
+        queued = timed("enqueue", lambda: _sequential(target, result, n)) or 0
         configs = target.throughput_workers()
-        for i in range(max(len(configs), len(fills))):
-            filled = _attempt(result, f"enqueue for worker {i}", lambda: _fill(target, result, fills, i, n))
-            if i < len(configs):
-                rate = None
-                if filled:
-                    rate = _attempt(result, f"worker {configs[i].label}", lambda: drain(target, configs[i], n, timeout))
-                result.throughput.append((configs[i].label, rate))
+        for i, config in enumerate(configs):
+            if i == 1 and target.bulk_label:
+                target.clear()
+                queued = timed("bulk", lambda: _bulk(target, result, n)) or 0
+            elif i > 0 or not queued:
+                target.clear()
+                queued = timed(f"fill for {config.label}", lambda: target.fill(n)) or 0
+            row = timed(f"worker {config.label}", lambda: drain(target, config, queued)) if queued else None
+            result.throughput.append(row or {"label": config.label, "concurrency": config.concurrency, "rate": None})
+        target.clear()
+        if target.bulk_label and result.bulk is None:
+            timed("bulk", lambda: _bulk(target, result, n))
             target.clear()
         latency = target.latency_worker()
         result.latency_label = latency.label
-        result.latency_ms, result.long_idle_ms = _attempt(result, "latency", lambda: measure_latency(target)) or ([], [])
+        result.latency_ms, result.long_idle_ms = timed("latency", lambda: measure_latency(target)) or ([], [])
+        for config in target.extra_workers():
+            if isinstance(config, dict):        # a row that cannot run here, with its reason
+                result.extra.append(config)
+                continue
+            target.clear()
+            queued = timed(f"fill for {config.label}", lambda: target.fill(n)) or 0
+            row = timed(f"worker {config.label}", lambda: drain(target, config, queued)) if queued else None
+            result.extra.append(row or {"label": config.label, "concurrency": config.concurrency,
+                                        "copies": config.copies, "rate": None})
     finally:
         _attempt(result, "teardown", target.teardown)
     return result
 
 
-def _fill(target: Target, result: Result, fills: Sequence[tuple[str, Callable[[int], None]]], i: int, n: int) -> bool:
-    if i < len(fills):
-        name, fn = fills[i]
-        target.connect()
-        setattr(result, name, timed_rate(fn, n))
-    else:
-        (target.enqueue_bulk if target.bulk_label else target.enqueue)(n)
-    return True
+def _sequential(target: Target, result: Result, n: int) -> int:
+    target.connect()
+    done, elapsed = chunked(target.enqueue, n, ENQUEUE_BUDGET)
+    result.enqueue, result.enqueue_jobs = done / elapsed, done
+    return done
+
+
+def _bulk(target: Target, result: Result, n: int) -> int:
+    target.connect()
+    done, elapsed = chunked(target.enqueue_bulk, n, ENQUEUE_BUDGET, target.bulk_chunk or n)
+    result.bulk, result.bulk_jobs = done / elapsed, done
+    return done
 
 
 def _attempt(result: Result, what: str, fn: Callable):

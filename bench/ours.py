@@ -2,10 +2,12 @@
 
 Enqueue: `await NoopJob.dispatch()` one after another, and `NoopJob.dispatch_many([{}] * n)`, in
 one process on one application (`create_app()`), the connection opened before the clock starts.
-Workers: `python main.py queue:work --stop-when-empty --concurrency N` (N = 1 and 10), started
-after the jobs are queued; latency: `python main.py queue:work` with its default options
-(--sleep 1). Payloads are unsigned (APP_KEY empty), as the peers' are. Job log lines go to a
-file, as they would under a process manager.
+Workers: `python main.py queue:work --stop-when-empty --concurrency C` (C = 1, 10 and 100),
+started after the jobs are queued; latency: `python main.py queue:work` with its default options
+(--sleep 1, --concurrency 1). Scenario (f): on SQLite and MySQL, 4 such workers side by side at
+--concurrency 10; on Redis, `queue:work --processes 2` where the option exists. Payloads are
+unsigned (APP_KEY empty), as the peers' are. Job log lines go to a file, as they would under a
+process manager.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import OUR_DB, REDIS_HOST, REDIS_PORT, Target, WorkerConfig, redis_url
+from bench.harness import N, OUR_DB, REDIS_HOST, REDIS_PORT, Target, WorkerConfig
 
 MYSQL_DATABASE = "bench_jobs"
-JOBS = {"redis": 20_000, "sqlite": 5_000, "mysql": 5_000}
-LATENCY_BUDGET = {"redis": 20.0, "sqlite": 10.0, "mysql": 10.0}
+LATENCY_BUDGET = {"redis": 8.0, "sqlite": 4.0, "mysql": 4.0}     # the database workers poll (--sleep 1)
+PROCESSES_MISSING = "not available: queue:work has no --processes option in this version"
 
 
 class Ours(Target):
@@ -31,9 +33,10 @@ class Ours(Target):
         self.connection = connection
         self.name = f"ours ({connection})"
         self.version = _git_head()
-        self.jobs = JOBS[connection]
+        self.jobs = N
         self.latency_budget = LATENCY_BUDGET[connection]
         self.bulk_label = "dispatch_many"
+        self.enqueue_label = "await NoopJob.dispatch()"
         self.sqlite = Path(tempfile.mkdtemp(prefix="bench-sqlite-")) / "bench.sqlite"
         os.environ.update(self.env())       # the in-process application reads the same settings
         self._runner = asyncio.Runner()
@@ -109,7 +112,18 @@ class Ours(Target):
 
     def throughput_workers(self) -> list[WorkerConfig]:
         return [WorkerConfig(f"--concurrency {c}", self._work("--stop-when-empty", "--concurrency", str(c)),
-                             exits_when_empty=True) for c in (1, 10)]
+                             exits_when_empty=True, concurrency=c) for c in (1, 10, 100)]
+
+    def extra_workers(self) -> list[WorkerConfig | dict]:
+        if self.connection != "redis":
+            return [WorkerConfig("4 processes x --concurrency 10",
+                                 self._work("--stop-when-empty", "--concurrency", "10"),
+                                 exits_when_empty=True, concurrency=10, copies=4)]
+        label = "--processes 2 --concurrency 10"
+        if not has_processes_option():
+            return [{"label": label, "concurrency": 10, "copies": 2, "rate": None, "note": PROCESSES_MISSING}]
+        return [WorkerConfig(label, self._work("--stop-when-empty", "--processes", "2", "--concurrency", "10"),
+                             exits_when_empty=True, concurrency=10, copies=1)]
 
     def latency_worker(self) -> WorkerConfig:
         return WorkerConfig("queue:work defaults (--sleep 1, --concurrency 1)", self._work())
@@ -138,6 +152,15 @@ async def _dispatch_probe() -> None:
     await ProbeJob.dispatch(sent=time.time())
 
 
+def has_processes_option() -> bool:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "main.py", "queue:work", "--help"], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    return "--processes" in out.stdout
+
+
 def _mysql(*statements: str) -> None:
     import pymysql
 
@@ -151,13 +174,13 @@ def _mysql(*statements: str) -> None:
 
 
 def _git_head() -> str:
-    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    import subprocess
+
     try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (head.parent / ref[5:]).read_text().strip()[:8]
-        return ref[:8]
-    except OSError:
+        out = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return ""
 
 

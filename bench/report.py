@@ -1,7 +1,9 @@
-"""Turns the targets' results (harness.Result as dicts) into the Markdown tables of `make bench`.
+"""Turns the targets' results (harness.Result as dicts, bench.depth's dict) into the report of
+`make bench`: a summary per target and scenario, the fastest peer per scenario and our ratio to
+it, each target's settings, the database and depth tables, the reference, and the targets check.
 
-Ratios are ours / peer. For rates (jobs/s) above 1 means we are faster; for latency (ms) below 1
-means we start jobs sooner. Our side of every peer ratio is ours on Redis, the peers' store.
+Ratios are ours / peer, ours being ours on Redis (the peers' store). For rates (jobs/s) above 1
+means we are faster; for latency and memory below 1 means we are better.
 """
 from __future__ import annotations
 
@@ -9,7 +11,16 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from bench import targets
+
 Row = dict[str, Any]
+PARTIAL = "†"
+COLUMNS = [  # key, header, higher is better
+    ("enqueue", "(a) enqueue seq/s", True), ("bulk", "(b) bulk/s", True),
+    ("c1", "(c) c=1 jobs/s", True), ("c10", "(c) c=10 jobs/s", True), ("c100", "(c) c=100 jobs/s", True),
+    ("best", "(c) best jobs/s", True), ("p50", "(d) p50 ms", False), ("p99", "(d) p99 ms", False),
+    ("rss_mb", "(e) peak RSS MB", False),
+]
 
 
 def percentile(samples: Sequence[float], p: int) -> float | None:
@@ -32,17 +43,62 @@ def ratio(ours: float | None, peer: float | None) -> str:
     if not ours or not peer:
         return "-"
     r = ours / peer
-    return f"{r:.2f}x" if r >= 0.1 else f"{r:.3f}x (1/{1 / r:.0f})"
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.3f}x"
 
 
-def throughput(row: Row, index: int = 0) -> float | None:
-    runs = row.get("throughput") or []
-    return runs[index][1] if len(runs) > index else None
+def is_ours(row: Row) -> bool:
+    return row["name"].startswith("ours")
 
 
-def latency(row: Row, p: int, key: str = "latency_ms") -> float | None:
-    return percentile(row.get(key) or [], p)
+# -- summary ---------------------------------------------------------------------------------------
 
+def summarize(row: Row) -> Row:
+    """One target's figure per scenario column, with partial flags and the settings behind them."""
+    runs = [t for t in row.get("throughput") or [] if t.get("rate")]
+    by_c = {t["concurrency"]: t for t in runs}
+    best = max(runs, key=lambda t: t["rate"], default=None)
+    lat = row.get("latency_ms") or []
+    out: Row = {
+        "name": row["name"], "version": row.get("version", ""),
+        "enqueue": row.get("enqueue"), "enqueue_partial": bool(row.get("enqueue") and row.get("enqueue_jobs", 0) < row.get("jobs", 0)),
+        "bulk": row.get("bulk"), "bulk_partial": bool(row.get("bulk") and row.get("bulk_jobs", 0) < row.get("jobs", 0)),
+        "best": best and best["rate"], "best_label": best and best["label"], "best_partial": bool(best and best.get("partial")),
+        "p50": percentile(lat, 50), "p99": percentile(lat, 99), "latency_n": len(lat),
+        "idle_p50": percentile(row.get("long_idle_ms") or [], 50),
+        "rss_mb": max((t.get("rss_mb") or 0 for t in runs), default=0) or None,
+        "rss_total_mb": max((t.get("rss_total_mb") or 0 for t in runs), default=0) or None,
+        "rss_processes": max((t.get("processes") or 0 for t in runs), default=0),
+    }
+    for c in (1, 10, 100):
+        t = by_c.get(c)
+        out[f"c{c}"] = t and t["rate"]
+        out[f"c{c}_partial"] = bool(t and t.get("partial"))
+    return out
+
+
+def fastest(peers: Sequence[Row]) -> dict[str, tuple[str, float] | None]:
+    """Per column, the best peer and its value (highest rate, lowest latency or memory)."""
+    best: dict[str, tuple[str, float] | None] = {}
+    for key, _, higher in COLUMNS:
+        values = [(p["name"], p[key]) for p in peers if p.get(key)]
+        best[key] = (max if higher else min)(values, key=lambda v: v[1]) if values else None
+    return best
+
+
+def build(results: Sequence[Row], reference: Row, info: Row, n: int) -> Row:
+    depth = next((r for r in results if r["name"] == "ours depth (redis)"), None)
+    rows = [r for r in results if r is not depth]
+    ran = [r for r in rows if not r.get("missing")]
+    summary = [summarize(r) for r in ran]
+    peers = [s for s in summary if not s["name"].startswith("ours")]
+    data: Row = {"machine": info, "n": n, "reference": reference, "results": list(results),
+                 "summary": summary, "fastest_peer": fastest(peers),
+                 "not_run": [{"name": r["name"], "reason": r["missing"]} for r in results if r.get("missing")]}
+    data["targets"] = targets.check(data, depth)
+    return data
+
+
+# -- rendering -------------------------------------------------------------------------------------
 
 def table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -50,64 +106,100 @@ def table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def ours_table(rows: Sequence[Row]) -> str:
-    lines = []
-    for r in rows:
-        runs = {label: value for label, value in r.get("throughput") or []}
-        lines.append([r["name"], f"{r['jobs']:,}", rate(r.get("enqueue")), rate(r.get("bulk")),
-                      rate(runs.get("--concurrency 1")), rate(runs.get("--concurrency 10")),
-                      f"{ms(latency(r, 50))} / {ms(latency(r, 99))} (n={len(r.get('latency_ms') or [])})",
-                      f"{ms(latency(r, 50, 'long_idle_ms'))} / {ms(max(r.get('long_idle_ms') or [0]) or None)}"])
-    return table(["connection", "jobs", "enqueue seq/s", "dispatch_many/s", "worker c=1 jobs/s",
-                  "worker c=10 jobs/s", "idle latency p50 / p99 ms", "after 1-2 s idle p50 / max ms"], lines)
+def _cell(s: Row, key: str) -> str:
+    value = s.get(key)
+    if key in ("p50", "p99"):
+        return ms(value)
+    if key == "rss_mb":
+        if not value:
+            return "-"
+        total = s.get("rss_total_mb")
+        return f"{value:.0f}" + (f" ({s['rss_processes']} procs: {total:.0f})" if s.get("rss_processes", 1) > 1 else "")
+    return rate(value) + (PARTIAL if s.get(f"{key}_partial") else "")
 
 
-def peers_table(ours: Row | None, peers: Sequence[Row]) -> str:
-    ours = ours or {}
-    o_seq, o_bulk = ours.get("enqueue"), ours.get("bulk")
-    o_c1, o_c10 = throughput(ours, 0), throughput(ours, 1)
-    o_p50, o_p99 = latency(ours, 50), latency(ours, 99)
-    o_idle = latency(ours, 50, "long_idle_ms")
+def main_table(data: Row) -> str:
+    summary, best = data["summary"], data["fastest_peer"]
+    ours = next((s for s in summary if s["name"] == "ours (redis)"), {})
     lines = []
-    for r in peers:
-        if r.get("missing"):
-            lines.append([r["name"], "not run: " + r["missing"]] + [""] * 8)
+    for s in summary:
+        name = f"**{s['name']}**" if s["name"] == "ours (redis)" else s["name"]
+        lines.append([name] + [_cell(s, key) for key, _, _ in COLUMNS])
+    for r in data["not_run"]:
+        lines.append([r["name"], "not run"] + [""] * (len(COLUMNS) - 1))
+    lines.append(["best peer"] + [f"{_cell({key: b[1], 'rss_processes': 1}, key)} {b[0]}" if b else "-"
+                                     for (key, _, _), b in ((c, best[c[0]]) for c in COLUMNS)])
+    lines.append(["**ours (redis) / best peer**"] + [f"**{ratio(ours.get(key), best[key][1] if best[key] else None)}**"
+                                                        for key, _, _ in COLUMNS])
+    return table(["target"] + [h for _, h, _ in COLUMNS], lines)
+
+
+def settings_table(data: Row) -> str:
+    lines = []
+    for r in data["results"]:
+        if r.get("missing") or "throughput" not in r:
             continue
-        t = throughput(r)
-        label = (r.get("throughput") or [["-"]])[0][0]
-        lines.append([
-            f"{r['name']} ({r.get('version', '').split()[-1]})",
-            f"{rate(r.get('enqueue'))} ({ratio(o_seq, r.get('enqueue'))})",
-            f"{rate(r.get('bulk'))} ({ratio(o_bulk, r.get('bulk'))})" if r.get("bulk") else "-",
-            f"{rate(t)} [{label}]",
-            ratio(o_c1, t), ratio(o_c10, t),
-            f"{ms(latency(r, 50))} / {ms(latency(r, 99))}",
-            f"{ratio(o_p50, latency(r, 50))} / {ratio(o_p99, latency(r, 99))}",
-            f"{ms(latency(r, 50, 'long_idle_ms'))} ({ratio(o_idle, latency(r, 50, 'long_idle_ms'))})",
-            "; ".join(r.get("errors") or []) or "",
-        ])
-    header = ["peer", "enqueue seq/s (ours/peer)", "bulk/s (ours/peer)", "worker jobs/s [settings]",
-              "ours c=1 / peer", "ours c=10 / peer", "idle p50 / p99 ms", "ours/peer p50 / p99",
-              "after 1-2 s idle p50 ms (ours/peer)", "errors"]
-    ours_line = ["**ours (redis)**", rate(o_seq), rate(o_bulk), f"{rate(o_c1)} [c=1], {rate(o_c10)} [c=10]",
-                 "", "", f"{ms(o_p50)} / {ms(o_p99)}", "", ms(o_idle), "; ".join(ours.get("errors") or [])]
-    return table(header, [ours_line] + lines)
+        workers = "; ".join(f"c={t['concurrency']}: `{t['label']}`" + (f" ({t['jobs']:,} of {t['of']:,} jobs in the budget)"
+                                                                         if t.get("partial") else "")
+                            for t in r["throughput"])
+        lines.append([r["name"], r.get("version", ""), f"`{r.get('enqueue_label', '')}`",
+                      f"`{r['bulk_label']}`" if r.get("bulk_label") else "none", workers,
+                      f"`{r.get('latency_label', '')}` (n={len(r.get('latency_ms') or [])})"])
+    return table(["target", "version", "(a) call", "(b) bulk call", "(c) worker per concurrency", "(d) worker"], lines)
 
 
-def errors(rows: Sequence[Row]) -> str:
-    found = [f"- {r['name']}: {e}" for r in rows for e in (r.get("errors") or [])]
-    return "\n".join(found) if found else "none"
+def database_table(data: Row) -> str:
+    rows = {r["name"]: r for r in data["results"] if not r.get("missing")}
+    lines = []
+    for name in ("ours (sqlite)", "ours (mysql)", "ours (redis)", "routemq (mysql)", "routemq (redis)"):
+        r = rows.get(name)
+        if not r:
+            continue
+        single = [t for t in r.get("throughput") or [] if t.get("concurrency") in (1, 10)]
+        for t in single[-1:] + list(r.get("extra") or []):
+            procs = t.get("copies", 1) if "processes 2" not in t["label"] else 2
+            lines.append([name, f"`{t['label']}`", str(procs), f"{t.get('jobs', 0):,}" if t.get("rate") else "-",
+                          (rate(t.get("rate")) + (PARTIAL if t.get("partial") else "")) if t.get("rate") else
+                          t.get("note", "failed (see errors)")])
+    return table(["connection", "worker(s)", "processes", "jobs", "jobs/s"], lines)
 
 
-def render(ours: Sequence[Row], peers: Sequence[Row], machine: str, method: str) -> str:
-    redis = next((r for r in ours if r["name"] == "ours (redis)"), None)
+def depth_table(depth: Row | None) -> str:
+    if not depth:
+        return "not run"
+    if depth.get("missing"):
+        return f"not run: {depth['missing']}"
+    rows = depth.get("rows") or []
+    base = rows[0].get("rate") if rows else None
+    lines = [[r["case"], f"{r.get('ready', 0):,}", f"{r.get('delayed', 0):,}", f"{r.get('build_s', '-')}",
+              rate(r.get("rate")) + (PARTIAL if r.get("partial") else ""), ratio(r.get("rate"), base)] for r in rows]
+    return (f"N = {depth.get('jobs', 0):,} jobs processed by `queue:work --concurrency 10`.\n\n"
+            + table(["case", "ready at start", "delayed (+1 h)", "build s", "jobs/s", "vs 1,000 waiting"], lines))
+
+
+def render(data: Row) -> str:
+    m, ref = data["machine"], data["reference"]
+    depth = next((r for r in data["results"] if r["name"] == "ours depth (redis)"), None)
+    errors = [f"- {r['name']}: {e}" for r in data["results"] for e in (r.get("errors") or [])]
+    errors += [f"- {r['name']}: not run: {r['reason']}" for r in data["not_run"]]
+    machine = (f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {m['os']}; Python {m['python']} "
+               f"(RouteMQ's venv: {m.get('python_routemq') or '-'}); Redis {m['redis']}, MariaDB {m['mariadb']}, all on 127.0.0.1. "
+               f"N = {data['n']:,}. Load average {m['load_start'][0]} at the start, {m.get('load_end', ['?'])[0]} at the "
+               f"end; the run took {m.get('seconds', '?')} s.")
     return "\n\n".join([
-        "# Benchmark: this framework vs its peers",
+        "# Benchmark: this framework vs its peers, one run",
         machine,
-        "## Ours, per connection\n\n" + ours_table(ours),
-        "## Ours (Redis) vs the peers (Redis), same machine, same run\n\n"
-        "Ratios are ours / peer: above 1 is better for jobs/s, below 1 is better for latency.\n\n"
-        + peers_table(redis, peers),
-        "## Errors\n\n" + errors(list(ours) + list(peers)),
-        "## How it was measured\n\n" + method,
+        "## Per scenario\n\n" + main_table(data) + "\n\n"
+        f"{PARTIAL} over the jobs run within the time budget, not all N (see the settings). Best peer: the fastest in "
+        "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best peer; for (d) and (e) below 1 "
+        "is better. Ours on SQLite and MySQL polls every `--sleep` (1 s), hence its (d). (e) is the largest worker process's "
+        "VmHWM over its (c) runs, with the sum over the worker's processes where it has several.",
+        "## Settings\n\n" + settings_table(data),
+        "## (f) Database connections and worker processes\n\n" + database_table(data),
+        "## (g) Depth, ours on Redis\n\n" + depth_table(depth),
+        f"## Reference\n\nOne connection, one process, redis-py {ref.get('redis_py')} asyncio `PING` one after "
+        f"another: {rate(ref.get('rate'))} round trips/s (median of {len(ref.get('rates') or [])} rounds of "
+        f"{ref.get('pings', 0):,}).",
+        "## Targets (issue 6, item 3)\n\n" + targets.render(data["targets"]),
+        "## Errors and targets not run\n\n" + ("\n".join(errors) if errors else "none"),
     ]) + "\n"

@@ -1,11 +1,15 @@
 """`make bench`: every target in its own process, with a time limit, then one report.
 
-Ours runs on SQLite, MySQL and Redis with the project's venv; each peer with the venv the
-Makefile built for it (bench/.venv/<peer>). A target that is not installed, fails or overruns its
-time limit is reported as such and the run goes on. Redis: ours uses db 11, the peers db 12,
-each flushed before and after (here too, after a target that had to be stopped).
-The report goes to stdout and to bench/results/latest.md; each target's stderr (tracebacks,
-progress) to bench/results/logs/<target>.log.
+Ours runs on Redis, SQLite and MySQL with the project's venv (and bench.depth, scenario g); each
+peer with the venv the Makefile built for it (bench/.venv/<venv>). A target that is not installed,
+fails or overruns its time limit is reported as such and the run goes on. Redis: ours uses db 11,
+the peers db 12, each flushed before and after (here too, after a target that had to be stopped).
+The reference row (one connection's PING round trips) is measured here, in the same run.
+The report goes to stdout, bench/results/latest.md and bench/results/latest.json; each target's
+stderr (tracebacks, progress) to bench/results/logs/<target>.log.
+
+BENCH_N sets N (default 20,000); BENCH_DEPTH the depth of scenario g (1,000,000); BENCH_ONLY a
+comma-separated list of name fragments ("ours,taskiq") to run only those targets.
 """
 from __future__ import annotations
 
@@ -26,50 +30,63 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness, report  # noqa: E402
 
+RESULTS = BENCH / "results"
+
 
 @dataclass(frozen=True)
 class Run:
     name: str
-    python: Path
-    args: tuple[str, ...]
+    venv: str | None        # None: the project's venv
+    args: tuple[str, ...]   # python -m ARGS
     timeout: float
     redis_db: int
 
+    @property
+    def python(self) -> Path:
+        return Path(sys.executable) if self.venv is None else BENCH / ".venv" / self.venv / "bin" / "python"
 
-OURS = [Run(f"ours ({c})", Path(sys.executable), ("bench.ours", c), t, harness.OUR_DB)
-        for c, t in (("sqlite", 120), ("mysql", 120), ("redis", 180))]
-RESULTS = BENCH / "results"
-PEERS = [Run(p, BENCH / ".venv" / p / "bin" / "python", (f"bench.peers.{p}",), 150, harness.PEER_DB)
-         for p in ("arq", "saq", "rq", "dramatiq", "celery")]
 
-METHOD = """\
-- **Enqueue seq/s**: N no-op jobs pushed one awaited call after another from one process, client
-  connected before the clock starts (ours: `await NoopJob.dispatch()`; arq `enqueue_job`, SAQ
-  `enqueue`, RQ `enqueue`, Dramatiq `send`, Celery `delay`). **Bulk**: ours `NoopJob.dispatch_many`,
-  RQ `enqueue_many`, the others have none.
-- **Worker jobs/s**: N no-op jobs queued, then one worker process started as a user starts it (ours:
-  `python main.py queue:work --stop-when-empty --concurrency C`); rate = N / (last job's end - first
-  job's start), both times taken inside the jobs, so process start-up and shutdown are excluded.
-  N = 20,000 on Redis, 5,000 on SQLite/MySQL. One run each, not a median.
-- **Idle latency**: a running idle worker; one probe job at a time, dispatched with time.time()
-  taken just before the dispatch call; its handler records now - sent on start. 20-50 ms pauses
-  between probes (up to 200 samples or the scenario's time budget), then 8 probes after 1-2 s pauses.
-- Payloads unsigned (APP_KEY empty). Worker output goes to a file. Peers as shipped except
-  the settings named in the table (arq's poll_delay 0.01 for throughput only)."""
+def _peer(name: str, venv: str, *args: str, timeout: float = 170) -> Run:
+    return Run(name, venv, ("bench.harness", f"bench.peers.{venv}", *args), timeout, harness.PEER_DB)
+
+
+RUNS = [
+    Run("ours (redis)", None, ("bench.harness", "bench.ours", "redis"), 170, harness.OUR_DB),
+    Run("ours (sqlite)", None, ("bench.harness", "bench.ours", "sqlite"), 150, harness.OUR_DB),
+    Run("ours (mysql)", None, ("bench.harness", "bench.ours", "mysql"), 150, harness.OUR_DB),
+    Run("ours depth (redis)", None, ("bench.depth",), 300, harness.OUR_DB),
+    _peer("arq", "arq"), _peer("saq", "saq"), _peer("rq", "rq"), _peer("dramatiq", "dramatiq"),
+    _peer("celery", "celery"), _peer("taskiq (list)", "taskiq", "list"), _peer("taskiq (stream)", "taskiq", "stream"),
+    _peer("routemq (redis)", "routemq", "redis"), _peer("routemq (mysql)", "routemq", "mysql", timeout=200),
+]
 
 
 def run_target(run: Run) -> dict:
-    if not run.python.exists():
-        return {"name": run.name, "missing": f"{run.python} not installed (see the make bench output)"}
+    if not (run.python.exists() and (run.venv is None or (BENCH / ".venv" / run.venv / ".installed").exists())):
+        return {"name": run.name, "missing": _install_failure(run.venv)}
     started = time.monotonic()
+    print(f"  {run.name} ...", file=sys.stderr, flush=True)
     log_path = RESULTS / "logs" / f"{run.name.replace(' ', '').replace('(', '-').rstrip(')')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        return _run_logged(run, log, log_path, started)
+        result = _run_logged(run, log, log_path)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    print(f"  {run.name}: {result.get('missing') or 'done'} in {result['wall_s']:.0f}s", file=sys.stderr, flush=True)
+    return result
 
 
-def _run_logged(run: Run, log: Any, log_path: Path, started: float) -> dict:
-    proc = subprocess.Popen([str(run.python), "-m", "bench.harness", *run.args], cwd=ROOT,
+def _install_failure(venv: str | None) -> str:
+    log = BENCH / ".venv" / f"{venv}.log"
+    if not log.exists():
+        return f"not installed: run `make bench` (it builds bench/.venv/{venv})"
+    lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if ln.strip()]
+    reason = next((ln for ln in reversed(lines) if "ERROR" in ln or "error" in ln or "No Python" in ln),
+                  lines[-1] if lines else "no output")
+    return f"could not install: {reason.strip()[:300]} (bench/.venv/{venv}.log)"
+
+
+def _run_logged(run: Run, log: Any, log_path: Path) -> dict:
+    proc = subprocess.Popen([str(run.python), "-m", *run.args], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=log, text=True, start_new_session=True)
     try:
@@ -85,43 +102,92 @@ def _run_logged(run: Run, log: Any, log_path: Path, started: float) -> dict:
         return {"name": run.name, "missing": f"timed out after {run.timeout:.0f}s"}
     lines = out.strip().splitlines()
     try:
-        result = json.loads(lines[-1])
+        return json.loads(lines[-1])
     except (IndexError, ValueError):
         log.flush()
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
         return {"name": run.name, "missing": f"exited {proc.returncode}: {tail}"}
-    print(f"  {run.name}: done in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-    return result
 
 
 def _flush(db: int) -> None:
     import redis
 
-    redis.Redis.from_url(harness.redis_url(db)).flushdb()
+    redis.Redis.from_url(harness.redis_url(db)).flushdb(asynchronous=True)
 
 
-def machine() -> str:
+def ping_rate(rounds: int = 3, pings: int = 10_000) -> dict[str, Any]:
+    """The reference: redis-py asyncio PING, one awaited call after another, on one connection in
+    one process (this one); median of `rounds` rounds."""
+    import asyncio
+    import statistics
+
+    import redis
+    import redis.asyncio
+
+    async def one_round() -> float:
+        client = redis.asyncio.Redis(host=harness.REDIS_HOST, port=harness.REDIS_PORT, db=harness.OUR_DB,
+                                     single_connection_client=True)
+        try:
+            await client.ping()
+            started = time.perf_counter()
+            for _ in range(pings):
+                await client.ping()
+            return pings / (time.perf_counter() - started)
+        finally:
+            await client.aclose()
+
+    rates = [asyncio.run(one_round()) for _ in range(rounds)]
+    return {"rate": statistics.median(rates), "rates": rates, "pings": pings, "redis_py": redis.__version__}
+
+
+def machine() -> dict[str, Any]:
+    import pymysql
     import redis
 
     info = redis.Redis.from_url(harness.redis_url(harness.OUR_DB)).info("server")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {platform.platform()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, Redis {info.get('redis_version')}, all on 127.0.0.1; "
-            f"load average at the end {load} (other work on the machine skews single runs).")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
+    try:
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT VERSION()")
+            mariadb = cursor.fetchone()[0]
+        conn.close()
+    except pymysql.MySQLError as exc:
+        mariadb = f"unavailable ({exc})"
+    cfg = BENCH / ".venv" / "routemq" / "pyvenv.cfg"
+    routemq_python = next((ln.split("=", 1)[1].strip() for ln in cfg.read_text().splitlines()
+                           if ln.startswith("version")), None) if cfg.exists() else None
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
+            "python_routemq": routemq_python,
+            "memory_gb": round(mem_kb / 2**20, 1), "os": platform.platform(), "python": platform.python_version(),
+            "redis": info.get("redis_version"), "mariadb": mariadb,
+            "load_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def selected(runs: list[Run]) -> list[Run]:
+    only = [w.strip() for w in (os.environ.get("BENCH_ONLY") or "").split(",") if w.strip()]
+    return [r for r in runs if not only or any(w in r.name for w in only)]
 
 
 def main() -> None:
-    print("bench: running ours (sqlite, mysql, redis), then arq, saq, rq, dramatiq, celery", file=sys.stderr)
-    ours = [run_target(r) for r in OURS]
-    peers = [run_target(r) for r in PEERS]
-    for row in ours:
-        if row.get("missing"):
-            row.setdefault("errors", []).append(row["missing"])
-            row.setdefault("jobs", 0)
-    text = report.render(ours, peers, machine(), METHOD)
+    started = time.monotonic()
+    runs = selected(RUNS)
+    print(f"bench: N={harness.N:,}; reference, then {', '.join(r.name for r in runs)}", file=sys.stderr, flush=True)
+    info = machine()
+    reference = ping_rate()
+    results = [run_target(r) for r in runs]
+    info["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["seconds"] = round(time.monotonic() - started)
+    data = report.build(results, reference, info, harness.N)
+    text = report.render(data)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.md").write_text(text)
+    (RESULTS / "latest.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(f"bench: done in {info['seconds']}s; bench/results/latest.md and latest.json written", file=sys.stderr)
 
 
 if __name__ == "__main__":

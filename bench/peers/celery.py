@@ -1,6 +1,8 @@
-"""Celery with its Redis broker on db 12: `task.delay()` one at a time; `celery worker` with the
-prefork pool and -c 1 (one child process doing the work, plus the parent), no result backend,
---without-gossip --without-mingle --without-heartbeat (the usual Redis tuning)."""
+"""Celery with its Redis broker on db 12: `task.delay()` one at a time (no bulk call); `celery
+worker` with, at concurrency 1, its default prefork pool and -c 1 (one child process doing the
+work, plus the parent), and at 10 and 100 the threads pool (-P threads -c N: one process; prefork
+would be N processes); no result backend, --without-gossip --without-mingle --without-heartbeat
+(the usual Redis tuning)."""
 from __future__ import annotations
 
 import time
@@ -28,6 +30,7 @@ def probe(sent: float) -> None:
 class CeleryTarget(Target):
     name = "celery"
     version = package_version("celery")
+    enqueue_label = "task.delay()"
 
     def connect(self) -> None:
         with app.connection_for_write() as conn:
@@ -40,13 +43,16 @@ class CeleryTarget(Target):
     def send_probe(self) -> None:
         probe.delay(time.time())
 
+    def _worker(self, pool: str, c: int) -> WorkerConfig:
+        return WorkerConfig(f"-P {pool} -c {c}", [tool("celery"), "-A", "bench.peers.celery", "worker", "-P", pool,
+                                                  "-c", str(c), "--without-gossip", "--without-mingle",
+                                                  "--without-heartbeat"], concurrency=c)
+
     def throughput_workers(self) -> list[WorkerConfig]:
-        return [WorkerConfig("prefork -c 1", [tool("celery"), "-A", "bench.peers.celery", "worker", "-P", "prefork",
-                                              "-c", "1", "--without-gossip", "--without-mingle",
-                                              "--without-heartbeat"])]
+        return [self._worker("prefork", 1), self._worker("threads", 10), self._worker("threads", 100)]
 
     def latency_worker(self) -> WorkerConfig:
-        return self.throughput_workers()[0]
+        return self._worker("prefork", 1)
 
 
 def make_target() -> CeleryTarget:

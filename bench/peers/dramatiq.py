@@ -1,5 +1,6 @@
-"""Dramatiq with its Redis broker on db 12: `actor.send()` one at a time; the `dramatiq` CLI with
---processes 1 --threads 8 (its default thread count; one worker process besides the parent)."""
+"""Dramatiq with its Redis broker on db 12: `actor.send()` one at a time (no bulk call); the
+`dramatiq` CLI with --processes 1 (one worker process besides its parent) and --threads 1, 10 and
+100 (jobs at once; its default is 8, used for latency)."""
 from __future__ import annotations
 
 import time
@@ -28,6 +29,7 @@ def probe(sent: float) -> None:
 class Dramatiq(Target):
     name = "dramatiq"
     version = package_version("dramatiq")
+    enqueue_label = "actor.send()"
 
     def connect(self) -> None:
         broker.client.ping()
@@ -39,12 +41,17 @@ class Dramatiq(Target):
     def send_probe(self) -> None:
         probe.send(time.time())
 
+    def _worker(self, threads: int) -> WorkerConfig:
+        default = " (default)" if threads == 8 else ""
+        return WorkerConfig(f"--processes 1 --threads {threads}{default}",
+                            [tool("dramatiq"), "bench.peers.dramatiq", "--processes", "1", "--threads", str(threads)],
+                            concurrency=threads)
+
     def throughput_workers(self) -> list[WorkerConfig]:
-        return [WorkerConfig("--processes 1 --threads 8",
-                             [tool("dramatiq"), "bench.peers.dramatiq", "--processes", "1", "--threads", "8"])]
+        return [self._worker(t) for t in (1, 10, 100)]
 
     def latency_worker(self) -> WorkerConfig:
-        return self.throughput_workers()[0]
+        return self._worker(8)
 
 
 def make_target() -> Dramatiq:

@@ -1,5 +1,6 @@
 """RQ on Redis db 12: `Queue.enqueue` one at a time and `Queue.enqueue_many` (one pipeline);
-`rq worker -w rq.worker.SimpleWorker` (one job at a time, no fork per job)."""
+`rq worker -w rq.worker.SimpleWorker` (one job at a time, no fork per job; RQ has no concurrency
+setting within one worker process)."""
 from __future__ import annotations
 
 import time
@@ -24,6 +25,7 @@ class Rq(Target):
     name = "rq"
     version = package_version("rq")
     bulk_label = "enqueue_many"
+    enqueue_label = "queue.enqueue()"
 
     def __init__(self) -> None:
         self.queue = Queue("default", connection=Redis.from_url(redis_url(PEER_DB)))

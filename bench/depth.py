@@ -1,0 +1,95 @@
+"""Scenario (g), ours on Redis (db 11): does a deep queue slow the worker down?
+
+Three cases, each on a freshly flushed db:
+- N jobs to process with 1,000 more queued behind them (the baseline);
+- N jobs with DEPTH (BENCH_DEPTH, default 1,000,000) more queued behind them;
+- N jobs (and 1,000 behind) with DEPTH more delayed an hour into the future.
+The queue is built with `NoopJob.dispatch_many` in chunks of 10,000; the delayed jobs with the
+call dispatch_many makes, given a delay (dispatch_many itself takes none). Then one worker,
+`queue:work --concurrency 10` (no --stop-when-empty: it is stopped after the N-th job), runs;
+rate = N / (N-th job's end - first job's start), as in harness.drain. Also reported: how long the
+build took, and Redis's used_memory once built.
+
+Run: `python -m bench.depth`; the last line printed is the result as JSON (bench/run.py reads it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench.harness import DRAIN_BUDGET, N, OUR_DB, WorkerConfig, drain, redis_url
+from bench.ours import Ours
+
+DEPTH = int(os.environ.get("BENCH_DEPTH") or 1_000_000)
+BEHIND = 1_000
+CHUNK = 10_000
+DELAY = 3600.0
+
+
+async def _build(ready: int, delayed: int) -> None:
+    from bench.jobs import NoopJob
+    # dispatch_many has no delay; this is the push it makes, with one (not a public API).
+    from core.dispatch import _push_all
+
+    for start in range(0, delayed, CHUNK):
+        jobs = [NoopJob.make() for _ in range(min(CHUNK, delayed - start))]
+        await _push_all(jobs, queue=None, connection=None, delay=DELAY)
+    for start in range(0, ready, CHUNK):
+        await NoopJob.dispatch_many([{} for _ in range(min(CHUNK, ready - start))])
+
+
+def _flush() -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url(OUR_DB)).flushdb(asynchronous=True)   # a 1M-job db: do not block Redis
+
+
+def _used_memory_mb() -> float:
+    import redis
+
+    return round(redis.Redis.from_url(redis_url(OUR_DB)).info("memory")["used_memory"] / 2**20, 1)
+
+
+def run_case(target: Ours, label: str, behind: int, delayed: int, n: int) -> dict[str, Any]:
+    _flush()
+    started = time.perf_counter()
+    target._call(_build, n + behind, delayed)
+    target._close_app()
+    row: dict[str, Any] = {"case": label, "ready": n + behind, "delayed": delayed,
+                           "build_s": round(time.perf_counter() - started, 1), "redis_mb": _used_memory_mb()}
+    worker = WorkerConfig("--concurrency 10", target._work("--concurrency", "10"), concurrency=10)
+    row.update(drain(target, worker, n, budget=DRAIN_BUDGET))
+    return row
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    target = Ours("redis")
+    n = min(N, 20_000)
+    cases = [(f"{BEHIND:,} waiting", BEHIND, 0), (f"{DEPTH:,} waiting", DEPTH, 0),
+             (f"{DEPTH:,} delayed", BEHIND, DEPTH)]
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        for label, behind, delayed in cases:
+            try:
+                rows.append(run_case(target, label, behind, delayed, n))
+            except Exception as exc:
+                traceback.print_exc()
+                errors.append(f"{label}: {type(exc).__name__}: {exc}")
+                rows.append({"case": label, "rate": None})
+    finally:
+        _flush()
+        target._close_app()
+        target._runner.close()
+    print(json.dumps({"name": "ours depth (redis)", "jobs": n, "depth": DEPTH, "rows": rows, "errors": errors}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

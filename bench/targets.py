@@ -1,0 +1,109 @@
+"""Issue 6's targets (item 3), checked against one run: met or not, with the numbers behind it."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _by_name(data: Row) -> dict[str, Row]:
+    return {s["name"]: s for s in data["summary"]}
+
+
+def _raw(data: Row, name: str) -> Row:
+    return next((r for r in data["results"] if r["name"] == name and not r.get("missing")), {})
+
+
+def _peers(data: Row) -> list[Row]:
+    return [s for s in data["summary"] if not s["name"].startswith("ours")]
+
+
+def _best(rows: Sequence[Row], key: str, higher: bool = True) -> tuple[str, float] | None:
+    values = [(r["name"], r[key]) for r in rows if r.get(key)]
+    return (max if higher else min)(values, key=lambda v: v[1]) if values else None
+
+
+def _target(name: str, met: bool | None, detail: str) -> Row:
+    return {"target": name, "met": met, "detail": detail}
+
+
+def _fmt(v: float | None, unit: str = "jobs/s") -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f} {unit}" if unit == "jobs/s" or v >= 10 else f"{v:.2f} {unit}"
+
+
+def _ratio_check(name: str, ours: tuple[str, float] | None, peer: tuple[str, float] | None, factor: float,
+                 unit: str = "jobs/s") -> Row:
+    if not ours or not peer:
+        return _target(name, None, "not measured (a side is missing)")
+    r = ours[1] / peer[1]
+    return _target(name, r >= factor, f"{ours[0]} {_fmt(ours[1], unit)} vs {peer[0]} {_fmt(peer[1], unit)}: {r:.2f}x "
+                                      f"(needs {factor:g}x)")
+
+
+def _routemq_db(data: Row) -> tuple[str, float] | None:
+    r = _raw(data, "routemq (mysql)")
+    runs = [t for t in (r.get("throughput") or []) + (r.get("extra") or []) if t.get("rate")]
+    best = max(runs, key=lambda t: t["rate"], default=None)
+    return (f"RouteMQ MySQL `{best['label']}`", best["rate"]) if best else None
+
+
+def _ours_mysql_4(data: Row) -> tuple[str, float] | None:
+    extra = [t for t in _raw(data, "ours (mysql)").get("extra") or [] if t.get("copies") == 4 and t.get("rate")]
+    return ("ours MySQL 4 processes", extra[0]["rate"]) if extra else None
+
+
+def _ours_sqlite_1(data: Row) -> tuple[str, float] | None:
+    s = _by_name(data).get("ours (sqlite)")
+    return (f"ours SQLite 1 process `{s['best_label']}`", s["best"]) if s and s.get("best") else None
+
+
+def check(data: Row, depth: Row | None) -> list[Row]:
+    ours = _by_name(data).get("ours (redis)", {"name": "ours (redis)"})
+    peers = _peers(data)
+    ref = data["reference"].get("rate")
+    out = [_ratio_check("(c) Redis processing >= 2x the fastest peer at its best setting",
+                        ("ours", ours["best"]) if ours.get("best") else None, _best(peers, "best"), 2)]
+    out.append(_ratio_check("(a) sequential enqueue >= the fastest peer's",
+                            ("ours", ours["enqueue"]) if ours.get("enqueue") else None, _best(peers, "enqueue"), 1))
+    out.append(_ratio_check("(a) sequential enqueue >= 75% of one connection's round trips (PING loop)",
+                            ("ours", ours["enqueue"]) if ours.get("enqueue") else None,
+                            ("PING", ref) if ref else None, 0.75))
+    out.append(_ratio_check("(b) bulk enqueue >= 5x the fastest peer's bulk API",
+                            ("ours dispatch_many", ours["bulk"]) if ours.get("bulk") else None, _best(peers, "bulk"), 5))
+    for p in ("p50", "p99"):
+        mine, best = ours.get(p), _best(peers, p, higher=False)
+        out.append(_target(f"(d) idle latency {p} no worse than the best peer's", None if not mine or not best else mine <= best[1],
+                           f"ours {_fmt(mine, 'ms')} vs {best[0]} {_fmt(best[1], 'ms')}" if mine and best else "not measured"))
+    routemq = _routemq_db(data)
+    out.append(_ratio_check("(f) MySQL with 4 worker processes >= 10x RouteMQ's database driver", _ours_mysql_4(data), routemq, 10))
+    out.append(_ratio_check("(f) SQLite with 1 worker process >= 10x RouteMQ's database driver", _ours_sqlite_1(data), routemq, 10))
+    out += _depth_checks(depth)
+    rss = [(s["name"], s["rss_mb"]) for s in data["summary"] if s["name"].startswith("ours") and s.get("rss_mb")]
+    worst = max(rss, key=lambda v: v[1], default=None)
+    out.append(_target("(e) worker RSS <= 50 MB", None if not worst else worst[1] <= 50,
+                       f"largest: {worst[0]} {worst[1]:.0f} MB (VmHWM, over its c=1/10/100 runs)" if worst else "not measured"))
+    return out
+
+
+def _depth_checks(depth: Row | None) -> list[Row]:
+    rows = (depth or {}).get("rows") or []
+    base = rows[0] if rows else {}
+    out = []
+    for row in rows[1:]:
+        name = f"(g) throughput with {row['case']} within 10% of that with {base.get('case')}"
+        if not row.get("rate") or not base.get("rate"):
+            out.append(_target(name, None, "not measured"))
+            continue
+        r = row["rate"] / base["rate"]
+        out.append(_target(name, r >= 0.9, f"{row['rate']:,.0f} vs {base['rate']:,.0f} jobs/s: {r:.2f}x (needs 0.90x)"))
+    if not rows:
+        out.append(_target("(g) throughput with 1,000,000 waiting or delayed within 10% of 1,000", None, "not run"))
+    return out
+
+
+def render(rows: Sequence[Row]) -> str:
+    mark = {True: "met", False: "NOT MET", None: "not measured"}
+    return "\n".join(f"- **{mark[r['met']]}**: {r['target']}: {r['detail']}" for r in rows)
