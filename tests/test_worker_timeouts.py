@@ -106,7 +106,9 @@ def test_left_behind_tasks_piling_up_stop_the_worker_with_exit_70(tmp_path):
     out = result.stdout
     assert result.returncode == 70, out + result.stderr
     assert "Traceback" not in out + result.stderr
-    assert out.count("and ignored cancellation for 2s") == 3
+    # Usually all three are taken over at once; on a loaded machine one may be taken over, released
+    # and started again before the other two: then four takeovers, still three tasks at the end.
+    assert out.count("and ignored cancellation for 2s") >= 3
     assert "Stopping (3 job tasks ignore cancellation)" in out
     assert "3 job task(s) still ignore cancellation; exiting with code 70" in out
     assert elapsed < 0.5 + 2 * CANCEL_GRACE + 10      # start-up included; not the 120 s the code would run
@@ -115,7 +117,7 @@ def test_left_behind_tasks_piling_up_stop_the_worker_with_exit_70(tmp_path):
     # Released, not left reserved: a fresh worker could take them now, attempt 1 counted.
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
     assert size["queues"]["default"] == {"pending": 3, "delayed": 0, "reserved": 0}
-    assert len([e for e in read_events(log) if e["event"] == "start"]) == 3
+    assert len([e for e in read_events(log) if e["event"] == "start"]) >= 3
 
 
 WATCHDOG_SCRIPT = """
