@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import inspect
 import re
-import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import FrameworkError, InvalidQueueName
-from core.payload import Payload, from_json_value, now, to_json_value
+from core.payload import Payload, from_json_value, new_id, now, to_json_value
 
 if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
@@ -97,7 +96,7 @@ class Job:
     def to_payload(self, queue: str | None = None) -> Payload:
         """The payload, freezing this job's settings (the class's, unless set on the instance).
         A job without an id gets one here, kept for every later attempt."""
-        self.job_id = self.job_id or str(uuid.uuid4())
+        self.job_id = self.job_id or new_id()
         retry = self.retry_after if isinstance(self.retry_after, (list, tuple)) else [self.retry_after]
         return Payload(uuid=self.job_id, job=type(self).class_path(),
                        queue=validate_queue_name(self.queue if queue is None else queue),

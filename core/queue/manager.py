@@ -49,6 +49,11 @@ class QueueManager:
             self._failed = store
         return self._failed
 
+    def opened(self, name: str | None = None) -> QueueConnection | None:
+        """The connection if it is open already (no waiting, so a dispatch needs no timeout for it)."""
+        self._check_loop()
+        return self._connections.get(name or self.config.queue.default)
+
     async def connection(self, name: str | None = None) -> QueueConnection:
         self._check_loop()
         name = name or self.config.queue.default

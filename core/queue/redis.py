@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -47,6 +47,7 @@ from core.errors import ConnectionFailed
 from core.payload import peek_uuid
 from core.queue.contract import QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJobStore
+from core.queue.redis_lane import Lane
 
 LUA = Path(__file__).resolve().parent / "lua"
 SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "size", "clear")
@@ -55,6 +56,7 @@ PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks 
 MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
 WAIT_SLICE = 1.0          # one pipelined wait-and-reserve (one queue); a stopping worker waits at most this
 SOCKET_TIMEOUT = 10.0
+MAX_CONNECTIONS = 50       # per process; a call beyond them waits (up to SOCKET_TIMEOUT) for one to be free
 CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -129,13 +131,15 @@ def make_client(config: RedisConfig) -> Redis | RedisCluster:
         if url:
             return RedisCluster.from_url(url, **options)
         return RedisCluster(host=config.host, port=config.port, **options)
+    # A pool that waits for a free connection: redis-py 8's default pool raises "Too many
+    # connections" at its 100th concurrent call, so a burst of dispatches would fail.
+    pool_options = dict(options, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT)
     if url:
-        client = Redis.from_url(url, db=config.db, **options)  # the URL's own password and db win
+        pool = BlockingConnectionPool.from_url(url, db=config.db, **pool_options)  # the URL's own password and db win
     else:
-        client = Redis(host=config.host, port=config.port, db=config.db, **options)
-    pool = client.connection_pool          # no connection is made before the first command
+        pool = BlockingConnectionPool(host=config.host, port=config.port, db=config.db, **pool_options)
     pool.connection_class = HIREDIS_PACKING.get(pool.connection_class, pool.connection_class)
-    return client
+    return Redis.from_pool(pool)      # closes the pool with the client; connects at the first command
 
 
 def reason(exc: BaseException) -> str:
@@ -163,6 +167,8 @@ class RedisQueue(QueueConnection):
         self.cluster = is_cluster(config)
         self.client: Redis | RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
+        self._lane: Lane | None = None
+        self._keys: dict[str, QueueKeys] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -181,8 +187,16 @@ class RedisQueue(QueueConnection):
         self.client = client
         # Registered once; redis-py sends EVALSHA and reloads a script the server forgot (a restart).
         self._scripts = {name: client.register_script((LUA / f"{name}.lua").read_text()) for name in SCRIPTS}
+        if not self.cluster:        # a cluster client routes each call to its node: no single connection
+            self._lane = Lane(client)
 
     async def close(self) -> None:
+        if self._lane is not None:
+            lane, self._lane = self._lane, None
+            try:
+                await lane.close()
+            except (redis_errors.RedisError, OSError, RuntimeError):
+                pass
         if self.client is not None:
             client, self.client = self.client, None
             await _close_quietly(client)
@@ -198,15 +212,24 @@ class RedisQueue(QueueConnection):
         return None
 
     def keys(self, queue: str) -> QueueKeys:
-        return QueueKeys.of(self.config.prefix, queue)
+        keys = self._keys.get(queue)
+        if keys is None:
+            if len(self._keys) >= 1000:     # queue names are few; a flood of new ones is not kept
+                self._keys.clear()
+            keys = self._keys[queue] = QueueKeys.of(self.config.prefix, queue)
+        return keys
 
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._lane is not None:
+            return await self._lane.run(self._scripts[script], keys, args)
         return await self._scripts[script](keys=list(keys), args=list(args))
 
     # -- pushing ---------------------------------------------------------------------------------
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
-        await self.push_many(queue, [payload], delay)
+        k = self.keys(queue)
+        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq],
+                        [max(0.0, float(delay)), peek_uuid(payload) or str(uuid.uuid4()), payload])
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         k = self.keys(queue)

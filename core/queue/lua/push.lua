@@ -12,8 +12,24 @@
 -- signal must appear together: a worker must never pop an id whose payload is not stored yet.
 -- HSETNX makes a second push of the same id (a retried dispatch) a no-op instead of a duplicate.
 local delay = tonumber(ARGV[1])
-local now = redis.call('TIME')
-local due = tonumber(now[1]) + tonumber(now[2]) / 1000000 + delay
+local due
+if delay > 0 then
+    local now = redis.call('TIME')
+    due = tonumber(now[1]) + tonumber(now[2]) / 1000000 + delay
+end
+if #ARGV == 3 then      -- one job (a dispatch): the same steps, without the batch's tables
+    local id = ARGV[2]
+    if redis.call('HSETNX', KEYS[3], id, ARGV[3]) == 0 then return 0 end
+    local seq = redis.call('INCR', KEYS[5])
+    redis.call('HSET', KEYS[3], id .. ':seq', seq)
+    if due then
+        redis.call('ZADD', KEYS[2], due, id)
+    else
+        redis.call('ZADD', KEYS[1], seq, id)
+        redis.call('RPUSH', KEYS[4], 1)
+    end
+    return 1
+end
 local pairs_ = (#ARGV - 1) / 2
 -- One sequence number per job of this call, taken at once (a skipped duplicate leaves a gap).
 local seq = redis.call('INCRBY', KEYS[5], pairs_) - pairs_
@@ -24,14 +40,14 @@ for i = 2, #ARGV, 2 do
     if redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 1 then
         seqs[#seqs + 1] = id .. ':seq'
         seqs[#seqs + 1] = seq
-        members[#members + 1] = (delay > 0) and due or seq
+        members[#members + 1] = due or seq
         members[#members + 1] = id
         signals[#signals + 1] = 1
     end
 end
 if #signals == 0 then return 0 end
 redis.call('HSET', KEYS[3], unpack(seqs))
-if delay > 0 then
+if due then
     redis.call('ZADD', KEYS[2], unpack(members))
 else
     redis.call('ZADD', KEYS[1], unpack(members))
