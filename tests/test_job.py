@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import uuid
 
 import pytest
 
 from core.errors import InvalidQueueName
 from core.job import Job, SerializationError
-from core.payload import InvalidPayload, Payload, peek_uuid, resolve_job_class
+from core.payload import IDS_PER_DRAW, InvalidPayload, Payload, new_id, peek_uuid, resolve_job_class
 
 
 class ExampleJob(Job):
@@ -155,3 +157,26 @@ def test_settings_set_on_an_instance_or_at_dispatch_win_over_the_class():
     assert (payload.queue, payload.max_tries, payload.timeout, payload.retry_after) == ("high", 7, 5.0, (1.0, 2.0, 3.0))
     assert set(payload.data) == {"to", "items"}           # settings travel in their own fields, not as data
     assert (ExampleJob.queue, ExampleJob.max_tries) == ("emails", 4)
+
+
+def test_job_ids_are_random_version_4_uuids_never_repeated():
+    ids = [Job().to_payload().uuid for _ in range(3 * IDS_PER_DRAW)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_a_forked_child_never_hands_out_its_parents_ids():
+    new_id()                                  # the parent holds a batch of ids drawn in advance
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: its next ids, to the parent
+        os.write(writer, " ".join(new_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    with os.fdopen(reader) as pipe:
+        child = set(pipe.read().split())
+    parent = {new_id() for _ in range(IDS_PER_DRAW)}
+    assert len(child) == 5 and not child & parent

@@ -52,8 +52,7 @@ class Lane:
             if writer is None or not self._limit:   # not connected yet, or no timeout to keep: redis-py's way
                 await conn.send_packed_command(command, check_health=False)
                 return await conn.read_response()
-            self._start_watch()
-            self._since = self._watch_loop_time()
+            self._since = self._watched().time()
             writer.writelines(command)
             if writer.transport.get_write_buffer_size():    # the socket did not take it whole
                 await _drain(conn, writer)
@@ -66,12 +65,12 @@ class Lane:
             self.busy, self._since, self._expired = False, None, False
         return await script(keys=list(keys), args=list(args))   # reloads the script; retries the connection
 
-    def _watch_loop_time(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def _start_watch(self) -> None:
+    def _watched(self) -> asyncio.AbstractEventLoop:
+        """The running loop, with the watch started on it (at the first call)."""
+        loop = asyncio.get_running_loop()
         if self._watch is None:
-            self._watch = asyncio.get_running_loop().call_later(WATCH_EVERY, self._look)
+            self._watch = loop.call_later(WATCH_EVERY, self._look)
+        return loop
 
     def _look(self) -> None:
         """Cut a call that has waited over the socket timeout: abort the connection, so the read
