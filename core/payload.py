@@ -63,7 +63,7 @@ class Payload:
 
     def encode(self, key: str = "") -> str:
         """Canonical JSON (what the signature covers), with the signature appended as a last key."""
-        canonical = _canonical(self.body())
+        canonical = _canonical_payload(self)
         if not key:
             return canonical
         return f'{canonical[:-1]},"signature":"{_hmac(canonical, key)}"}}'
@@ -180,6 +180,33 @@ def peek_uuid(raw: str | bytes) -> str | None:
 
 
 _canonical = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_json_text = json.encoder.encode_basestring_ascii     # what _canonical writes for a str
+_templates: dict[tuple[str, ...], tuple[str, str]] = {}
+
+
+def _canonical_payload(payload: Payload) -> str:
+    """_canonical(payload.body()), character for character, at a third of its cost.
+
+    The JSON encoder was a tenth of a sequential dispatch. Sorted, the body's keys are data,
+    displayName, job, maxTries, pushedAt, queue, retryAfter, timeout, uuid; all but data,
+    pushedAt and uuid come from the job class's settings, so the text between those three is
+    built once per settings (keyed on their reprs: 1, 1.0 and True are equal in a dict key but
+    not in JSON) and kept. tests/test_job.py holds the two encodings equal."""
+    settings = (payload.job, payload.queue, repr(payload.max_tries), repr(payload.timeout),
+                repr(payload.retry_after))
+    parts = _templates.get(settings)
+    if parts is None:
+        if len(_templates) >= 1024:         # settings are few; a flood of new ones is not kept
+            _templates.clear()
+        parts = _templates[settings] = (
+            f',"displayName":{_canonical(payload.display_name)},"job":{_canonical(payload.job)},'
+            f'"maxTries":{_canonical(payload.max_tries)},"pushedAt":',
+            f',"queue":{_canonical(payload.queue)},"retryAfter":{_canonical(list(payload.retry_after))},'
+            f'"timeout":{_canonical(payload.timeout)},"uuid":')
+    data = _canonical(payload.data) if payload.data else "{}"
+    pushed_at = payload.pushed_at
+    at = repr(pushed_at) if type(pushed_at) is float and math.isfinite(pushed_at) else _canonical(pushed_at)
+    return f'{{"data":{data}{parts[0]}{at}{parts[1]}{_json_text(payload.uuid)}}}'
 
 
 def _hmac(canonical: str, key: str) -> str:

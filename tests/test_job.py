@@ -1,6 +1,8 @@
 """The Job class and its payload: what survives the trip, what is refused, what is frozen."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -180,3 +182,27 @@ def test_a_forked_child_never_hands_out_its_parents_ids():
         child = set(pipe.read().split())
     parent = {new_id() for _ in range(IDS_PER_DRAW)}
     assert len(child) == 5 and not child & parent
+
+
+@pytest.mark.parametrize("settings", [
+    dict(max_tries=True),                     # == 1 as a dict key, "true" in JSON
+    dict(timeout=60),                         # == 60.0, "60"
+    dict(retry_after=(0,)),                   # == (0.0,), "[0]"
+    dict(retry_after=(-0.0,)),                # == (0.0,), "[-0.0]"
+    dict(timeout=float("inf"), retry_after=()),
+    dict(pushed_at=0), dict(pushed_at=True), dict(pushed_at=float("inf")),
+    dict(job="pkg.mod.Ünïcode\u2028Job", queue='q"\\\n'),
+    dict(uuid='id "with" \\ quotes\x00', data={"z": [1, 2.5, None, "é"], "a": {"y": True, "b": {}}}),
+])
+def test_the_encoding_is_the_canonical_json_that_signatures_cover(settings):
+    """The payload's fast encoding against the general one (sorted keys, no spaces), for settings
+    equal as dict keys but not as JSON text, one after the other, and for odd text."""
+    base = dict(uuid="u-1", job="pkg.mod.Job", queue="default", max_tries=1, timeout=60.0,
+                retry_after=(0.0,), data={}, pushed_at=1795589709.5883777)
+    for variant in (base, {**base, **settings}, base):      # no settings' text may leak to the others
+        payload = Payload(**variant)
+        expected = json.dumps(payload.body(), separators=(",", ":"), sort_keys=True)
+        assert payload.encode() == expected
+        signature = hmac.new(b"secret", expected.encode(), hashlib.sha256).hexdigest()
+        assert payload.encode("secret") == f'{expected[:-1]},"signature":"{signature}"}}'
+    assert Payload.decode(Payload(**base).encode("secret"), "secret") == Payload(**base)
