@@ -105,6 +105,26 @@ async def test_a_partition_does_not_hold_a_dispatch_past_its_timeout(store, monk
     assert f"{label} is unreachable (" in str(caught.value)
 
 
+async def test_a_hanging_dispatch_cancelled_by_its_caller_is_cancelled_not_timed_out(store, monkeypatch):
+    """An MQTT handler or a test cancelling its own dispatch gets CancelledError, as with any
+    await; the dispatch's deadline, near but not yet reached, does not turn it into an error."""
+    proxy, _ = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "0.6")
+    async with create_app() as app:
+        await app.queue.connection()
+        proxy.blackhole()
+        dispatch = asyncio.ensure_future(OutageJob.dispatch(path="-"))
+        await asyncio.sleep(0.5)
+        dispatch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dispatch
+        await asyncio.sleep(0.3)                            # past the deadline: nothing fires late
+        assert asyncio.current_task().cancelling() == 0
+        proxy.restore()
+        assert await OutageJob.dispatch(path="-")           # and the next dispatch goes through
+        assert await stored(app) == 1
+
+
 async def test_an_answer_lost_after_the_store_took_the_job_is_not_a_second_job(store, monkeypatch):
     """The push reaches the server and is stored; its answer never comes back; the connection then
     drops. The retry must find the job there rather than store it again."""
