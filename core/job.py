@@ -97,11 +97,12 @@ class Job:
         """The payload, freezing this job's settings (the class's, unless set on the instance).
         A job without an id gets one here, kept for every later attempt."""
         self.job_id = self.job_id or new_id()
-        retry = self.retry_after if isinstance(self.retry_after, (list, tuple)) else [self.retry_after]
+        retry = self.retry_after
+        retry = tuple(map(float, retry)) if isinstance(retry, (list, tuple)) else (float(retry),)
         return Payload(uuid=self.job_id, job=type(self).class_path(),
                        queue=validate_queue_name(self.queue if queue is None else queue),
                        max_tries=int(self.max_tries), timeout=float(self.timeout),
-                       retry_after=tuple(float(r) for r in retry), data=self.serialize(), pushed_at=now())
+                       retry_after=retry, data=self.serialize(), pushed_at=now())
 
     @classmethod
     def from_payload(cls, payload: Payload, attempts: int) -> "Job":
