@@ -107,10 +107,12 @@ def test_left_behind_tasks_piling_up_stop_the_worker_with_exit_70(tmp_path):
     assert result.returncode == 70, out + result.stderr
     assert "Traceback" not in out + result.stderr
     # Usually all three are taken over at once; on a loaded machine one may be taken over, released
-    # and started again before the other two: then four takeovers, still three tasks at the end.
-    assert out.count("and ignored cancellation for 2s") >= 3
+    # and started again before the other two: then four takeovers, and four tasks left at the end
+    # (the worker stops at the third; the fourth is taken over while it stops).
+    takeovers = out.count("and ignored cancellation for 2s")
+    assert takeovers in (3, 4), out
     assert "Stopping (3 job tasks ignore cancellation)" in out
-    assert "3 job task(s) still ignore cancellation; exiting with code 70" in out
+    assert re.search(r"\b[34] job task\(s\) still ignore cancellation; exiting with code 70", out), out
     assert elapsed < 0.5 + 2 * CANCEL_GRACE + 10      # start-up included; not the 120 s the code would run
     for job_id in ids:
         assert f"RETRY   IgnoresCancelJob [{job_id}]" in out
