@@ -40,7 +40,8 @@ async def test_the_keys_of_a_queue_share_one_slot_and_none_is_left_behind(redis_
     held = [await q.reserve(["emails"]) for _ in range(3)]
     keys = await q.client.keys("*")
     assert sorted(keys) == ["queues:{emails}", "queues:{emails}:delayed", "queues:{emails}:jobs",
-                            "queues:{emails}:notify", "queues:{emails}:reserved", "queues:{emails}:seq"]
+                            "queues:{emails}:notify", "queues:{emails}:reserved", "queues:{emails}:seq",
+                            "queues:{emails}:state"]
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
     await q.acknowledge(held[0])

@@ -2,6 +2,7 @@
 -- KEYS[1] reserved zset   queues:{q}:reserved
 -- KEYS[2] jobs hash       queues:{q}:jobs
 -- KEYS[3] sequence        queues:{q}:seq       (deleted with the queue's last job)
+-- KEYS[4] state hash      queues:{q}:state     (<id>:attempts, <id>:token)
 -- ARGV[1], ARGV[2], ... pairs of job id, the reservation token the worker holds
 -- Returns one flag per pair: 1 if deleted, 0 if that reservation is no longer this worker's.
 --
@@ -10,9 +11,10 @@
 local done = {}
 for i = 1, #ARGV, 2 do
     local id = ARGV[i]
-    if redis.call('HGET', KEYS[2], id .. ':token') == ARGV[i + 1] then
+    if redis.call('HGET', KEYS[4], id .. ':token') == ARGV[i + 1] then
         redis.call('ZREM', KEYS[1], id)
-        redis.call('HDEL', KEYS[2], id, id .. ':seq', id .. ':attempts', id .. ':token')
+        redis.call('HDEL', KEYS[2], id, id .. ':seq')
+        redis.call('HDEL', KEYS[4], id .. ':attempts', id .. ':token')
         done[#done + 1] = 1
     else
         done[#done + 1] = 0

@@ -4,6 +4,7 @@
 -- KEYS[3] reserved zset   queues:{q}:reserved  (score = reservation expiry)
 -- KEYS[4] jobs hash       queues:{q}:jobs
 -- KEYS[5] notify list     queues:{q}:notify
+-- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token of jobs tried at least once)
 -- ARGV[1] visibility timeout in seconds; ARGV[2] the reservation token's stem (random, from the
 -- client; job n of this call gets token stem..':'..n); ARGV[3] how many due or expired jobs to
 -- move per call (bounds the script's run time); ARGV[4] how many jobs to reserve at most
@@ -34,7 +35,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, ba
 if #expired > 0 then
     redis.call('ZREM', KEYS[3], unpack(expired))
     make_ready(expired)
-    for _, id in ipairs(expired) do redis.call('HDEL', KEYS[4], id .. ':token') end
+    for _, id in ipairs(expired) do redis.call('HDEL', KEYS[6], id .. ':token') end
 end
 
 -- Pop, count the attempt and record the reservation, job by job. An id whose payload is gone
@@ -48,8 +49,8 @@ while count < limit do
     until not id or payload
     if not id then break end
     count = count + 1
-    local attempts = redis.call('HINCRBY', KEYS[4], id .. ':attempts', 1)
-    redis.call('HSET', KEYS[4], id .. ':token', token .. ':' .. count)
+    local attempts = redis.call('HINCRBY', KEYS[6], id .. ':attempts', 1)
+    redis.call('HSET', KEYS[6], id .. ':token', token .. ':' .. count)
     redis.call('ZADD', KEYS[3], now + vt, id)
     taken[#taken + 1] = id
     taken[#taken + 1] = payload
