@@ -406,7 +406,7 @@ class RedisQueue(QueueConnection):
         args: list[Any] = [self.visibility_timeout]
         for job in jobs:
             args += [job.id, job.token]
-        return int(await self._run("extend", [k.reserved, k.jobs, k.state], args))
+        return int(await self._run("extend", [k.reserved, k.state], args))
 
     # -- inspecting ------------------------------------------------------------------------------
 
