@@ -12,18 +12,11 @@ import os
 import time
 
 from core.job import Job
+from tests.jobs.contract_jobs import append_line
 
 
 class PlannedFailure(Exception):
     """The failure a job was dispatched to have on its early attempts."""
-
-
-def append_line(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 class ChaosJob(Job):
