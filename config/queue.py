@@ -9,4 +9,5 @@ def load() -> QueueConfig:
     return QueueConfig(default=env("QUEUE_CONNECTION", "database"),
                        visibility_timeout=env_int("QUEUE_VISIBILITY_TIMEOUT", 90),
                        dispatch_timeout=max(0.0, env_float("QUEUE_DISPATCH_TIMEOUT", 5.0)),
-                       max_payload_bytes=max_payload)
+                       max_payload_bytes=max_payload,
+                       replay_window=env_int("QUEUE_REPLAY_WINDOW", 900))

@@ -86,6 +86,7 @@ class QueueConfig:
     visibility_timeout: int = 90
     dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
     max_payload_bytes: int = 1048576  # an encoded payload over this is refused at dispatch (0: no limit)
+    replay_window: int = 900        # seconds a finished job's id is remembered: a second push of it is a no-op
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ class ReservedJob:
     payload: str
     attempts: int          # attempts so far, this one included
     token: str
+    # Set when a worker already began failing this job (mark_failing): the exception text it
+    # recorded then, and whether that worker's failed() had returned. A worker that reserves such a
+    # job runs neither handle() nor (when failed_ran) failed() again: it finishes the failure.
+    failing: str | None = None
+    failed_ran: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,23 +68,32 @@ class QueueConnection(ABC):
         await self.push_many(queue, payloads, delay)
 
     @abstractmethod
-    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
-        """Take the oldest due job of the first queue that has one, counting the attempt; None if none."""
+    async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
+        """Take the oldest due job of the first queue that has one, counting the attempt; None if none.
 
-    async def reserve_many(self, queues: Sequence[str], limit: int) -> list[ReservedJob]:
+        `claim` (random, from the caller) names this reservation: if its answer is lost (a dropped
+        connection after the store acted), `recover(queues, claim)` hands the same jobs over
+        without counting another attempt."""
+
+    async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
         """Up to `limit` due jobs in queue-priority then FIFO order, in one round trip where the
         store allows it. A worker asks for as many as it has free slots, so none waits reserved."""
-        job = await self.reserve(queues)
+        job = await self.reserve(queues, claim)
         return [job] if job is not None else []
 
     async def reserve_wait(self, queues: Sequence[str], timeout: float,
-                           interrupt: asyncio.Event | None = None) -> ReservedJob | None:
+                           interrupt: asyncio.Event | None = None, claim: str | None = None) -> ReservedJob | None:
         """Like reserve, but may wait up to `timeout` seconds for a job to arrive; a set
         `interrupt` (the worker stopping) ends the wait at once.
 
         Stores that can be woken (Redis) override this; the default just reserves once.
         """
-        return await self.reserve(queues)
+        return await self.reserve(queues, claim)
+
+    async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
+        """The jobs a reserve call made with `claim` took and still holds, when its answer was
+        lost; [] when it took none (or they were taken over since). No attempt is counted."""
+        return []
 
     @abstractmethod
     async def acknowledge(self, job: ReservedJob) -> bool:
@@ -95,8 +109,22 @@ class QueueConnection(ABC):
         """Put a job back to run again after `delay` seconds. False if the reservation was lost."""
 
     @abstractmethod
+    async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
+        """Record, with the job, that its tries are over and why (before failed() runs, and again
+        with failed_ran=True once it returned), and renew its reservation. A worker that reserves
+        it later (this one died or gave up) finishes the failure instead of running it again.
+        False if the reservation was no longer this worker's."""
+
+    @abstractmethod
     async def fail(self, job: ReservedJob, exception: str) -> bool:
-        """Write the job to failed_jobs and remove it from the queue, atomically where one store holds both."""
+        """Write the job to failed_jobs and remove it from the queue, atomically where one store
+        holds both; else the row first, then the delete. Either step may be repeated safely."""
+
+    async def requeue(self, queue: str, payload: str) -> None:
+        """queue:retry: put a failed job back under its own id with its attempts reset, even if
+        its id is still stored (a worker still failing it loses its reservation) or is remembered
+        as finished. Unlike push, never a no-op."""
+        await self.push(queue, payload)
 
     @abstractmethod
     async def extend(self, jobs: Sequence[ReservedJob]) -> None:
@@ -111,9 +139,10 @@ class QueueConnection(ABC):
         """Delete the jobs of a queue that are not reserved; returns how many."""
 
     @abstractmethod
-    async def request_restart(self, at: float) -> None:
-        """Record that workers started before `at` should finish their jobs and exit."""
+    async def request_restart(self) -> None:
+        """queue:restart: change the restart signal, so every running worker finishes its jobs and exits."""
 
     @abstractmethod
-    async def restart_requested_at(self) -> float:
-        """When queue:restart was last called (0 if never)."""
+    async def restart_signal(self) -> str:
+        """The restart signal's current value ("" if never set). A worker reads it when it starts
+        and stops once it differs: no clock is compared, so skewed hosts agree."""
