@@ -222,6 +222,16 @@ async def test_a_reserve_retried_with_its_claim_returns_the_same_jobs(q):
     assert await sizes(q, "claims") == (2, 0, 2)
 
 
+async def test_a_reserve_retried_with_its_claim_reserves_afresh_once_it_holds_none(q):
+    await q.push_many("claims", [raw(n=n) for n in range(2)])
+    claim = uuid.uuid4().hex
+    first = await q.reserve_many(["claims"], 2, claim=claim)
+    assert all([await q.release(j) for j in first])             # taken back (queue:retry, expiry)
+    second = await q.reserve_many(["claims"], 2, claim=claim)
+    assert [(j.id, j.attempts) for j in second] == [(j.id, 2) for j in first]
+    assert [j.token for j in await q.recover(["claims"], claim)] == [j.token for j in second]
+
+
 async def test_recover_skips_jobs_taken_over_since(q):
     await q.push_many("claims", [raw(n=n) for n in range(2)])
     claim = uuid.uuid4().hex

@@ -59,8 +59,7 @@ from core.queue.failed import FailedJobStore
 from core.queue.redis_lane import Lane
 
 LUA = Path(__file__).resolve().parent / "lua"
-SCRIPTS = ("push", "reserve", "recover", "acknowledge", "release", "extend", "mark_failing", "requeue", "size",
-           "clear")
+SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear")
 BATCH = 500               # due or expired jobs moved per reserve call; jobs deleted per clear step
 PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks Redis for long
 MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
@@ -69,8 +68,7 @@ SOCKET_TIMEOUT = 10.0
 MAX_CONNECTIONS = 50       # per process; a call beyond them waits (up to SOCKET_TIMEOUT) for one to be free
 CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-CLAIMED = -1              # reserve.lua's answer to a claim that already took jobs (a retried call)
-ROW = 5                   # fields per job in a reserve or recover answer: id, payload, attempts, failing, n
+ROW = 5                   # fields per job in a reserve answer: id, payload, attempts, failing, n
 log = logging.getLogger("worker")
 
 
@@ -290,7 +288,7 @@ class RedisQueue(QueueConnection):
             stem = claim or secrets.token_hex(8)
             result = await self._run("reserve", self.keys(queue).for_reserve(claim),
                                      [self.visibility_timeout, stem, BATCH, limit - len(taken)])
-            jobs, due_in = await self._answer(queue, stem, claim, result)
+            jobs, due_in = self._answer(queue, stem, result)
             if jobs:
                 taken += jobs
                 if len(taken) >= limit:
@@ -348,22 +346,19 @@ class RedisQueue(QueueConnection):
             except redis_errors.NoScriptError:          # the server lost its scripts (a restart)
                 await script.registered_client.script_load(script.script)
                 continue
-            jobs, wake = await self._answer(queue, stem, claim, result)
+            jobs, wake = self._answer(queue, stem, result)
         return jobs[0]
 
-    async def _answer(self, queue: str, stem: str, claim: str | None,
-                      result: list) -> tuple[list[ReservedJob], float | None]:
+    def _answer(self, queue: str, stem: str, result: list) -> tuple[list[ReservedJob], float | None]:
         """A reserve script's answer: the jobs it took, else the seconds until one may come due."""
-        if result[0] == CLAIMED:            # a retried call whose first answer was lost
-            return await self._recover_queue(queue, claim), None
         jobs = self._rows(queue, stem, result)
         if jobs or not result[1]:
             return jobs, None
         return [], max(0.0, float(result[1]))
 
     def _rows(self, queue: str, stem: str, result: list) -> list[ReservedJob]:
-        """The jobs of a reserve or recover answer ({count, id, payload, attempts, failing, n, ...}
-        or {false, wake}); ids after them are jobs dropped as already finished: logged."""
+        """The jobs of a reserve answer ({count, id, payload, attempts, failing, n, ...} or
+        {false, wake}); ids after them are jobs dropped as already finished: logged."""
         count = int(result[0] or 0)
         for job_id in result[1 + count * ROW if count else 2:]:
             log.warning("%s already ran; a repeated push of it was dropped", job_id)
@@ -373,16 +368,13 @@ class RedisQueue(QueueConnection):
                 for i in range(1, 1 + count * ROW, ROW)]
 
     async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
+        """reserve.lua with the claim and a limit of 0: the jobs that call still holds, renewed."""
         jobs: list[ReservedJob] = []
         for queue in queues:
-            jobs += await self._recover_queue(queue, claim)
+            result = await self._run("reserve", self.keys(queue).for_reserve(claim),
+                                     [self.visibility_timeout, claim, BATCH, 0])
+            jobs += self._rows(queue, claim, result)
         return jobs
-
-    async def _recover_queue(self, queue: str, claim: str) -> list[ReservedJob]:
-        k = self.keys(queue)
-        result = await self._run("recover", [k.reserved, k.jobs, k.state, k.claim(claim)],
-                                 [self.visibility_timeout, claim])
-        return self._rows(queue, claim, result)
 
     async def _block(self, queues: Sequence[str], seconds: float, interrupt: asyncio.Event | None = None) -> str | None:
         """Wait for a notify entry; returns the queue it came from, None on timeout or interrupt.

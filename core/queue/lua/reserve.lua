@@ -6,24 +6,50 @@
 -- KEYS[5] notify list     queues:{q}:notify
 -- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
 -- KEYS[7] finished zset   queues:{q}:done      (ids finished within the replay window)
--- KEYS[8] claim, optional queues:{q}:claim:<claim>  (written when this call takes jobs)
+-- KEYS[8] claim, optional queues:{q}:claim:<claim>  (the ids this call took, in order; cmsgpack)
 -- ARGV[1] visibility timeout in seconds; ARGV[2] the reservation token's stem: the claim when
 -- KEYS[8] is given, else random from the client (job n of this call gets token stem..':'..n);
 -- ARGV[3] how many due or expired jobs to move per call (bounds the script's run time);
--- ARGV[4] how many jobs to reserve at most
+-- ARGV[4] how many jobs to reserve at most (0 with a claim: recover only)
 -- Returns {count, id1, payload1, attempts1, failing1, n1, id2, ...} (failing: the mark
--- mark_failing.lua left, else nil) or {false, wake}: seconds until a delayed job comes due or a
--- reservation expires ('' if neither), so an idle worker knows how long to block. Either is
--- followed by the ids of jobs dropped because they finished within the window. {-1}: this claim
--- already took jobs (the call is a retry whose first answer was lost): recover.lua has them.
+-- mark_failing.lua left, else nil; n: the job's place in its call, its token is stem..':'..n) or
+-- {false, wake}: seconds until a delayed job comes due or a reservation expires ('' if neither),
+-- so an idle worker knows how long to block. Either is followed by the ids of jobs dropped
+-- because they finished within the window.
+--
+-- A claim already recorded means this call ran before and its answer was lost (the client
+-- retried it, or the worker calls recover): the jobs it took that still carry its tokens are
+-- handed back, renewed, no attempt counted, and nothing else is reserved. Only if none is still
+-- held does the call reserve afresh.
 --
 -- Atomic because moving due and expired jobs back, popping, counting the attempt and recording
 -- the reservation must be one step: done in several, two workers could both move the same job,
 -- or a popped job not yet in the reserved set would look lost and be handed out twice.
 local vt, token, batch, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4] or '1')
-if KEYS[8] and redis.call('EXISTS', KEYS[8]) == 1 then return {-1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+-- The jobs a call with this claim took before and still holds, renewed ({count, rows...}).
+local function still_held(packed)
+    local rows, count = {0}, 0
+    for n, id in ipairs(cmsgpack.unpack(packed)) do
+        local state = redis.call('HMGET', KEYS[6], id .. ':token', id .. ':attempts', id .. ':failing')
+        local payload = state[1] == token .. ':' .. n and redis.call('HGET', KEYS[4], id)
+        if payload then
+            redis.call('ZADD', KEYS[3], 'XX', now + vt, id)
+            count = count + 1
+            local at = #rows
+            rows[at + 1], rows[at + 2], rows[at + 3], rows[at + 4], rows[at + 5] = id, payload, state[2], state[3], n
+        end
+    end
+    rows[1] = count
+    return rows, count
+end
+local claimed = KEYS[8] and redis.call('GET', KEYS[8])     -- set only if this call ran before
+if claimed then
+    local rows, count = still_held(claimed)
+    if count > 0 then return rows end
+end
 
 -- Due delayed jobs and expired reservations (their worker died) go back to the ready set at
 -- their dispatch position, so due jobs run in the order they were dispatched, as on the database.
@@ -77,7 +103,7 @@ while count < limit do
     ids[count] = id
 end
 if KEYS[8] and count > 0 then
-    redis.call('SET', KEYS[8], cmsgpack.pack(ids), 'PX', math.ceil(vt * 1000))
+    redis.call('SET', KEYS[8], cmsgpack.pack(ids), 'PX', math.max(1, math.ceil(vt * 1000)))
 end
 
 -- Keep one wake-up entry per ready job: never more (the list stays bounded), never fewer
