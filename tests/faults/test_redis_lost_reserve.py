@@ -23,6 +23,7 @@ async def test_a_reserve_whose_answer_is_lost_hands_over_the_jobs_it_took(redis_
     async with create_app() as app:
         q = await app.queue.connection()
         await q.push_many("lost", [raw() for _ in range(3)])
+        assert await q.reserve(["other"]) is None    # the script is loaded (else a NOSCRIPT is what gets lost)
         with redis.Redis(*REDIS, db=redis_env) as server:
             redis_proxy.lose_replies()
             call = asyncio.ensure_future(q.reserve_many(["lost"], 2, claim=uuid.uuid4().hex))
