@@ -167,7 +167,7 @@ def reason(exc: BaseException) -> str:
 class RedisQueue(QueueConnection):
     name = "redis"
 
-    def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90) -> None:
+    def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90, replay_window: int = 900) -> None:
         self.config = config
         self.failed = failed
         self.visibility_timeout = visibility_timeout
