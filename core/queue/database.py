@@ -109,14 +109,19 @@ PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0)"
 PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1)"
 PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?)"
 NOW = "SELECT {now}, {due}"
-# Due DELAYED rows and lapsed RESERVED rows (their worker died) become READY, at their id's place.
+# Due DELAYED rows and lapsed RESERVED rows (their worker died), to become READY at their id's place.
 # reserved_at is checked too: a row an older release's worker holds and extends is not taken from it.
-PROMOTE = ("UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE queue IN {marks} "
-           "AND state IN (1, 2) AND available_at <= {now} AND (state = 1 OR reserved_at IS NULL OR reserved_at < {now} - ?)")
-# The first READY rows, each with its finished record if it has one (then it already ran).
+# Locked with SKIP LOCKED then updated by id: an UPDATE over the range would wait for row locks in
+# index order while an acknowledge holds them in id order (MySQL error 1213, deadlock).
+DUE = ("SELECT id FROM jobs WHERE queue IN {marks} AND state IN (1, 2) AND available_at <= {now} "
+       "AND (state = 1 OR reserved_at IS NULL OR reserved_at < {now} - ?)")
+PROMOTE = "UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE id IN "
+# The first READY rows, each with whether it already ran (its uuid is remembered). A subquery, not
+# a join: the rows still come in index order (no sort), and FOR UPDATE does not lock the record.
+# "finished_at + ?" so that the record is found by its uuid (primary key), never by a finished_at range.
 # available_at and reserved_at filter only rows an older release wrote or reserved.
-PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, f.uuid FROM jobs j "
-        "LEFT JOIN finished_jobs f ON f.uuid = j.uuid AND f.finished_at >= {now} - ? "
+PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
+        "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}) FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
         "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
@@ -156,7 +161,7 @@ PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the 
 TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, state = 0, available_at = 0, "
              "reserved_at = NULL, claim = NULL, failing = NULL, failed_ran = 0 WHERE uuid = ?")
 STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
-FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at >= {now} - ? AND uuid IN "
+FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
 STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
 SIZES = ("SELECT queue, "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END), "
@@ -187,6 +192,7 @@ class DatabaseQueue(QueueConnection):
         self.replay_window = replay_window
         self._finished_since_prune = 0
         self._pick = PICK + (SKIP_LOCKED if db.dialect == "mysql" else "")
+        self._due = DUE + (SKIP_LOCKED if db.dialect == "mysql" else "")
         self._lock_held = " FOR UPDATE" if db.dialect == "mysql" else ""
 
     async def open(self) -> None:
@@ -321,14 +327,16 @@ class DatabaseQueue(QueueConnection):
         taken: list[ReservedJob] = []
         dropped: list[str] = []
         async with self.db.transaction() as tx:
-            await tx.execute(PROMOTE.replace("{marks}", marks(len(queues))), [*queues, vt])
+            due = await tx.fetchall(self._due.replace("{marks}", marks(len(queues))), [*queues, vt])
+            if due:
+                await tx.execute(PROMOTE + marks(len(due)), [job_id for (job_id,) in due])
             for queue in queues:
                 rows = await tx.fetchall(self._pick, (self.replay_window, queue, vt, limit - len(taken)))
-                ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished in rows if finished is not None]
+                ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished in rows if finished]
                 if ran:
                     await tx.execute(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
                     dropped += [job_uuid for _, job_uuid in ran]
-                fresh = [row for row in rows if row[6] is None]
+                fresh = [row for row in rows if not row[6]]
                 if fresh:
                     await tx.execute(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
                     taken += [_reserved(queue, row[:5], claim, counted=True) for row in fresh]
