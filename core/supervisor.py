@@ -66,7 +66,7 @@ class Supervisor:
         self._children: dict[int, asyncio.subprocess.Process] = {}   # by worker number, 1..N
         self._stopping = asyncio.Event()
         self._signalled = False
-        self._started_at = 0.0
+        self._restart_signal: str | None = None   # the queue:restart signal when the supervisor started
         self._conn: QueueConnection | None = None
         self._detach = _child_setup(os.getpid())
 
@@ -74,7 +74,8 @@ class Supervisor:
         # Opening the connection here turns a wrong name or an unreachable server into one clear
         # line before any worker starts, and creates the tables once rather than N times at once.
         self._conn = await self.app.queue.connection(self.options.connection)
-        self._started_at = time.time()
+        # Read before any worker starts: a restart requested after this point stops the supervisor.
+        self._restart_signal = await self._conn.restart_signal()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._forward, sig)
@@ -142,7 +143,8 @@ class Supervisor:
                 return
 
     async def _restart_requested(self) -> bool:
-        """True once queue:restart was called after the supervisor started; then it stops too.
+        """True once queue:restart was called after the supervisor started (the store's restart
+        signal changed: no clock is compared); then it stops too.
 
         The workers see the restart themselves, except one that started after it was called (one
         being replaced at that moment), so each also gets a SIGTERM: a first stop signal only
@@ -151,11 +153,11 @@ class Supervisor:
         if self._stopping.is_set():
             return False
         try:
-            at = await self._conn.restart_requested_at()
+            value = await self._conn.restart_signal()
         except Exception as exc:   # the workers report connection trouble; try again next time
             log.debug("restart check failed: %s", exc)
             return False
-        if at <= self._started_at:
+        if value == self._restart_signal:
             return False
         self._stopping.set()
         log.info("Supervisor: queue:restart; stopping %d worker(s) after their running jobs, then exiting",

@@ -440,12 +440,13 @@ class RedisQueue(QueueConnection):
 
     # -- restart signal --------------------------------------------------------------------------
 
-    async def request_restart(self, at: float) -> None:
-        await self.client.set(f"{self.config.prefix}restart", repr(float(at)))
+    async def request_restart(self) -> None:
+        # A counter, not a time: workers compare it for a change, so skewed clocks agree. INCRBYFLOAT
+        # rather than INCR: the key may still hold a time written by an earlier release.
+        await self.client.incrbyfloat(f"{self.config.prefix}restart", 1)
 
-    async def restart_requested_at(self) -> float:
-        value = await self.client.get(f"{self.config.prefix}restart")
-        return float(value) if value else 0.0
+    async def restart_signal(self) -> str:
+        return await self.client.get(f"{self.config.prefix}restart") or ""
 
 
 async def _close_quietly(client: Redis | RedisCluster) -> None:
