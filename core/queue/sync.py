@@ -21,8 +21,7 @@ class SyncQueue(QueueConnection):
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         decoded = Payload.decode(payload, self.app.config.app.key)
         cls = resolve_job_class(decoded.job, self.app.config.app.job_packages)
-        job = cls.from_payload(decoded, attempts=1)
-        await run_now(job)
+        await run_now(cls.from_payload(decoded, attempts=1), decoded)   # under the payload's own id
 
     async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
         return None
@@ -45,9 +44,9 @@ class SyncQueue(QueueConnection):
     async def clear(self, queue: str) -> int:
         return 0
 
-    async def request_restart(self, at: float) -> None:
+    async def request_restart(self) -> None:
         return None
 
-    async def restart_requested_at(self) -> float:
-        return 0.0
+    async def restart_signal(self) -> str:
+        return ""
 
