@@ -23,13 +23,16 @@ class SyncQueue(QueueConnection):
         cls = resolve_job_class(decoded.job, self.app.config.app.job_packages)
         await run_now(cls.from_payload(decoded, attempts=1), decoded)   # under the payload's own id
 
-    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
+    async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
         return None
 
     async def acknowledge(self, job: ReservedJob) -> bool:
         return True
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+        return True
+
+    async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         return True
 
     async def fail(self, job: ReservedJob, exception: str) -> bool:
