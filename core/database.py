@@ -3,6 +3,11 @@
 SQL is written with `?` placeholders, `{now}` for the database's clock (whole unix seconds) and
 `{due}` for "now plus ? seconds", rounded up;
 `sql()` turns it into the dialect's form. Values are always passed as parameters.
+
+A transaction's logic is written once for both dialects as *steps*: a generator that yields
+Statements (`fetch`, `change`), is sent each one's result and returns the transaction's result.
+`Database.run_transaction(steps)` runs it: on MySQL statement by statement through aiomysql, on
+SQLite whole in aiosqlite's thread, as one hop instead of one per statement.
 """
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ import contextlib
 import functools
 import os
 import socket
+import sqlite3
+import threading
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from core.config import DatabaseConfig, project_path
 from core.errors import ConfigError, ConnectionFailed
@@ -25,6 +32,35 @@ _NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMEST
 _CLEANUPS: set["asyncio.Task[None]"] = set()
 _DUE = {"sqlite": "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)",
         "mysql": "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"}
+
+
+T = TypeVar("T")
+
+
+class Statement(NamedTuple):
+    sql: str
+    params: Sequence[Any]
+    rows: bool            # True: answered with its rows (tuples); False: with the count of rows it changed
+
+
+def fetch(sql: str, params: Sequence[Any] = ()) -> Statement:
+    return Statement(sql, params, True)
+
+
+def change(sql: str, params: Sequence[Any] = ()) -> Statement:
+    return Statement(sql, params, False)
+
+
+# A transaction's logic: yields Statements, is sent each one's answer, returns the result.
+Steps = Generator[Statement, Any, T]
+
+
+@functools.lru_cache(maxsize=4096)
+def _translate(dialect: str, text: str) -> str:
+    """The dialect's form of a statement, cached: the hot statements are few and re-translating
+    each on every call cost more than running some of them."""
+    text = text.replace("{now}", _NOW[dialect]).replace("{due}", _DUE[dialect])
+    return text.replace("?", "%s") if dialect == "mysql" else text
 
 
 class Session:
@@ -43,6 +79,19 @@ class Session:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def run(self, steps: Steps[T]) -> T:
+        """Run steps here, statement by statement (inside this session's transaction, if any)."""
+        answer: Any = None
+        while True:
+            try:
+                statement = steps.send(answer)
+            except StopIteration as stop:
+                return stop.value
+            if statement.rows:
+                answer = await self.fetchall(statement.sql, statement.params)
+            else:
+                answer = await self.execute(statement.sql, statement.params)
+
 
 class Database:
     dialect: str
@@ -58,8 +107,12 @@ class Database:
         await db.open()
         return db
 
+    # True when the database reads this host's clock (SQLite): a process can tell which database
+    # second it is without asking.
+    local_clock = False
+
     def sql(self, text: str) -> str:
-        return text.replace("{now}", _NOW[self.dialect]).replace("{due}", _DUE[self.dialect])
+        return _translate(self.dialect, text)
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -79,6 +132,12 @@ class Database:
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
+
+    async def run_transaction(self, steps: Steps[T]) -> T:
+        """Run steps as one transaction: committed when they return, rolled back when they or a
+        statement raise, or when the caller is cancelled before the commit."""
+        async with self.transaction() as tx:
+            return await tx.run(steps)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self.session() as s:
@@ -101,6 +160,7 @@ class SqliteDatabase(Database):
     several worker processes can share the file. A lock keeps this process's users in turn."""
 
     dialect = "sqlite"
+    local_clock = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -189,15 +249,69 @@ class SqliteDatabase(Database):
         finally:
             self._lock.release()
 
+    async def run_transaction(self, steps: Steps[T]) -> T:
+        """The whole transaction (BEGIN IMMEDIATE, the steps, COMMIT or ROLLBACK) in one call in
+        aiosqlite's thread: one hop instead of one per statement, and nothing is left open when
+        the caller is cancelled. A cut caller's transaction is rolled back at its next statement,
+        as a cut async transaction would be, unless it is already committing."""
+        cut = threading.Event()
+        async with self._lock:
+            try:
+                return await self._in_thread(self._transact, steps, cut)
+            except asyncio.CancelledError:
+                # The thread runs what it was given to the end; later calls queue behind it, so the
+                # lock can go now.
+                cut.set()
+                raise
+
+    def _transact(self, conn: sqlite3.Connection, steps: Steps[T], cut: threading.Event) -> T:
+        """In aiosqlite's thread: run steps between BEGIN IMMEDIATE and COMMIT."""
+        if cut.is_set():
+            raise asyncio.CancelledError()      # cut before it began: nothing to do
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            answer: Any = None
+            while True:
+                if cut.is_set():
+                    raise asyncio.CancelledError()
+                try:
+                    statement = steps.send(answer)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                answer = _run(conn, self.sql(statement.sql), statement.params, statement.rows)
+            if cut.is_set():
+                raise asyncio.CancelledError()
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            if conn.in_transaction:         # also a COMMIT that failed (busy): it leaves the transaction open
+                conn.execute("ROLLBACK")
+            raise
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(the sqlite3 connection, *args), called in aiosqlite's thread, where every statement of
+        this connection runs. aiosqlite has no public way to do that: Connection._execute(fn, *args)
+        (aiosqlite 0.20-0.22; requirements.txt pins that range) queues fn on the thread, which runs it
+        to its end whatever happens to the awaiting task. One hop per call instead of one per
+        statement (and cursor step): the hops were most of the cost of a queue operation."""
+        conn = self._conn
+        return await conn._execute(fn, conn._conn, *args)
+
     async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
-        cursor = await conn.execute(self.sql(sql), tuple(params))
-        count = cursor.rowcount
-        await cursor.close()
-        return count
+        return await self._in_thread(_run, self.sql(sql), tuple(params), False)
 
     async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
-        async with conn.execute(self.sql(sql), tuple(params)) as cursor:
-            return [tuple(r) for r in await cursor.fetchall()]
+        return await self._in_thread(_run, self.sql(sql), tuple(params), True)
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any], rows: bool) -> Any:
+    """One statement on a plain sqlite3 connection: its rows, or the count of rows it changed."""
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall() if rows else cursor.rowcount
+    finally:
+        cursor.close()
 
 
 class MysqlDatabase(Database):
@@ -211,9 +325,6 @@ class MysqlDatabase(Database):
         self._maxsize = maxsize
         self._pool: Any = None
         self._max_packet: int | None = None
-
-    def sql(self, text: str) -> str:
-        return super().sql(text).replace("?", "%s")
 
     async def open(self) -> None:
         import aiomysql

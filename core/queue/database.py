@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import Iterator, Sequence
 
-from core.database import Database, Session
+from core.database import Database, Session, Statement, Steps, change, fetch
 from core.payload import peek_uuid
 from core.queue.contract import QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJobStore, storable
@@ -252,28 +252,28 @@ class DatabaseQueue(QueueConnection):
     # -- push -------------------------------------------------------------------------------
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
-        async with self.db.session() as session:
-            await self.push_in(session, queue, payload, delay)
+        statement = self._push(queue, payload, delay)
+        await self.db.execute(statement.sql, statement.params)
 
-    async def push_in(self, tx: Session, queue: str, payload: str, delay: float = 0) -> None:
-        """Push inside a caller's transaction on the same database."""
+    def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = _ON_DUPLICATE[self.db.dialect]
         if delay > 0:
-            await tx.execute(PUSH_DELAYED + on_duplicate, (queue, payload, float(delay), peek_uuid(payload)))
-        else:
-            await tx.execute(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
+            return change(PUSH_DELAYED + on_duplicate, (queue, payload, float(delay), peek_uuid(payload)))
+        return change(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
-        on_duplicate = _ON_DUPLICATE[self.db.dialect]
         chunks = list(await self._chunks(payloads))
-        async with self.db.transaction() as tx:
-            now, due = await tx.fetchone(NOW, (float(delay),))
-            available, state = (int(due), DELAYED) if delay > 0 else (0, READY)
-            for chunk in chunks:
-                params: list = []
-                for payload in chunk:
-                    params += [queue, payload, available, int(now), peek_uuid(payload), state]
-                await tx.execute(PUSH_COLUMNS + ", ".join([PUSH_ROW] * len(chunk)) + on_duplicate, params)
+        await self.db.run_transaction(self._push_many_steps(queue, chunks, delay))
+
+    def _push_many_steps(self, queue: str, chunks: Sequence[Sequence[str]], delay: float) -> Steps[None]:
+        on_duplicate = _ON_DUPLICATE[self.db.dialect]
+        ((now, due),) = yield fetch(NOW, (float(delay),))
+        available, state, now = (int(due), DELAYED, int(now)) if delay > 0 else (0, READY, int(now))
+        for chunk in chunks:
+            params: list = []
+            for payload in chunk:
+                params += (queue, payload, available, now, peek_uuid(payload), state)
+            yield change(PUSH_COLUMNS + ", ".join([PUSH_ROW] * len(chunk)) + on_duplicate, params)
 
     async def _chunks(self, payloads: Sequence[str]) -> Iterator[Sequence[str]]:
         """Batches of at most BULK_ROWS payloads, and on MySQL of at most a quarter of
@@ -304,18 +304,21 @@ class DatabaseQueue(QueueConnection):
             await self.push_many(queue, missing, delay)
 
     async def requeue(self, queue: str, payload: str) -> None:
-        async with self.db.transaction() as tx:
-            await self.requeue_in(tx, queue, payload)
+        await self.db.run_transaction(self._requeue_steps(queue, payload))
 
     async def requeue_in(self, tx: Session, queue: str, payload: str) -> None:
-        """queue:retry inside a caller's transaction: forget the finished record, and take the job
-        over if it is still stored (a worker still failing it loses its reservation), else push it."""
+        """queue:retry inside a caller's transaction on the same database."""
+        await tx.run(self._requeue_steps(queue, payload))
+
+    def _requeue_steps(self, queue: str, payload: str) -> Steps[None]:
+        """Forget the finished record, and take the job over if it is still stored (a worker still
+        failing it loses its reservation), else push it."""
         job_uuid = peek_uuid(payload)
         if job_uuid is not None:
-            await tx.execute(FORGET, (job_uuid,))
-            if await tx.execute(TAKE_OVER, (queue, payload, job_uuid)) > 0:
+            yield change(FORGET, (job_uuid,))
+            if (yield change(TAKE_OVER, (queue, payload, job_uuid))) > 0:
                 return
-        await self.push_in(tx, queue, payload)
+        yield self._push(queue, payload)
 
     # -- reserve ----------------------------------------------------------------------------
 
@@ -325,28 +328,31 @@ class DatabaseQueue(QueueConnection):
 
     async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
         claim = claim or secrets.token_hex(8)     # the fence needs one even when the caller has none
-        vt = self.visibility_timeout
-        taken: list[ReservedJob] = []
-        dropped: list[str] = []
-        async with self.db.transaction() as tx:
-            due = await tx.fetchall(self._due.replace("{marks}", marks(len(queues))), [*queues, vt])
-            if due:
-                await tx.execute(PROMOTE + marks(len(due)), [job_id for (job_id,) in due])
-            for queue in queues:
-                rows = await tx.fetchall(self._pick, (self.replay_window, queue, vt, limit - len(taken)))
-                ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished in rows if finished]
-                if ran:
-                    await tx.execute(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
-                    dropped += [job_uuid for _, job_uuid in ran]
-                fresh = [row for row in rows if not row[6]]
-                if fresh:
-                    await tx.execute(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
-                    taken += [_reserved(queue, row[:5], claim, counted=True) for row in fresh]
-                if len(taken) >= limit:
-                    break
+        taken, dropped = await self.db.run_transaction(self._reserve_steps(queues, limit, claim))
         for job_uuid in dropped:
             log.warning(ALREADY_RAN, job_uuid)
         return taken
+
+    def _reserve_steps(self, queues: Sequence[str], limit: int, claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
+        vt = self.visibility_timeout
+        taken: list[ReservedJob] = []
+        dropped: list[str] = []
+        due = yield fetch(self._due.replace("{marks}", marks(len(queues))), [*queues, vt])
+        if due:
+            yield change(PROMOTE + marks(len(due)), [job_id for (job_id,) in due])
+        for queue in queues:
+            rows = yield fetch(self._pick, (self.replay_window, queue, vt, limit - len(taken)))
+            ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished in rows if finished]
+            if ran:
+                yield change(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
+                dropped += [job_uuid for _, job_uuid in ran]
+            fresh = [row for row in rows if not row[6]]
+            if fresh:
+                yield change(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
+                taken += [_reserved(queue, row[:5], claim, counted=True) for row in fresh]
+            if len(taken) >= limit:
+                break
+        return taken, dropped
 
     async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
         rows = await self.db.fetchall(RECOVER.replace("{marks}", marks(len(queues))), [*queues, claim])
@@ -364,28 +370,31 @@ class DatabaseQueue(QueueConnection):
         remember their uuids."""
         if not jobs:
             return []
-        async with self.db.transaction() as tx:
-            rows = await tx.fetchall(HELD_OF + marks(len(jobs)) + self._lock_held, [int(job.id) for job in jobs])
-            held = {f"{job_id}:{attempts}:{claim}": job_uuid for job_id, attempts, claim, job_uuid in rows}
-            done = [f"{job.id}:{job.token}" in held for job in jobs]
-            mine = [int(job.id) for job, ok in zip(jobs, done) if ok]
-            if mine:
-                await tx.execute(DELETE_IDS + marks(len(mine)), mine)
-                # A row of the previous release has no uuid column value: read it from its payload.
-                await self._remember(tx, [held[f"{job.id}:{job.token}"] or peek_uuid(job.payload)
-                                          for job, ok in zip(jobs, done) if ok])
+        return await self.db.run_transaction(self._acknowledge_steps(jobs))
+
+    def _acknowledge_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
+        rows = yield fetch(HELD_OF + marks(len(jobs)) + self._lock_held, [int(job.id) for job in jobs])
+        held = {f"{job_id}:{attempts}:{claim}": job_uuid for job_id, attempts, claim, job_uuid in rows}
+        done = [f"{job.id}:{job.token}" in held for job in jobs]
+        mine = [int(job.id) for job, ok in zip(jobs, done) if ok]
+        if mine:
+            yield change(DELETE_IDS + marks(len(mine)), mine)
+            # A row of the previous release has no uuid column value: read it from its payload.
+            yield from self._remember_steps([held[f"{job.id}:{job.token}"] or peek_uuid(job.payload)
+                                             for job, ok in zip(jobs, done) if ok])
         return done
 
-    async def _remember(self, tx: Session, uuids: Sequence[str | None]) -> None:
-        """Record finished jobs' uuids, and now and then drop records older than the window."""
+    def _remember_steps(self, uuids: Sequence[str | None]) -> Steps[None]:
+        """Record finished jobs' uuids, and now and then drop records older than the window.
+        (Steps of one queue always run in one thread, the loop's or SQLite's: the counter is safe.)"""
         uuids = [job_uuid for job_uuid in uuids if job_uuid is not None]
         if not uuids:
             return
-        await tx.execute(REMEMBER[self.db.dialect].replace("{rows}", ", ".join([REMEMBER_ROW] * len(uuids))), uuids)
+        yield change(REMEMBER[self.db.dialect].replace("{rows}", ", ".join([REMEMBER_ROW] * len(uuids))), uuids)
         self._finished_since_prune += len(uuids)
         if self._finished_since_prune >= PRUNE_EVERY:
             self._finished_since_prune = 0
-            await tx.execute(PRUNE[self.db.dialect], (self.replay_window, PRUNE_LIMIT))
+            yield change(PRUNE[self.db.dialect], (self.replay_window, PRUNE_LIMIT))
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         if delay > 0:
@@ -397,22 +406,22 @@ class DatabaseQueue(QueueConnection):
         return await self.db.execute(MARK_FAILING, params) == 1
 
     async def fail(self, job: ReservedJob, exception: str) -> bool:
-        async with self.db.transaction() as tx:
-            return await self._fail_in(tx, job, exception)
+        return await self.db.run_transaction(self._fail_steps(job, exception))
 
-    async def _fail_in(self, tx: Session, job: ReservedJob, exception: str) -> bool:
-        if await tx.execute(DELETE_HELD, _fence(job)) != 1:
+    def _fail_steps(self, job: ReservedJob, exception: str) -> Steps[bool]:
+        if (yield change(DELETE_HELD, _fence(job))) != 1:
             return False
-        await self.failed.record(self.name, job.queue, job.payload, exception, session=tx)
-        await self._remember(tx, [peek_uuid(job.payload)])
+        yield from self.failed.record_steps(self.name, job.queue, job.payload, exception)
+        yield from self._remember_steps([peek_uuid(job.payload)])
         return True
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> None:
-        if not jobs:
-            return
-        async with self.db.transaction() as tx:
-            for job in jobs:
-                await tx.execute(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
+        if jobs:
+            await self.db.run_transaction(self._extend_steps(jobs))
+
+    def _extend_steps(self, jobs: Sequence[ReservedJob]) -> Steps[None]:
+        for job in jobs:
+            yield change(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
 
     # -- inspect ----------------------------------------------------------------------------
 

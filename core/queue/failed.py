@@ -7,7 +7,7 @@ import uuid as uuid_module
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from core.database import Database, Session
+from core.database import Database, Session, Steps, change, fetch
 from core.log import one_line
 from core.payload import peek_uuid
 
@@ -91,21 +91,20 @@ class FailedJobStore:
         The payload's own uuid when that is free, or already holds this same payload (the same
         failure recorded again: nothing changes, no second row); a payload that differs is recorded
         under a fresh uuid, so no row is ever overwritten. Safe to repeat."""
-        if session is None:
-            async with self.db.transaction() as tx:
-                return await self._record(tx, connection, queue, payload, exception)
-        return await self._record(session, connection, queue, payload, exception)
+        steps = self.record_steps(connection, queue, payload, exception)
+        return await (session.run(steps) if session else self.db.run_transaction(steps))
 
-    async def _record(self, tx: Session, connection: str, queue: str, payload: str, exception: str) -> str:
+    def record_steps(self, connection: str, queue: str, payload: str, exception: str) -> Steps[str]:
+        """record() as transaction steps (core.database), to run inside another transaction's."""
         stored = storable(payload)
         row = (connection, queue, stored, storable(exception), datetime.now(timezone.utc).strftime(_TIME))
         # No readable id: a random one, as two such jobs may hold the same bytes and are two failures.
         job_uuid = peek_uuid(payload) or str(uuid_module.uuid4())
         for n in itertools.count():
             job_uuid = job_uuid or _derived_uuid(stored, n)
-            await tx.execute(INSERT_NEW[self.db.dialect], (job_uuid, *row))
-            found = await tx.fetchone(PAYLOAD_OF[self.db.dialect], (job_uuid,))
-            if found is not None and found[0] == stored:
+            yield change(INSERT_NEW[self.db.dialect], (job_uuid, *row))
+            found = yield fetch(PAYLOAD_OF[self.db.dialect], (job_uuid,))
+            if found and found[0][0] == stored:
                 return job_uuid
             job_uuid = None          # that uuid holds another job's failure: leave it as it is
         raise AssertionError("unreachable")
