@@ -120,3 +120,25 @@ class SucceedsJob(Job):
         record(self.log, event="handle", job_id=self.job_id, attempts=self.attempts, pid=os.getpid())
         await asyncio.sleep(self.seconds)
         record(self.log, event="end", job_id=self.job_id, attempts=self.attempts)
+
+
+class FailsOnceJob(Job):
+    """Fails its first attempt, succeeds after; failed() blocks the loop for `failed_block` seconds (a stalled
+    worker) before it records its end."""
+    max_tries = 1
+    timeout = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ""
+        self.failed_block = 0.0
+
+    async def handle(self) -> None:
+        record(self.log, event="handle", job_id=self.job_id, attempts=self.attempts, pid=os.getpid())
+        if self.attempts == 1:
+            raise ValueError("fails on attempt 1")
+
+    async def failed(self, exception: BaseException) -> None:
+        record(self.log, event="failed", job_id=self.job_id, exception=str(exception), pid=os.getpid())
+        time.sleep(self.failed_block)
+        record(self.log, event="failed-end", job_id=self.job_id, pid=os.getpid())
