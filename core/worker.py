@@ -15,7 +15,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from secrets import token_hex
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
