@@ -295,8 +295,9 @@ class Worker:
                 self._outage.recovered()
             except Exception as exc:
                 backoff = min(10.0, backoff * 2 or 0.5)
-                if self._report_reserve_error(exc, backoff):
-                    self._lost_claims.append((claim, time.monotonic()))    # the store may have acted
+                self._report_reserve_error(exc, backoff)
+                # The store may have acted before the call failed (its answer lost): keep the claim to ask.
+                self._lost_claims.append((claim, time.monotonic()))
                 await self._idle(backoff)
                 continue
             if not jobs:
@@ -318,13 +319,11 @@ class Worker:
                 self.stop(f"--max-jobs {o.max_jobs} reached")
                 break
 
-    def _report_reserve_error(self, exc: Exception, backoff: float) -> bool:
-        """An outage is one line; anything else, each time. True when the store could not be reached."""
-        if self._outage.failed(exc):
-            return True
-        log.error("Queue connection error: %s; retrying in %.1fs",
-                  redact(str(exc) or type(exc).__name__, self.secrets), backoff)
-        return False
+    def _report_reserve_error(self, exc: Exception, backoff: float) -> None:
+        """An outage is one line; anything else, each time."""
+        if not self._outage.failed(exc):
+            log.error("Queue connection error: %s; retrying in %.1fs",
+                      redact(str(exc) or type(exc).__name__, self.secrets), backoff)
 
     async def _recover(self, conn: QueueConnection) -> None:
         """Start the jobs that reserve calls whose answers were lost took: their attempts are counted.

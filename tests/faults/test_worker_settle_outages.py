@@ -177,3 +177,41 @@ async def test_a_reserve_answer_lost_on_redis_does_not_cost_the_job_its_only_try
             rows = await (await app.queue.failed_store()).all()
     assert [(e["event"], e["attempts"]) for e in read_events(log)] == [("handle", 1), ("end", 1)]
     assert rows == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mysql"])
+async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_only_try(kind, request, monkeypatch,
+                                                                                        tmp_path, caplog):
+    """The worker's reserve commits on the server, then its answer is lost on the way back (the connection
+    resets: a database reserve is several round trips, so the proxy cannot drop just the last answer; the
+    loss is staged where the answer reaches the worker). The worker recovers the call's claim once the
+    store answers again: the job runs at attempt 1, not as 'a worker died' after the visibility timeout."""
+    if kind == "mysql":
+        request.getfixturevalue("mysql_env")
+    monkeypatch.setenv("QUEUE_CONNECTION", "database")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
+    log = str(tmp_path / "events")
+    with caplog.at_level(logging.INFO):
+        async with create_app() as app:
+            conn = await app.queue.connection()
+            job_id = await SucceedsJob.dispatch(log=log, max_tries=1)
+            lost: list[str] = []
+            reserve_wait = conn.reserve_wait
+
+            async def answer_lost_once(*args, **kwargs):
+                job = await reserve_wait(*args, **kwargs)      # the store reserved it, counting the attempt
+                if job is not None and not lost:
+                    lost.append(job.id)
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                return job
+
+            monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+            worker = Worker(app, WorkerOptions(sleep=0.05, stop_when_empty=True))
+            await asyncio.wait_for(worker.run(), 20)
+            rows = await (await app.queue.failed_store()).all()
+            sizes = (await conn.sizes(["default"]))["default"]
+    assert lost, "no reserve answer was lost"
+    assert [(e["event"], e["attempts"]) for e in read_events(log)] == [("handle", 1), ("end", 1)]
+    assert rows == [] and sizes.as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert any(m.endswith("its reservation's answer was lost; recovered and started") for m in caplog.messages)
+    assert any(m.startswith(f"DONE    SucceedsJob [{job_id}]") for m in caplog.messages)
