@@ -145,6 +145,7 @@ class Worker:
         self._guarded: dict[int, _Guarded] = {}     # job code running now, by watch key
         self._signalled = False
         self._interrupted = False
+        self._renewing = False      # the heartbeat's extend is in flight
         self._lost_claims: deque[tuple[str, float]] = deque(maxlen=KEPT_CLAIMS)   # (claim, when it was lost)
         self.max_timeout = max_blocking_timeout(self.visibility_timeout, self.watchdog)
         for queue in options.queues:
@@ -211,7 +212,9 @@ class Worker:
         self._warn_long_timeouts()
         self.watchdog.start()
         started = time.monotonic()
-        heartbeat = asyncio.create_task(self._heartbeat(conn))
+        beating = asyncio.Event()
+        beating.set()
+        heartbeat = asyncio.create_task(self._heartbeat(conn, beating))
         log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
         try:
@@ -223,7 +226,7 @@ class Worker:
                 await asyncio.gather(self._acker, return_exceptions=True)
             await self._close_left_behind()
         finally:
-            heartbeat.cancel()
+            await self._stop_heartbeat(heartbeat, beating)
             self.watchdog.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -396,23 +399,36 @@ class Worker:
                 async with asyncio.timeout(seconds):
                     await self._stopping.wait()
 
-    async def _heartbeat(self, conn: QueueConnection) -> None:
-        """Renew the reservations of running jobs so no second worker takes them.
+    async def _stop_heartbeat(self, heartbeat: asyncio.Task, beating: asyncio.Event) -> None:
+        """Let a renewal in flight finish before the connection is closed (cancelled mid-call, a
+        database driver may find its pool gone); cancel it only if the store keeps it waiting."""
+        beating.clear()
+        if self._renewing:
+            await asyncio.wait({heartbeat}, timeout=5)
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+
+    async def _heartbeat(self, conn: QueueConnection, beating: asyncio.Event) -> None:
+        """Renew the reservations of running jobs so no second worker takes them, while `beating` is set.
 
         Every `heartbeat_interval` from the start of the last renewal, so that a job blocking the
         loop for up to `max_timeout` delays a renewal by no more than the visibility timeout allows.
         """
         interval = heartbeat_interval(self.visibility_timeout)
-        while True:
+        while beating.is_set():
             began = time.monotonic()
             held = [*self._running.values(), *(job for job, _, _ in self._acking + self._acks)]
             if held:
+                self._renewing = True
                 try:
                     await conn.extend(held)
                 except Exception as exc:
                     if not self._outage.failed(exc):
                         log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
-            await asyncio.sleep(max(0.0, began + interval - time.monotonic()))
+                finally:
+                    self._renewing = False
+            if beating.is_set():
+                await asyncio.sleep(max(0.0, began + interval - time.monotonic()))
 
     # -- one job ---------------------------------------------------------------------------
 
