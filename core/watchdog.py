@@ -5,7 +5,9 @@ code that blocks the loop (`time.sleep`, a busy loop, a blocking socket), so a w
 notices a job still running past its deadline and sends the worker's main thread a signal; the
 handler looks at the interrupted stack and, only if that job's `run_guarded` frame is on it, raises
 JobTimeoutError right where the job is blocked. The signal is repeated each second while the job
-goes on. A job stuck in C code that never returns to Python (the handler cannot run, or keeps
+goes on. The handler never raises inside the framework's own store calls or a driver's code (a
+read cut in half leaves its connection answering the next call with this one's reply): it defers,
+and the watchdog signals again at its next tick, until the job is back in its own code. A job stuck in C code that never returns to Python (the handler cannot run, or keeps
 finding the job on the stack) is ended by exiting the process after `hard_limit` seconds, so its
 reservation expires and the attempt is counted rather than hanging forever.
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.util
 import logging
 import os
 import signal
@@ -26,6 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("worker")
@@ -33,6 +38,11 @@ SIGNAL = signal.SIGUSR2
 EXIT_BLOCKED = 70
 CANCEL_GRACE = 2.0        # seconds cancelled job code may take to end before the worker leaves it behind
 RECANCEL_EVERY = 1.0      # seconds between cancellations of job code left behind
+TICK = 0.1                # seconds between the watchdog thread's looks at the watches
+# Code a timeout must never interrupt: the framework's store calls and the drivers and asyncio
+# machinery under them. Packages are matched by directory, single modules by file.
+PROTECTED_PACKAGES = ("core.queue", "redis", "hiredis", "aiomysql", "pymysql", "aiosqlite", "asyncio")
+PROTECTED_MODULES = ("core.database", "core.dispatch")
 
 
 class JobTimeoutError(TimeoutError):
@@ -60,7 +70,8 @@ class Watchdog:
                  hard_limit: float = 15.0) -> None:
         self.on_overdue, self.grace, self.hard_limit = on_overdue, grace, hard_limit
         self._watches: dict[int, _Watch] = {}
-        self._lock = threading.Lock()
+        # Reentrant: the signal handler runs on the main thread, possibly inside watch()/unwatch().
+        self._lock = threading.RLock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous: Any = None
@@ -82,6 +93,12 @@ class Watchdog:
             signal.signal(SIGNAL, self._previous or signal.SIG_DFL)
             self._thread = None
 
+    @property
+    def overrun(self) -> float:
+        """How long past its deadline code that blocks the loop may still run: the grace, then
+        the signal at the thread's next tick, and a deferral out of a store call or two."""
+        return self.grace + 3 * TICK
+
     def watch(self, key: int, timeout: float, message: str) -> None:
         with self._lock:
             self._watches[key] = _Watch(time.monotonic() + timeout, message)
@@ -91,7 +108,7 @@ class Watchdog:
             self._watches.pop(key, None)
 
     def _watch_loop(self) -> None:
-        while not self._stopped.wait(0.1):
+        while not self._stopped.wait(TICK):
             now = time.monotonic()
             with self._lock:
                 overdue = [(k, w) for k, w in self._watches.items() if now > w.deadline + self.grace]
@@ -113,18 +130,59 @@ class Watchdog:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         now = time.monotonic()
-        on_stack = []
+        on_stack: dict[Any, bool] = {}      # watch key -> protected code runs above its run_guarded frame
+        protected = False
         while frame is not None:
             if frame.f_code is run_guarded.__code__:
-                on_stack.append(frame.f_locals.get("watch_key"))
+                on_stack.setdefault(frame.f_locals.get("watch_key"), protected)
+            elif not protected and _protected(frame.f_code.co_filename):
+                protected = True
             frame = frame.f_back
         with self._lock:
             for key, watch in self._watches.items():
                 if key not in on_stack:
                     watch.idle_at = now
-            overdue = [self._watches[k] for k in on_stack if k in self._watches and now > self._watches[k].deadline]
-        if overdue:
-            raise JobTimeoutError(overdue[0].message)
+            overdue = [k for k in on_stack if k in self._watches and now > self._watches[k].deadline]
+            for key in overdue:
+                if on_stack[key]:
+                    self._watches[key].signalled_at = 0.0     # in a store call: look again at the next tick
+            raising = [self._watches[k].message for k in overdue if not on_stack[k]]
+        if raising and len(raising) == len(overdue):
+            raise JobTimeoutError(raising[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _protected(filename: str) -> bool:
+    """Whether code from this file belongs to the framework's store calls, a driver or asyncio."""
+    return filename.startswith(_protected_roots()) or filename in _protected_files()
+
+
+@functools.cache
+def _protected_roots() -> tuple[str, ...]:
+    roots = []
+    for name in PROTECTED_PACKAGES:
+        spec = _spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            roots.append(str(Path(location).resolve()) + os.sep)
+            roots.append(location.rstrip(os.sep) + os.sep)
+    return tuple(dict.fromkeys(roots))
+
+
+@functools.cache
+def _protected_files() -> frozenset[str]:
+    files = set()
+    for name in PROTECTED_MODULES:
+        spec = _spec(name)
+        if spec and spec.origin:
+            files.update({spec.origin, str(Path(spec.origin).resolve())})
+    return frozenset(files)
+
+
+def _spec(name: str) -> Any:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
 
 
 class LeftBehind:

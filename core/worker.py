@@ -7,14 +7,17 @@ import functools
 import importlib
 import itertools
 import logging
+import math
 import os
 import pkgutil
 import resource
 import signal
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from secrets import token_hex
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from core.errors import ConfigError
@@ -32,10 +35,24 @@ log = logging.getLogger("worker")
 T = TypeVar("T")
 SETTLE_TRIES = 8          # about 20 s of retries for acknowledge/release/fail
 LEFT_BEHIND_LIMIT = 3     # job tasks ignoring cancellation at once before the worker stops to be replaced
+HEARTBEAT_MAX = 2.0       # seconds between renewals at most: one store call per queue connection
+RENEWAL_ALLOWANCE = 0.5   # seconds for the renewal's round trip and the loop getting to it, on a loaded host
+KEPT_CLAIMS = 32          # reserve calls whose answers were lost, kept for recover() once the store is back
 
 
 class MaxAttemptsExceededError(Exception):
-    """A job came back after its last attempt never finished (its worker died or was killed)."""
+    """A job came back after its last attempt never finished (its worker died or was killed,
+    or the answer of the reserve that counted it was lost)."""
+
+
+class RecordedFailure(Exception):
+    """The exception a worker recorded when it began failing the job (mark_failing) and could not finish.
+
+    str() is its first line; `text` the whole record: class, message and traceback."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__((text.splitlines() or [""])[0])
+        self.text = text
 
 
 class JobInterrupted(Exception):
@@ -73,6 +90,21 @@ def exception_text(exc: BaseException, secrets: list[str]) -> str:
     message = str(exc).strip()
     trace = "".join(traceback.format_exception(exc))
     return redact(f"{name}: {message}\n\n{trace}" if message else f"{name}\n\n{trace}", secrets)
+
+
+def heartbeat_interval(visibility_timeout: float) -> float:
+    """Seconds between renewals of the running jobs' reservations."""
+    return min(visibility_timeout / 4, HEARTBEAT_MAX)
+
+
+def max_blocking_timeout(visibility_timeout: float, watchdog: Watchdog) -> float:
+    """The longest timeout a job may have and block the event loop for, without another job's reservation lapsing.
+
+    The worst case: a renewal was just due when the job began blocking (h), the job blocks its
+    whole timeout and the watchdog's overrun past it, then the renewal still has to reach the store.
+    """
+    margin = watchdog.overrun + RENEWAL_ALLOWANCE
+    return round(visibility_timeout - heartbeat_interval(visibility_timeout) - margin, 2)
 
 
 def memory_mb() -> float:
@@ -113,13 +145,28 @@ class Worker:
         self._guarded: dict[int, _Guarded] = {}     # job code running now, by watch key
         self._signalled = False
         self._interrupted = False
+        self._renewing = False      # the heartbeat's extend is in flight
+        self._lost_claims: deque[tuple[str, float]] = deque(maxlen=KEPT_CLAIMS)   # (claim, when it was lost)
+        self.max_timeout = max_blocking_timeout(self.visibility_timeout, self.watchdog)
         for queue in options.queues:
             validate_queue_name(queue)
         if options.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
-        if options.timeout is not None and options.timeout >= self.visibility_timeout:
-            raise ConfigError(f"--timeout {options.timeout:g} must be below QUEUE_VISIBILITY_TIMEOUT "
-                              f"({self.visibility_timeout}s), or a running job could be handed to a second worker")
+        self._check_tries_and_timeout()
+
+    def _check_tries_and_timeout(self) -> None:
+        tries, timeout = self.options.tries, self.options.timeout
+        if tries is not None and tries < 1:
+            raise ConfigError(f"--tries {tries} must be at least 1 (the first run counts as a try)")
+        if timeout is None:
+            return
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"--timeout {timeout:g} must be a number of seconds above 0")
+        if timeout > self.max_timeout:
+            raise ConfigError(
+                f"--timeout {timeout:g} is too close to QUEUE_VISIBILITY_TIMEOUT ({self.visibility_timeout}s): "
+                f"at most {max(self.max_timeout, 0):g}s, or a job blocking the event loop that long lets another "
+                f"running job's reservation lapse and a second worker run it")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,26 +211,37 @@ class Worker:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._warn_long_timeouts()
         self.watchdog.start()
-        started, wall_started = time.monotonic(), time.time()
-        heartbeat = asyncio.create_task(self._heartbeat(conn))
+        started = time.monotonic()
+        beating = asyncio.Event()
+        beating.set()
+        heartbeat = asyncio.create_task(self._heartbeat(conn, beating))
         log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
         try:
-            await self._loop(conn, started, wall_started)
+            await self._loop(conn, started, await self._restart_signal(conn))
+            await self._release_lost_claims(conn)
             while self._tasks:   # re-read: an attempt taken over from left-behind code goes on in a new task
                 await asyncio.wait(list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
             while self._acker is not None:
                 await asyncio.gather(self._acker, return_exceptions=True)
             await self._close_left_behind()
         finally:
-            heartbeat.cancel()
+            await self._stop_heartbeat(heartbeat, beating)
             self.watchdog.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log.info("Worker stopped (%s) after %d attempt(s)", self.stop_reason or "done", self.processed)
         return self.exit_code
 
-    async def _loop(self, conn: QueueConnection, started: float, wall_started: float) -> None:
+    async def _restart_signal(self, conn: QueueConnection) -> str | None:
+        """The restart signal as this worker starts; None if the store cannot say now (read later)."""
+        try:
+            return await conn.restart_signal()
+        except Exception as exc:  # the loop reports the store's trouble
+            log.debug("restart signal not read: %s", exc)
+            return None
+
+    async def _loop(self, conn: QueueConnection, started: float, restart: str | None) -> None:
         o = self.options
         backoff = 0.0
         next_restart_check = 0.0
@@ -194,7 +252,10 @@ class Worker:
             if time.monotonic() >= next_restart_check:
                 next_restart_check = time.monotonic() + 1.0
                 try:
-                    if await conn.restart_requested_at() > wall_started:
+                    signal_now = await conn.restart_signal()
+                    if restart is None:     # unread at start: the first answer is the baseline
+                        restart = signal_now
+                    elif signal_now != restart:
                         self.stop("queue:restart")
                         break
                 except Exception as exc:  # the reserve below reports other trouble
@@ -203,27 +264,43 @@ class Worker:
                         backoff = min(10.0, backoff * 2 or 0.5)
                         await self._idle(backoff)
                         continue
+            if self._lost_claims:
+                try:
+                    await self._recover(conn)
+                except Exception as exc:
+                    backoff = min(10.0, backoff * 2 or 0.5)
+                    self._report_reserve_error(exc, backoff)
+                    await self._idle(backoff)
+                    continue
             free = o.concurrency - len(self._running)
             if o.max_jobs:
                 free = min(free, o.max_jobs - self.processed - len(self._running))
             if free <= 0:
                 await self._wait_for_change()
                 continue
+            claim = ""
             try:
                 polled_at = time.monotonic()
                 # Busy: as many jobs as there are free slots in one round trip. Idle: block for one.
-                jobs = await conn.reserve_many(o.queues, free) if free > 1 and not o.once else []
+                # Each call names its reservation (claim): if its answer is lost, recover() finds it.
+                if free > 1 and not o.once:
+                    claim = token_hex(8)
+                    jobs = await conn.reserve_many(o.queues, free, claim=claim)
+                else:
+                    jobs = []
                 if not jobs:
                     # --stop-when-empty asks about now: no point blocking for a job to arrive.
-                    job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep, self._stopping)
+                    claim = token_hex(8)
+                    job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep, self._stopping,
+                                                  claim=claim)
                     jobs = [job] if job is not None else []
                 backoff = 0.0
                 self._outage.recovered()
             except Exception as exc:
                 backoff = min(10.0, backoff * 2 or 0.5)
-                if not self._outage.failed(exc):  # an outage is one line; anything else, each time
-                    log.error("Queue connection error: %s; retrying in %.1fs",
-                              redact(str(exc) or type(exc).__name__, self.secrets), backoff)
+                self._report_reserve_error(exc, backoff)
+                # The store may have acted before the call failed (its answer lost): keep the claim to ask.
+                self._lost_claims.append((claim, time.monotonic()))
                 await self._idle(backoff)
                 continue
             if not jobs:
@@ -244,6 +321,42 @@ class Worker:
             if o.max_jobs and self.processed + len(self._running) >= o.max_jobs:
                 self.stop(f"--max-jobs {o.max_jobs} reached")
                 break
+
+    def _report_reserve_error(self, exc: Exception, backoff: float) -> None:
+        """An outage is one line; anything else, each time."""
+        if not self._outage.failed(exc):
+            log.error("Queue connection error: %s; retrying in %.1fs",
+                      redact(str(exc) or type(exc).__name__, self.secrets), backoff)
+
+    async def _recover(self, conn: QueueConnection) -> None:
+        """Start the jobs that reserve calls whose answers were lost took: their attempts are counted.
+
+        A claim older than the visibility timeout is dropped: its jobs (if any) have lapsed.
+        """
+        while self._lost_claims:
+            claim, lost_at = self._lost_claims[0]
+            if time.monotonic() - lost_at < self.visibility_timeout:
+                for job in await conn.recover(self.options.queues, claim):
+                    log.warning("%s on %s: its reservation's answer was lost; recovered and started",
+                                one_line(job.id), job.queue)
+                    self._start(conn, job)
+            self._lost_claims.popleft()
+        self._outage.recovered()
+
+    async def _release_lost_claims(self, conn: QueueConnection) -> None:
+        """Stopping: jobs that lost answers reserved go back on the queue now, rather than after the visibility timeout."""
+        if self._outage.active:     # the store is still away: the jobs come back after the visibility timeout
+            return
+        for claim, lost_at in list(self._lost_claims):
+            if time.monotonic() - lost_at >= self.visibility_timeout:
+                continue
+            try:
+                for job in await conn.recover(self.options.queues, claim):
+                    await conn.release(job, 0)
+            except Exception as exc:
+                log.debug("could not recover claim %s while stopping: %s", claim, exc)
+                return
+        self._lost_claims.clear()
 
     def _start(self, conn: QueueConnection, job: ReservedJob) -> None:
         key = next(self._keys)
@@ -286,18 +399,36 @@ class Worker:
                 async with asyncio.timeout(seconds):
                     await self._stopping.wait()
 
-    async def _heartbeat(self, conn: QueueConnection) -> None:
-        """Renew the reservations of running jobs so no second worker takes them."""
-        interval = max(0.5, self.visibility_timeout / 3)
-        while True:
-            await asyncio.sleep(interval)
+    async def _stop_heartbeat(self, heartbeat: asyncio.Task, beating: asyncio.Event) -> None:
+        """Let a renewal in flight finish before the connection is closed (cancelled mid-call, a
+        database driver may find its pool gone); cancel it only if the store keeps it waiting."""
+        beating.clear()
+        if self._renewing:
+            await asyncio.wait({heartbeat}, timeout=5)
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+
+    async def _heartbeat(self, conn: QueueConnection, beating: asyncio.Event) -> None:
+        """Renew the reservations of running jobs so no second worker takes them, while `beating` is set.
+
+        Every `heartbeat_interval` from the start of the last renewal, so that a job blocking the
+        loop for up to `max_timeout` delays a renewal by no more than the visibility timeout allows.
+        """
+        interval = heartbeat_interval(self.visibility_timeout)
+        while beating.is_set():
+            began = time.monotonic()
             held = [*self._running.values(), *(job for job, _, _ in self._acking + self._acks)]
             if held:
+                self._renewing = True
                 try:
                     await conn.extend(held)
                 except Exception as exc:
                     if not self._outage.failed(exc):
                         log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
+                finally:
+                    self._renewing = False
+            if beating.is_set():
+                await asyncio.sleep(max(0.0, began + interval - time.monotonic()))
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -309,21 +440,25 @@ class Worker:
             job = cls.from_payload(payload, reserved.attempts)
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             label = f"job {one_line(reserved.id)} on {reserved.queue}"
-            await self._bury(conn, key, reserved, None, exc, label, started)
+            await self._bury(conn, key, reserved, None, exc, label, started, 0)
             return
         label = f"{payload.display_name} [{payload.uuid}]"
-        max_tries = self.options.tries or payload.max_tries
-        timeout = self.options.timeout or payload.timeout
+        max_tries = payload.max_tries if self.options.tries is None else self.options.tries
+        timeout = payload.timeout if self.options.timeout is None else self.options.timeout
         self._warn_timeout(payload.job, timeout)
+        if reserved.failing is not None:     # a worker began failing it: finish that, never run it again
+            await self._bury(conn, key, reserved, job, RecordedFailure(reserved.failing), label, started, timeout)
+            return
         if reserved.attempts > max_tries:
             exc = MaxAttemptsExceededError(
                 f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of {max_tries}: "
-                f"a worker died or was stopped while running its last attempt; it was not run again")
-            await self._bury(conn, key, reserved, job, exc, label, started)
+                f"its last attempt never finished (a worker died or was stopped while running it, or the "
+                f"reservation never reached a worker); it was not run again")
+            await self._bury(conn, key, reserved, job, exc, label, started, timeout)
             return
         log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, max_tries)
         failed_attempt = functools.partial(self._failed_attempt, conn, key, reserved, payload, job, label, started,
-                                           max_tries)
+                                           max_tries, timeout)
         try:
             await self._run_limited(key, job.run_handle, timeout, f"{label} exceeded its timeout of {timeout:g}s",
                                     label, key, failed_attempt)
@@ -352,7 +487,11 @@ class Worker:
                 label = batch[0][1] if len(batch) == 1 else f"{len(batch)} finished jobs"
                 done = await self._settle(label, "acknowledge", lambda: conn.acknowledge_many([j for j, _, _ in batch]))
                 for i, (_, job_label, started) in enumerate(batch):
-                    if done is not None and not done[i]:
+                    if done is None:
+                        log.warning("%s: handle() returned, but the acknowledgement could not be stored; it runs "
+                                    "again after the visibility timeout", job_label)
+                        continue
+                    if not done[i]:
                         log.warning("%s finished, but its reservation had been taken over by another worker", job_label)
                     log.info("DONE    %s %s", job_label, _took(started))
                 self._acking = []
@@ -365,14 +504,14 @@ class Worker:
         return cls
 
     async def _failed_attempt(self, conn: QueueConnection, key: int, reserved: ReservedJob, payload: Payload, job: Job,
-                              label: str, started: float, max_tries: int, exc: Exception) -> None:
+                              label: str, started: float, max_tries: int, timeout: float, exc: Exception) -> None:
         """An attempt raised, timed out or was interrupted: release the job for a retry, or bury it."""
         if isinstance(exc, JobInterrupted):     # cut short by Ctrl-C twice: back on the queue at once
             delay: float = 0
         elif reserved.attempts < max_tries:
             delay = payload.retry_delay(reserved.attempts)
         else:
-            await self._bury(conn, key, reserved, job, exc, label, started)
+            await self._bury(conn, key, reserved, job, exc, label, started, timeout)
             return
         held = await self._settle(label, "release", lambda: conn.release(reserved, delay))
         log.info("RETRY   %s %s (%s) retry in %gs%s", label, _took(started), _first_line(exc), delay,
@@ -432,25 +571,53 @@ class Worker:
                 raise asyncio.CancelledError   # left behind: another task ended its attempt; nothing more to do
 
     async def _bury(self, conn: QueueConnection, key: int, reserved: ReservedJob, job: Job | None,
-                    exc: BaseException, label: str, started: float) -> None:
-        """The job's tries are over: call failed() once, then record it in failed_jobs and remove it."""
-        record = functools.partial(self._record_failed, conn, reserved, exc, label, started)
-        if job is not None:
-            limit = max(1.0, float(type(job).timeout))
+                    exc: BaseException, label: str, started: float, timeout: float) -> None:
+        """The job's tries are over: mark it failing, call failed() once, then record it in failed_jobs.
+
+        Each step is stored before the next, so a worker that takes the job over (this one died, or
+        its reservation lapsed) finishes the failure from there: it never runs handle() again, calls
+        failed() only if no one's returned, and records the first worker's exception.
+        """
+        text = reserved.failing if reserved.failing is not None else exception_text(exc, self.secrets)
+        summary = (text.splitlines() or [""])[0] if reserved.failing is not None else _first_line(exc)
+        failed_ran = job is None or (reserved.failing is not None and reserved.failed_ran)
+        if reserved.failing is None and job is not None \
+                and not await self._mark_failing(conn, reserved, text, False, label, started, summary):
+            return
+        finish = functools.partial(self._finish_failure, conn, reserved, text, not failed_ran, label, started, summary)
+        if not failed_ran:
             try:
-                await self._run_limited(next(self._keys), lambda: job.run_failed(exc), limit,
-                                        f"{label}: failed() exceeded {limit:g}s", label, key, lambda _: record())
+                await self._run_limited(next(self._keys), lambda: job.run_failed(exc), timeout,  # type: ignore[union-attr]
+                                        f"{label}: failed() exceeded {timeout:g}s", label, key, lambda _: finish())
             except Exception as failed_exc:
                 log.error("%s: failed() raised %s; recording the job as failed anyway", label,
                           _first_line(failed_exc))
-        await record()
+        await finish()
 
-    async def _record_failed(self, conn: QueueConnection, reserved: ReservedJob, exc: BaseException, label: str,
-                             started: float) -> None:
-        text = exception_text(exc, self.secrets)
+    async def _finish_failure(self, conn: QueueConnection, reserved: ReservedJob, text: str, failed_ran_now: bool,
+                              label: str, started: float, summary: str) -> None:
+        """failed() is over (or was not due): note that, then write the failed_jobs row and remove the job."""
+        if failed_ran_now and not await self._mark_failing(conn, reserved, text, True, label, started, summary):
+            return
         recorded = await self._settle(label, "record as failed", lambda: conn.fail(reserved, text))
-        log.info("FAIL    %s %s (%s)%s", label, _took(started), _first_line(exc),
+        if recorded is None:
+            log.warning("%s: failed, but the failure could not be recorded; the worker that takes it after the "
+                        "visibility timeout records it", label)
+            return
+        log.info("FAIL    %s %s (%s)%s", label, _took(started), summary,
                  " [reservation lost; not recorded by this worker]" if recorded is False else "")
+
+    async def _mark_failing(self, conn: QueueConnection, reserved: ReservedJob, text: str, failed_ran: bool,
+                            label: str, started: float, summary: str) -> bool:
+        """Store how far the failure got; False (logged) when this worker must stop its part here."""
+        held = await self._settle(label, "mark as failing", lambda: conn.mark_failing(reserved, text, failed_ran))
+        if held is False:
+            log.info("FAIL    %s %s (%s) [reservation lost; its failure is left to the worker that holds it]",
+                     label, _took(started), summary)
+        elif held is None:
+            log.warning("%s: failed, but that could not be stored; the worker that takes it after the visibility "
+                        "timeout finishes the failure", label)
+        return bool(held)
 
     # -- job code that ignores cancellation ------------------------------------------------
 
@@ -493,11 +660,12 @@ class Worker:
     # -- timeouts against the visibility timeout --------------------------------------------
 
     def _warn_timeout(self, job_class: str, timeout: float) -> None:
-        if timeout >= self.visibility_timeout and job_class not in self._warned:
+        if timeout > self.max_timeout and job_class not in self._warned:
             self._warned.add(job_class)
-            log.warning("%s has timeout %gs, not below QUEUE_VISIBILITY_TIMEOUT (%ss): a job that blocks the "
-                        "event loop that long cannot renew its reservation, and a second worker may take it",
-                        job_class, timeout, self.visibility_timeout)
+            log.warning("%s has timeout %gs, above the %gs that QUEUE_VISIBILITY_TIMEOUT (%ss) allows: if one "
+                        "blocks the event loop that long, the worker cannot renew the reservations of the jobs "
+                        "beside it, and a second worker may run them", job_class, timeout,
+                        max(self.max_timeout, 0), self.visibility_timeout)
 
     def _warn_long_timeouts(self) -> None:
         if self.options.timeout is not None:

@@ -142,8 +142,8 @@ def test_timeout_not_below_visibility_timeout_is_refused():
     result = run_cli("queue:work", "--timeout", "90")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "--timeout 90 must be below QUEUE_VISIBILITY_TIMEOUT (90s), or a running job could be handed "
-        "to a second worker"]
+        "--timeout 90 is too close to QUEUE_VISIBILITY_TIMEOUT (90s): at most 86.95s, or a job blocking the event "
+        "loop that long lets another running job's reservation lapse and a second worker run it"]
 
 
 def test_bad_queue_name_is_one_clear_line():

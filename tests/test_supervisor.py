@@ -139,7 +139,7 @@ def test_a_killed_worker_is_replaced_and_every_job_still_finishes(tmp_path):
     log = str(tmp_path / "events")
     ids = dispatch_sleepy(log, 30, 0.3)
     # A short visibility timeout so the killed worker's job comes back within the test.
-    sup = Supervised(tmp_path, "--processes", "2", "--tries", "3", "--timeout", "2", "--sleep", "0.2",
+    sup = Supervised(tmp_path, "--processes", "2", "--tries", "3", "--timeout", "1", "--sleep", "0.2",
                      env={"QUEUE_VISIBILITY_TIMEOUT": "3"})
     try:
         wait_for(lambda: len({e["pid"] for e in events(log, "start")}) == 2, 30, "both workers running jobs")

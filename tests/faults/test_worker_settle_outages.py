@@ -1,0 +1,217 @@
+"""The worker against a store that goes away while it settles a job (issue 11, findings 7, 8, 9, 19).
+
+Through tests/faults/proxy.py, as tests/faults/test_worker_outages.py does: the real servers stay up.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+import core.worker
+from bootstrap.app import create_app
+from core.dispatch import _encode
+from core.worker import Worker, WorkerOptions
+from tests.conftest import ROOT
+from tests.faults.conftest import eventually
+from tests.jobs.sample_jobs import read_events
+from tests.jobs.worker_audit_jobs import FailsJob, FailsOnceJob, SucceedsJob
+
+pytestmark = pytest.mark.slow
+
+
+async def test_an_acknowledgement_that_gave_up_is_not_logged_as_done(redis_proxy, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
+    monkeypatch.setattr(core.worker, "SETTLE_TRIES", 2)
+    log = str(tmp_path / "events")
+    with caplog.at_level(logging.INFO):
+        async with create_app() as app:
+            job_id = await SucceedsJob.dispatch(log=log, seconds=0.5)
+            worker = Worker(app, WorkerOptions(sleep=0.05))
+            task = asyncio.create_task(worker.run())
+            try:
+                await eventually(lambda: read_events(log), 10, "the job to start")
+                redis_proxy.cut()                     # handle() returns into an outage longer than the visibility timeout
+                gave_up = "the acknowledgement could not be stored"
+                await eventually(lambda: gave_up in "\n".join(caplog.messages), 15, "the worker to give up")
+            finally:
+                worker.stop("test over")
+                redis_proxy.restore()
+                await asyncio.wait_for(task, 30)
+    lines = [m for m in caplog.messages if job_id in m]
+    assert [m for m in lines if m.startswith("DONE")] == [], lines
+    assert f"SucceedsJob [{job_id}]: handle() returned, but the acknowledgement could not be stored; it runs again " \
+           f"after the visibility timeout" in lines
+
+
+# -- the failing mark: failed() once, the job's own exception, no row for a job that then succeeded -----------
+
+STORES = ["sqlite", "mysql", "redis"]
+
+
+@pytest.fixture(params=STORES)
+def failing_store(request, monkeypatch) -> str:
+    """The queue on this store with a 2 s visibility timeout, so a stalled worker's reservation lapses soon."""
+    if request.param == "mysql":
+        request.getfixturevalue("mysql_env")
+    if request.param == "redis":
+        request.getfixturevalue("redis_env")
+    monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
+    return request.param
+
+
+async def test_a_failure_half_done_when_the_reservation_lapsed_is_finished_not_run_again(failing_store, tmp_path):
+    """Finding 8. Worker A fails the job, then stalls in failed() (it blocks the loop past the visibility
+    timeout): its reservation lapses. Worker B, which would give the job more tries, takes it: it finishes
+    the failure with A's exception and never runs handle() again; A, back, finds its reservation gone and
+    records nothing. Before: B ran the job, it succeeded, and A then wrote a failed_jobs row for it."""
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        job_id = await FailsOnceJob.dispatch(log=log, failed_block=5)
+        first_log = tmp_path / "first.log"
+        with open(first_log, "w") as out:
+            first = subprocess.Popen([sys.executable, "main.py", "queue:work", "--stop-when-empty", "--sleep", "0.05"],
+                                     cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await eventually(lambda: [e for e in read_events(log) if e["event"] == "failed"], 20, "A's failed()")
+            await asyncio.sleep(3.3)                    # A is stalled: its reservation lapses
+            second = Worker(app, WorkerOptions(tries=3, stop_when_empty=True, sleep=0.05))
+            await asyncio.wait_for(second.run(), 30)
+            assert await asyncio.to_thread(first.wait, 30) == 0
+        finally:
+            if first.poll() is None:
+                first.kill()
+        rows = await (await app.queue.failed_store()).all()
+        sizes = (await (await app.queue.connection()).sizes(["default"]))["default"]
+    events = read_events(log)
+    first_out = first_log.read_text()
+    assert [e["attempts"] for e in events if e["event"] == "handle"] == [1], first_out   # never run again
+    assert [(r.uuid, r.summary) for r in rows] == [(job_id, "ValueError: fails on attempt 1")], first_out
+    assert sizes.as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert "[reservation lost; its failure is left to the worker that holds it]" in first_out, first_out
+    # B called failed() as A's never returned in time, with A's exception (a RecordedFailure of its text).
+    assert [e["exception"] for e in events if e["event"] == "failed"] == ["fails on attempt 1",
+                                                                         "ValueError: fails on attempt 1"]
+
+
+async def test_a_failed_job_store_away_while_failing_calls_failed_once_and_keeps_the_jobs_exception(
+        mysql_proxy, redis_env, monkeypatch, tmp_path, caplog):
+    """Finding 7. The queue is Redis; failed_jobs is in MySQL, cut off while the worker fails the job. The
+    worker gives up, the job comes back after the visibility timeout, and is recorded once MySQL is back:
+    failed() ran once, and the row holds the job's own exception, not MaxAttemptsExceededError."""
+    monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
+    monkeypatch.setenv("DB_TIMEOUT", "2")
+    monkeypatch.setattr(core.worker, "SETTLE_TRIES", 2)
+    log = str(tmp_path / "events")
+    with caplog.at_level(logging.INFO):
+        async with create_app() as app:
+            failed_store = await app.queue.failed_store()
+            assert await failed_store.all() == []
+            job_id = await FailsJob.dispatch(log=log)
+            mysql_proxy.cut()
+            worker = Worker(app, WorkerOptions(sleep=0.05))
+            task = asyncio.create_task(worker.run())
+            try:
+                gave_up = "failed, but the failure could not be recorded"
+                await eventually(lambda: "\n".join(caplog.messages).count(gave_up) >= 2, 30,
+                                 "the worker to give up twice (the job came back in between)")
+                mysql_proxy.restore()
+                await eventually(lambda: any(m.startswith(f"FAIL    FailsJob [{job_id}]") for m in caplog.messages),
+                                 30, "the failure to be recorded")
+            finally:
+                worker.stop("test over")
+                mysql_proxy.restore()
+                await asyncio.wait_for(task, 30)
+            rows = await failed_store.all()
+            sizes = (await (await app.queue.connection()).sizes(["default"]))["default"]
+    events = read_events(log)
+    assert [e["event"] for e in events] == ["handle", "failed", "failed-end"]
+    assert [(r.uuid, r.summary) for r in rows] == [(job_id, "ValueError: fails on attempt 1")]
+    assert sizes.as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
+# -- a reserve whose answer is lost (finding 9) -----------------------------------------------------------------
+
+async def test_a_reserve_answer_lost_on_redis_does_not_cost_the_job_its_only_try(redis_proxy, redis_env, monkeypatch,
+                                                                                 tmp_path, caplog):
+    """The worker waits in a reserve; the server hands it the job, the answer is lost. The job runs at
+    attempt 1 within seconds, not as 'a worker died' after the visibility timeout."""
+    import redis
+
+    from tests.servers import REDIS
+
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
+    log = str(tmp_path / "events")
+    with caplog.at_level(logging.INFO):
+        async with create_app() as app:
+            conn = await app.queue.connection()
+            await conn.sizes(["default"])
+            worker = Worker(app, WorkerOptions(sleep=1.0))
+            task = asyncio.create_task(worker.run())
+            try:
+                await eventually(lambda: any("Worker started" in m for m in caplog.messages), 10, "the worker")
+                await asyncio.sleep(0.5)                        # waiting in its reserve
+                redis_proxy.lose_replies()
+                pusher = type(conn)(conn.config.__class__(host=REDIS[0], port=REDIS[1], db=redis_env), conn.failed)
+                await pusher.open()                             # straight to the server, not through the proxy
+                try:
+                    _, raw = _encode(app, SucceedsJob.make(log=log, max_tries=1), None)
+                    await pusher.push("default", raw)
+                finally:
+                    await pusher.close()
+                with redis.Redis(*REDIS, db=redis_env) as server:
+                    await eventually(lambda: server.zcard("queues:{default}:reserved") == 1, 15, "the reserve to run")
+                redis_proxy.cut()
+                redis_proxy.restore()
+                await eventually(lambda: [e for e in read_events(log) if e["event"] == "end"], 15, "the job to run")
+            finally:
+                worker.stop("test over")
+                redis_proxy.restore()
+                await asyncio.wait_for(task, 30)
+            rows = await (await app.queue.failed_store()).all()
+    assert [(e["event"], e["attempts"]) for e in read_events(log)] == [("handle", 1), ("end", 1)]
+    assert rows == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mysql"])
+async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_only_try(kind, request, monkeypatch,
+                                                                                        tmp_path, caplog):
+    """The worker's reserve commits on the server, then its answer is lost on the way back (the connection
+    resets: a database reserve is several round trips, so the proxy cannot drop just the last answer; the
+    loss is staged where the answer reaches the worker). The worker recovers the call's claim once the
+    store answers again: the job runs at attempt 1, not as 'a worker died' after the visibility timeout."""
+    if kind == "mysql":
+        request.getfixturevalue("mysql_env")
+    monkeypatch.setenv("QUEUE_CONNECTION", "database")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
+    log = str(tmp_path / "events")
+    with caplog.at_level(logging.INFO):
+        async with create_app() as app:
+            conn = await app.queue.connection()
+            job_id = await SucceedsJob.dispatch(log=log, max_tries=1)
+            lost: list[str] = []
+            reserve_wait = conn.reserve_wait
+
+            async def answer_lost_once(*args, **kwargs):
+                job = await reserve_wait(*args, **kwargs)      # the store reserved it, counting the attempt
+                if job is not None and not lost:
+                    lost.append(job.id)
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                return job
+
+            monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+            worker = Worker(app, WorkerOptions(sleep=0.05, stop_when_empty=True))
+            await asyncio.wait_for(worker.run(), 20)
+            rows = await (await app.queue.failed_store()).all()
+            sizes = (await conn.sizes(["default"]))["default"]
+    assert lost, "no reserve answer was lost"
+    assert [(e["event"], e["attempts"]) for e in read_events(log)] == [("handle", 1), ("end", 1)]
+    assert rows == [] and sizes.as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert any(m.endswith("its reservation's answer was lost; recovered and started") for m in caplog.messages)
+    assert any(m.startswith(f"DONE    SucceedsJob [{job_id}]") for m in caplog.messages)
