@@ -11,9 +11,9 @@ The other fault classes, each 0 to switch it off:
                                60-80% of their 2 s timeout, in clusters, beside ordinary jobs
     SOAK_DROPPED_ANSWERS (0.3) share of jobs dispatched through a proxy that now and then drops
                                the store's answers, then resets (MySQL, Redis; SQLite has no wire)
-    SOAK_RETRIES (6)           `queue:retry all` calls, at random moments, while workers run
+    SOAK_RETRY_EVERY (0.5)     mean seconds between `queue:retry all` calls while workers run
     SOAK_CLEARS (3)            `queue:clear` calls, at random moments, while workers run
-    SOAK_CUT_EVERY (6)         mean seconds between cuts of the failed-job store while jobs fail:
+    SOAK_CUT_EVERY (5)         mean seconds between cuts of the failed-job store while jobs fail:
                                MySQL's whole store; Redis's failed store (MySQL) and, every other
                                time, Redis itself; SQLite's write lock held instead
 
@@ -126,16 +126,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=int(setting("SOAK_SEED", "0")) or None)
     parser.add_argument("--blockers", type=float, default=float(setting("SOAK_BLOCKERS", "0.1")))
     parser.add_argument("--dropped-answers", type=float, default=float(setting("SOAK_DROPPED_ANSWERS", "0.3")))
-    parser.add_argument("--retries", type=int, default=int(setting("SOAK_RETRIES", "6")))
+    parser.add_argument("--retry-every", type=float, default=float(setting("SOAK_RETRY_EVERY", "0.5")))
     parser.add_argument("--clears", type=int, default=int(setting("SOAK_CLEARS", "3")))
-    parser.add_argument("--cut-every", type=float, default=float(setting("SOAK_CUT_EVERY", "6")))
+    parser.add_argument("--cut-every", type=float, default=float(setting("SOAK_CUT_EVERY", "5")))
     args = parser.parse_args()
     unknown = sorted(set(args.stores) - set(STORES))
     if unknown:
         parser.error(f"unknown store {', '.join(unknown)}: use {', '.join(STORES)}")
     plan = ChaosPlan(jobs=args.jobs, workers=args.workers, concurrency=args.concurrency, seconds=args.seconds,
                      kill_every=args.kill_every, drain_timeout=max(90.0, args.seconds), seed=args.seed,
-                     blockers=args.blockers, dropped_answers=args.dropped_answers, retries=args.retries,
+                     blockers=args.blockers, dropped_answers=args.dropped_answers, retry_every=args.retry_every,
                      clears=args.clears, cut_every=args.cut_every)
     results = [soak(store, plan) for store in args.stores or STORES]
     sys.exit(0 if all(results) else 1)

@@ -69,14 +69,15 @@ class ChaosPlan:
     seed: int | None = None
     blockers: float = 0.0         # share of jobs that block the event loop (0: none)
     dropped_answers: float = 0.0  # share of jobs dispatched through the answer-dropping proxy (0: none)
-    retries: int = 0              # queue:retry all calls in the chaos phase
+    retry_every: float = 0.0      # mean seconds between queue:retry all calls in the chaos phase (0: none)
     clears: int = 0               # queue:clear calls in the chaos phase
     cut_every: float = 0.0        # mean seconds between cuts of the failed-job store (0: none)
 
     @classmethod
     def widened(cls, **changes) -> "ChaosPlan":
         """Every fault class on, at the rates the CI test uses."""
-        return replace(cls(blockers=0.1, dropped_answers=0.3, retries=2, clears=2, cut_every=6.0), **changes)
+        return replace(cls(concurrency=4, blockers=0.1, dropped_answers=0.3, retry_every=0.5, clears=2, cut_every=5.0),
+                       **changes)
 
 
 def plan_jobs(rng: random.Random, count: int, visibility_timeout: int, log: Path,
@@ -90,7 +91,7 @@ def plan_jobs(rng: random.Random, count: int, visibility_timeout: int, log: Path
     kinds = (kinds * 2)[:count] if len(kinds) < count else kinds[:count]
     rng.shuffle(kinds)
     for _ in range(round(count * blockers / 2.5)):
-        at, size = rng.randrange(len(kinds)), rng.choice((2, 3))
+        at, size = rng.randrange(len(kinds)), rng.choice((2, 3, 3))
         kinds[at:at + size] = ["blocker"] * len(kinds[at:at + size])
     jobs = []
     for kind in kinds[:count]:
@@ -124,6 +125,7 @@ class Workers:
         self.problems: list[str] = []
         self.started = 0
         self.last_start = 0.0         # time.monotonic() of the latest start
+        self.owed = 0                 # killed workers not replaced yet (their store was cut)
 
     def start(self) -> subprocess.Popen:
         self.started += 1
@@ -135,14 +137,24 @@ class Workers:
         self.procs.append(proc)
         return proc
 
-    async def kill_random(self, rng: random.Random) -> None:
+    async def kill_random(self, rng: random.Random, replace_now: bool = True) -> None:
+        """SIGKILL one worker; start another in its place now, or (its store being cut, where it
+        could not start) once start_owed() is called."""
         victim = rng.choice(self.procs)
         self.procs.remove(victim)
         sent = time.time()
         os.killpg(victim.pid, signal.SIGKILL)
         await asyncio.to_thread(victim.wait)
         self.kills.append(Kill(victim.pid, sent, time.time()))
-        self.start()
+        if replace_now:
+            self.start()
+        else:
+            self.owed += 1
+
+    def start_owed(self) -> None:
+        while self.owed:
+            self.owed -= 1
+            self.start()
 
     def replace_exited(self) -> None:
         """A worker that exits without being killed or told to stop is a failure; start another."""
@@ -257,7 +269,8 @@ class Faults:
                 self.count("write locks")
                 await asyncio.to_thread(hold_write_lock, self.sqlite_path, self.rng.uniform(0.2, 0.45) * self.vt)
                 continue
-            # No kill meanwhile, and none just before: a worker starting while its store is cut exits.
+            # A worker starting while its store is cut exits: none may be starting as the cut begins,
+            # and those killed during it are replaced once the store is back (as a supervisor would).
             self.cutting, turn = True, turn + 1
             try:
                 while time.monotonic() - workers.last_start < START_QUIET and not stop.is_set():
@@ -270,13 +283,14 @@ class Faults:
                 elif self.store == "redis":
                     # Long enough, now and then, that a worker recording a failure gives up and the job comes back.
                     self.count("failed-store cuts")
-                    await self._cut(self.store_proxy, self.rng.uniform(0.5, 1.5) * self.vt, lose_first=False)
+                    await self._cut(self.store_proxy, self.rng.uniform(0.5, 1.5) * self.vt)
                 else:
-                    # The whole store: short of a visibility timeout, so the reservations held survive it.
+                    # The whole store: well short of a visibility timeout, so the reservations held survive it.
                     self.count("store cuts")
-                    await self._cut(self.store_proxy, self.rng.uniform(0.2, 0.45) * self.vt)
+                    await self._cut(self.store_proxy, self.rng.uniform(0.2, 0.35) * self.vt)
             finally:
                 self.cutting = False
+                workers.start_owed()
 
     async def _cut(self, proxy: FaultProxy, seconds: float, lose_first: bool = True) -> None:
         if lose_first:          # commands in flight land, their answers do not
@@ -308,13 +322,17 @@ async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
 
 
 class Racer:
-    """`queue:retry all` and `queue:clear` on the chaos queue at random moments, as a user would."""
+    """`queue:retry all` and `queue:clear` on the chaos queue at random moments, as a user would.
+    queue:retry comes often: a worker failing a job is between writing its failed row and deleting
+    the job for a moment only, and a retry must fall into that moment to race it."""
 
     def __init__(self, app: Application, conn: QueueConnection, plan: ChaosPlan, rng: random.Random) -> None:
         self.app, self.conn = app, conn
         lo, hi = RACER_SPAN
-        self.schedule = sorted([(rng.uniform(lo, hi) * plan.seconds, "retry") for _ in range(plan.retries)] +
-                               [(rng.uniform(lo, hi) * plan.seconds, "clear") for _ in range(plan.clears)])
+        retries, at = [], lo * plan.seconds
+        while plan.retry_every and (at := at + plan.retry_every * rng.uniform(0.1, 1.9)) < hi * plan.seconds:
+            retries.append((at, "retry"))
+        self.schedule = sorted(retries + [(rng.uniform(lo, hi) * plan.seconds, "clear") for _ in range(plan.clears)])
         self.retries: list[Retry] = []
         self.clears: list[Clear] = []
 
@@ -415,8 +433,8 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
             next_kill = began + plan.kill_every * rng.uniform(0.5, 1.5)
             while True:
                 now = time.monotonic()
-                if now >= next_kill and not faults.cutting:
-                    await workers.kill_random(rng)
+                if now >= next_kill and (len(workers.procs) > 1 or not faults.cutting):
+                    await workers.kill_random(rng, replace_now=not faults.cutting)
                     next_kill = time.monotonic() + plan.kill_every * rng.uniform(0.5, 1.5)
                 workers.replace_exited()
                 if dispatched.is_set() and (now >= end or await queue_left(conn) == 0):
@@ -426,6 +444,7 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
             stop.set()
             await asyncio.gather(*tasks)
             faults.restore()
+            workers.start_owed()
             drain_until = time.monotonic() + plan.drain_timeout
             while await queue_left(conn) and time.monotonic() < drain_until:
                 workers.replace_exited()

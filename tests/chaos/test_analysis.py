@@ -149,6 +149,9 @@ def test_failed_runs_once_per_failure_unless_a_kill_cut_the_first_call_short():
     assert v.extra_calls == 1 and "failed() ran 2 time(s)" in v.problems[0]
     v = judge("job-0001", DOOMED, fails(1, 2, 3), row, KillLog([Kill(11, 103.3, 103.4)]), VT, twice)
     assert (v.extra_calls, v.problems) == (0, [])
+    # killed long after: by then it had marked that failed() ran, so the next worker must not call it again
+    late = judge("job-0001", DOOMED, fails(1, 2, 3), row, KillLog([Kill(11, 103.2 + VT, 103.3 + VT)]), VT, twice)
+    assert late.extra_calls == 1
     assert "failed() never ran" in judge("job-0001", DOOMED, fails(1, 2, 3), row, KillLog([]), VT, []).problems[0]
     assert "no failure" in judge("job-0001", QUICK, [Run(1, 11, 101.0, 101.1, "ok")], None, KillLog([]), VT,
                                  [call(1, 11, 100.5)]).problems[0]
@@ -164,9 +167,12 @@ def test_out_of_tries_after_a_planned_failure_in_a_live_worker_is_the_wrong_exce
     exhausted = f"{EXHAUSTED}: reached attempt 4 of 3"
     v = judge("job-0001", DOOMED, fails(1, 2, 3), exhausted, KillLog([]), VT, [call(3, 11, 103.2), call(4, 12, 108)])
     assert v.outcome == "wrong" and "wrong exception" in v.problems[0]
-    killed = KillLog([Kill(11, 103.3, 103.4)])      # the worker died before recording the planned failure
+    killed = KillLog([Kill(11, 103.3, 103.4)])      # the worker died before marking the planned failure
     v = judge("job-0001", DOOMED, fails(1, 2, 3), exhausted, killed, VT, [call(3, 11, 103.2), call(4, 12, 108)])
     assert (v.outcome, v.problems) == ("failed-after-kills", [])
+    late = KillLog([Kill(11, 103.1 + VT, 103.2 + VT)])   # stuck recording it (the failed store cut), then killed
+    v = judge("job-0001", DOOMED, fails(1, 2, 3), exhausted, late, VT, [call(3, 11, 103.2), call(4, 12, 108)])
+    assert v.outcome == "wrong" and "wrong exception" in v.problems[0]
 
 
 def test_failed_lines_are_read_beside_the_runs(tmp_path):
