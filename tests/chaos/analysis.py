@@ -368,8 +368,14 @@ def judge_job(job_id: str, plan: PlannedJob, runs: list[Run], calls: list[Failed
             # Put back by queue:retry: attempts start again, and failed() has run, so every run succeeds.
             g_plan = replace(plan, fail_until=0, dispatched_at=began)
             total.retry_runs += 1 if g_runs else 0
-        v = judge(job_id, g_plan, g_runs, failure if i == len(gens) - 1 else RETRIED, kills, visibility_timeout,
-                  g_calls)
+        g_failure = failure if i == len(gens) - 1 else RETRIED
+        if began is not None and not g_runs and g_failure is not None:
+            v = Verdict(outcome="stale", stale=1, failed_calls=len(g_calls))
+            v.problems.append(f"{job_id[:8]}: stale failed row: {'queue:retry found' if g_failure == RETRIED else 'left'}"
+                              f" a failed_jobs row for it although it had not run since queue:retry took it back at "
+                              f"{began:.2f} (the row was written again after the retry)")
+        else:
+            v = judge(job_id, g_plan, g_runs, g_failure, kills, visibility_timeout, g_calls)
         for name in ("cut", "unacked", "vanished", "reruns", "unexplained", "failed_calls", "extra_calls", "stale"):
             setattr(total, name, getattr(total, name) + getattr(v, name))
         total.problems += v.problems

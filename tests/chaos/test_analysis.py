@@ -122,6 +122,15 @@ def test_a_job_put_back_by_queue_retry_starts_a_new_generation_that_may_run_agai
     assert report.ok and (report.dup_retry, report.retried, report.unexplained) == (1, 1, 0)
 
 
+def test_a_failed_row_written_again_after_queue_retry_took_it_back_is_stale():
+    calls = [call(3, 11, 103.2)]
+    v = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, f"{PLANNED}: planned failure on attempt 3", KillLog([]),
+                  VT, [103.3])
+    assert (v.outcome, v.stale) == ("stale", 1) and "written again" in v.problems[0]
+    twice = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, None, KillLog([]), VT, [103.3, 104.0])
+    assert (twice.outcome, twice.stale) == ("missing", 1)
+
+
 def test_a_job_retried_while_its_worker_was_failing_it_and_never_seen_again_is_lost():
     calls = [call(3, 11, 103.2)]
     report = analyze("redis", {"a": DOOMED}, {"a": fails(1, 2, 3)}, {}, [], 0, VT, {"a": calls},
