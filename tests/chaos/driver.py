@@ -462,6 +462,7 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
         failures = {f.uuid: f.summary for f in await (await app.queue.failed_store()).all(QUEUE)}
         connection = conn.name
     left = await asyncio.to_thread(queue_size_cli, connection)
+    record(workdir, dispatcher.planned, workers.kills, racer.retries, racer.clears)
     report = analyze(store, dispatcher.planned, read_runs(log), failures, workers.kills, left, vt,
                      read_failed_calls(log), racer.retries, racer.clears)
     blockers = sum(1 for p in dispatcher.planned.values() if p.kind == "blocker")
@@ -473,6 +474,14 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
     report.workers, report.elapsed = plan.workers, time.monotonic() - began
     report.problems = workers.problems + dispatcher.problems + report.problems
     return report
+
+
+def record(workdir: Path, planned: dict[str, PlannedJob], kills: list[Kill], retries: list[Retry],
+           clears: list[Clear]) -> None:
+    """What the driver did, beside the jobs' own records (runs.log) and the worker logs, to read after a run."""
+    data = {"planned": {job_id: vars(p) for job_id, p in planned.items()}, "kills": [vars(k) for k in kills],
+            "retries": [{"at": r.at, "uuids": sorted(r.uuids)} for r in retries], "clears": [vars(c) for c in clears]}
+    (workdir / "chaos.json").write_text(json.dumps(data, indent=1))
 
 
 def evidence(workdir: Path, report: ChaosReport, limit: int = 60) -> str:
