@@ -11,7 +11,7 @@ failed_jobs. Besides the kills, each switchable in ChaosPlan:
 - dropped answers: part of every batch is dispatched through a FaultProxy (tests/faults/proxy.py)
   that now and then forwards the pushes but drops the server's answers, then resets the
   connection, so dispatch retries a push that may have landed (workers consume directly);
-- racer: `queue:retry all` and `queue:clear` (their core functions) at random moments;
+- racer: `queue:retry` of every failed job and `queue:clear` (their core functions) at random moments;
 - cuts: the failed-job store cut while jobs fail. On MySQL the workers reach the whole store
   through a proxy that drops answers a moment, then cuts; on Redis the failed store is MySQL behind
   a proxy, cut for about a visibility timeout, and the queue itself is cut briefly the same way;
@@ -340,12 +340,15 @@ class Racer:
         for at, action in self.schedule:
             if await _stopped(stop, max(0.0, began + at - time.monotonic())):
                 return
-            when = time.time()
             if action == "retry":
-                result = await retry_failed(self.app, None, QUEUE)
-                self.retries.append(Retry(when, frozenset(job.uuid for job in result.retried)))
+                # queue:retry with the ids queue:failed shows: a job's history splits into generations
+                # at the moment its row was seen, after everything it did before and before its next run.
+                rows = await (await self.app.queue.failed_store()).all(QUEUE)
+                when = time.time()
+                result = await retry_failed(self.app, [row.uuid for row in rows], QUEUE) if rows else None
+                self.retries.append(Retry(when, frozenset(job.uuid for job in result.retried) if result else frozenset()))
             else:
-                self.clears.append(Clear(when, await self.conn.clear(QUEUE)))
+                self.clears.append(Clear(time.time(), await self.conn.clear(QUEUE)))
 
 
 class Dispatcher:
