@@ -365,7 +365,8 @@ class Dispatcher:
         for batch in batches:
             started = time.monotonic()
             share = self.plan.dropped_answers if self.proxied is not None else 0.0
-            via_proxy = [item for item in batch if self.rng.random() < share]
+            # Blockers go direct, so their clusters stay together in the queue.
+            via_proxy = [item for item in batch if item[0] != "blocker" and self.rng.random() < share]
             direct = [item for item in batch if not any(item is p for p in via_proxy)]
             await self._dispatch(self.app, direct, False)
             for i in range(0, len(via_proxy), 2):
