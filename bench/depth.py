@@ -13,7 +13,14 @@ call dispatch_many makes, given a delay (dispatch_many itself takes none). Then 
 rate = N / (N-th job's end - first job's start), as in harness.drain. Also reported: how long the
 build took, and Redis's used_memory once built.
 
-Run: `python -m bench.depth`; the last line printed is the result as JSON (bench/run.py reads it).
+Then the database connection (finding 13 of issue 11: a reserve used to read every delayed row
+ahead of a due one), on SQLite and on MySQL: N due jobs queued behind no delayed jobs, then behind
+DB_DEPTH (BENCH_DB_DEPTH, default 100,000) delayed an hour; rate = N / the time of reserving them
+in batches of 10 and acknowledging each batch, straight on the store (no worker process), so the
+reserve's own cost shows. Flat means the two rates are alike.
+
+Run: `python -m bench.depth` (`--database`: only the database cases); the last line printed is the
+result as JSON (bench/run.py reads it).
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ CHUNK = 10_000
 ROUNDS = 3                # drains per case; the median is reported (one drain is about a second: noisy)
 SPARE = 1_000
 DELAY = 3600.0
+DB_DEPTH = int(os.environ.get("BENCH_DB_DEPTH") or 100_000)
+DB_BATCH = 10
 
 
 async def _build(ready: int, delayed: int) -> None:
@@ -81,10 +90,59 @@ def run_case(target: Ours, label: str, behind: int, delayed: int, n: int) -> dic
     return row
 
 
+async def _reserve_all(n: int) -> dict[str, Any]:
+    from core.app import current
+
+    conn = await current().queue.connection()
+    done, started = 0, time.perf_counter()
+    while done < n:
+        jobs = await conn.reserve_many(["default"], DB_BATCH)
+        if not jobs:
+            break
+        await conn.acknowledge_many(jobs)
+        done += len(jobs)
+    seconds = time.perf_counter() - started
+    return {"reserved": done, "seconds": round(seconds, 2), "rate": round(done / seconds) if done == n else None}
+
+
+def run_database_case(connection: str, delayed: int, n: int) -> dict[str, Any]:
+    """n due jobs behind `delayed` delayed ones on a fresh database, reserved and acknowledged."""
+    target = Ours(connection)
+    try:
+        target.clear()
+        started = time.perf_counter()
+        target._call(_build, n, delayed)
+        row: dict[str, Any] = {"store": connection, "case": f"{delayed:,} delayed ahead", "ready": n,
+                               "delayed": delayed, "build_s": round(time.perf_counter() - started, 1)}
+        row.update(target._call(_reserve_all, n))
+        return row
+    finally:
+        target.teardown()
+
+
+def database_rows(n: int) -> tuple[list[dict[str, Any]], list[str]]:
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for connection in ("sqlite", "mysql"):
+        for delayed in (0, DB_DEPTH):
+            try:
+                rows.append(run_database_case(connection, delayed, n))
+            except Exception as exc:
+                traceback.print_exc()
+                errors.append(f"{connection} {delayed:,} delayed: {type(exc).__name__}: {exc}")
+                rows.append({"store": connection, "case": f"{delayed:,} delayed ahead", "rate": None})
+    return rows, errors
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    target = Ours("redis")
     n = min(N, 20_000)
+    if "--database" in sys.argv[1:]:
+        rows, errors = database_rows(n)
+        print(json.dumps({"name": "ours depth (redis)", "jobs": n, "depth": DEPTH, "rows": [], "db_depth": DB_DEPTH,
+                          "database": rows, "errors": errors}), flush=True)
+        return
+    target = Ours("redis")
     cases = [(f"{BEHIND:,} waiting", BEHIND, 0), (f"{DEPTH:,} waiting", DEPTH, 0),
              (f"{DEPTH:,} delayed", BEHIND, DEPTH)]
     rows: list[dict[str, Any]] = []
@@ -101,8 +159,9 @@ def main() -> None:
         _flush()
         target._close_app()
         target._runner.close()
-    print(json.dumps({"name": "ours depth (redis)", "jobs": n, "depth": DEPTH, "rows": rows, "errors": errors}),
-          flush=True)
+    database, db_errors = database_rows(n)
+    print(json.dumps({"name": "ours depth (redis)", "jobs": n, "depth": DEPTH, "rows": rows, "db_depth": DB_DEPTH,
+                      "database": database, "errors": errors + db_errors}), flush=True)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,18 @@ def depth_table(depth: Row | None) -> str:
                      "vs 1,000 waiting"], lines))
 
 
+def database_depth_table(depth: Row | None) -> str:
+    rows = (depth or {}).get("database") or []
+    if not rows:
+        return "not run"
+    base = {r["store"]: r.get("rate") for r in rows if r.get("delayed") == 0}
+    lines = [[r["store"], r["case"], f"{r.get('ready', 0):,}", rate(r.get("rate")), ratio(r.get("rate"), base.get(r["store"]))]
+             for r in rows]
+    return ("N due jobs reserved 10 at a time and acknowledged, straight on the store, behind no delayed jobs "
+            "and behind many (delayed an hour): a flat reserve costs the same.\n\n"
+            + table(["store", "case", "due jobs", "jobs/s", "vs none delayed"], lines))
+
+
 def render(data: Row) -> str:
     m, ref = data["machine"], data["reference"]
     depth = next((r for r in data["results"] if r["name"] == "ours depth (redis)"), None)
@@ -200,6 +212,7 @@ def render(data: Row) -> str:
         "## Settings\n\n" + settings_table(data),
         "## (f) Database connections and worker processes\n\n" + database_table(data),
         "## (g) Depth, ours on Redis\n\n" + depth_table(depth),
+        "## (g) Depth, ours on SQLite and MySQL: reserve behind delayed jobs\n\n" + database_depth_table(depth),
         f"## Reference\n\nOne connection, one process, redis-py {ref.get('redis_py')} asyncio `PING` one after "
         f"another: {rate(ref.get('rate'))} round trips/s (median of {len(ref.get('rates') or [])} rounds of "
         f"{ref.get('pings', 0):,}).",

@@ -21,6 +21,8 @@ from core.errors import ConfigError, ConnectionFailed
 
 _NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMESTAMP()"}
 # The first whole second at or after now + ? seconds: a delayed job never comes due early.
+# Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
+_CLEANUPS: set["asyncio.Task[None]"] = set()
 _DUE = {"sqlite": "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)",
         "mysql": "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"}
 
@@ -66,6 +68,10 @@ class Database:
         """The database and where it is, for messages; never a password."""
         return self.dialect
 
+    async def max_packet(self) -> int | None:
+        """The longest statement the server takes, in bytes; None when there is no such limit."""
+        return None
+
     def connection_error(self, exc: BaseException) -> str | None:
         """A short reason when `exc` means the server could not be reached or the connection
         dropped (worth retrying); None for any other error."""
@@ -100,6 +106,7 @@ class SqliteDatabase(Database):
         self.path = path
         self._conn: Any = None
         self._lock = asyncio.Lock()
+        self._handed_off = False     # the current transaction was cut and its lock handed to a clean-up task
 
     async def open(self) -> None:
         import aiosqlite
@@ -136,14 +143,51 @@ class SqliteDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+        await self._lock.acquire()
+        self._handed_off = False
+        try:
+            await self._control("BEGIN IMMEDIATE")
             try:
                 yield Session(self, self._conn)
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._control("ROLLBACK")
                 raise
-            await self._conn.execute("COMMIT")
+            try:
+                await self._control("COMMIT")
+            except Exception:
+                if self._conn.in_transaction:    # a COMMIT that failed (busy) leaves the transaction open
+                    await self._control("ROLLBACK")
+                raise
+        finally:
+            if not self._handed_off:
+                self._lock.release()
+
+    async def _control(self, statement: str) -> None:
+        """BEGIN, COMMIT or ROLLBACK, run to its end even when the caller is cancelled: aiosqlite's
+        thread runs a statement it was given whatever happens to the awaiting task, so a cut BEGIN
+        would open a transaction later that nobody closes (every later write invisible to other
+        processes, their writes "database is locked"). On a cut, a task takes the lock over, waits
+        for the statement and rolls back what is left open; the caller's CancelledError goes on."""
+        step = asyncio.ensure_future(self._conn.execute(statement))
+        try:
+            await asyncio.shield(step)
+        except asyncio.CancelledError:
+            self._handed_off = True
+            task = asyncio.get_running_loop().create_task(self._clean_up(step))
+            _CLEANUPS.add(task)
+            task.add_done_callback(_CLEANUPS.discard)
+            raise
+
+    async def _clean_up(self, step: "asyncio.Future[Any]") -> None:
+        conn = self._conn
+        try:
+            with contextlib.suppress(Exception):
+                await step
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+        finally:
+            self._lock.release()
 
     async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
         cursor = await conn.execute(self.sql(sql), tuple(params))
@@ -166,6 +210,7 @@ class MysqlDatabase(Database):
         self.config = config
         self._maxsize = maxsize
         self._pool: Any = None
+        self._max_packet: int | None = None
 
     def sql(self, text: str) -> str:
         return super().sql(text).replace("?", "%s")
@@ -176,12 +221,14 @@ class MysqlDatabase(Database):
 
         # "Table already exists" notes from CREATE TABLE IF NOT EXISTS are not news to a user.
         warnings.filterwarnings("ignore", category=pymysql.Warning)
+        # client_flag FOUND_ROWS: an UPDATE counts the rows it matched, not only those it changed, so a
+        # fenced update writing the values its row already holds (a repeated mark_failing) finds it.
         c = self.config
         try:
             async with asyncio.timeout(c.timeout or None):
                 self._pool = await aiomysql.create_pool(
                     host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                    autocommit=True, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
+                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
                     init_command="SET SESSION time_zone = '+00:00'")
         except TimeoutError:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
@@ -197,6 +244,13 @@ class MysqlDatabase(Database):
 
     def describe(self) -> str:
         return self.config.describe()
+
+    async def max_packet(self) -> int:
+        """The server's max_allowed_packet in bytes (read once): no statement may be longer."""
+        if self._max_packet is None:
+            row = await self.fetchone("SELECT @@max_allowed_packet")
+            self._max_packet = int(row[0]) if row else 4 * 2**20
+        return self._max_packet
 
     def connection_error(self, exc: BaseException) -> str | None:
         import pymysql

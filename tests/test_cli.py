@@ -175,7 +175,8 @@ def test_migrate_creates_the_tables(tmp_path):
     assert "Migrated jobs and failed_jobs" in run_cli("migrate", check=True).stdout
     db = sqlite3.connect(os.environ["DB_DATABASE"])
     columns = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in ("jobs", "failed_jobs")}
-    assert columns == {"jobs": ["id", "queue", "payload", "attempts", "reserved_at", "available_at", "created_at"],
+    assert columns == {"jobs": ["id", "queue", "payload", "attempts", "reserved_at", "available_at", "created_at",
+                                "uuid", "state", "claim", "failing", "failed_ran"],
                        "failed_jobs": ["id", "uuid", "connection", "queue", "payload", "exception", "failed_at"]}
 
 

@@ -15,6 +15,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from tests.contract.conftest import configure, open_backend
+from tests.contract.test_audit_contract import (  # noqa: F401  (the audit fixes: every script still in one slot)
+    test_a_failing_mark_comes_back_when_the_worker_is_gone,
+    test_a_job_pushed_again_after_it_was_acknowledged_does_not_run_again,
+    test_a_lost_reserve_answer_is_recovered_without_another_attempt,
+    test_a_requeue_racing_a_failing_worker_keeps_the_job_queued_once, test_a_waiting_reserve_with_a_claim_is_recoverable)
 from tests.contract.test_queue_contract import (  # noqa: F401  (collected here, run on the cluster)
     test_a_delayed_job_waits_until_it_is_due, test_an_expired_reservation_passes_on_and_fences_off_the_old_holder,
     test_delayed_bulk_push, test_dispatch_many_pushes_every_job_in_order,
@@ -70,6 +75,12 @@ async def backend(cluster, monkeypatch, tmp_path):
     monkeypatch.setenv("REDIS_URL", f"redis+cluster://127.0.0.1:{PORTS[0]}")
     async for b in open_backend("redis-cluster", tmp_path):
         yield b
+
+
+@pytest.fixture
+def store(backend):
+    """The audit contract cases ask for `store`: here, the same cluster backend."""
+    return backend
 
 
 def test_the_queues_used_here_live_on_different_nodes(cluster):

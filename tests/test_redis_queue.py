@@ -17,8 +17,8 @@ from tests.jobs.contract_jobs import RecordRun
 from tests.redis_server import LocalRedis
 
 
-INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_hsetnx", "cmdstat_hset", "cmdstat_incr", "cmdstat_incrby",
-                      "cmdstat_rpush", "cmdstat_zadd"}
+INSIDE_PUSH_SCRIPT = {"cmdstat_time", "cmdstat_zscore", "cmdstat_hsetnx", "cmdstat_hset", "cmdstat_incr",
+                      "cmdstat_incrby", "cmdstat_rpush", "cmdstat_zadd"}
 
 
 def raw(**extra) -> str:
@@ -50,7 +50,9 @@ async def test_the_keys_of_a_queue_share_one_slot_and_none_is_left_behind(redis_
     await q.clear("emails")
     while (job := await q.reserve(["emails"])) is not None:
         await q.acknowledge(job)
-    assert await q.client.keys("*") == []
+    # Only the finished record stays, in the same slot, and expires a replay window after the last job.
+    assert await q.client.keys("*") == ["queues:{emails}:done"]
+    assert 0 < await q.client.ttl("queues:{emails}:done") <= q.replay_window
 
 
 async def test_the_notify_list_never_outgrows_the_ready_list(redis_queue):
@@ -156,7 +158,7 @@ async def test_a_signal_for_a_lower_queue_is_passed_on_when_a_higher_one_is_take
         async with other.client.pipeline(transaction=True) as tx:
             for queue in ("low", "high"):
                 k = other.keys(queue)
-                await other._scripts["push"](keys=[k.ready, k.delayed, k.jobs, k.notify, k.seq],
+                await other._scripts["push"](keys=[k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done],
                                              args=[0, str(uuid.uuid4()), raw()], client=tx)
             started = time.monotonic()
             await tx.execute()

@@ -1,18 +1,37 @@
 """The database connection: Laravel's `jobs` table on SQLite or MySQL/MariaDB.
 
-A reservation is fenced by (id, attempts): every reserve increments attempts, and ids are never
-reused (AUTOINCREMENT), so a worker whose reservation expired and was taken over no longer
-matches its own row and cannot delete or release the new holder's job.
+A reservation is fenced by (id, attempts, claim): every reserve increments attempts and writes
+its call's claim (random), and ids are never reused (AUTOINCREMENT), so a worker whose
+reservation expired and was taken over (or whose job queue:retry took back) no longer matches its
+own row and cannot delete or release the new holder's job. The token is "attempts:claim".
+
+Each row has a `state` (READY, DELAYED, RESERVED) so that every step of a reserve is a range of
+one index, (queue, state, available_at), whatever else the table holds: due DELAYED rows and
+lapsed RESERVED rows are made READY (their available_at set to 0, so READY rows sort by id, in
+dispatch order), then the first READY rows are taken. A RESERVED row's available_at is when its
+reservation lapses. Rows written by an older release (state READY, any available_at) are still
+read correctly, through the available_at and reserved_at filters.
+
+A finished job's uuid is kept in `finished_jobs` for `replay_window` seconds, written in the
+transaction that deletes the job (acknowledge, fail): a repeated push of it is dropped when
+reserved, and a retried dispatch (push_missing) does not store it again.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import secrets
+from collections.abc import Iterator, Sequence
 
 from core.database import Database, Session
+from core.payload import peek_uuid
 from core.queue.contract import QueueConnection, QueueSize, ReservedJob
-from core.queue.failed import FailedJobStore
+from core.queue.failed import FailedJobStore, storable
 
-SCHEMA = {
+log = logging.getLogger("worker")
+
+READY, DELAYED, RESERVED = 0, 1, 2
+
+TABLES = {
     "sqlite": [
         """CREATE TABLE IF NOT EXISTS jobs (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -21,8 +40,14 @@ SCHEMA = {
             attempts INTEGER NOT NULL DEFAULT 0,
             reserved_at INTEGER NULL,
             available_at INTEGER NOT NULL,
-            created_at INTEGER NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS jobs_queue_index ON jobs (queue, id)",
+            created_at INTEGER NOT NULL,
+            uuid VARCHAR(255) NULL,
+            state SMALLINT NOT NULL DEFAULT 0,
+            claim VARCHAR(255) NULL,
+            failing TEXT NULL,
+            failed_ran SMALLINT NOT NULL DEFAULT 0)""",
+        """CREATE TABLE IF NOT EXISTS finished_jobs (
+            uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at INTEGER NOT NULL) WITHOUT ROWID""",
         "CREATE TABLE IF NOT EXISTS queue_signals (name VARCHAR(64) PRIMARY KEY, value DOUBLE NOT NULL)",
     ],
     "mysql": [
@@ -34,34 +59,110 @@ SCHEMA = {
             reserved_at INT UNSIGNED NULL,
             available_at INT UNSIGNED NOT NULL,
             created_at INT UNSIGNED NOT NULL,
-            INDEX jobs_queue_index (queue)
+            uuid VARCHAR(255) NULL,
+            state TINYINT UNSIGNED NOT NULL DEFAULT 0,
+            claim VARCHAR(255) NULL,
+            failing LONGTEXT NULL,
+            failed_ran TINYINT UNSIGNED NOT NULL DEFAULT 0
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+        """CREATE TABLE IF NOT EXISTS finished_jobs (
+            uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at INT UNSIGNED NOT NULL,
+            INDEX finished_jobs_finished_at_index (finished_at)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
         """CREATE TABLE IF NOT EXISTS queue_signals (
             name VARCHAR(64) NOT NULL PRIMARY KEY, value DOUBLE NOT NULL) ENGINE=InnoDB""",
     ],
 }
+# Columns a table from the previous release lacks, added by migrate (and the first open).
+COLUMNS = {
+    "sqlite": {"uuid": "VARCHAR(255) NULL", "state": "SMALLINT NOT NULL DEFAULT 0", "claim": "VARCHAR(255) NULL",
+               "failing": "TEXT NULL", "failed_ran": "SMALLINT NOT NULL DEFAULT 0"},
+    "mysql": {"uuid": "VARCHAR(255) NULL", "state": "TINYINT UNSIGNED NOT NULL DEFAULT 0",
+              "claim": "VARCHAR(255) NULL", "failing": "LONGTEXT NULL",
+              "failed_ran": "TINYINT UNSIGNED NOT NULL DEFAULT 0"},
+}
+# (table, index name, DDL). Priority (SPEC 11) goes between state and available_at in jobs_reserve_index.
+INDEXES = [
+    ("jobs", "jobs_reserve_index", "CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)"),
+    ("jobs", "jobs_uuid_unique", "CREATE UNIQUE INDEX jobs_uuid_unique ON jobs (uuid)"),
+    ("finished_jobs", "finished_jobs_finished_at_index",
+     "CREATE INDEX finished_jobs_finished_at_index ON finished_jobs (finished_at)"),
+]
+OLD_INDEX = "jobs_queue_index"      # the previous release's (queue, id): every reserve now uses jobs_reserve_index
+COLUMN_NAMES = {"sqlite": "SELECT name FROM pragma_table_info(?)",
+                "mysql": "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                         "AND TABLE_NAME = ?"}
+INDEX_NAMES = {"sqlite": "SELECT name FROM pragma_index_list(?)",
+               "mysql": "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS "
+                        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"}
+DROP_OLD_INDEX = {"sqlite": f"DROP INDEX IF EXISTS {OLD_INDEX}", "mysql": f"DROP INDEX {OLD_INDEX} ON jobs"}
+# Rows of the previous release, once: reserved ones lapse at reserved_at + the visibility timeout,
+# future ones are DELAYED, due ones READY at their id's place.
+ADOPT_RESERVED = "UPDATE jobs SET state = 2, available_at = reserved_at + ? WHERE reserved_at IS NOT NULL AND state = 0"
+ADOPT_DELAYED = "UPDATE jobs SET state = 1 WHERE reserved_at IS NULL AND state = 0 AND available_at > {now}"
+ADOPT_READY = "UPDATE jobs SET available_at = 0 WHERE reserved_at IS NULL AND state = 0"
 
-PUSH = ("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
-        "VALUES (?, ?, 0, NULL, {now}, {now})")
-PUSH_DELAYED = ("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
-                "VALUES (?, ?, 0, NULL, {due}, {now})")
-PUSH_ROW = "(?, ?, 0, NULL, ?, ?)"
-PUSH_MANY = "INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) VALUES "
+# A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
+_ON_DUPLICATE = {"sqlite": " ON CONFLICT DO NOTHING", "mysql": " ON DUPLICATE KEY UPDATE id = id"}
+PUSH_COLUMNS = "INSERT INTO jobs (queue, payload, attempts, available_at, created_at, uuid, state) VALUES "
+PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0)"
+PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1)"
+PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?)"
 NOW = "SELECT {now}, {due}"
-# A due job, or one whose reservation outlived the visibility timeout (its worker died).
-NEXT = ("SELECT id, payload, attempts FROM jobs WHERE queue = ? AND "
-        "((reserved_at IS NULL AND available_at <= {now}) OR reserved_at < {now} - ?) "
-        "ORDER BY id LIMIT ?")
+# Due DELAYED rows and lapsed RESERVED rows (their worker died), to become READY at their id's place.
+# reserved_at is checked too: a row an older release's worker holds and extends is not taken from it.
+# Locked with SKIP LOCKED then updated by id: an UPDATE over the range would wait for row locks in
+# index order while an acknowledge holds them in id order (MySQL error 1213, deadlock).
+DUE = ("SELECT id FROM jobs WHERE queue IN {marks} AND state IN (1, 2) AND available_at <= {now} "
+       "AND (state = 1 OR reserved_at IS NULL OR reserved_at < {now} - ?)")
+PROMOTE = "UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE id IN "
+# The first READY rows, each with whether it already ran (its uuid is remembered). A subquery, not
+# a join: the rows still come in index order (no sort), and FOR UPDATE does not lock the record.
+# "finished_at + ?" so that the record is found by its uuid (primary key), never by a finished_at range.
+# available_at and reserved_at filter only rows an older release wrote or reserved.
+PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
+        "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}) FROM jobs j "
+        "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
+        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
-MARK_RESERVED = "UPDATE jobs SET reserved_at = {now}, attempts = attempts + 1 WHERE id IN "
-DELETE_HELD = "DELETE FROM jobs WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL"
-RELEASE_HELD = ("UPDATE jobs SET reserved_at = NULL, available_at = {now} "
-                "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
-RELEASE_HELD_DELAYED = ("UPDATE jobs SET reserved_at = NULL, available_at = {due} "
-                        "WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL")
-HELD_OF = "SELECT id, attempts FROM jobs WHERE reserved_at IS NOT NULL AND id IN "
+MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
+                 "claim = ? WHERE id IN ")
+HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
+DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
+RELEASE_HELD = ("UPDATE jobs SET state = 0, reserved_at = NULL, available_at = 0, claim = NULL, failing = NULL, "
+                "failed_ran = 0 WHERE " + HELD)
+RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, available_at = {due}, claim = NULL, "
+                        "failing = NULL, failed_ran = 0 WHERE " + HELD)
+EXTEND_HELD = "UPDATE jobs SET reserved_at = {now}, available_at = {due} WHERE " + HELD
+MARK_FAILING = ("UPDATE jobs SET failing = ?, failed_ran = ?, reserved_at = {now}, available_at = {due} "
+                "WHERE " + HELD)
+HELD_OF = "SELECT id, attempts, claim, uuid FROM jobs WHERE reserved_at IS NOT NULL AND id IN "
 DELETE_IDS = "DELETE FROM jobs WHERE id IN "
-EXTEND_HELD = "UPDATE jobs SET reserved_at = {now} WHERE id = ? AND attempts = ? AND reserved_at IS NOT NULL"
+# The rows a reserve call still holds: RESERVED rows not lapsed yet, one range of jobs_reserve_index.
+RECOVER = ("SELECT id, queue, payload, attempts, failing, failed_ran FROM jobs WHERE queue IN {marks} "
+           "AND state = 2 AND available_at > {now} AND claim = ? AND reserved_at IS NOT NULL")
+REMEMBER = {
+    "sqlite": "INSERT INTO finished_jobs (uuid, finished_at) VALUES {rows} "
+              "ON CONFLICT(uuid) DO UPDATE SET finished_at = excluded.finished_at",
+    "mysql": "INSERT INTO finished_jobs (uuid, finished_at) VALUES {rows} "
+             "ON DUPLICATE KEY UPDATE finished_at = VALUES(finished_at)",
+}
+REMEMBER_ROW = "(?, {now})"
+FORGET = "DELETE FROM finished_jobs WHERE uuid = ?"
+# The oldest finished records past the window, at most ? of them: bounded work in an acknowledge.
+PRUNE = {
+    "sqlite": "DELETE FROM finished_jobs WHERE uuid IN (SELECT uuid FROM finished_jobs "
+              "WHERE finished_at < {now} - ? ORDER BY finished_at LIMIT ?)",
+    "mysql": "DELETE FROM finished_jobs WHERE finished_at < {now} - ? ORDER BY finished_at LIMIT ?",
+}
+PRUNE_EVERY = 256          # finished jobs between two prunes, per process
+PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the table cannot grow
+# queue:retry of a job still stored: back to READY at its place, attempts reset, its holder fenced out.
+TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, state = 0, available_at = 0, "
+             "reserved_at = NULL, claim = NULL, failing = NULL, failed_ran = 0 WHERE uuid = ?")
+STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
+FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
+STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
 SIZES = ("SELECT queue, "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END), "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END), "
@@ -73,24 +174,72 @@ SIGNAL_SET = {
     "mysql": "INSERT INTO queue_signals (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
 }
 BULK_ROWS = 500
-STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
+ALREADY_RAN = "%s already ran; a repeated push of it was dropped"
+
+
+def marks(n: int) -> str:
+    return "(" + ", ".join("?" for _ in range(n)) + ")"
 
 
 class DatabaseQueue(QueueConnection):
     name = "database"
 
-    def __init__(self, db: Database, failed: FailedJobStore, visibility_timeout: int = 90) -> None:
+    def __init__(self, db: Database, failed: FailedJobStore, visibility_timeout: int = 90,
+                 replay_window: int = 900) -> None:
         self.db = db
         self.failed = failed
         self.visibility_timeout = visibility_timeout
+        self.replay_window = replay_window
+        self._finished_since_prune = 0
+        self._pick = PICK + (SKIP_LOCKED if db.dialect == "mysql" else "")
+        self._due = DUE + (SKIP_LOCKED if db.dialect == "mysql" else "")
+        self._lock_held = " FOR UPDATE" if db.dialect == "mysql" else ""
 
     async def open(self) -> None:
         await self.migrate()
 
+    # -- schema -----------------------------------------------------------------------------
+
     async def migrate(self) -> None:
-        for statement in SCHEMA[self.db.dialect]:
+        """Create the tables, or bring a database of the previous release up to date: its jobs,
+        even those reserved or delayed, keep working."""
+        dialect = self.db.dialect
+        for statement in TABLES[dialect]:
             await self.db.execute(statement)
+        added = [name for name, ddl in COLUMNS[dialect].items()
+                 if await self._ensure("jobs", name, COLUMN_NAMES, f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")]
+        for table, name, ddl in INDEXES:
+            await self._ensure(table, name, INDEX_NAMES, ddl)
+        if "state" in added:
+            async with self.db.transaction() as tx:
+                await tx.execute(ADOPT_RESERVED, (self.visibility_timeout,))
+                await tx.execute(ADOPT_DELAYED)
+                await tx.execute(ADOPT_READY)
+        if OLD_INDEX in await self._names("jobs", INDEX_NAMES):
+            await self._ignore_race(DROP_OLD_INDEX[dialect])
         await self.failed.migrate()
+
+    async def _names(self, table: str, query: dict[str, str]) -> set[str]:
+        return {str(name) for (name,) in await self.db.fetchall(query[self.db.dialect], (table,))}
+
+    async def _ensure(self, table: str, name: str, query: dict[str, str], ddl: str) -> bool:
+        """Run `ddl` unless `name` exists; True if this call created it."""
+        if name in await self._names(table, query):
+            return False
+        return await self._ignore_race(ddl) and name in await self._names(table, query)
+
+    async def _ignore_race(self, ddl: str) -> bool:
+        """Run DDL; another process migrating at the same moment may have run it first."""
+        try:
+            await self.db.execute(ddl)
+            return True
+        except Exception as exc:
+            if self.db.connection_error(exc):
+                raise
+            text = str(exc).lower()
+            if "duplicate" in text or "already exists" in text or "check that" in text or "1091" in text:
+                return False
+            raise
 
     def describe(self) -> str:
         return self.db.describe()
@@ -98,90 +247,162 @@ class DatabaseQueue(QueueConnection):
     def connection_error(self, exc: BaseException) -> str | None:
         return self.db.connection_error(exc)
 
+    # -- push -------------------------------------------------------------------------------
+
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         async with self.db.session() as session:
             await self.push_in(session, queue, payload, delay)
 
     async def push_in(self, tx: Session, queue: str, payload: str, delay: float = 0) -> None:
         """Push inside a caller's transaction on the same database."""
+        on_duplicate = _ON_DUPLICATE[self.db.dialect]
         if delay > 0:
-            await tx.execute(PUSH_DELAYED, (queue, payload, float(delay)))
+            await tx.execute(PUSH_DELAYED + on_duplicate, (queue, payload, float(delay), peek_uuid(payload)))
         else:
-            await tx.execute(PUSH, (queue, payload))
+            await tx.execute(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
+        on_duplicate = _ON_DUPLICATE[self.db.dialect]
+        chunks = list(await self._chunks(payloads))
         async with self.db.transaction() as tx:
             now, due = await tx.fetchone(NOW, (float(delay),))
-            available = int(due) if delay > 0 else int(now)
-            for start in range(0, len(payloads), BULK_ROWS):
-                chunk = payloads[start:start + BULK_ROWS]
+            available, state = (int(due), DELAYED) if delay > 0 else (0, READY)
+            for chunk in chunks:
                 params: list = []
                 for payload in chunk:
-                    params += [queue, payload, available, int(now)]
-                await tx.execute(PUSH_MANY + ", ".join([PUSH_ROW] * len(chunk)), params)
+                    params += [queue, payload, available, int(now), peek_uuid(payload), state]
+                await tx.execute(PUSH_COLUMNS + ", ".join([PUSH_ROW] * len(chunk)) + on_duplicate, params)
+
+    async def _chunks(self, payloads: Sequence[str]) -> Iterator[Sequence[str]]:
+        """Batches of at most BULK_ROWS payloads, and on MySQL of at most a quarter of
+        max_allowed_packet characters (a character takes at most 4 bytes, escaped or not):
+        a statement over the packet limit is refused (error 1153)."""
+        packet = await self.db.max_packet()
+        return _batches(payloads, packet // 4 if packet else None)
 
     async def push_missing(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
-        """An insert whose answer was lost may have committed: look for the payloads (each holds
-        its job's uuid) before inserting them again. Only a retried dispatch pays for this look."""
+        """An insert whose answer was lost may have committed: leave out the jobs stored since, or
+        finished since (their uuid is remembered), before inserting again. Only a retried dispatch
+        pays for this look."""
+        ids = {payload: peek_uuid(payload) for payload in payloads}
+        known = [job_uuid for job_uuid in ids.values() if job_uuid is not None]
+        seen: set[str] = set()
+        for start in range(0, len(known), BULK_ROWS):
+            chunk = known[start:start + BULK_ROWS]
+            seen.update(u for (u,) in await self.db.fetchall(STORED_UUIDS + marks(len(chunk)), chunk))
+            seen.update(u for (u,) in await self.db.fetchall(FINISHED_UUIDS + marks(len(chunk)),
+                                                             [self.replay_window, *chunk]))
+        # A payload without a readable uuid (written by hand) is looked up by its text.
         stored: set[str] = set()
-        for start in range(0, len(payloads), BULK_ROWS):
-            chunk = payloads[start:start + BULK_ROWS]
-            rows = await self.db.fetchall(STORED + "(" + ", ".join("?" for _ in chunk) + ")", [queue, *chunk])
+        for chunk in await self._chunks([p for p, job_uuid in ids.items() if job_uuid is None]):
+            rows = await self.db.fetchall(STORED + marks(len(chunk)), [queue, *chunk])
             stored.update(payload for (payload,) in rows)
-        missing = [payload for payload in payloads if payload not in stored]
+        missing = [p for p in payloads if p not in stored and (ids[p] is None or ids[p] not in seen)]
         if missing:
             await self.push_many(queue, missing, delay)
 
-    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
-        jobs = await self.reserve_many(queues, 1)
+    async def requeue(self, queue: str, payload: str) -> None:
+        async with self.db.transaction() as tx:
+            await self.requeue_in(tx, queue, payload)
+
+    async def requeue_in(self, tx: Session, queue: str, payload: str) -> None:
+        """queue:retry inside a caller's transaction: forget the finished record, and take the job
+        over if it is still stored (a worker still failing it loses its reservation), else push it."""
+        job_uuid = peek_uuid(payload)
+        if job_uuid is not None:
+            await tx.execute(FORGET, (job_uuid,))
+            if await tx.execute(TAKE_OVER, (queue, payload, job_uuid)) > 0:
+                return
+        await self.push_in(tx, queue, payload)
+
+    # -- reserve ----------------------------------------------------------------------------
+
+    async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
+        jobs = await self.reserve_many(queues, 1, claim)
         return jobs[0] if jobs else None
 
-    async def reserve_many(self, queues: Sequence[str], limit: int) -> list[ReservedJob]:
-        next_sql = NEXT + (SKIP_LOCKED if self.db.dialect == "mysql" else "")
+    async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
+        claim = claim or secrets.token_hex(8)     # the fence needs one even when the caller has none
+        vt = self.visibility_timeout
         taken: list[ReservedJob] = []
+        dropped: list[str] = []
         async with self.db.transaction() as tx:
+            due = await tx.fetchall(self._due.replace("{marks}", marks(len(queues))), [*queues, vt])
+            if due:
+                await tx.execute(PROMOTE + marks(len(due)), [job_id for (job_id,) in due])
             for queue in queues:
-                rows = await tx.fetchall(next_sql, (queue, self.visibility_timeout, limit - len(taken)))
-                if rows:
-                    await tx.execute(MARK_RESERVED + "(" + ", ".join("?" for _ in rows) + ")",
-                                     [job_id for job_id, _, _ in rows])
-                    taken += [ReservedJob(id=str(job_id), queue=queue, payload=payload, attempts=int(attempts) + 1,
-                                          token=str(int(attempts) + 1)) for job_id, payload, attempts in rows]
+                rows = await tx.fetchall(self._pick, (self.replay_window, queue, vt, limit - len(taken)))
+                ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished in rows if finished]
+                if ran:
+                    await tx.execute(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
+                    dropped += [job_uuid for _, job_uuid in ran]
+                fresh = [row for row in rows if not row[6]]
+                if fresh:
+                    await tx.execute(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
+                    taken += [_reserved(queue, row[:5], claim, counted=True) for row in fresh]
                 if len(taken) >= limit:
                     break
+        for job_uuid in dropped:
+            log.warning(ALREADY_RAN, job_uuid)
         return taken
 
+    async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
+        rows = await self.db.fetchall(RECOVER.replace("{marks}", marks(len(queues))), [*queues, claim])
+        order = {queue: n for n, queue in enumerate(queues)}
+        rows.sort(key=lambda row: (order.get(row[1], len(order)), row[0]))
+        return [_reserved(queue, (job_id, *rest), claim, counted=False) for job_id, queue, *rest in rows]
+
+    # -- finish -----------------------------------------------------------------------------
+
     async def acknowledge(self, job: ReservedJob) -> bool:
-        return await self.db.execute(DELETE_HELD, (int(job.id), int(job.token))) == 1
+        return (await self.acknowledge_many([job]))[0]
 
     async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
-        """One transaction: lock the rows still held under these reservations, delete those."""
+        """One transaction: lock the rows still held under these reservations, delete those and
+        remember their uuids."""
         if not jobs:
             return []
-        marks = "(" + ", ".join("?" for _ in jobs) + ")"
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall(HELD_OF + marks + (" FOR UPDATE" if self.db.dialect == "mysql" else ""),
-                                     [int(job.id) for job in jobs])
-            held = {(str(job_id), str(attempts)) for job_id, attempts in rows}
-            done = [(job.id, job.token) in held for job in jobs]
+            rows = await tx.fetchall(HELD_OF + marks(len(jobs)) + self._lock_held, [int(job.id) for job in jobs])
+            held = {f"{job_id}:{attempts}:{claim}": job_uuid for job_id, attempts, claim, job_uuid in rows}
+            done = [f"{job.id}:{job.token}" in held for job in jobs]
             mine = [int(job.id) for job, ok in zip(jobs, done) if ok]
             if mine:
-                await tx.execute(DELETE_IDS + "(" + ", ".join("?" for _ in mine) + ")", mine)
+                await tx.execute(DELETE_IDS + marks(len(mine)), mine)
+                # A row of the previous release has no uuid column value: read it from its payload.
+                await self._remember(tx, [held[f"{job.id}:{job.token}"] or peek_uuid(job.payload)
+                                          for job, ok in zip(jobs, done) if ok])
         return done
+
+    async def _remember(self, tx: Session, uuids: Sequence[str | None]) -> None:
+        """Record finished jobs' uuids, and now and then drop records older than the window."""
+        uuids = [job_uuid for job_uuid in uuids if job_uuid is not None]
+        if not uuids:
+            return
+        await tx.execute(REMEMBER[self.db.dialect].replace("{rows}", ", ".join([REMEMBER_ROW] * len(uuids))), uuids)
+        self._finished_since_prune += len(uuids)
+        if self._finished_since_prune >= PRUNE_EVERY:
+            self._finished_since_prune = 0
+            await tx.execute(PRUNE[self.db.dialect], (self.replay_window, PRUNE_LIMIT))
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         if delay > 0:
-            return await self.db.execute(RELEASE_HELD_DELAYED, (float(delay), int(job.id), int(job.token))) == 1
-        return await self.db.execute(RELEASE_HELD, (int(job.id), int(job.token))) == 1
+            return await self.db.execute(RELEASE_HELD_DELAYED, (float(delay), *_fence(job))) == 1
+        return await self.db.execute(RELEASE_HELD, _fence(job)) == 1
+
+    async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
+        params = (storable(exception), int(failed_ran), self.visibility_timeout, *_fence(job))
+        return await self.db.execute(MARK_FAILING, params) == 1
 
     async def fail(self, job: ReservedJob, exception: str) -> bool:
         async with self.db.transaction() as tx:
             return await self._fail_in(tx, job, exception)
 
     async def _fail_in(self, tx: Session, job: ReservedJob, exception: str) -> bool:
-        if await tx.execute(DELETE_HELD, (int(job.id), int(job.token))) != 1:
+        if await tx.execute(DELETE_HELD, _fence(job)) != 1:
             return False
         await self.failed.record(self.name, job.queue, job.payload, exception, session=tx)
+        await self._remember(tx, [peek_uuid(job.payload)])
         return True
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> None:
@@ -189,12 +410,13 @@ class DatabaseQueue(QueueConnection):
             return
         async with self.db.transaction() as tx:
             for job in jobs:
-                await tx.execute(EXTEND_HELD, (int(job.id), int(job.token)))
+                await tx.execute(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
+
+    # -- inspect ----------------------------------------------------------------------------
 
     async def sizes(self, queues: Sequence[str] | None = None) -> dict[str, QueueSize]:
         if queues:
-            marks = ", ".join("?" for _ in queues)
-            rows = await self.db.fetchall(SIZES + f" WHERE queue IN ({marks}) GROUP BY queue", list(queues))
+            rows = await self.db.fetchall(SIZES + f" WHERE queue IN {marks(len(queues))} GROUP BY queue", list(queues))
         else:
             rows = await self.db.fetchall(SIZES + " GROUP BY queue ORDER BY queue")
         found = {q: QueueSize(int(p or 0), int(d or 0), int(r or 0)) for q, p, d, r in rows}
@@ -209,3 +431,35 @@ class DatabaseQueue(QueueConnection):
     async def restart_requested_at(self) -> float:
         row = await self.db.fetchone(SIGNAL_GET, ("restart",))
         return float(row[0]) if row else 0.0
+
+    async def restart_signal(self) -> str:
+        # Placeholder until the restart-signal change lands (another branch): the stored value as text.
+        row = await self.db.fetchone(SIGNAL_GET, ("restart",))
+        return repr(float(row[0])) if row else ""
+
+
+def _fence(job: ReservedJob) -> tuple[int, int, str]:
+    attempts, _, claim = job.token.partition(":")
+    return int(job.id), int(attempts), claim
+
+
+def _reserved(queue: str, row: Sequence, claim: str, counted: bool) -> ReservedJob:
+    """A ReservedJob from (id, payload, attempts, failing, failed_ran); `counted`: attempts is the
+    value before this reserve's increment."""
+    job_id, payload, attempts, failing, failed_ran = row
+    attempts = int(attempts) + (1 if counted else 0)
+    return ReservedJob(id=str(job_id), queue=queue, payload=payload, attempts=attempts, token=f"{attempts}:{claim}",
+                       failing=failing, failed_ran=bool(failed_ran))
+
+
+def _batches(payloads: Sequence[str], budget: int | None) -> Iterator[Sequence[str]]:
+    """Consecutive slices of at most BULK_ROWS payloads and (when given) `budget` characters;
+    a payload alone over the budget still gets its own slice."""
+    start, size = 0, 0
+    for end, payload in enumerate(payloads):
+        if end > start and (end - start >= BULK_ROWS or (budget is not None and size + len(payload) > budget)):
+            yield payloads[start:end]
+            start, size = end, 0
+        size += len(payload)
+    if start < len(payloads):
+        yield payloads[start:]

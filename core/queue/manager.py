@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from core.config import Config
@@ -26,6 +27,7 @@ class QueueManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._opening: asyncio.Lock | None = None
+        self._closer: AsyncGenerator[None, None] | None = None
 
     def _check_loop(self) -> None:
         # Connections belong to the event loop that opened them; a new loop (a second
@@ -33,16 +35,36 @@ class QueueManager:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._lock, self._opening = loop, asyncio.Lock(), asyncio.Lock()
-            self._connections, self._database, self._failed = {}, None, None
+            self._connections, self._database, self._failed, self._closer = {}, None, None, None
+
+    async def _enter_loop(self) -> None:
+        """_check_loop, and on a loop's first use arrange for its end to close what it opens."""
+        self._check_loop()
+        if self._closer is None:
+            self._closer = self._close_with_loop()
+            await self._closer.__anext__()
+
+    async def _close_with_loop(self) -> AsyncGenerator[None, None]:
+        """Closes this loop's connections when the loop shuts down. asyncio.run (and any loop's
+        shutdown_asyncgens) closes the async generators still open, inside the loop: a lazily
+        booted app, never closed by its user, would otherwise leave its MySQL connections to be
+        collected after the loop is gone ("Event loop is closed" at exit)."""
+        loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            if self._loop is loop:
+                await self.close()
 
     async def database(self) -> Database:
-        self._check_loop()
+        await self._enter_loop()
         async with self._lock:
             if self._database is None:
                 self._database = await Database.connect(self.config.database)
             return self._database
 
     async def failed_store(self) -> FailedJobStore:
+        await self._enter_loop()     # a store of an earlier loop is no longer usable
         if self._failed is None:
             store = FailedJobStore(await self.database())
             await store.migrate()
@@ -55,7 +77,7 @@ class QueueManager:
         return self._connections.get(name or self.config.queue.default)
 
     async def connection(self, name: str | None = None) -> QueueConnection:
-        self._check_loop()
+        await self._enter_loop()
         name = name or self.config.queue.default
         if name in self._connections:
             return self._connections[name]
@@ -67,15 +89,15 @@ class QueueManager:
         return self._connections[name]
 
     async def _make(self, name: str) -> QueueConnection:
-        vt = self.config.queue.visibility_timeout
+        vt, window = self.config.queue.visibility_timeout, self.config.queue.replay_window
         if name == "database":
             from core.queue.database import DatabaseQueue
 
-            return DatabaseQueue(await self.database(), await self.failed_store(), vt)
+            return DatabaseQueue(await self.database(), await self.failed_store(), vt, replay_window=window)
         if name == "redis":
             from core.queue.redis import RedisQueue
 
-            return RedisQueue(self.config.redis, await self.failed_store(), vt)
+            return RedisQueue(self.config.redis, await self.failed_store(), vt, replay_window=window)
         if name == "sync":
             from core.queue.sync import SyncQueue
 

@@ -7,9 +7,12 @@ every script touches one node:
     queues:{emails}:delayed    zset    ids of delayed jobs, score = due time
     queues:{emails}:reserved   zset    ids of reserved jobs, score = reservation expiry
     queues:{emails}:jobs       hash    <id> = payload, <id>:seq
-    queues:{emails}:state      hash    <id>:attempts, <id>:token of jobs tried at least once
+    queues:{emails}:state      hash    <id>:attempts, <id>:token, <id>:failing of jobs tried at least once
     queues:{emails}:notify     list    one entry per ready job; idle workers block on it
     queues:{emails}:seq        string  counter giving each pushed job its place in dispatch order
+    queues:{emails}:done       zset    ids finished within the replay window, score = when
+    queues:{emails}:claim:<c>  string  the ids a reserve call with claim c took (expires after
+                                       the visibility timeout)
 
 A job keeps its sequence number for life, so a delayed job coming due, a retry, or an expired
 reservation goes back to its dispatch position: due jobs run in dispatch order, as on the
@@ -20,15 +23,16 @@ reservation token live in the small `state` hash (jobs tried at least once), not
 payload: in a queue a million jobs deep every touch of the large jobs hash is a cache miss, and a
 worker now touches it twice per job (the payload on reserve, the delete on acknowledge) instead of
 seven times. (Jobs in flight across an upgrade from the older layout keep their old fields until
-`queue:clear`; they are not lost.) A job's id is its payload's uuid, so pushing the same job twice
-is a no-op and `queue:retry` brings a failed job back under its own id. Times come from the Redis
-server's clock (`TIME` inside the scripts): one clock for every worker, as the database
-connection uses the database's.
+`queue:clear`; they are not lost.) A job's id is its payload's uuid: pushing a job that is stored,
+or that finished within the replay window (the done zset), is a no-op, and `queue:retry` brings a
+failed job back under its own id. Times come from the Redis server's clock (`TIME` inside the
+scripts): one clock for every worker, as the database connection uses the database's.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import secrets
 import socket
@@ -55,7 +59,7 @@ from core.queue.failed import FailedJobStore
 from core.queue.redis_lane import Lane
 
 LUA = Path(__file__).resolve().parent / "lua"
-SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "size", "clear")
+SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear")
 BATCH = 500               # due or expired jobs moved per reserve call; jobs deleted per clear step
 PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks Redis for long
 MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
@@ -64,6 +68,8 @@ SOCKET_TIMEOUT = 10.0
 MAX_CONNECTIONS = 50       # per process; a call beyond them waits (up to SOCKET_TIMEOUT) for one to be free
 CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+ROW = 5                   # fields per job in a reserve answer: id, payload, attempts, failing, n
+log = logging.getLogger("worker")
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,20 @@ class QueueKeys:
     notify: str
     seq: str
     state: str
+    done: str
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> "QueueKeys":
         base = f"{prefix}{{{queue}}}"
         return cls(base, f"{base}:delayed", f"{base}:reserved", f"{base}:jobs", f"{base}:notify", f"{base}:seq",
-                   f"{base}:state")
+                   f"{base}:state", f"{base}:done")
+
+    def claim(self, claim: str) -> str:
+        return f"{self.ready}:claim:{claim}"
+
+    def for_reserve(self, claim: str | None) -> list[str]:
+        keys = [self.ready, self.delayed, self.reserved, self.jobs, self.notify, self.state, self.done]
+        return keys if claim is None else [*keys, self.claim(claim)]
 
 
 def address(config: RedisConfig) -> str:
@@ -167,10 +181,12 @@ def reason(exc: BaseException) -> str:
 class RedisQueue(QueueConnection):
     name = "redis"
 
-    def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90) -> None:
+    def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90,
+                 replay_window: int = 900) -> None:
         self.config = config
         self.failed = failed
         self.visibility_timeout = visibility_timeout
+        self.replay_window = max(0, int(replay_window))
         self.cluster = is_cluster(config)
         self.client: Redis | RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
@@ -235,7 +251,7 @@ class RedisQueue(QueueConnection):
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         k = self.keys(queue)
-        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq],
+        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done],
                         [max(0.0, float(delay)), peek_uuid(payload) or str(uuid.uuid4()), payload])
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
@@ -244,46 +260,53 @@ class RedisQueue(QueueConnection):
             args: list[Any] = [max(0.0, float(delay))]
             for payload in payloads[start:start + PUSH_CHUNK]:
                 args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
-            await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq], args)
+            await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
+
+    async def requeue(self, queue: str, payload: str) -> None:
+        """queue:retry: forget the finished record and store the job again, or take it over from a
+        worker still failing it (requeue.lua): attempts reset, failing mark and token cleared."""
+        k = self.keys(queue)
+        await self._run("requeue", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.seq, k.state, k.done],
+                        [peek_uuid(payload) or str(uuid.uuid4()), payload])
 
     # -- reserving -------------------------------------------------------------------------------
 
-    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
-        jobs, _ = await self._reserve(queues, 1)
+    async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
+        jobs, _ = await self._reserve(queues, 1, claim)
         return jobs[0] if jobs else None
 
-    async def reserve_many(self, queues: Sequence[str], limit: int) -> list[ReservedJob]:
-        jobs, _ = await self._reserve(queues, limit)
+    async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
+        jobs, _ = await self._reserve(queues, limit, claim)
         return jobs
 
-    async def _reserve(self, queues: Sequence[str], limit: int) -> tuple[list[ReservedJob], float | None]:
+    async def _reserve(self, queues: Sequence[str], limit: int,
+                       claim: str | None = None) -> tuple[list[ReservedJob], float | None]:
         """Up to `limit` due jobs, first queue first; if none, the seconds until something may come due."""
         wake: float | None = None
         taken: list[ReservedJob] = []
         for queue in queues:
-            k = self.keys(queue)
-            token = secrets.token_hex(8)
-            result = await self._run("reserve", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state],
-                                     [self.visibility_timeout, token, BATCH, limit - len(taken)])
-            if result[0]:
-                taken += self._taken(queue, token, result)
+            stem = claim or secrets.token_hex(8)
+            result = await self._run("reserve", self.keys(queue).for_reserve(claim),
+                                     [self.visibility_timeout, stem, BATCH, limit - len(taken)])
+            jobs, due_in = self._answer(queue, stem, result)
+            if jobs:
+                taken += jobs
                 if len(taken) >= limit:
                     break
-            elif result[1]:
-                due_in = max(0.0, float(result[1]))
+            elif due_in is not None:
                 wake = due_in if wake is None else min(wake, due_in)
         return taken, (None if taken else wake)
 
-    async def reserve_wait(self, queues: Sequence[str], timeout: float,
-                           interrupt: asyncio.Event | None = None) -> ReservedJob | None:
+    async def reserve_wait(self, queues: Sequence[str], timeout: float, interrupt: asyncio.Event | None = None,
+                           claim: str | None = None) -> ReservedJob | None:
         """Reserve, or block on the queues' notify lists until a job is pushed (or comes due)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         if len(queues) == 1 and not self.cluster:
-            return await self._wait_one(queues[0], deadline, interrupt)
+            return await self._wait_one(queues[0], deadline, interrupt, claim)
         woken_by: str | None = None
         while True:
-            jobs, wake = await self._reserve(queues, 1)
+            jobs, wake = await self._reserve(queues, 1, claim)
             job = jobs[0] if jobs else None
             if job is not None:
                 if woken_by is not None and woken_by != job.queue:
@@ -296,7 +319,8 @@ class RedisQueue(QueueConnection):
             block = min(remaining, MAX_BLOCK, wake if wake is not None else MAX_BLOCK)
             woken_by = await self._block(queues, max(block, 0.01), interrupt)
 
-    async def _wait_one(self, queue: str, deadline: float, interrupt: asyncio.Event | None) -> ReservedJob | None:
+    async def _wait_one(self, queue: str, deadline: float, interrupt: asyncio.Event | None,
+                        claim: str | None) -> ReservedJob | None:
         """One queue: BLPOP and the reserve script sent together, so Redis runs the reserve the
         moment a push wakes the BLPOP, with no round trip back to the worker in between.
 
@@ -304,36 +328,53 @@ class RedisQueue(QueueConnection):
         that the worker never saw, its attempt counted): the wait is cut into WAIT_SLICE pieces
         and `interrupt` is looked at between them."""
         loop = asyncio.get_running_loop()
-        jobs, wake = await self._reserve([queue], 1)
-        k = self.keys(queue)
+        jobs, wake = await self._reserve([queue], 1, claim)
+        keys = self.keys(queue).for_reserve(claim)
+        script = self._scripts["reserve"]
         while not jobs:
             remaining = deadline - loop.time()
             if remaining <= 0 or (interrupt is not None and interrupt.is_set()):
                 return None
             block = max(0.01, min(remaining, WAIT_SLICE, wake if wake is not None else WAIT_SLICE))
-            token = secrets.token_hex(8)
+            stem = claim or secrets.token_hex(8)
             pipe = self.client.pipeline(transaction=False)
-            pipe.blpop([k.notify], timeout=block)
+            pipe.blpop([self.keys(queue).notify], timeout=block)
             # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
-            pipe.evalsha(self._scripts["reserve"].sha, 6, k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state,
-                         self.visibility_timeout, token, BATCH, 1)
+            pipe.evalsha(script.sha, len(keys), *keys, self.visibility_timeout, stem, BATCH, 1)
             try:
                 _, result = await pipe.execute()
             except redis_errors.NoScriptError:          # the server lost its scripts (a restart)
-                await self._scripts["reserve"].registered_client.script_load(self._scripts["reserve"].script)
+                await script.registered_client.script_load(script.script)
                 continue
-            jobs, wake = self._taken(queue, token, result), None
-            if not jobs and result[1]:
-                wake = max(0.0, float(result[1]))
+            jobs, wake = self._answer(queue, stem, result)
         return jobs[0]
 
-    def _taken(self, queue: str, token: str, result: list) -> list[ReservedJob]:
-        """The jobs a reserve script call returned ({count, id, payload, attempts, ...} or {false, wake})."""
-        if not result[0]:
-            return []
-        rows = result[1:]
-        return [ReservedJob(id=rows[i], queue=queue, payload=rows[i + 1], attempts=int(rows[i + 2]),
-                            token=f"{token}:{i // 3 + 1}") for i in range(0, len(rows), 3)]
+    def _answer(self, queue: str, stem: str, result: list) -> tuple[list[ReservedJob], float | None]:
+        """A reserve script's answer: the jobs it took, else the seconds until one may come due."""
+        jobs = self._rows(queue, stem, result)
+        if jobs or not result[1]:
+            return jobs, None
+        return [], max(0.0, float(result[1]))
+
+    def _rows(self, queue: str, stem: str, result: list) -> list[ReservedJob]:
+        """The jobs of a reserve answer ({count, id, payload, attempts, failing, n, ...} or
+        {false, wake}); ids after them are jobs dropped as already finished: logged."""
+        count = int(result[0] or 0)
+        for job_id in result[1 + count * ROW if count else 2:]:
+            log.warning("%s already ran; a repeated push of it was dropped", job_id)
+        return [ReservedJob(id=result[i], queue=queue, payload=result[i + 1], attempts=int(result[i + 2]),
+                            token=f"{stem}:{result[i + 4]}", failing=_text(result[i + 3]),
+                            failed_ran=(result[i + 3] or "")[:1] == "1")
+                for i in range(1, 1 + count * ROW, ROW)]
+
+    async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
+        """reserve.lua with the claim and a limit of 0: the jobs that call still holds, renewed."""
+        jobs: list[ReservedJob] = []
+        for queue in queues:
+            result = await self._run("reserve", self.keys(queue).for_reserve(claim),
+                                     [self.visibility_timeout, claim, BATCH, 0])
+            jobs += self._rows(queue, claim, result)
+        return jobs
 
     async def _block(self, queues: Sequence[str], seconds: float, interrupt: asyncio.Event | None = None) -> str | None:
         """Wait for a notify entry; returns the queue it came from, None on timeout or interrupt.
@@ -372,8 +413,8 @@ class RedisQueue(QueueConnection):
         done = [False] * len(jobs)
         for queue, indexes in by_queue.items():
             k = self.keys(queue)
-            args = [part for i in indexes for part in (jobs[i].id, jobs[i].token)]
-            flags = await self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state], args)
+            args = [self.replay_window, *(part for i in indexes for part in (jobs[i].id, jobs[i].token))]
+            flags = await self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state, k.done], args)
             for i, flag in zip(indexes, flags):
                 done[i] = flag == 1
         return done
@@ -383,11 +424,18 @@ class RedisQueue(QueueConnection):
         return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state],
                                [job.id, job.token, max(0.0, float(delay))]) == 1
 
+    async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
+        k = self.keys(job.queue)
+        return await self._run("mark_failing", [k.reserved, k.state],
+                               [self.visibility_timeout, job.id, job.token, int(bool(failed_ran)), exception]) == 1
+
     async def fail(self, job: ReservedJob, exception: str) -> bool:
         """Record in failed_jobs first, then delete: no path removes a job that is not recorded.
 
         The reservation is renewed first, which also checks it is still ours and keeps it ours
-        while the row is written; only then is the job deleted (token-checked, acknowledge.lua).
+        while the row is written; only then is the job deleted (token-checked, acknowledge.lua,
+        which also remembers it as finished). A requeue in between takes the job over: the
+        delete then does nothing and the job stays queued.
         """
         if not await self._extend_queue(job.queue, [job]):
             return False
@@ -440,12 +488,16 @@ class RedisQueue(QueueConnection):
 
     # -- restart signal --------------------------------------------------------------------------
 
-    async def request_restart(self, at: float) -> None:
-        await self.client.set(f"{self.config.prefix}restart", repr(float(at)))
+    async def request_restart(self) -> None:
+        await self.client.incr(f"{self.config.prefix}restart")
 
-    async def restart_requested_at(self) -> float:
-        value = await self.client.get(f"{self.config.prefix}restart")
-        return float(value) if value else 0.0
+    async def restart_signal(self) -> str:
+        return await self.client.get(f"{self.config.prefix}restart") or ""
+
+
+def _text(failing: str | None) -> str | None:
+    """The exception text of a failing mark ('0' or '1' for failed_ran, then the text)."""
+    return None if failing is None else failing[1:]
 
 
 async def _close_quietly(client: Redis | RedisCluster) -> None:

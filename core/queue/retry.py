@@ -1,4 +1,7 @@
-"""Putting failed jobs back on their own connection and queue, attempts reset, id kept."""
+"""Putting failed jobs back on their own connection and queue, attempts reset, id kept.
+
+requeue, not push: the job's uuid is remembered as finished (fail() records it) and may still be
+stored (a worker still failing it); requeue forgets the one and takes the other over."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,11 +40,11 @@ async def retry_failed(app: "Application", ids: list[str] | None, queue: str | N
             # One transaction: the job is either still failed or back on its queue, never both or neither.
             async with store.db.transaction() as tx:
                 if await store.forget(job.uuid, session=tx):
-                    await conn.push_in(tx, job.queue, job.payload)
+                    await conn.requeue_in(tx, job.queue, job.payload)
                     result.retried.append(job)
         else:
-            # Pushing first: a crash in between leaves the failed row, never a lost job.
-            await conn.push(job.queue, job.payload)
+            # Requeueing first: a crash in between leaves the failed row, never a lost job.
+            await conn.requeue(job.queue, job.payload)
             if await store.forget(job.uuid):
                 result.retried.append(job)
     return result

@@ -1,6 +1,6 @@
 -- Renew the reservations of jobs a live worker is still running.
 -- KEYS[1] reserved zset   queues:{q}:reserved
--- KEYS[2] state hash      queues:{q}:state     (<id>:attempts, <id>:token of jobs tried at least once)
+-- KEYS[2] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
 -- ARGV[1] visibility timeout in seconds; ARGV[2], ARGV[3], ... pairs of job id, token
 -- Returns how many reservations were renewed (those whose token still matches).
 --

@@ -1,16 +1,18 @@
 -- Push one or more jobs onto a queue.
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence: FIFO)
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
--- KEYS[3] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq, <id>:attempts, <id>:token)
+-- KEYS[3] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq)
 -- KEYS[4] notify list     queues:{q}:notify    (one entry per ready job, for blocked workers)
 -- KEYS[5] sequence        queues:{q}:seq       (counter: each job's place in dispatch order)
+-- KEYS[6] finished zset   queues:{q}:done      (ids finished within the replay window)
 -- ARGV[1] delay in seconds (0 = ready now); ARGV[2], ARGV[3], ... pairs of job id, payload
 -- (at most ~2,000 pairs per call: the batched commands below unpack one argument per job or two)
 -- Returns how many jobs were added.
 --
 -- Atomic because the payload, the job's place in the ready or delayed set and the wake-up
 -- signal must appear together: a worker must never pop an id whose payload is not stored yet.
--- HSETNX makes a second push of the same id (a retried dispatch) a no-op instead of a duplicate.
+-- A second push of an id that is stored (HSETNX) or finished within the window (the done zset)
+-- is a no-op: a retried dispatch or a replayed payload never stores the job twice.
 local delay = tonumber(ARGV[1])
 local due
 if delay > 0 then
@@ -19,6 +21,7 @@ if delay > 0 then
 end
 if #ARGV == 3 then      -- one job (a dispatch): the same steps, without the batch's tables
     local id = ARGV[2]
+    if redis.call('ZSCORE', KEYS[6], id) then return 0 end
     if redis.call('HSETNX', KEYS[3], id, ARGV[3]) == 0 then return 0 end
     local seq = redis.call('INCR', KEYS[5])
     redis.call('HSET', KEYS[3], id .. ':seq', seq)
@@ -37,7 +40,7 @@ local seqs, members, signals = {}, {}, {}
 for i = 2, #ARGV, 2 do
     local id = ARGV[i]
     seq = seq + 1
-    if redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 1 then
+    if not redis.call('ZSCORE', KEYS[6], id) and redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 1 then
         seqs[#seqs + 1] = id .. ':seq'
         seqs[#seqs + 1] = seq
         members[#members + 1] = due or seq

@@ -1,10 +1,11 @@
--- Put a reserved job back, to run again now or after a delay; its attempt count is kept.
+-- Put a reserved job back, to run again now or after a delay; its attempt count is kept, a
+-- failing mark is cleared (it runs again as a fresh try).
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence)
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] reserved zset   queues:{q}:reserved
 -- KEYS[4] jobs hash       queues:{q}:jobs
 -- KEYS[5] notify list     queues:{q}:notify
--- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token of jobs tried at least once)
+-- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
 -- ARGV[1] job id; ARGV[2] the reservation token the worker holds; ARGV[3] delay in seconds
 -- Returns 1 if released, 0 if the reservation is no longer this worker's.
 --
@@ -15,7 +16,7 @@ if redis.call('HGET', KEYS[6], ARGV[1] .. ':token') ~= ARGV[2] then
 end
 local delay = tonumber(ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[6], ARGV[1] .. ':token')
+redis.call('HDEL', KEYS[6], ARGV[1] .. ':token', ARGV[1] .. ':failing')
 if delay > 0 then
     local t = redis.call('TIME')
     redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay, ARGV[1])

@@ -2,14 +2,25 @@
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence: FIFO)
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
 -- KEYS[3] reserved zset   queues:{q}:reserved  (score = reservation expiry)
--- KEYS[4] jobs hash       queues:{q}:jobs
+-- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq)
 -- KEYS[5] notify list     queues:{q}:notify
--- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token of jobs tried at least once)
--- ARGV[1] visibility timeout in seconds; ARGV[2] the reservation token's stem (random, from the
--- client; job n of this call gets token stem..':'..n); ARGV[3] how many due or expired jobs to
--- move per call (bounds the script's run time); ARGV[4] how many jobs to reserve at most
--- Returns {count, id1, payload1, attempts1, id2, ...}, or {false, wake}: seconds until a delayed
--- job comes due or a reservation expires ('' if neither), so an idle worker knows how long to block.
+-- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
+-- KEYS[7] finished zset   queues:{q}:done      (ids finished within the replay window)
+-- KEYS[8] claim, optional queues:{q}:claim:<claim>  (the ids this call took, in order; cmsgpack)
+-- ARGV[1] visibility timeout in seconds; ARGV[2] the reservation token's stem: the claim when
+-- KEYS[8] is given, else random from the client (job n of this call gets token stem..':'..n);
+-- ARGV[3] how many due or expired jobs to move per call (bounds the script's run time);
+-- ARGV[4] how many jobs to reserve at most (0 with a claim: recover only)
+-- Returns {count, id1, payload1, attempts1, failing1, n1, id2, ...} (failing: the mark
+-- mark_failing.lua left, else nil; n: the job's place in its call, its token is stem..':'..n) or
+-- {false, wake}: seconds until a delayed job comes due or a reservation expires ('' if neither),
+-- so an idle worker knows how long to block. Either is followed by the ids of jobs dropped
+-- because they finished within the window.
+--
+-- A claim already recorded means this call ran before and its answer was lost (the client
+-- retried it, or the worker calls recover): the jobs it took that still carry its tokens are
+-- handed back, renewed, no attempt counted, and nothing else is reserved. Only if none is still
+-- held does the call reserve afresh.
 --
 -- Atomic because moving due and expired jobs back, popping, counting the attempt and recording
 -- the reservation must be one step: done in several, two workers could both move the same job,
@@ -18,9 +29,32 @@ local vt, token, batch, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), t
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
+-- The jobs a call with this claim took before and still holds, renewed ({count, rows...}).
+local function still_held(packed)
+    local rows, count = {0}, 0
+    for n, id in ipairs(cmsgpack.unpack(packed)) do
+        local state = redis.call('HMGET', KEYS[6], id .. ':token', id .. ':attempts', id .. ':failing')
+        local payload = state[1] == token .. ':' .. n and redis.call('HGET', KEYS[4], id)
+        if payload then
+            redis.call('ZADD', KEYS[3], 'XX', now + vt, id)
+            count = count + 1
+            local at = #rows
+            rows[at + 1], rows[at + 2], rows[at + 3], rows[at + 4], rows[at + 5] = id, payload, state[2], state[3], n
+        end
+    end
+    rows[1] = count
+    return rows, count
+end
+local claimed = KEYS[8] and redis.call('GET', KEYS[8])     -- set only if this call ran before
+if claimed then
+    local rows, count = still_held(claimed)
+    if count > 0 then return rows end
+end
+
 -- Due delayed jobs and expired reservations (their worker died) go back to the ready set at
 -- their dispatch position, so due jobs run in the order they were dispatched, as on the database.
--- Clearing the token fences off the dead worker's late acknowledge or release.
+-- Clearing the token fences off the dead worker's late acknowledge or release; a failing mark
+-- stays, so the next worker finishes the failure instead of running the job again.
 local function make_ready(ids)
     for _, id in ipairs(ids) do
         redis.call('ZADD', KEYS[1], tonumber(redis.call('HGET', KEYS[4], id .. ':seq') or '0'), id)
@@ -39,22 +73,37 @@ if #expired > 0 then
 end
 
 -- Pop, count the attempt and record the reservation, job by job. An id whose payload is gone
--- (cleared while it waited) is skipped.
-local taken, count = {}, 0
+-- (cleared while it waited) is skipped; one that finished within the window (written back
+-- behind push's back: a replay) is deleted unrun and reported.
+local function drop_finished(id)
+    redis.call('HDEL', KEYS[4], id, id .. ':seq')
+    redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing')
+end
+local taken, ids, dropped, count = {}, {}, {}, 0
 while count < limit do
     local id, payload
     repeat
         id = redis.call('ZPOPMIN', KEYS[1])[1]
         if id then payload = redis.call('HGET', KEYS[4], id) end
+        if payload and redis.call('ZSCORE', KEYS[7], id) then
+            drop_finished(id)
+            dropped[#dropped + 1] = id
+            payload = nil
+        end
     until not id or payload
     if not id then break end
     count = count + 1
     local attempts = redis.call('HINCRBY', KEYS[6], id .. ':attempts', 1)
     redis.call('HSET', KEYS[6], id .. ':token', token .. ':' .. count)
     redis.call('ZADD', KEYS[3], now + vt, id)
-    taken[#taken + 1] = id
-    taken[#taken + 1] = payload
-    taken[#taken + 1] = attempts
+    -- Only a job tried before can carry a failing mark (release and requeue clear it).
+    local failing = attempts > 1 and redis.call('HGET', KEYS[6], id .. ':failing')
+    local at = #taken
+    taken[at + 1], taken[at + 2], taken[at + 3], taken[at + 4], taken[at + 5] = id, payload, attempts, failing, count
+    ids[count] = id
+end
+if KEYS[8] and count > 0 then
+    redis.call('SET', KEYS[8], cmsgpack.pack(ids), 'PX', math.max(1, math.ceil(vt * 1000)))
 end
 
 -- Keep one wake-up entry per ready job: never more (the list stays bounded), never fewer
@@ -68,14 +117,17 @@ elseif signals < ready then
     redis.call('RPUSH', KEYS[5], unpack(missing))
 end
 
+local reply
 if count == 0 then
     local wake = nil
     local d = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     local r = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     if d[2] then wake = tonumber(d[2]) end
     if r[2] and (not wake or tonumber(r[2]) < wake) then wake = tonumber(r[2]) end
-    return {false, wake and tostring(wake - now) or ''}
+    reply = {false, wake and tostring(wake - now) or ''}
+else
+    table.insert(taken, 1, count)
+    reply = taken
 end
-
-table.insert(taken, 1, count)
-return taken
+for _, id in ipairs(dropped) do reply[#reply + 1] = id end
+return reply
