@@ -1,13 +1,24 @@
+import math
+
 from core.config import QueueConfig, env, env_float, env_int
 from core.errors import ConfigError
 
 
 def load() -> QueueConfig:
+    # Each setting is checked here, where it is given (SPEC 5), so every command refuses a bad one
+    # with one clear line rather than a worker misbehaving with it later.
     max_payload = env_int("QUEUE_MAX_PAYLOAD_BYTES", 1048576)
     if max_payload < 0:
         raise ConfigError(f"QUEUE_MAX_PAYLOAD_BYTES must be 0 (no limit) or more, got {max_payload}")
-    return QueueConfig(default=env("QUEUE_CONNECTION", "database"),
-                       visibility_timeout=env_int("QUEUE_VISIBILITY_TIMEOUT", 90),
-                       dispatch_timeout=max(0.0, env_float("QUEUE_DISPATCH_TIMEOUT", 5.0)),
-                       max_payload_bytes=max_payload,
-                       replay_window=env_int("QUEUE_REPLAY_WINDOW", 900))
+    visibility = env_int("QUEUE_VISIBILITY_TIMEOUT", 90)
+    if visibility < 1:    # 0 or less: every reservation lapses at once, so one job starts again and again
+        raise ConfigError(f"QUEUE_VISIBILITY_TIMEOUT must be a whole number of seconds of at least 1, got {visibility}")
+    window = env_int("QUEUE_REPLAY_WINDOW", 900)
+    if window < 60:       # shorter than a lost answer's retry and a worker's recovery may take
+        raise ConfigError(f"QUEUE_REPLAY_WINDOW must be a whole number of seconds of at least 60, got {window}")
+    dispatch_timeout = env_float("QUEUE_DISPATCH_TIMEOUT", 5.0)
+    if not (math.isfinite(dispatch_timeout) and dispatch_timeout >= 0):
+        raise ConfigError("QUEUE_DISPATCH_TIMEOUT must be a finite number of seconds of 0 (no retry) or more, "
+                          f"got {env('QUEUE_DISPATCH_TIMEOUT')!r}")
+    return QueueConfig(default=env("QUEUE_CONNECTION", "database"), visibility_timeout=visibility,
+                       dispatch_timeout=dispatch_timeout, max_payload_bytes=max_payload, replay_window=window)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from dotenv import load_dotenv
 
@@ -113,13 +114,42 @@ class Config:
     def secrets(self) -> list[str]:
         """Values that must never reach output, logs or stored rows."""
         values = [self.app.key, self.database.password, self.redis.password, self.mqtt.password]
-        if self.redis.url:   # redis://:password@host/0 holds one too, as written and percent-decoded
-            try:
-                password = urlsplit(self.redis.url).password or ""
-            except ValueError:   # a malformed URL; connecting will say so
-                password = ""
-            values += [password, unquote(password)]
+        if self.redis.url:   # redis://:password@host/0 holds one too: as written, encoded and decoded
+            password = split_url(self.redis.url)[1].partition(":")[2]
+            values += [password, _encode_userinfo(password), unquote(_encode_userinfo(password))]
         return [v for v in values if v]
+
+
+# What follows a URL's userinfo: a host (a name, an address, or [IPv6]) and a port, then a path, a
+# query or the end. The userinfo ends at the last '@' so followed: a password may hold '@', '/', '?'.
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._\-]+)(:\d*)?(?=[/?#]|$)")
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """(scheme, userinfo, the rest from the host on) of a URL, the userinfo as written: found without
+    a URL parser, which would take a '#', '/' or '?' in a password for the end of the userinfo."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    for at in range(len(rest) - 1, -1, -1):
+        if rest[at] == "@" and _AUTHORITY.match(rest, at + 1):
+            return scheme, rest[:at], rest[at + 1:]
+    return scheme, "", rest
+
+
+def encoded_url(url: str) -> str:
+    """The URL with its user name and password percent-encoded, as a URL parser (redis-py's) needs
+    them; a '%XX' already there is kept, so a URL written encoded means what it meant."""
+    scheme, userinfo, rest = split_url(url)
+    if not userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{_encode_userinfo(user)}{colon}{_encode_userinfo(password)}@{rest}"
+
+
+def _encode_userinfo(text: str) -> str:
+    return _LONE_PERCENT.sub("%25", quote(text, safe="%"))
 
 
 def load_env_file(path: Path | None = None) -> None:

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Generator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -67,19 +68,21 @@ async def push(job: Job, *, queue: str | None = None, connection: str | None = N
 
     app = current()
     payload, raw = _encode(app, job, queue)
-    retrying = _Retrying(app, [(job, raw)])
+    retrying = _Retrying(app, [(payload, raw)])
     conn = await _open(app, connection or job.connection, retrying)
     if conn.name == "sync":
-        await run_now(job)
+        await run_now(job, payload)
     else:
         await _push_group(conn, payload.queue, [raw], delay, retrying)
-    return job.job_id  # type: ignore[return-value]
+    return payload.uuid
 
 
 def _encode(app: "Application", job: Job, queue: str | None) -> tuple[Payload, str]:
+    """A new job's payload, with a fresh id; a retry of this dispatch pushes the same text."""
     payload = job.to_payload(queue)
     raw = payload.encode(app.config.app.key)
     check_size(raw, app.config.queue.max_payload_bytes, payload.display_name)
+    job.dispatched_as(payload)
     return payload, raw
 
 
@@ -99,26 +102,28 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
     from core.app import current
 
     app = current()
-    groups: dict[tuple[str | None, str], list[tuple[Job, str]]] = {}
+    groups: dict[tuple[str | None, str], list[tuple[Job, Payload, str]]] = {}
+    ids = []
     for job in jobs:
         payload, raw = _encode(app, job, queue)
-        groups.setdefault((connection or job.connection, payload.queue), []).append((job, raw))
+        groups.setdefault((connection or job.connection, payload.queue), []).append((job, payload, raw))
+        ids.append(payload.uuid)
     for (conn_name, queue_name), items in groups.items():
-        retrying = _Retrying(app, items)
+        retrying = _Retrying(app, [(payload, raw) for _, payload, raw in items])
         conn = await _open(app, conn_name, retrying)
         if conn.name == "sync":  # runs here and now; the job object is at hand
-            for job, _ in items:
-                await run_now(job)
+            for job, payload, _ in items:
+                await run_now(job, payload)
         else:
-            await _push_group(conn, queue_name, [raw for _, raw in items], delay, retrying)
-    return [job.job_id for job in jobs]
+            await _push_group(conn, queue_name, [raw for _, _, raw in items], delay, retrying)
+    return ids
 
 
 class _Retrying:
     """QUEUE_DISPATCH_TIMEOUT at work: retry with backoff while the store is unreachable, then raise
     QueueConnectionError. Each attempt is cut at the deadline, so a dispatch never waits longer."""
 
-    def __init__(self, app: "Application", items: list[tuple[Job, str]]) -> None:
+    def __init__(self, app: "Application", items: list[tuple[Payload, str]]) -> None:
         self.limit = app.config.queue.dispatch_timeout
         self.deadline = asyncio.get_running_loop().time() + self.limit
         self.pause = 0.05
@@ -128,8 +133,8 @@ class _Retrying:
 
     @property
     def what(self) -> str:
-        job = self.items[0][0]
-        return f"{type(job).__name__} [{job.job_id}]" if len(self.items) == 1 else f"{len(self.items)} jobs"
+        payload = self.items[0][0]
+        return f"{payload.display_name} [{payload.uuid}]" if len(self.items) == 1 else f"{len(self.items)} jobs"
 
     def attempt(self) -> contextlib.AbstractAsyncContextManager[Any]:
         if not self.limit:
@@ -189,18 +194,26 @@ class _Clock:
     TICK seconds and cuts those past theirs; with none in flight it does not tick."""
 
     TICK = 0.05
-    _current: "_Clock | None" = None
+    _current: "_Clock | None" = None       # the last one used: the one a single loop finds at once
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clock]" = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self._loop = weakref.ref(loop)     # not a strong one: _by_loop forgets the clock with its loop
         self.cuts: dict[_Cut, None] = {}
         self._tick: asyncio.TimerHandle | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop()  # type: ignore[return-value]
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> "_Clock":
         clock = cls._current
-        if clock is None or clock.loop is not loop:     # a new loop (a second asyncio.run)
-            clock = cls._current = cls(loop)
+        if clock is None or clock.loop is not loop:     # another loop: in another thread, or a second asyncio.run
+            clock = cls._by_loop.get(loop)
+            if clock is None:
+                clock = cls._by_loop[loop] = cls(loop)
+            cls._current = clock
         return clock
 
     def add(self, cut: _Cut) -> None:
@@ -265,9 +278,12 @@ async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], dela
             await retrying.after(problem)
 
 
-async def run_now(job: Job) -> Any:
-    """Run a job in this process: serialized and restored as a worker would, failed() on error."""
-    payload = job.to_payload()
+async def run_now(job: Job, payload: Payload | None = None) -> Any:
+    """Run a job in this process: serialized and restored as a worker would (from `payload` when it
+    was already made), failed() on error."""
+    if payload is None:
+        payload = job.to_payload()
+        job.dispatched_as(payload)
     instance = type(job).from_payload(payload, attempts=1)
     try:
         return await instance.run_handle()

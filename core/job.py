@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import FrameworkError, InvalidQueueName
-from core.payload import Payload, from_json_value, new_id, now, to_json_value
+from core.payload import InvalidPayload, Payload, from_json_value, new_id, now, to_json_value
 
 if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
@@ -18,6 +19,58 @@ _NOT_SERIALIZED = {"job_id", "attempts", "max_tries", "timeout", "retry_after", 
 
 class SerializationError(FrameworkError, TypeError):
     """An attribute value of a job cannot be put in its payload."""
+
+
+class InvalidJobSetting(FrameworkError, ValueError):
+    """max_tries, timeout or retry_after (of the class or set on the instance) cannot work; nothing was pushed."""
+
+
+def _shadowed(cls: type) -> frozenset[str]:
+    """Names an attribute set at dispatch would hide: the class's methods, properties and other
+    descriptors (`dispatch(handle=...)` would make a job that fails every try). Kept per class."""
+    names = _SHADOWED.get(cls)
+    if names is None:
+        names = _SHADOWED[cls] = frozenset(
+            name for name in dir(cls) if not name.startswith("_") and _is_behaviour(inspect.getattr_static(cls, name)))
+    return names
+
+
+def _is_behaviour(value: Any) -> bool:
+    return callable(value) or hasattr(type(value), "__get__") or isinstance(value, (staticmethod, classmethod))
+
+
+_SHADOWED: dict[type, frozenset[str]] = {}
+
+
+def _check_name(cls: type, name: str) -> str | None:
+    """Why `name` cannot be a job attribute set at dispatch or restored from a payload, else None."""
+    if name.startswith("_") or name in ("job_id", "attempts"):
+        return "is the framework's own"
+    if name in _shadowed(cls):
+        return f"would hide {cls.__name__}.{name}, which is not data (a method, property or descriptor)"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def frozen_settings(job: "Job") -> tuple[int, float, tuple[float, ...]]:
+    """max_tries, timeout and retry_after as the payload holds them, each checked where it is given
+    (SPEC 5): a bad one would fail every attempt (or never run the job) in a worker much later."""
+    where = type(job).__name__
+    tries, timeout, retry = job.max_tries, job.timeout, job.retry_after
+    if not isinstance(tries, int) or isinstance(tries, bool) or tries < 1:
+        raise InvalidJobSetting(f"{where}.max_tries must be a whole number of at least 1, got {tries!r}; "
+                                "nothing was pushed")
+    if not _number(timeout) or timeout <= 0:
+        raise InvalidJobSetting(f"{where}.timeout must be a finite number of seconds above 0, got {timeout!r}; "
+                                "nothing was pushed")
+    delays = retry if isinstance(retry, (list, tuple)) else (retry,)
+    if not all(_number(d) and d >= 0 for d in delays):
+        raise InvalidJobSetting(f"{where}.retry_after must be a finite number of seconds of 0 or more, or a list "
+                                f"of them, got {retry!r}; nothing was pushed")
+    return tries, float(timeout), tuple(map(float, delays))
 
 
 def validate_queue_name(name: Any) -> str:
@@ -71,8 +124,9 @@ class Job:
     def make(cls, **attributes: Any) -> "Job":
         job = cls()
         for name, value in attributes.items():
-            if name.startswith("_") or name in ("job_id", "attempts"):
-                raise SerializationError(f"{cls.__name__}: {name!r} cannot be set at dispatch")
+            why = _check_name(cls, name)
+            if why:
+                raise SerializationError(f"{cls.__name__}: {name!r} cannot be set at dispatch: it {why}")
             setattr(job, name, value)
         return job
 
@@ -84,9 +138,13 @@ class Job:
 
     def serialize(self) -> dict[str, Any]:
         data = {}
+        shadowed = _shadowed(type(self))
         for name, value in vars(self).items():
             if name.startswith("_") or name in _NOT_SERIALIZED:
                 continue
+            if name in shadowed:     # set on an instance built by hand
+                raise SerializationError(f"{type(self).__name__}: {name!r} cannot be dispatched: it "
+                                         f"{_check_name(type(self), name)}")
             try:
                 data[name] = to_json_value(value, name)
             except TypeError as exc:
@@ -94,24 +152,33 @@ class Job:
         return data
 
     def to_payload(self, queue: str | None = None) -> Payload:
-        """The payload, freezing this job's settings (the class's, unless set on the instance).
-        A job without an id gets one here, kept for every later attempt."""
-        self.job_id = self.job_id or new_id()
-        retry = self.retry_after
-        retry = tuple(map(float, retry)) if isinstance(retry, (list, tuple)) else (float(retry),)
-        return Payload(uuid=self.job_id, job=type(self).class_path(),
+        """The payload of a new job: a fresh id (every dispatch is a new job, SPEC 5; only its own
+        retry after a lost answer reuses it, by pushing this same payload), and this job's
+        settings (the class's, unless set on the instance) checked and frozen."""
+        tries, timeout, retry = frozen_settings(self)
+        return Payload(uuid=new_id(), job=type(self).class_path(),
                        queue=validate_queue_name(self.queue if queue is None else queue),
-                       max_tries=int(self.max_tries), timeout=float(self.timeout),
-                       retry_after=retry, data=self.serialize(), pushed_at=now())
+                       max_tries=tries, timeout=timeout, retry_after=retry, data=self.serialize(), pushed_at=now())
+
+    def dispatched_as(self, payload: Payload) -> None:
+        """Note a dispatch of this instance: one built by hand takes its latest dispatch's id; one a
+        worker restored from a payload (running now) keeps its own, whatever copies of it it pushes."""
+        if not self.__dict__.get("_restored"):
+            self.job_id = payload.uuid
 
     @classmethod
     def from_payload(cls, payload: Payload, attempts: int) -> "Job":
         job = cls()
         for name, value in payload.data.items():
-            if not name.startswith("_") and name not in _NOT_SERIALIZED:
-                setattr(job, name, from_json_value(value))
+            if name.startswith("_") or name in _NOT_SERIALIZED:
+                continue
+            if name in _shadowed(cls):   # a payload from before the check, or forged: it would fail every try
+                raise InvalidPayload(f"payload attribute {name[:80]!r} of {cls.__name__} cannot be restored: "
+                                     f"it {_check_name(cls, name)}")
+            setattr(job, name, from_json_value(value))
         job.job_id = payload.uuid
         job.attempts = attempts
+        job._restored = True
         return job
 
     async def run_handle(self) -> Any:

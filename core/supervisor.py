@@ -15,7 +15,9 @@ supervisor, and keep reaching them if the supervisor dies. The supervisor
 Each worker runs in its own process group, so a Ctrl-C in the terminal reaches the supervisor
 only, which passes it on once (a worker counts a second SIGINT as "hurry"). On Linux the kernel
 sends a worker SIGTERM when the supervisor dies (PR_SET_PDEATHSIG): a SIGKILLed supervisor leaves
-no worker running unsupervised; each finishes its jobs and exits.
+no worker running unsupervised; each finishes its jobs and exits. The worker asks for that itself
+at startup (follow_supervisor(), told the supervisor's pid in SUPERVISOR_PID_ENV): code run between
+fork and exec (preexec_fn) is not safe in a process whose other threads may hold locks.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core.config import project_path
@@ -46,6 +47,7 @@ MAX_DELAY = 30.0      # the longest wait before starting a worker that keeps dyi
 GIVE_UP_AFTER = 5     # --stop-when-empty/--once: quick deaths in a row before a worker is given up
 RESTART_POLL = 1.0    # seconds between looks at the queue:restart signal, as the workers do
 PR_SET_PDEATHSIG = 1
+SUPERVISOR_PID_ENV = "QUEUE_SUPERVISOR_PID"
 
 
 async def supervise(app: "Application", options: WorkerOptions, processes: int, worker_args: list[str]) -> int:
@@ -66,15 +68,15 @@ class Supervisor:
         self._children: dict[int, asyncio.subprocess.Process] = {}   # by worker number, 1..N
         self._stopping = asyncio.Event()
         self._signalled = False
-        self._started_at = 0.0
+        self._restart_signal: str | None = None   # the queue:restart signal when the supervisor started
         self._conn: QueueConnection | None = None
-        self._detach = _child_setup(os.getpid())
 
     async def run(self) -> int:
         # Opening the connection here turns a wrong name or an unreachable server into one clear
         # line before any worker starts, and creates the tables once rather than N times at once.
         self._conn = await self.app.queue.connection(self.options.connection)
-        self._started_at = time.time()
+        # Read before any worker starts: a restart requested after this point stops the supervisor.
+        self._restart_signal = await self._conn.restart_signal()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._forward, sig)
@@ -118,10 +120,9 @@ class Supervisor:
         return True
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
-        env = {**os.environ, WORKER_NAME_ENV: f"worker {index}"}
+        env = {**os.environ, WORKER_NAME_ENV: f"worker {index}", SUPERVISOR_PID_ENV: str(os.getpid())}
         process = await asyncio.create_subprocess_exec(
-            *self.argv, cwd=project_path("."), env=env, stdin=subprocess.DEVNULL, process_group=0,
-            preexec_fn=self._detach)
+            *self.argv, cwd=project_path("."), env=env, stdin=subprocess.DEVNULL, process_group=0)
         self._children[index] = process
         if self._stopping.is_set():   # the stop came while this worker was being started: no jobs yet
             _send(process, signal.SIGTERM)
@@ -142,7 +143,8 @@ class Supervisor:
                 return
 
     async def _restart_requested(self) -> bool:
-        """True once queue:restart was called after the supervisor started; then it stops too.
+        """True once queue:restart was called after the supervisor started (the store's restart
+        signal changed: no clock is compared); then it stops too.
 
         The workers see the restart themselves, except one that started after it was called (one
         being replaced at that moment), so each also gets a SIGTERM: a first stop signal only
@@ -151,11 +153,11 @@ class Supervisor:
         if self._stopping.is_set():
             return False
         try:
-            at = await self._conn.restart_requested_at()
+            value = await self._conn.restart_signal()
         except Exception as exc:   # the workers report connection trouble; try again next time
             log.debug("restart check failed: %s", exc)
             return False
-        if at <= self._started_at:
+        if value == self._restart_signal:
             return False
         self._stopping.set()
         log.info("Supervisor: queue:restart; stopping %d worker(s) after their running jobs, then exiting",
@@ -187,19 +189,17 @@ def _send(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
         process.send_signal(sig)
 
 
-def _child_setup(supervisor_pid: int) -> Callable[[], None]:
-    """What a worker runs between fork and exec: SIGTERM me when the supervisor dies (Linux)."""
-    prctl = None
+def follow_supervisor() -> None:
+    """In a worker a supervisor started (SUPERVISOR_PID_ENV set), first thing: have the kernel send
+    SIGTERM when the supervisor dies (Linux), and exit at once if it already has. The variable is
+    removed, so a process this one starts (a job's) is not taken for a worker."""
+    supervisor_pid = os.environ.pop(SUPERVISOR_PID_ENV, "")
+    if not supervisor_pid:
+        return
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
-            prctl = ctypes.CDLL(None, use_errno=True).prctl    # looked up before fork, only called after
-
-    def setup() -> None:
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        if os.getppid() != supervisor_pid:   # the supervisor died before the line above took effect
-            os._exit(1)
-
-    return setup
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if str(os.getppid()) != supervisor_pid:   # it died before the line above took effect
+        os._exit(1)

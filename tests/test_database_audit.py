@@ -446,6 +446,6 @@ async def test_a_database_of_the_previous_release_keeps_its_jobs_after_migrate(k
 
 async def test_the_replay_window_comes_from_config(monkeypatch):
     configure(monkeypatch, "database")
-    monkeypatch.setenv("QUEUE_REPLAY_WINDOW", "42")
+    monkeypatch.setenv("QUEUE_REPLAY_WINDOW", "420")
     async with create_app() as app:
-        assert (await queue_of(app)).replay_window == 42
+        assert (await queue_of(app)).replay_window == 420

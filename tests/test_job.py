@@ -108,10 +108,11 @@ def test_signed_payload_verifies_and_rejects_tampering():
 def test_the_job_id_is_read_from_the_top_level_whatever_the_data_holds(key):
     decoy = "11111111-1111-4111-8111-111111111111"
     job = ExampleJob.make(to=f'"uuid":"{decoy}"', items=[{"uuid": decoy}])
-    raw = job.to_payload().encode(key)
-    assert peek_uuid(raw) == job.job_id == json.loads(raw)["uuid"]
-    reordered = json.dumps({"uuid": job.job_id, "data": {"uuid": decoy}})    # not our key order
-    assert peek_uuid(reordered) == job.job_id
+    payload = job.to_payload()
+    raw = payload.encode(key)
+    assert peek_uuid(raw) == payload.uuid == json.loads(raw)["uuid"]
+    reordered = json.dumps({"uuid": payload.uuid, "data": {"uuid": decoy}})    # not our key order
+    assert peek_uuid(reordered) == payload.uuid
     assert peek_uuid("not json") is None and peek_uuid('{"data": {}}') is None
 
 

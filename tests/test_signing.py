@@ -4,6 +4,7 @@ signed job A relabelled as job B. Each forgery ends in failed_jobs, nothing in i
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -30,9 +31,8 @@ EVIL = "tests.jobs_evil.payload.EvilJob"
 
 def signed(uuid: str, log: str, key: str = KEY) -> dict:
     """A validly signed RecordingJob payload, as a copy taken from the store would be."""
-    job = RecordingJob.make(log=log, value="A")
-    job.job_id = uuid
-    return json.loads(job.to_payload().encode(key))
+    payload = dataclasses.replace(RecordingJob.make(log=log, value="A").to_payload(), uuid=uuid)
+    return json.loads(payload.encode(key))
 
 
 def resign(body: dict, key: str) -> str:

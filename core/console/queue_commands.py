@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import click
 
@@ -119,9 +118,8 @@ async def size(app, connection, queue, as_json) -> None:
 async def restart(app, connection) -> None:
     """Tell every running worker to finish its current jobs and exit (a supervisor starts new ones)."""
     names = [connection] if connection else sorted({app.config.queue.default, "database"} - {"sync"})
-    now = time.time()
     for name in names:
-        await (await app.queue.connection(name)).request_restart(now)
+        await (await app.queue.connection(name)).request_restart()
     click.echo(f"Restart signal sent to workers on {', '.join(names)}.")
 
 

@@ -1,6 +1,7 @@
 """FailedJobStore: the failed_jobs table, always in the database of DB_CONNECTION."""
 from __future__ import annotations
 
+import itertools
 import json
 import uuid as uuid_module
 from dataclasses import dataclass
@@ -31,16 +32,19 @@ SCHEMA = {
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
 }
 
-# A job failed twice (a crashed worker's job recorded again) keeps one row, with the newest failure.
-INSERT = {
+# Insert unless the uuid has a row; never overwrite one: a payload carrying the uuid of another
+# failed job (forged, unsigned) must not replace the payload queue:retry needs.
+INSERT_NEW = {
     "sqlite": """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)
-        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO UPDATE SET connection = excluded.connection,
-        queue = excluded.queue, payload = excluded.payload, exception = excluded.exception,
-        failed_at = excluded.failed_at""",
+        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO NOTHING""",
     "mysql": """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)
-        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE connection = VALUES(connection),
-        queue = VALUES(queue), payload = VALUES(payload), exception = VALUES(exception),
-        failed_at = VALUES(failed_at)""",
+        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE uuid = uuid""",
+}
+# The row now under a uuid; MySQL reads it locking, so a row committed after this transaction's
+# snapshot is seen too.
+PAYLOAD_OF = {
+    "sqlite": "SELECT payload FROM failed_jobs WHERE uuid = ?",
+    "mysql": "SELECT payload FROM failed_jobs WHERE uuid = ? FOR UPDATE",
 }
 SELECT = "SELECT uuid, connection, queue, payload, exception, failed_at FROM failed_jobs"
 _TIME = "%Y-%m-%d %H:%M:%S"
@@ -82,16 +86,29 @@ class FailedJobStore:
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
                      session: Session | None = None) -> str:
-        """Write one failed job (inside `session`'s transaction when given); returns its uuid."""
+        """Write one failed job (inside `session`'s transaction when given); returns the uuid it is under.
+
+        The payload's own uuid when that is free, or already holds this same payload (the same
+        failure recorded again: nothing changes, no second row); a payload that differs is recorded
+        under a fresh uuid, so no row is ever overwritten. Safe to repeat."""
+        if session is None:
+            async with self.db.transaction() as tx:
+                return await self._record(tx, connection, queue, payload, exception)
+        return await self._record(session, connection, queue, payload, exception)
+
+    async def _record(self, tx: Session, connection: str, queue: str, payload: str, exception: str) -> str:
+        stored = storable(payload)
+        row = (connection, queue, stored, storable(exception), datetime.now(timezone.utc).strftime(_TIME))
+        # No readable id: a random one, as two such jobs may hold the same bytes and are two failures.
         job_uuid = peek_uuid(payload) or str(uuid_module.uuid4())
-        params = (job_uuid, connection, queue, storable(payload), storable(exception),
-                  datetime.now(timezone.utc).strftime(_TIME))
-        sql = INSERT[self.db.dialect]
-        if session is not None:
-            await session.execute(sql, params)
-        else:
-            await self.db.execute(sql, params)
-        return job_uuid
+        for n in itertools.count():
+            job_uuid = job_uuid or _derived_uuid(stored, n)
+            await tx.execute(INSERT_NEW[self.db.dialect], (job_uuid, *row))
+            found = await tx.fetchone(PAYLOAD_OF[self.db.dialect], (job_uuid,))
+            if found is not None and found[0] == stored:
+                return job_uuid
+            job_uuid = None          # that uuid holds another job's failure: leave it as it is
+        raise AssertionError("unreachable")
 
     async def all(self, queue: str | None = None) -> list[FailedJob]:
         if queue is None:
@@ -114,6 +131,12 @@ class FailedJobStore:
             return await self.db.execute("DELETE FROM failed_jobs")
         cutoff = datetime.now(timezone.utc) - timedelta(hours=older_than_hours)
         return await self.db.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (cutoff.strftime(_TIME),))
+
+
+def _derived_uuid(payload: str, n: int) -> str:
+    """A uuid for a payload whose own is taken by another job's row: made from the payload, so
+    recording the same one again finds its row instead of adding a second."""
+    return str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, f"failed-job:{n}:{payload}"))
 
 
 def storable(text: str) -> str:

@@ -51,7 +51,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.utils import HIREDIS_AVAILABLE
 
-from core.config import RedisConfig
+from core.config import RedisConfig, encoded_url
 from core.errors import ConnectionFailed
 from core.payload import peek_uuid
 from core.queue.contract import QueueConnection, QueueSize, ReservedJob
@@ -100,7 +100,7 @@ class QueueKeys:
 def address(config: RedisConfig) -> str:
     """host:port the connection goes to, for messages (never the password)."""
     if config.url:
-        parts = urlsplit(config.url)
+        parts = urlsplit(encoded_url(config.url))    # a password's '#', '/' or '?' cannot pass for the host
         return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
     return f"{config.host}:{config.port}"
 
@@ -144,7 +144,7 @@ def make_client(config: RedisConfig) -> Redis | RedisCluster:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3,
                     supported_errors=(redis_errors.ConnectionError,)),
         password=config.password or None)
-    url = config.url
+    url = encoded_url(config.url) if config.url else ""     # redis-py reads the password percent-encoded
     if url:
         scheme, _, rest = url.partition("://")
         url = f"{CLUSTER_SCHEMES.get(scheme, scheme)}://{rest}"
@@ -489,7 +489,9 @@ class RedisQueue(QueueConnection):
     # -- restart signal --------------------------------------------------------------------------
 
     async def request_restart(self) -> None:
-        await self.client.incr(f"{self.config.prefix}restart")
+        # A counter, not a time: workers compare it for a change, so skewed clocks agree. INCRBYFLOAT
+        # rather than INCR: the key may still hold a time written by an earlier release.
+        await self.client.incrbyfloat(f"{self.config.prefix}restart", 1)
 
     async def restart_signal(self) -> str:
         return await self.client.get(f"{self.config.prefix}restart") or ""

@@ -21,16 +21,18 @@ class SyncQueue(QueueConnection):
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         decoded = Payload.decode(payload, self.app.config.app.key)
         cls = resolve_job_class(decoded.job, self.app.config.app.job_packages)
-        job = cls.from_payload(decoded, attempts=1)
-        await run_now(job)
+        await run_now(cls.from_payload(decoded, attempts=1), decoded)   # under the payload's own id
 
-    async def reserve(self, queues: Sequence[str]) -> ReservedJob | None:
+    async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
         return None
 
     async def acknowledge(self, job: ReservedJob) -> bool:
         return True
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+        return True
+
+    async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         return True
 
     async def fail(self, job: ReservedJob, exception: str) -> bool:
@@ -45,9 +47,9 @@ class SyncQueue(QueueConnection):
     async def clear(self, queue: str) -> int:
         return 0
 
-    async def request_restart(self, at: float) -> None:
+    async def request_restart(self) -> None:
         return None
 
-    async def restart_requested_at(self) -> float:
-        return 0.0
+    async def restart_signal(self) -> str:
+        return ""
 
