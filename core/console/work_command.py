@@ -21,8 +21,9 @@ from core.worker import Worker, WorkerOptions
               help="Seconds to wait when no job is due (Redis wakes at once when one is pushed).")
 @click.option("--tries", type=int, default=None, help="Attempts per job, overriding the job class's max_tries.")
 @click.option("--timeout", type=float, default=None,
-              help="Seconds one attempt may run, overriding the job class's timeout; must be below "
-                   "QUEUE_VISIBILITY_TIMEOUT.")
+              help="Seconds one attempt may run, overriding the job class's timeout; must leave room below "
+                   "QUEUE_VISIBILITY_TIMEOUT for a reservation renewal (86.95 at the default 90; the refusal "
+                   "names the limit).")
 @click.option("--max-jobs", default=0, show_default=True, help="Stop after this many jobs (0: no limit).")
 @click.option("--max-time", default=0.0, show_default=True, help="Stop after this many seconds (0: no limit).")
 @click.option("--memory", default=128, show_default=True,
