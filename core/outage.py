@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from core.log import redact
@@ -9,13 +10,16 @@ from core.queue.contract import QueueConnection
 
 
 class OutageLog:
-    """The retries in between go to the debug level: an outage of an hour is two lines, not thousands."""
+    """The retries in between go to the debug level: an outage of an hour is two lines, not thousands.
+
+    Thread-safe: the worker's heartbeat reports from a thread of its own."""
 
     def __init__(self, logger: logging.Logger, conn: QueueConnection, secrets: list[str]) -> None:
         self.logger = logger
         self.conn = conn
         self.secrets = secrets
         self.since: float | None = None
+        self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
@@ -27,16 +31,21 @@ class OutageLog:
         if reason is None:
             return False
         reason = redact(reason, self.secrets)
-        if self.since is None:
-            self.since = time.monotonic()
-            self.logger.error("Lost the connection to %s: %s; reconnecting with backoff", self.conn.describe(), reason)
-        else:
-            self.logger.debug("%s still unreachable: %s", self.conn.describe(), reason)
+        with self._lock:    # lines in order, and one "lost" line when two threads fail at once
+            if self.since is None:
+                self.since = time.monotonic()
+                self.logger.error("Lost the connection to %s: %s; reconnecting with backoff", self.conn.describe(),
+                                  reason)
+            else:
+                self.logger.debug("%s still unreachable: %s", self.conn.describe(), reason)
         return True
 
     def recovered(self) -> None:
         """A call succeeded: if an outage was reported, report its end."""
-        if self.since is not None:
-            took = time.monotonic() - self.since
-            self.logger.info("Connection to %s is back after %.1fs", self.conn.describe(), took)
-            self.since = None
+        if self.since is None:     # the common case, without the lock
+            return
+        with self._lock:
+            if self.since is not None:
+                took = time.monotonic() - self.since
+                self.logger.info("Connection to %s is back after %.1fs", self.conn.describe(), took)
+                self.since = None

@@ -12,6 +12,7 @@ import os
 import pkgutil
 import resource
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -21,6 +22,7 @@ from secrets import token_hex
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from core.errors import ConfigError
+from core.heartbeat import Heartbeat
 from core.job import Job, validate_queue_name
 from core.log import one_line, redact
 from core.outage import OutageLog
@@ -36,7 +38,7 @@ T = TypeVar("T")
 SETTLE_TRIES = 8          # about 20 s of retries for acknowledge/release/fail
 LEFT_BEHIND_LIMIT = 3     # job tasks ignoring cancellation at once before the worker stops to be replaced
 HEARTBEAT_MAX = 2.0       # seconds between renewals at most: one store call per queue connection
-RENEWAL_ALLOWANCE = 0.5   # seconds for the renewal's round trip and the loop getting to it, on a loaded host
+RENEWAL_ALLOWANCE = 0.5   # seconds for the renewal's round trip and its thread getting to run, on a loaded host
 KEPT_CLAIMS = 32          # reserve calls whose answers were lost, kept for recover() once the store is back
 
 
@@ -98,10 +100,12 @@ def heartbeat_interval(visibility_timeout: float) -> float:
 
 
 def max_blocking_timeout(visibility_timeout: float, watchdog: Watchdog) -> float:
-    """The longest timeout a job may have and block the event loop for, without another job's reservation lapsing.
+    """The longest timeout a job may have and hold the interpreter for, without another job's reservation lapsing.
 
-    The worst case: a renewal was just due when the job began blocking (h), the job blocks its
-    whole timeout and the watchdog's overrun past it, then the renewal still has to reach the store.
+    The heartbeat's own thread renews while job code blocks the event loop; only code holding the
+    GIL (C code) stops it. The worst case: a renewal was just due when the job began blocking (h),
+    the job blocks its whole timeout and the watchdog's overrun past it, then the renewal still has
+    to reach the store.
     """
     margin = watchdog.overrun + RENEWAL_ALLOWANCE
     return round(visibility_timeout - heartbeat_interval(visibility_timeout) - margin, 2)
@@ -126,6 +130,8 @@ class Worker:
         self.secrets = app.config.secrets()
         self.processed = 0
         self.stop_reason = ""
+        # The jobs held, read by the heartbeat's thread: _running, _acks and _acking change under _held_lock.
+        self._held_lock = threading.Lock()
         self._running: dict[int, ReservedJob] = {}
         self._tasks: set[asyncio.Task] = set()
         # Finished jobs waiting for their acknowledgement, sent in batches by one task (_acknowledge).
@@ -145,7 +151,6 @@ class Worker:
         self._guarded: dict[int, _Guarded] = {}     # job code running now, by watch key
         self._signalled = False
         self._interrupted = False
-        self._renewing = False      # the heartbeat's extend is in flight
         self._lost_claims: deque[tuple[str, float]] = deque(maxlen=KEPT_CLAIMS)   # (claim, when it was lost)
         self.max_timeout = max_blocking_timeout(self.visibility_timeout, self.watchdog)
         for queue in options.queues:
@@ -212,9 +217,9 @@ class Worker:
         self._warn_long_timeouts()
         self.watchdog.start()
         started = time.monotonic()
-        beating = asyncio.Event()
-        beating.set()
-        heartbeat = asyncio.create_task(self._heartbeat(conn, beating))
+        heartbeat = Heartbeat(self.app, self.options.connection, heartbeat_interval(self.visibility_timeout),
+                              self._held, self._outage, self.secrets)
+        heartbeat.start()
         log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
         try:
@@ -226,7 +231,7 @@ class Worker:
                 await asyncio.gather(self._acker, return_exceptions=True)
             await self._close_left_behind()
         finally:
-            await self._stop_heartbeat(heartbeat, beating)
+            await heartbeat.stop()      # after the last acknowledgement: it renews jobs waiting for theirs
             self.watchdog.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -360,7 +365,8 @@ class Worker:
 
     def _start(self, conn: QueueConnection, job: ReservedJob) -> None:
         key = next(self._keys)
-        self._running[key] = job
+        with self._held_lock:
+            self._running[key] = job
         self._track(key, asyncio.create_task(self._process(conn, key, job)))
 
     def _track(self, key: int, task: asyncio.Task) -> None:
@@ -371,7 +377,8 @@ class Worker:
             if t not in self._tasks:    # left behind: the task that took over its attempt frees the slot
                 return
             self._tasks.discard(t)
-            self._running.pop(key, None)
+            with self._held_lock:
+                self._running.pop(key, None)
             self.processed += 1
             self._changed.set()
             self._check_memory()
@@ -399,36 +406,10 @@ class Worker:
                 async with asyncio.timeout(seconds):
                     await self._stopping.wait()
 
-    async def _stop_heartbeat(self, heartbeat: asyncio.Task, beating: asyncio.Event) -> None:
-        """Let a renewal in flight finish before the connection is closed (cancelled mid-call, a
-        database driver may find its pool gone); cancel it only if the store keeps it waiting."""
-        beating.clear()
-        if self._renewing:
-            await asyncio.wait({heartbeat}, timeout=5)
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
-
-    async def _heartbeat(self, conn: QueueConnection, beating: asyncio.Event) -> None:
-        """Renew the reservations of running jobs so no second worker takes them, while `beating` is set.
-
-        Every `heartbeat_interval` from the start of the last renewal, so that a job blocking the
-        loop for up to `max_timeout` delays a renewal by no more than the visibility timeout allows.
-        """
-        interval = heartbeat_interval(self.visibility_timeout)
-        while beating.is_set():
-            began = time.monotonic()
-            held = [*self._running.values(), *(job for job, _, _ in self._acking + self._acks)]
-            if held:
-                self._renewing = True
-                try:
-                    await conn.extend(held)
-                except Exception as exc:
-                    if not self._outage.failed(exc):
-                        log.error("Could not extend reservations: %s", redact(str(exc), self.secrets))
-                finally:
-                    self._renewing = False
-            if beating.is_set():
-                await asyncio.sleep(max(0.0, began + interval - time.monotonic()))
+    def _held(self) -> list[ReservedJob]:
+        """The heartbeat's thread: the jobs running and those waiting for their acknowledgement."""
+        with self._held_lock:
+            return [*self._running.values(), *(job for job, _, _ in self._acking), *(job for job, _, _ in self._acks)]
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -469,7 +450,8 @@ class Worker:
         except Exception as exc:
             await failed_attempt(exc)
             return
-        self._acks.append((reserved, label, started))
+        with self._held_lock:
+            self._acks.append((reserved, label, started))
         if self._acker is None:
             self._acker = asyncio.create_task(self._acknowledge(conn))
 
@@ -482,7 +464,8 @@ class Worker:
         """
         try:
             while self._acks:
-                self._acking, self._acks = self._acks, []
+                with self._held_lock:
+                    self._acking, self._acks = self._acks, []
                 batch = self._acking
                 label = batch[0][1] if len(batch) == 1 else f"{len(batch)} finished jobs"
                 done = await self._settle(label, "acknowledge", lambda: conn.acknowledge_many([j for j, _, _ in batch]))
@@ -494,7 +477,8 @@ class Worker:
                     if not done[i]:
                         log.warning("%s finished, but its reservation had been taken over by another worker", job_label)
                     log.info("DONE    %s %s", job_label, _took(started))
-                self._acking = []
+                with self._held_lock:
+                    self._acking = []
         finally:
             self._acker = None
 

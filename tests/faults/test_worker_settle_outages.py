@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -66,8 +67,8 @@ def failing_store(request, monkeypatch) -> str:
 
 
 async def test_a_failure_half_done_when_the_reservation_lapsed_is_finished_not_run_again(failing_store, tmp_path):
-    """Finding 8. Worker A fails the job, then stalls in failed() (it blocks the loop past the visibility
-    timeout): its reservation lapses. Worker B, which would give the job more tries, takes it: it finishes
+    """Finding 8. Worker A fails the job, then stalls in failed() (the process is stopped past the visibility
+    timeout, its heartbeat with it: blocking the loop alone no longer stops renewals): its reservation lapses. Worker B, which would give the job more tries, takes it: it finishes
     the failure with A's exception and never runs handle() again; A, back, finds its reservation gone and
     records nothing. Before: B ran the job, it succeeded, and A then wrote a failed_jobs row for it."""
     log = str(tmp_path / "events")
@@ -79,12 +80,15 @@ async def test_a_failure_half_done_when_the_reservation_lapsed_is_finished_not_r
                                      cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
         try:
             await eventually(lambda: [e for e in read_events(log) if e["event"] == "failed"], 20, "A's failed()")
+            os.kill(first.pid, signal.SIGSTOP)
             await asyncio.sleep(3.3)                    # A is stalled: its reservation lapses
             second = Worker(app, WorkerOptions(tries=3, stop_when_empty=True, sleep=0.05))
             await asyncio.wait_for(second.run(), 30)
+            os.kill(first.pid, signal.SIGCONT)
             assert await asyncio.to_thread(first.wait, 30) == 0
         finally:
             if first.poll() is None:
+                os.kill(first.pid, signal.SIGCONT)
                 first.kill()
         rows = await (await app.queue.failed_store()).all()
         sizes = (await (await app.queue.connection()).sizes(["default"]))["default"]

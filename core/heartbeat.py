@@ -1,0 +1,120 @@
+"""Heartbeat: renews the reservations a worker holds, from a thread with its own event loop and store connection.
+
+On the worker's loop, renewals waited for job code that blocks the loop: jobs reserved in one call
+that each block within their own timeout run one after another in one pass of the loop (four of
+1.4 s: 5.6 s), longer than the visibility timeout, and the reservations behind them lapsed. Here
+only job code holding the GIL in C code delays a renewal; the watchdog's hard limit ends that.
+
+The thread opens its own QueueManager, so each store's `extend` serves unchanged (SQLite: a second
+connection to the same file, which WAL and busy_timeout share out).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from core.log import redact
+from core.outage import OutageLog
+from core.queue.contract import QueueConnection, ReservedJob
+from core.queue.manager import QueueManager
+
+if TYPE_CHECKING:
+    from core.app import Application
+
+log = logging.getLogger("worker")
+STOP_PATIENCE = 5.0     # seconds a renewal in flight may take to finish at stop before it is cancelled
+
+
+class Heartbeat:
+    """Every `interval` from the start of the last renewal, extends the reservations `held()` returns.
+
+    `held` is called from the heartbeat's thread: it must copy what the worker's loop changes under a lock.
+    """
+
+    def __init__(self, app: "Application", connection: str | None, interval: float,
+                 held: Callable[[], Sequence[ReservedJob]], outage: OutageLog, secrets: list[str]) -> None:
+        self.app = app
+        self.connection = connection
+        self.interval = interval
+        self.held = held
+        self.outage = outage
+        self.secrets = secrets
+        self._stop = threading.Event()
+        self._lock = threading.Lock()                   # guards _loop/_wake/_task against the thread's end
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._thread = threading.Thread(target=self._main, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop renewing and close the thread's connection. A renewal in flight finishes first (cut
+        mid-call, a database driver may find its pool gone); it is cancelled only if the store keeps
+        it waiting past STOP_PATIENCE."""
+        self._stop.set()
+        self._call(lambda: self._wake.set())            # type: ignore[union-attr]
+        await asyncio.to_thread(self._thread.join, STOP_PATIENCE)
+        if self._thread.is_alive():
+            self._call(lambda: self._task.cancel())     # type: ignore[union-attr]
+            await asyncio.to_thread(self._thread.join, STOP_PATIENCE)
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        """Run fn on the thread's loop, if it is still running."""
+        with self._lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(fn)
+
+    # -- in the heartbeat's thread ----------------------------------------------------------
+
+    def _main(self) -> None:
+        asyncio.run(self._beat())
+
+    async def _beat(self) -> None:
+        with self._lock:
+            self._loop, self._wake, self._task = asyncio.get_running_loop(), asyncio.Event(), asyncio.current_task()
+        manager = QueueManager(self.app)
+        try:
+            # Open at once, while the store is known up: on Redis opening also opens the failed-job store.
+            await self._open(manager)
+            while not self._stop.is_set():
+                began = time.monotonic()
+                held = self.held()
+                if held:
+                    await self._renew(manager, held)
+                await self._pause(max(0.0, began + self.interval - time.monotonic()))
+        finally:
+            with self._lock:
+                self._loop = None
+            await manager.close()
+
+    async def _pause(self, seconds: float) -> None:
+        """Until the next renewal is due, or stop() wakes the thread."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)      # type: ignore[union-attr]
+
+    async def _open(self, manager: QueueManager) -> QueueConnection | None:
+        try:
+            return await manager.connection(self.connection)
+        except Exception as exc:     # tried again at the first renewal
+            self._report(exc, "open a connection for renewals")
+            return None
+
+    async def _renew(self, manager: QueueManager, held: Sequence[ReservedJob]) -> None:
+        conn = await self._open(manager)
+        if conn is None:
+            return
+        try:
+            await conn.extend(held)
+        except Exception as exc:
+            self._report(exc, "extend reservations")
+
+    def _report(self, exc: Exception, action: str) -> None:
+        if not self.outage.failed(exc):     # an outage is one line (the worker's loop reports its end)
+            log.error("Could not %s: %s", action, redact(str(exc) or type(exc).__name__, self.secrets))
