@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -129,6 +129,23 @@ class Database:
         """A short reason when `exc` means the server could not be reached or the connection
         dropped (worth retrying); None for any other error."""
         return None
+
+    def lock_conflict(self, exc: BaseException) -> bool:
+        """Whether `exc` is a transaction the server chose to abort over a lock (a deadlock, a lock
+        wait timeout): nothing of it was kept, and running it again is the documented answer."""
+        return False
+
+    async def retrying_conflicts(self, attempt: Callable[[], Awaitable[T]], tries: int = 5) -> T:
+        """Run `attempt` (a whole transaction or statement), again when a lock conflict aborted it:
+        a queue:retry or queue:clear racing the workers' own transactions may deadlock with them."""
+        for n in range(1, tries + 1):
+            try:
+                return await attempt()
+            except Exception as exc:
+                if n == tries or not self.lock_conflict(exc):
+                    raise
+                await asyncio.sleep(0.05 * n)
+        raise AssertionError("not reached")
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
@@ -363,6 +380,11 @@ class MysqlDatabase(Database):
             self._max_packet = int(row[0]) if row else 4 * 2**20
         return self._max_packet
 
+    def lock_conflict(self, exc: BaseException) -> bool:
+        import pymysql
+
+        return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] in LOCK_CONFLICTS
+
     def connection_error(self, exc: BaseException) -> str | None:
         import pymysql
 
@@ -436,6 +458,8 @@ class MysqlDatabase(Database):
 # Client and server error codes that mean the connection is gone or cannot be made: can't connect
 # (2002, 2003), server gone away or lost (2006, 2013, 2055), shutting down (1053), connection
 # killed (1927), too many connections (1040).
+# Deadlock found (1213), lock wait timeout exceeded (1205): the server rolled the transaction back.
+LOCK_CONFLICTS = {1213, 1205}
 DISCONNECTED = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1040}
 
 

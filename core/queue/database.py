@@ -434,7 +434,8 @@ class DatabaseQueue(QueueConnection):
         return {q: found.get(q, QueueSize()) for q in queues} if queues else found
 
     async def clear(self, queue: str) -> int:
-        return await self.db.execute(CLEAR, (queue,))
+        # One statement over many rows: it may deadlock with the workers' acknowledgements.
+        return await self.db.retrying_conflicts(lambda: self.db.execute(CLEAR, (queue,)))
 
     async def request_restart(self) -> None:
         await self.db.execute(SIGNAL_BUMP[self.db.dialect], ("restart",))
