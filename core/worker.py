@@ -308,6 +308,8 @@ class Worker:
                 self._lost_claims.append((claim, time.monotonic()))
                 await self._idle(backoff)
                 continue
+            if jobs and time.monotonic() - polled_at > heartbeat_interval(self.visibility_timeout):
+                jobs = await self._still_held(conn, jobs, claim)
             if not jobs:
                 if o.once or (o.stop_when_empty and not self._running):
                     self.stop("queue empty" if o.stop_when_empty else "--once")
@@ -332,6 +334,32 @@ class Worker:
         if not self._outage.failed(exc):
             log.error("Queue connection error: %s; retrying in %.1fs",
                       redact(str(exc) or type(exc).__name__, self.secrets), backoff)
+
+    async def _still_held(self, conn: QueueConnection, jobs: list[ReservedJob], claim: str) -> list[ReservedJob]:
+        """The jobs of a reserve answer read late that are still this worker's, renewed.
+
+        The store reserved them when the call ran, but the answer may have waited unread (job code
+        blocking the loop) longer than the heartbeat lets a running job go unrenewed: a lapsed
+        reservation may have been taken again, and starting the job here would run it twice.
+        Renew what is still ours (token-checked), then ask the store which the call still holds. A
+        job still ours that the store can no longer name (read later than it keeps claims) goes
+        back to the queue now rather than after its reservation lapses.
+        """
+        try:
+            await conn.extend(jobs)
+            held = await conn.recover(self.options.queues, claim)
+            kept = {(job.queue, job.id) for job in held}
+            for job in jobs:
+                if (job.queue, job.id) not in kept:
+                    released = await conn.release(job, 0)
+                    log.warning("%s on %s: its reservation lapsed before the worker read it (the event loop was "
+                                "blocked); not started, %s", one_line(job.id), job.queue,
+                                "released to the queue" if released else "it is another reservation's now")
+        except Exception as exc:
+            self._report_reserve_error(exc, 0.0)
+            self._lost_claims.append((claim, time.monotonic()))   # recovered once the store answers
+            return []
+        return held
 
     async def _recover(self, conn: QueueConnection) -> None:
         """Start the jobs that reserve calls whose answers were lost took: their attempts are counted.

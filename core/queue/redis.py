@@ -12,7 +12,7 @@ every script touches one node:
     queues:{emails}:seq        string  counter giving each pushed job its place in dispatch order
     queues:{emails}:done       zset    ids finished within the replay window, score = when
     queues:{emails}:claim:<c>  string  the ids a reserve call with claim c took (expires after
-                                       the visibility timeout)
+                                       two visibility timeouts)
 
 A job keeps its sequence number for life, so a delayed job coming due, a retry, or an expired
 reservation goes back to its dispatch position: due jobs run in dispatch order, as on the

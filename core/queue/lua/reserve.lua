@@ -103,7 +103,9 @@ while count < limit do
     ids[count] = id
 end
 if KEYS[8] and count > 0 then
-    redis.call('SET', KEYS[8], cmsgpack.pack(ids), 'PX', math.max(1, math.ceil(vt * 1000)))
+    -- Two visibility timeouts: a worker whose loop was blocked while this answer waited unread
+    -- asks with the claim which jobs are still its own, possibly after the reservations lapsed.
+    redis.call('SET', KEYS[8], cmsgpack.pack(ids), 'PX', math.max(1, math.ceil(2 * vt * 1000)))
 end
 
 -- Keep one wake-up entry per ready job: never more (the list stays bounded), never fewer
