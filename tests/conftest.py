@@ -96,3 +96,13 @@ async def store(request, monkeypatch, tmp_path):
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
     async for backend in open_backend(request.param, tmp_path):
         yield backend
+
+
+def use_store(request, monkeypatch, store: str, visibility_timeout: int) -> str:
+    """Point the queue at `store` (sqlite or redis) with this QUEUE_VISIBILITY_TIMEOUT, for the
+    workers a test starts and for its own reserver."""
+    if store == "redis":
+        request.getfixturevalue("redis_env")
+    monkeypatch.setenv("QUEUE_CONNECTION", "redis" if store == "redis" else "database")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", str(visibility_timeout))
+    return store

@@ -18,7 +18,7 @@ import pytest
 
 from bootstrap.app import create_app
 from core.watchdog import JobTimeoutError, Watchdog, run_guarded
-from tests.conftest import ROOT
+from tests.conftest import ROOT, use_store
 from tests.jobs.sample_jobs import RecordingJob, read_events
 from tests.jobs.worker_audit_jobs import BlockerJob, CopyJob, DispatchLoopJob, SiblingJob
 
@@ -28,11 +28,7 @@ VISIBILITY = 4
 @pytest.fixture(params=["sqlite", "redis"])
 def short_visibility(request, monkeypatch) -> str:
     """The queue on this store with QUEUE_VISIBILITY_TIMEOUT=4, for the worker and the test's own reserver."""
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
-    monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
-    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", str(VISIBILITY))
-    return request.param
+    return use_store(request, monkeypatch, request.param, VISIBILITY)
 
 
 def start_worker(log: Path, *args: str) -> subprocess.Popen:

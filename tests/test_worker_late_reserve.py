@@ -14,6 +14,7 @@ import pytest
 
 from bootstrap.app import create_app
 from core.worker import Worker, WorkerOptions, heartbeat_interval
+from tests.conftest import use_store
 from tests.jobs.sample_jobs import RecordingJob, read_events
 
 VISIBILITY = 2
@@ -22,11 +23,7 @@ LATE = VISIBILITY + 1.2      # past the reservation (database times are whole se
 
 @pytest.fixture(params=["sqlite", "redis"])
 def short_visibility(request, monkeypatch) -> str:
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
-    monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
-    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", str(VISIBILITY))
-    return request.param
+    return use_store(request, monkeypatch, request.param, VISIBILITY)
 
 
 def read_late(conn, monkeypatch, then=None) -> None:
