@@ -231,10 +231,11 @@ def _name(listener: Listener) -> str:
     return getattr(listener, "__qualname__", None) or repr(listener)
 
 
-def discover(module: str = LISTENERS_MODULE) -> None:
+def discover(module: str | None = None) -> None:
     """Import app/listeners.py (if there is one), whose @listen decorators register its listeners.
     Called when the application boots, and by the first wants() of a lazily booted process."""
     global _discovered
+    module = module or LISTENERS_MODULE
     try:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)

@@ -197,3 +197,20 @@ def test_sequential_dispatch_pays_nothing_for_settings_it_does_not_use():
     path through the encoder as before (checked by text above; here, no map is even made)."""
     payload = RecordingJob.make(log="x").to_payload()
     assert payload.options == {} and "options" not in payload.body()
+
+
+def test_config_middleware_is_read_from_config_and_checked(monkeypatch):
+    import config.queue
+    from core.config import load_config
+    from core.errors import ConfigError
+    from tests.jobs.middleware_jobs import Tag
+
+    tag = Tag("global")
+    monkeypatch.setattr(config.queue, "middleware", [tag])
+    assert load_config().queue.middleware == (tag,)
+    monkeypatch.setattr(config.queue, "middleware", [tag, Tag])
+    with pytest.raises(ConfigError, match=r"^config/queue.py middleware\[1\] is <class .*Tag'>, not a middleware object"):
+        load_config()
+    monkeypatch.setattr(config.queue, "middleware", tag)
+    with pytest.raises(ConfigError, match="^config/queue.py middleware must be a list, got Tag$"):
+        load_config()
