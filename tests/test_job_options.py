@@ -214,3 +214,17 @@ def test_config_middleware_is_read_from_config_and_checked(monkeypatch):
     monkeypatch.setattr(config.queue, "middleware", tag)
     with pytest.raises(ConfigError, match="^config/queue.py middleware must be a list, got Tag$"):
         load_config()
+
+
+async def test_todays_worker_already_waits_an_exponential_backoff(tmp_path, caplog):
+    """retry_after = Exponential(...) needs no new worker code: the worker asks Payload.retry_delay."""
+    from core.worker import Worker, WorkerOptions
+    from tests.jobs.middleware_jobs import BackoffJob
+
+    async with create_app() as app:
+        await BackoffJob.dispatch(log=str(tmp_path / "log"), succeed_on=9)
+        with caplog.at_level("INFO"):
+            await Worker(app, WorkerOptions(stop_when_empty=True, sleep=0.05)).run()
+        sizes = (await (await app.queue.connection()).sizes(["default"]))["default"]
+    assert (sizes.pending, sizes.delayed) == (0, 1)                  # released, not yet due
+    assert [r.getMessage().rpartition("retry in ")[2] for r in caplog.records if "RETRY" in r.getMessage()] == ["40s"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.job import Exponential, Job
-from tests.jobs.sample_jobs import record
+from tests.jobs.sample_jobs import FlakyJob, record
 
 
 class Tag:
@@ -65,3 +65,9 @@ class NotMiddleware:
     """A class a payload may name, but with nothing to call."""
 
     label = ""
+
+
+class BackoffJob(FlakyJob):
+    """Fails until attempt `succeed_on`, retried after an exponential backoff."""
+
+    retry_after = Exponential(first=40, factor=2, max=600)
