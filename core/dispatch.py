@@ -58,6 +58,8 @@ class PendingDispatch:
 
     def through(self, middleware: list[Any]) -> "PendingDispatch":
         """Middleware for this dispatch only, run after the class's own: it travels in the payload."""
+        if not isinstance(middleware, (list, tuple)):
+            raise FrameworkError(f"through() takes a list of middleware, got {type(middleware).__name__}")
         self._through = list(middleware)
         return self
 
@@ -98,7 +100,8 @@ async def _announce(connection: str, payloads: list[Payload], delay: float) -> N
                                     job_class=payload.job, attempts=0, delay=delay))
 
 
-def _encode(app: "Application", job: Job, queue: str | None, through: list[Any] | None = None) -> tuple[Payload, str]:
+def _encode(app: "Application", job: Job, queue: str | None,
+            through: list[Any] | None = None) -> tuple[Payload, str]:
     """A new job's payload, with a fresh id; a retry of this dispatch pushes the same text."""
     middleware = frozen_middleware(job, through, app.config.app.job_packages) if through else None
     payload = job.to_payload(queue, middleware)

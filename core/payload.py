@@ -164,8 +164,8 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING)
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
-    raw = body.get("options")
-    if raw is None:
+    raw = body.get("options", _MISSING)
+    if raw is _MISSING:
         return {}
     try:
         return opt.decode_options(raw)

@@ -11,7 +11,7 @@ import pytest
 from bootstrap.app import create_app
 from core.job import Exponential, InvalidJobSetting, Job, SerializationError
 from core.options import exception_matches
-from core.payload import InvalidPayload, Payload
+from core.payload import InvalidPayload, Payload, peek_uuid
 from tests.jobs.middleware_jobs import SettingsJob
 from tests.jobs.sample_jobs import RecordingJob
 
@@ -55,6 +55,7 @@ def test_every_setting_travels_in_the_signed_options_map():
             decoded.expires_quietly, decoded.dont_retry) == (
         3600.0, 5, 7, 300.0, True, ("builtins.ValueError", "builtins.KeyError"))
     assert decoded.backoff == Exponential(5.0, 3.0, 600.0, 0.25)
+    assert peek_uuid(raw) == payload.uuid             # the fast path still finds the id: options sorts before it
     forged = raw.replace('"maxReleases":7', '"maxReleases":700')
     with pytest.raises(InvalidPayload, match="signature is invalid"):
         Payload.decode(forged, "secret")
@@ -169,6 +170,7 @@ def test_the_new_settings_cannot_be_set_as_job_data_names():
 
 @pytest.mark.parametrize("options, fragment", [
     ([], "payload field 'options' must be a JSON object, got list"),
+    (None, "payload field 'options' must be a JSON object, got NoneType"),
     ({"retryUntil": "60"}, "payload option 'retryUntil' must be seconds above 0, got str '60'"),
     ({"retryUntil": 0}, "payload option 'retryUntil' must be seconds above 0, got int 0"),
     ({"expiresAfter": True}, "payload option 'expiresAfter' must be seconds above 0, got bool True"),
@@ -209,7 +211,7 @@ def test_config_middleware_is_read_from_config_and_checked(monkeypatch):
     monkeypatch.setattr(config.queue, "middleware", [tag])
     assert load_config().queue.middleware == (tag,)
     monkeypatch.setattr(config.queue, "middleware", [tag, Tag])
-    with pytest.raises(ConfigError, match=r"^config/queue.py middleware\[1\] is <class .*Tag'>, not a middleware object"):
+    with pytest.raises(ConfigError, match=r"^config/queue.py middleware\[1\] is <class .*Tag'>, not a middleware"):
         load_config()
     monkeypatch.setattr(config.queue, "middleware", tag)
     with pytest.raises(ConfigError, match="^config/queue.py middleware must be a list, got Tag$"):

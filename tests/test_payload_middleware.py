@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from bootstrap.app import create_app
+from core.errors import FrameworkError
 from core.job import SerializationError
 from core.payload import InvalidPayload, Payload, restore_middleware
 from tests.conftest import ROOT
@@ -129,3 +130,10 @@ def test_the_middleware_option_is_signed():
     with pytest.raises(InvalidPayload, match="signature is invalid"):
         Payload.decode(swapped, "k")
     assert json.loads(raw)["options"]["middleware"] == [["tests.jobs.middleware_jobs.Tag", {"label": "ok"}]]
+
+
+def test_through_takes_a_list():
+    pending = RecordingJob.dispatch(log="x")
+    pending._awaited = True                     # never pushed, on purpose: no "never awaited" warning
+    with pytest.raises(FrameworkError, match="^through\\(\\) takes a list of middleware, got Tag$"):
+        pending.through(Tag("x"))
