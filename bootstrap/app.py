@@ -1,14 +1,19 @@
-"""Builds the application: loads .env and config/, then the routes when the MQTT app asks for them."""
+"""Builds the application: loads .env and config/ and the event listeners, then the routes when the MQTT
+app asks for them."""
 from __future__ import annotations
 
+from core import events
 from core.app import Application
 from core.config import ROOT, Config
 from core.router import Router
 
 
 def create_app(config: Config | None = None) -> Application:
-    """`async with create_app() as app:` boots the application and closes its connections on exit."""
-    return Application(config)
+    """`async with create_app() as app:` boots the application and closes its connections on exit.
+    Booting reads config and discovers the event listeners of app/listeners.py."""
+    app = Application(config)
+    events.discover()
+    return app
 
 
 def load_routes(app: Application) -> Router:

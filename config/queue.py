@@ -1,7 +1,12 @@
 import math
 
-from core.config import QueueConfig, env, env_float, env_int
+from core.config import QueueConfig, checked_middleware, env, env_float, env_int
 from core.errors import ConfigError
+
+# Job middleware around every job's handle(), outermost first, before the job's own middleware():
+# objects with `async def __call__(self, job, next)`. Read from here by the worker, never from a payload.
+# from core.queue.middleware import ...
+middleware: list = []
 
 
 def load() -> QueueConfig:
@@ -21,4 +26,5 @@ def load() -> QueueConfig:
         raise ConfigError("QUEUE_DISPATCH_TIMEOUT must be a finite number of seconds of 0 (no retry) or more, "
                           f"got {env('QUEUE_DISPATCH_TIMEOUT')!r}")
     return QueueConfig(default=env("QUEUE_CONNECTION", "database"), visibility_timeout=visibility,
-                       dispatch_timeout=dispatch_timeout, max_payload_bytes=max_payload, replay_window=window)
+                       dispatch_timeout=dispatch_timeout, max_payload_bytes=max_payload, replay_window=window,
+                       middleware=checked_middleware(middleware))

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from dotenv import load_dotenv
@@ -88,6 +89,18 @@ class QueueConfig:
     dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
     max_payload_bytes: int = 1048576  # an encoded payload over this is refused at dispatch (0: no limit)
     replay_window: int = 900        # seconds a finished job's id is remembered: a second push of it is a no-op
+    middleware: tuple[Any, ...] = ()  # config/queue.py `middleware`: around every job, outermost first
+
+
+def checked_middleware(items: Any) -> tuple[Any, ...]:
+    """config/queue.py's `middleware` list, each item a middleware object (not a class, not a string)."""
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"config/queue.py middleware must be a list, got {type(items).__name__}")
+    for n, item in enumerate(items):
+        if isinstance(item, type) or not (callable(item) or callable(getattr(item, "handle", None))):
+            raise ConfigError(f"config/queue.py middleware[{n}] is {item!r}, not a middleware object "
+                              "(give an instance with async __call__(job, next))")
+    return tuple(items)
 
 
 @dataclass(frozen=True)

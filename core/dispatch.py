@@ -10,8 +10,11 @@ from collections.abc import Generator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from core import events
 from core.errors import ConnectionFailed, FrameworkError, QueueConnectionError
+from core.events import JobQueued
 from core.job import Job, validate_queue_name
+from core.job_settings import frozen_middleware
 from core.payload import Payload, check_size
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ class PendingDispatch:
         self._queue: str | None = None
         self._connection: str | None = None
         self._delay = 0.0
+        self._through: list[Any] = []
         self._awaited = False
 
     def delay(self, delay: float | timedelta | datetime) -> "PendingDispatch":
@@ -52,34 +56,55 @@ class PendingDispatch:
         self._connection = connection
         return self
 
+    def through(self, middleware: list[Any]) -> "PendingDispatch":
+        """Middleware for this dispatch only, run after the class's own: it travels in the payload."""
+        if not isinstance(middleware, (list, tuple)):
+            raise FrameworkError(f"through() takes a list of middleware, got {type(middleware).__name__}")
+        self._through = list(middleware)
+        return self
+
     def __await__(self) -> Generator[Any, None, str]:
         self._awaited = True
-        return push(self.job, queue=self._queue, connection=self._connection, delay=self._delay).__await__()
+        return push(self.job, queue=self._queue, connection=self._connection, delay=self._delay,
+                    through=self._through).__await__()
 
     def __del__(self) -> None:
         if not self._awaited:
             log.warning("%s.dispatch(...) was never awaited; the job was not pushed", type(self.job).__name__)
 
 
-async def push(job: Job, *, queue: str | None = None, connection: str | None = None, delay: float = 0) -> str:
+async def push(job: Job, *, queue: str | None = None, connection: str | None = None, delay: float = 0,
+               through: list[Any] | None = None) -> str:
     """One job: _push_all's path without the grouping (a sequential dispatch's every microsecond
     is a share of its rate)."""
     from core.app import current
 
     app = current()
-    payload, raw = _encode(app, job, queue)
+    announce = events.wants(JobQueued)      # before the push: loading app/listeners.py may fail
+    payload, raw = _encode(app, job, queue, through)
     retrying = _Retrying(app, [(payload, raw)])
     conn = await _open(app, connection or job.connection, retrying)
     if conn.name == "sync":
         await run_now(job, payload)
     else:
         await _push_group(conn, payload.queue, [raw], delay, retrying)
+    if announce:
+        await _announce(conn.name, [payload], delay)
     return payload.uuid
 
 
-def _encode(app: "Application", job: Job, queue: str | None) -> tuple[Payload, str]:
+async def _announce(connection: str, payloads: list[Payload], delay: float) -> None:
+    """JobQueued for each job whose push is confirmed."""
+    for payload in payloads:
+        await events.emit(JobQueued(connection=connection, queue=payload.queue, job_id=payload.uuid,
+                                    job_class=payload.job, attempts=0, delay=delay))
+
+
+def _encode(app: "Application", job: Job, queue: str | None,
+            through: list[Any] | None = None) -> tuple[Payload, str]:
     """A new job's payload, with a fresh id; a retry of this dispatch pushes the same text."""
-    payload = job.to_payload(queue)
+    middleware = frozen_middleware(job, through, app.config.app.job_packages) if through else None
+    payload = job.to_payload(queue, middleware)
     raw = payload.encode(app.config.app.key)
     check_size(raw, app.config.queue.max_payload_bytes, payload.display_name)
     job.dispatched_as(payload)
@@ -102,6 +127,7 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
     from core.app import current
 
     app = current()
+    announce = events.wants(JobQueued)
     groups: dict[tuple[str | None, str], list[tuple[Job, Payload, str]]] = {}
     ids = []
     for job in jobs:
@@ -116,6 +142,8 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
                 await run_now(job, payload)
         else:
             await _push_group(conn, queue_name, [raw for _, _, raw in items], delay, retrying)
+        if announce:
+            await _announce(conn.name, [payload for _, payload, _ in items], delay)
     return ids
 
 

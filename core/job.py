@@ -1,28 +1,24 @@
-"""The Job base class users subclass, and the error raised for attributes that cannot travel."""
+"""The Job base class users subclass; its settings are checked and frozen by core/job_settings.py."""
 from __future__ import annotations
 
 import inspect
-import math
 import re
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.errors import FrameworkError, InvalidQueueName
+from core.errors import InvalidQueueName
+from core.job_settings import SETTING_NAMES, InvalidJobSetting, SerializationError, frozen_settings
+from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, Exponential
 from core.payload import InvalidPayload, Payload, from_json_value, new_id, now, to_json_value
 
 if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
-# Not job data: the id and attempt count, and the settings that travel in the payload's own fields.
-_NOT_SERIALIZED = {"job_id", "attempts", "max_tries", "timeout", "retry_after", "queue", "connection"}
-
-
-class SerializationError(FrameworkError, TypeError):
-    """An attribute value of a job cannot be put in its payload."""
-
-
-class InvalidJobSetting(FrameworkError, ValueError):
-    """max_tries, timeout or retry_after (of the class or set on the instance) cannot work; nothing was pushed."""
+__all__ = ["Exponential", "InvalidJobSetting", "Job", "SerializationError"]
+# Not job data: the id and attempt count, and the settings that travel in the payload's fields and options.
+_NOT_SERIALIZED = {"job_id", "attempts", "max_tries", "timeout", "retry_after", "queue", "connection",
+                   *SETTING_NAMES}
 
 
 def _shadowed(cls: type) -> frozenset[str]:
@@ -51,28 +47,6 @@ def _check_name(cls: type, name: str) -> str | None:
     return None
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def frozen_settings(job: "Job") -> tuple[int, float, tuple[float, ...]]:
-    """max_tries, timeout and retry_after as the payload holds them, each checked where it is given
-    (SPEC 5): a bad one would fail every attempt (or never run the job) in a worker much later."""
-    where = type(job).__name__
-    tries, timeout, retry = job.max_tries, job.timeout, job.retry_after
-    if not isinstance(tries, int) or isinstance(tries, bool) or tries < 1:
-        raise InvalidJobSetting(f"{where}.max_tries must be a whole number of at least 1, got {tries!r}; "
-                                "nothing was pushed")
-    if not _number(timeout) or timeout <= 0:
-        raise InvalidJobSetting(f"{where}.timeout must be a finite number of seconds above 0, got {timeout!r}; "
-                                "nothing was pushed")
-    delays = retry if isinstance(retry, (list, tuple)) else (retry,)
-    if not all(_number(d) and d >= 0 for d in delays):
-        raise InvalidJobSetting(f"{where}.retry_after must be a finite number of seconds of 0 or more, or a list "
-                                f"of them, got {retry!r}; nothing was pushed")
-    return tries, float(timeout), tuple(map(float, delays))
-
-
 def validate_queue_name(name: Any) -> str:
     if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise InvalidQueueName(f"invalid queue name {name!r}: use 1-100 letters, digits, '-', '_', '.' or ':'")
@@ -82,9 +56,16 @@ def validate_queue_name(name: Any) -> str:
 class Job:
     max_tries: ClassVar[int] = 3
     timeout: ClassVar[float] = 60
-    retry_after: ClassVar[float | list[float]] = 0
+    retry_after: ClassVar[float | list[float] | Exponential] = 0
     queue: ClassVar[str] = "default"
     connection: ClassVar[str | None] = None
+    # SPEC 9, frozen in the payload's options map when they differ from these defaults:
+    retry_until: ClassVar[float | timedelta | datetime | None] = None   # seconds after dispatch, or when
+    max_exceptions: ClassVar[int | None] = None         # failed attempts allowed (with retry_until)
+    max_releases: ClassVar[int] = DEFAULT_MAX_RELEASES  # releases before TooManyReleases
+    expires_after: ClassVar[float | timedelta | None] = None   # seconds after being due it may still start
+    expires_quietly: ClassVar[bool] = False             # an expired job is deleted (SKIP), not failed
+    dont_retry: ClassVar[tuple[type[BaseException], ...]] = ()   # these exceptions fail the job at once
 
     def __init__(self) -> None:
         self.job_id: str | None = None
@@ -95,6 +76,11 @@ class Job:
 
     async def failed(self, exception: BaseException) -> None:
         """Called once, when the job's tries are exhausted. Override to clean up or alert."""
+
+    def middleware(self) -> list[Any]:
+        """Middleware around handle(), built in the worker from the restored job: objects with
+        `async def __call__(self, job, next)`. Override to add some."""
+        return []
 
     # -- dispatching ---------------------------------------------------------------------
 
@@ -151,14 +137,18 @@ class Job:
                 raise SerializationError(f"{type(self).__name__}.{name} cannot be serialized: {exc}") from None
         return data
 
-    def to_payload(self, queue: str | None = None) -> Payload:
+    def to_payload(self, queue: str | None = None, middleware: list[list[Any]] | None = None) -> Payload:
         """The payload of a new job: a fresh id (every dispatch is a new job, SPEC 5; only its own
         retry after a lost answer reuses it, by pushing this same payload), and this job's
-        settings (the class's, unless set on the instance) checked and frozen."""
-        tries, timeout, retry = frozen_settings(self)
+        settings (the class's, unless set on the instance) checked and frozen, with the
+        `.through()` middleware already frozen by job_settings.frozen_middleware."""
+        tries, timeout, retry, options = frozen_settings(self)
+        if middleware:
+            options[MIDDLEWARE] = middleware
         return Payload(uuid=new_id(), job=type(self).class_path(),
                        queue=validate_queue_name(self.queue if queue is None else queue),
-                       max_tries=tries, timeout=timeout, retry_after=retry, data=self.serialize(), pushed_at=now())
+                       max_tries=tries, timeout=timeout, retry_after=retry, data=self.serialize(), pushed_at=now(),
+                       options=options)
 
     def dispatched_as(self, payload: Payload) -> None:
         """Note a dispatch of this instance: one built by hand takes its latest dispatch's id; one a

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib
+import inspect
 import json
 import math
 import os
@@ -12,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import options as opt
 from core.errors import FrameworkError
+from core.options import Exponential
 
 _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", re.ASCII)
 _TUPLE = "__tuple__"
@@ -45,21 +48,68 @@ class Payload:
     retry_after: tuple[float, ...]
     data: dict[str, Any] = field(default_factory=dict)
     pushed_at: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)    # core/options.py: only what differs from defaults
 
     @property
     def display_name(self) -> str:
         return self.job.rpartition(".")[2]
 
     def retry_delay(self, attempts: int) -> float:
-        """Delay before the retry that follows attempt number `attempts` (1-based)."""
+        """Delay before the retry that follows attempt number `attempts` (1-based): from the
+        Exponential backoff when there is one, else the list's item (its last one repeating)."""
+        backoff = self.backoff
+        if backoff is not None:
+            return backoff.delay(attempts)
         if not self.retry_after:
             return 0.0
         return self.retry_after[min(attempts, len(self.retry_after)) - 1]
 
+    # -- the frozen settings of the options map, with their defaults -------------------------
+
+    @property
+    def backoff(self) -> Exponential | None:
+        frozen = self.options.get(opt.BACKOFF)
+        return None if frozen is None else Exponential(*frozen)
+
+    @property
+    def retry_until(self) -> float | None:
+        """Seconds after the push during which the job may still be tried; None: max_tries decides."""
+        return self.options.get(opt.RETRY_UNTIL)
+
+    @property
+    def max_exceptions(self) -> int | None:
+        return self.options.get(opt.MAX_EXCEPTIONS)
+
+    @property
+    def max_releases(self) -> int:
+        return self.options.get(opt.MAX_RELEASES, opt.DEFAULT_MAX_RELEASES)
+
+    @property
+    def expires_after(self) -> float | None:
+        """Seconds after the job is due within which it must start; None: it never expires."""
+        return self.options.get(opt.EXPIRES_AFTER)
+
+    @property
+    def expires_quietly(self) -> bool:
+        return self.options.get(opt.EXPIRES_QUIETLY, False)
+
+    @property
+    def dont_retry(self) -> tuple[str, ...]:
+        """Class paths of the exceptions that fail the job at once; see options.exception_matches."""
+        return tuple(self.options.get(opt.DONT_RETRY, ()))
+
+    @property
+    def middleware(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        """(class path, attributes) of each middleware given to `.through()`; restore_middleware builds them."""
+        return tuple((path, attrs) for path, attrs in self.options.get(opt.MIDDLEWARE, ()))
+
     def body(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "displayName": self.display_name, "job": self.job,
+        body = {"uuid": self.uuid, "displayName": self.display_name, "job": self.job,
                 "queue": self.queue, "maxTries": self.max_tries, "timeout": self.timeout,
                 "retryAfter": list(self.retry_after), "data": self.data, "pushedAt": self.pushed_at}
+        if self.options:
+            body["options"] = self.options
+        return body
 
     def encode(self, key: str = "") -> str:
         """Canonical JSON (what the signature covers), with the signature appended as a last key."""
@@ -92,7 +142,7 @@ class Payload:
         return cls(uuid=_job_id(body), job=_field(body, "job", str), queue=_field(body, "queue", str, "default"),
                    max_tries=_field(body, "maxTries", int), timeout=_field(body, "timeout", float),
                    retry_after=_retry_after(body), data=_field(body, "data", dict, {}),
-                   pushed_at=_field(body, "pushedAt", float, 0.0))
+                   pushed_at=_field(body, "pushedAt", float, 0.0), options=_options(body))
 
 
 _MISSING = object()
@@ -111,6 +161,16 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING)
     if type(value) is not kind or (kind is float and not math.isfinite(value)):
         raise InvalidPayload(f"payload field {name!r} must be {_KIND[kind]}, got {_describe(value)}")
     return value
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    raw = body.get("options", _MISSING)
+    if raw is _MISSING:
+        return {}
+    try:
+        return opt.decode_options(raw)
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
 
 
 def _job_id(body: dict[str, Any]) -> str:
@@ -196,10 +256,11 @@ def _canonical_payload(payload: Payload) -> str:
     """_canonical(payload.body()), character for character, at a third of its cost.
 
     The JSON encoder was a tenth of a sequential dispatch. Sorted, the body's keys are data,
-    displayName, job, maxTries, pushedAt, queue, retryAfter, timeout, uuid; all but data,
-    pushedAt and uuid come from the job class's settings, so the text between those three is
-    built once per settings (keyed on their reprs: 1, 1.0 and True are equal in a dict key but
-    not in JSON) and kept. tests/test_job.py holds the two encodings equal."""
+    displayName, job, maxTries, [options,] pushedAt, queue, retryAfter, timeout, uuid; all but
+    data, options, pushedAt and uuid come from the job class's settings, so the text between
+    those is built once per settings (keyed on their reprs: 1, 1.0 and True are equal in a dict
+    key but not in JSON) and kept. Options may differ per dispatch (a deadline, `.through()`),
+    so they are spliced in rather than keyed on. tests/test_job.py holds the two encodings equal."""
     settings = (payload.job, payload.queue, repr(payload.max_tries), repr(payload.timeout),
                 repr(payload.retry_after))
     parts = _templates.get(settings)
@@ -208,13 +269,14 @@ def _canonical_payload(payload: Payload) -> str:
             _templates.clear()
         parts = _templates[settings] = (
             f',"displayName":{_canonical(payload.display_name)},"job":{_canonical(payload.job)},'
-            f'"maxTries":{_canonical(payload.max_tries)},"pushedAt":',
+            f'"maxTries":{_canonical(payload.max_tries)}',
             f',"queue":{_canonical(payload.queue)},"retryAfter":{_canonical(list(payload.retry_after))},'
             f'"timeout":{_canonical(payload.timeout)},"uuid":')
     data = _canonical(payload.data) if payload.data else "{}"
     pushed_at = payload.pushed_at
     at = repr(pushed_at) if type(pushed_at) is float and math.isfinite(pushed_at) else _canonical(pushed_at)
-    return f'{{"data":{data}{parts[0]}{at}{parts[1]}{_json_text(payload.uuid)}}}'
+    options = f',"options":{_canonical(payload.options)}' if payload.options else ""
+    return f'{{"data":{data}{parts[0]}{options},"pushedAt":{at}{parts[1]}{_json_text(payload.uuid)}}}'
 
 
 def _hmac(canonical: str, key: str) -> str:
@@ -264,19 +326,67 @@ def resolve_job_class(path: str, packages: tuple[str, ...]) -> type:
     attribute walked through, or a class merely imported into a job module is refused too."""
     from core.job import Job
 
-    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path) or ".__" in f".{path}":
-        raise InvalidPayload(f"job class {_short(path)} is not a valid class path; it was not imported")
-    module_name, _, class_name = path.rpartition(".")
-    if not any(module_name == p or module_name.startswith(p + ".") for p in packages):
-        raise InvalidPayload(f"job class {path} is outside the job packages ({', '.join(packages)}); it was not imported")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidPayload(f"job module {module_name} cannot be imported: {exc}") from None
-    cls = getattr(module, class_name, None)
+    cls = _guarded_import(path, packages, "job")
     if not (isinstance(cls, type) and issubclass(cls, Job) and cls is not Job and cls.class_path() == path):
         raise InvalidPayload(f"{path} is not a Job subclass defined there; it was not run")
     return cls
+
+
+def _guarded_import(path: Any, packages: tuple[str, ...], kind: str) -> Any:
+    """What `path` names, imported only from a module under `packages` (SPEC 8): a payload
+    cannot make a worker import anything else."""
+    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path) or ".__" in f".{path}":
+        raise InvalidPayload(f"{kind} class {_short(path)} is not a valid class path; it was not imported")
+    module_name, _, class_name = path.rpartition(".")
+    if not under_packages(module_name, packages):
+        raise InvalidPayload(f"{kind} class {path} is outside the {kind} packages ({', '.join(packages)}); "
+                             "it was not imported")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidPayload(f"{kind} module {module_name} cannot be imported: {exc}") from None
+    return getattr(module, class_name, None)
+
+
+def under_packages(module_name: str, packages: tuple[str, ...]) -> bool:
+    return any(module_name == p or module_name.startswith(p + ".") for p in packages)
+
+
+def middleware_packages(job_packages: tuple[str, ...]) -> tuple[str, ...]:
+    return (opt.MIDDLEWARE_PACKAGE, *job_packages)
+
+
+def restore_middleware(payload: Payload, job_packages: tuple[str, ...]) -> list[Any]:
+    """The middleware a dispatch gave `.through()`, rebuilt for the worker: each class imported
+    through the same guard as job classes (core.queue.middleware or the job packages), the object
+    made without calling its __init__ and given its public attributes back. A worker runs the
+    chain configured middleware, then job.middleware(), then these, then handle()."""
+    packages = middleware_packages(job_packages)
+    return [_restored(path, attrs, packages) for path, attrs in payload.middleware]
+
+
+def _restored(path: str, attrs: dict[str, Any], packages: tuple[str, ...]) -> Any:
+    from core.job import Job
+
+    cls = _guarded_import(path, packages, "middleware")
+    if not (isinstance(cls, type) and not issubclass(cls, (BaseException, Job)) and opt.class_path(cls) == path):
+        raise InvalidPayload(f"{path} is not a middleware class defined there; it was not run")
+    try:
+        middleware = cls.__new__(cls)
+        for name, value in attrs.items():
+            if name.startswith("_") or _is_behaviour(inspect.getattr_static(cls, name, None)):
+                raise InvalidPayload(f"middleware attribute {name[:80]!r} of {path} cannot be restored")
+            middleware.__dict__[name] = from_json_value(value)
+    except (TypeError, AttributeError) as exc:    # no __dict__ (slots), or a __new__ that needs arguments
+        raise InvalidPayload(f"middleware {path} cannot be restored: {_short(str(exc))}") from None
+    if not (callable(middleware) or callable(getattr(middleware, "handle", None))):
+        raise InvalidPayload(f"{path} is not a middleware (it has neither __call__ nor handle); it was not run")
+    return middleware
+
+
+def _is_behaviour(value: Any) -> bool:
+    """A method, property or other descriptor: an instance attribute of that name would hide it."""
+    return value is not None and (callable(value) or hasattr(type(value), "__get__"))
 
 
 def now() -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import FrameworkError
+from core.pipeline import run_pipeline
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 # Names a handler may declare besides its route parameters.
@@ -184,18 +185,14 @@ def describe_payload(payload: Any) -> str:
 
 
 async def call_route(context: MessageContext) -> Any:
-    """Run the route's middleware, outermost first, then its handler; a middleware that does not
-    call `next` stops the chain there."""
+    """Run the route's middleware, outermost first, then its handler (core/pipeline.py, as for jobs);
+    a middleware that does not call `next` stops the chain there."""
     route = context.route
 
-    async def step(index: int, ctx: MessageContext) -> Any:
-        if index == len(route.middleware):
-            return await route.handler(**handler_arguments(route, ctx))
-        middleware = route.middleware[index]
-        call = getattr(middleware, "handle", middleware)   # RouteMQ-style objects with .handle() work too
-        return await call(ctx, lambda next_ctx: step(index + 1, next_ctx))
+    async def handler(ctx: MessageContext) -> Any:
+        return await route.handler(**handler_arguments(route, ctx))
 
-    return await step(0, context)
+    return await run_pipeline(route.middleware, context, handler)
 
 
 def decode_payload(raw: bytes | bytearray | str | None) -> Any:
