@@ -4,8 +4,11 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 from urllib.parse import quote, unquote
 
 from dotenv import load_dotenv
@@ -81,9 +84,32 @@ class RedisConfig:
     prefix: str = "queues:"
 
 
+# Laravel's `connections`: a name -> its driver and the driver's settings (config/queue.py).
+DEFAULT_CONNECTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "database": MappingProxyType({"driver": "database"}),
+    "redis": MappingProxyType({"driver": "redis"}),
+    "sync": MappingProxyType({"driver": "sync"}),
+})
+
+
+def checked_connections(connections: Mapping[Any, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """config/queue.py's map, frozen, once every entry is a name with a driver. The drivers
+    themselves are looked up on first use: one may be registered after the file is read."""
+    frozen = {}
+    for name, settings in connections.items():
+        if not (isinstance(name, str) and name.strip()):
+            raise ConfigError(f"config/queue.py: a connection name must be a non-empty string, got {name!r}")
+        if not (isinstance(settings, Mapping) and isinstance(settings.get("driver"), str) and settings["driver"]):
+            raise ConfigError(f"config/queue.py: connection {name!r} needs a driver, for example "
+                              '{"driver": "redis"}')
+        frozen[name] = MappingProxyType(dict(settings))
+    return MappingProxyType(frozen)
+
+
 @dataclass(frozen=True)
 class QueueConfig:
-    default: str = "database"       # database | redis | sync
+    default: str = "database"       # a name of `connections`
+    connections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: DEFAULT_CONNECTIONS)
     visibility_timeout: int = 90
     dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
     max_payload_bytes: int = 1048576  # an encoded payload over this is refused at dispatch (0: no limit)

@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import FrameworkError, InvalidQueueName
-from core.payload import InvalidPayload, Payload, from_json_value, new_id, now, to_json_value
+from core.payload import InvalidPayload, Payload, from_json_value, import_class, new_id, now, to_json_value
 
 if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
@@ -192,3 +192,8 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.job_id or 'undispatched'}>"
+
+
+def resolve_job_class(path: str, packages: tuple[str, ...]) -> type[Job]:
+    """The Job subclass a payload names, imported only from the job packages (SPEC 8)."""
+    return import_class(path, packages, Job)

@@ -257,25 +257,25 @@ def from_json_value(value: Any) -> Any:
     return value
 
 
-def resolve_job_class(path: str, packages: tuple[str, ...]) -> type:
-    """Import the Job subclass a payload names, refusing anything outside the job packages.
+def import_class(path: str, packages: tuple[str, ...], base: type, kind: str = "job") -> type:
+    """Import the subclass of `base` a payload names, refusing anything outside the job packages.
 
-    The path must be exactly where the class is defined (`Job.class_path()`), so an alias, an
-    attribute walked through, or a class merely imported into a job module is refused too."""
-    from core.job import Job
-
+    The path must be exactly where the class is defined, so an alias, an attribute walked through,
+    or a class merely imported into a job module is refused too. `base` comes from the caller: the
+    codec itself knows no job class (core.job.resolve_job_class passes Job)."""
     if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path) or ".__" in f".{path}":
-        raise InvalidPayload(f"job class {_short(path)} is not a valid class path; it was not imported")
+        raise InvalidPayload(f"{kind} class {_short(path)} is not a valid class path; it was not imported")
     module_name, _, class_name = path.rpartition(".")
     if not any(module_name == p or module_name.startswith(p + ".") for p in packages):
-        raise InvalidPayload(f"job class {path} is outside the job packages ({', '.join(packages)}); it was not imported")
+        raise InvalidPayload(f"{kind} class {path} is outside the job packages ({', '.join(packages)}); it was not imported")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidPayload(f"job module {module_name} cannot be imported: {exc}") from None
+        raise InvalidPayload(f"{kind} module {module_name} cannot be imported: {exc}") from None
     cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Job) and cls is not Job and cls.class_path() == path):
-        raise InvalidPayload(f"{path} is not a Job subclass defined there; it was not run")
+    if not (isinstance(cls, type) and issubclass(cls, base) and cls is not base
+            and f"{cls.__module__}.{cls.__qualname__}" == path):
+        raise InvalidPayload(f"{path} is not a {base.__name__} subclass defined there; it was not run")
     return cls
 
 
