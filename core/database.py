@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from core.config import DatabaseConfig, project_path
-from core.dialects import MYSQL, SQLITE, Dialect
+from core.dialects import MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
 
 # Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
@@ -108,7 +108,7 @@ class Database:
     local_clock = False
 
     def sql(self, text: str) -> str:
-        return self.dialect.sql(text)
+        return translate(self.dialect, text)
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

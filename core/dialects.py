@@ -32,10 +32,11 @@ class Dialect:
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 
-    @functools.lru_cache(maxsize=4096)   # noqa: B019 - dialects are a few singletons, kept for good
     def sql(self, text: str) -> str:
-        """This database's form of a statement, cached: the hot statements are few and translating
-        each on every call cost more than running some of them."""
+        """This database's form of a statement (cached: see translate)."""
+        return translate(self, text)
+
+    def _translate(self, text: str) -> str:
         return self.placeholders(text.replace("{now}", self.now).replace("{due}", self.due))
 
     def placeholders(self, text: str) -> str:
@@ -111,6 +112,14 @@ class MysqlDialect(Dialect):
 
 
 _EXCLUDED = re.compile(r"\bexcluded\.(\w+)")
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(dialect: Dialect, text: str) -> str:
+    """`dialect`'s form of a statement, cached: the hot statements are few and translating each on
+    every call cost more than running some of them. A function, not a cached method: a method
+    lookup per statement was half the cost of a cache hit."""
+    return dialect._translate(text)
 
 SQLITE = SqliteDialect()
 MYSQL = MysqlDialect()
