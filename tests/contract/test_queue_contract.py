@@ -96,6 +96,25 @@ async def test_due_jobs_run_in_dispatch_order_whatever_delayed_or_released_them(
     assert taken == [early_delayed, retried, plain]
 
 
+async def test_a_due_job_is_not_starved_by_a_steady_stream_of_ready_ones(backend):
+    """A busy reserve may promote due rows only now and then (SQL: every 50 ms), never only once
+    the ready ones run out: with a backlog that never drains, the delayed job still comes out."""
+    conn, delayed = backend.conn, payload(0)
+    await conn.push("contract", delayed, delay=1)
+    await conn.push_many("contract", [payload(n) for n in range(1, 21)])
+    deadline = time.monotonic() + 15
+    n = 21
+    while time.monotonic() < deadline:
+        await conn.push("contract", payload(n))      # the backlog stays at 20 ready jobs
+        n += 1
+        job = await conn.reserve(["contract"])
+        assert await conn.acknowledge(job)
+        if job.payload == delayed:
+            break
+        await asyncio.sleep(0.005)
+    assert job.payload == delayed, "the due job never came out while ready jobs kept arriving"
+
+
 async def test_a_delayed_job_waits_until_it_is_due(backend):
     conn, raw = backend.conn, payload()
     await conn.push("contract", raw, delay=2)
