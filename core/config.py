@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 
 from dotenv import load_dotenv
 
+from core.dialects import DIALECTS
 from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    driver: str = "sqlite"          # sqlite | mysql
+    driver: str = "sqlite"          # a key of core.dialects.DIALECTS: sqlite | mysql
     database: str = "storage/database.sqlite"
     host: str = "127.0.0.1"
     port: int = 3306
@@ -68,9 +69,8 @@ class DatabaseConfig:
     timeout: float = 30.0           # seconds a MySQL statement or transaction may take (0: no limit)
 
     def describe(self) -> str:
-        if self.driver == "sqlite":
-            return f"SQLite at {self.database}"
-        return f"MySQL at {self.host}:{self.port}"
+        dialect = DIALECTS.get(self.driver)
+        return dialect.describe(self) if dialect else self.driver
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from core.config import DatabaseConfig, project_path
-from core.dialects import MYSQL, SQLITE, Dialect, translate
+from core.dialects import DIALECTS, MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
 
 # Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
 _CLEANUPS: set["asyncio.Task[None]"] = set()
-# DB_CONNECTION -> "module:Class" of its Database, imported on first use: PostgreSQL is one more entry.
-DATABASES = {"sqlite": "core.database:SqliteDatabase", "mysql": "core.database:MysqlDatabase"}
 
 
 T = TypeVar("T")
@@ -91,10 +89,10 @@ class Database:
 
     @staticmethod
     async def connect(config: DatabaseConfig) -> "Database":
-        path = DATABASES.get(config.driver)
-        if path is None:
-            raise ConfigError(f"DB_CONNECTION must be {' or '.join(DATABASES)}, got {config.driver!r}")
-        module, _, name = path.partition(":")
+        dialect = DIALECTS.get(config.driver)
+        if dialect is None:
+            raise ConfigError(f"DB_CONNECTION must be {' or '.join(DIALECTS)}, got {config.driver!r}")
+        module, _, name = dialect.database.partition(":")
         db: Database = getattr(importlib.import_module(module), name).from_config(config)
         await db.open()
         return db

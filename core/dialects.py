@@ -4,7 +4,8 @@ The statements stay beside their use, written once: `?` for parameters, `{now}` 
 database's clock (whole unix seconds), `{due}` for "now plus ? seconds" rounded up, and in DDL
 `{id}`, `{uint}`, `{flag}`, `{longtext}`, `{double}`, `{table}`, `{keyed_table}` for types and
 table options. A dialect fills those in and supplies the few clauses each database spells its
-own way. PostgreSQL is one more subclass here, beside one more Database module.
+own way. PostgreSQL is one more subclass here (and one entry in DIALECTS, the map from
+DB_CONNECTION), beside one more Database module.
 
 A leaf module: it imports nothing of ours.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class Dialect:
@@ -21,6 +22,9 @@ class Dialect:
     overrides what it writes differently."""
 
     name: ClassVar[str] = "sql"
+    label: ClassVar[str] = "SQL"       # for messages: "SQLite at storage/database.sqlite"
+    embedded: ClassVar[bool] = False   # a file in this process (DB_DATABASE is its path), not a server
+    database: ClassVar[str] = ""       # "module:Class" of its Database, imported on first use
     now: ClassVar[str] = ""          # the database's clock, in whole unix seconds
     due: ClassVar[str] = ""          # the first whole second at or after now + ? seconds: never early
     skip_locked: ClassVar[str] = ""  # ends a SELECT whose rows a reserve takes: rows others hold are skipped
@@ -31,6 +35,10 @@ class Dialect:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+    def describe(self, config: Any) -> str:
+        """The database a DatabaseConfig points at, for messages; never a password."""
+        return f"{self.label} at {config.database if self.embedded else f'{config.host}:{config.port}'}"
 
     def sql(self, text: str) -> str:
         """This database's form of a statement (cached: see translate)."""
@@ -67,6 +75,9 @@ class Dialect:
 
 class SqliteDialect(Dialect):
     name = "sqlite"
+    label = "SQLite"
+    embedded = True
+    database = "core.database:SqliteDatabase"
     now = "CAST(strftime('%s','now') AS INTEGER)"
     due = "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)"
     column_names = "SELECT name FROM pragma_table_info(?)"
@@ -81,6 +92,8 @@ class MysqlDialect(Dialect):
     """MySQL and MariaDB."""
 
     name = "mysql"
+    label = "MySQL"
+    database = "core.database:MysqlDatabase"
     now = "UNIX_TIMESTAMP()"
     due = "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"
     skip_locked = " FOR UPDATE SKIP LOCKED"
@@ -123,3 +136,5 @@ def translate(dialect: Dialect, text: str) -> str:
 
 SQLITE = SqliteDialect()
 MYSQL = MysqlDialect()
+# DB_CONNECTION -> its dialect.
+DIALECTS = {"sqlite": SQLITE, "mysql": MYSQL}

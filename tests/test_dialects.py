@@ -83,3 +83,9 @@ def test_statements_take_the_drivers_placeholders():
 async def test_an_unknown_database_driver_is_one_line_naming_the_known_ones():
     with pytest.raises(ConfigError, match="^DB_CONNECTION must be sqlite or mysql, got 'oracle'$"):
         await Database.connect(DatabaseConfig(driver="oracle"))
+
+
+def test_a_database_config_names_its_database_without_the_password():
+    assert DatabaseConfig(database="storage/x.sqlite").describe() == "SQLite at storage/x.sqlite"
+    mysql = DatabaseConfig(driver="mysql", host="db.local", port=3307, password="s3cret")
+    assert mysql.describe() == "MySQL at db.local:3307"
