@@ -44,10 +44,13 @@ class QueueSize:
 class QueueConnection(ABC):
     """A store of queued jobs. Every method that changes state is one atomic operation.
 
-    Required: push, reserve, acknowledge, release, fail and extend (a job's life), and two the
-    worker cannot do without today: mark_failing (a worker that dies while failing a job must not
-    leave it to run again: the next worker finishes the failure) and recover (a reserve whose answer
-    was lost must not cost the job a try). The rest have defaults built on those.
+    Required (abstract): push, reserve, acknowledge, release, fail and extend, a job's life; and
+    mark_failing, which the worker cannot do without today: a worker that dies while failing a job
+    must not leave it to run again (the next one finishes the failure). The worker also calls
+    recover (a reserve whose answer was lost must not cost the job a try; the default, nothing to
+    recover, suits a store that cannot lose that answer) and restart_signal (queue:restart; the
+    default never changes). Everything else has a default built on these. Inspection and control
+    are the optional QueueAdmin.
     """
 
     # The configured connection name ("database", "redis-high"), set by the QueueManager: what
