@@ -1,14 +1,14 @@
 """The running application: config, the queue manager and the router, booted lazily or explicitly."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from core.config import Config, load_config
+from core.context import current, current_or_none, set_current
 from core.log import configure_logging
 from core.queue.manager import QueueManager
 
-_current: "Application | None" = None
+__all__ = ["Application", "current", "current_or_none", "set_current"]   # the context's, for older imports
 
 
 class Application:
@@ -29,21 +29,3 @@ class Application:
 
     async def close(self) -> None:
         await self.queue.close()
-
-
-def set_current(app: Application | None) -> None:
-    global _current
-    _current = app
-
-
-def current_or_none() -> Application | None:
-    return _current
-
-
-def current() -> Application:
-    """The application, booted from config on first use."""
-    global _current
-    if _current is None:
-        _current = Application()
-        logging.getLogger("app").debug("application booted lazily from config")
-    return _current

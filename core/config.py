@@ -4,13 +4,16 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, unquote
 
 from dotenv import load_dotenv
 
+from core.dialects import DIALECTS
 from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +60,7 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    driver: str = "sqlite"          # sqlite | mysql
+    driver: str = "sqlite"          # a key of core.dialects.DIALECTS: sqlite | mysql
     database: str = "storage/database.sqlite"
     host: str = "127.0.0.1"
     port: int = 3306
@@ -66,9 +69,8 @@ class DatabaseConfig:
     timeout: float = 30.0           # seconds a MySQL statement or transaction may take (0: no limit)
 
     def describe(self) -> str:
-        if self.driver == "sqlite":
-            return f"SQLite at {self.database}"
-        return f"MySQL at {self.host}:{self.port}"
+        dialect = DIALECTS.get(self.driver)
+        return dialect.describe(self) if dialect else self.driver
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,32 @@ class RedisConfig:
     prefix: str = "queues:"
 
 
+# Laravel's `connections`: a name -> its driver and the driver's settings (config/queue.py).
+DEFAULT_CONNECTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "database": MappingProxyType({"driver": "database"}),
+    "redis": MappingProxyType({"driver": "redis"}),
+    "sync": MappingProxyType({"driver": "sync"}),
+})
+
+
+def checked_connections(connections: Mapping[Any, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """config/queue.py's map, frozen, once every entry is a name with a driver. The drivers
+    themselves are looked up on first use: one may be registered after the file is read."""
+    frozen = {}
+    for name, settings in connections.items():
+        if not (isinstance(name, str) and name.strip()):
+            raise ConfigError(f"config/queue.py: a connection name must be a non-empty string, got {name!r}")
+        if not (isinstance(settings, Mapping) and isinstance(settings.get("driver"), str) and settings["driver"]):
+            raise ConfigError(f"config/queue.py: connection {name!r} needs a driver, for example "
+                              '{"driver": "redis"}')
+        frozen[name] = MappingProxyType(dict(settings))
+    return MappingProxyType(frozen)
+
+
 @dataclass(frozen=True)
 class QueueConfig:
-    default: str = "database"       # database | redis | sync
+    default: str = "database"       # a name of `connections`
+    connections: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: DEFAULT_CONNECTIONS)
     visibility_timeout: int = 90
     dispatch_timeout: float = 5.0   # seconds a dispatch retries an unreachable store, then QueueConnectionError
     max_payload_bytes: int = 1048576  # an encoded payload over this is refused at dispatch (0: no limit)

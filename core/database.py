@@ -1,8 +1,9 @@
-"""One small async layer over aiosqlite and aiomysql; the dialect differences live here only.
+"""One small async layer over aiosqlite and aiomysql.
 
 SQL is written with `?` placeholders, `{now}` for the database's clock (whole unix seconds) and
-`{due}` for "now plus ? seconds", rounded up;
-`sql()` turns it into the dialect's form. Values are always passed as parameters.
+`{due}` for "now plus ? seconds", rounded up; `sql()` turns it into the database's form through
+its dialect (core/dialects.py, where every difference of SQL text lives). Values are always
+passed as parameters.
 
 A transaction's logic is written once for both dialects as *steps*: a generator that yields
 Statements (`fetch`, `change`), is sent each one's result and returns the transaction's result.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import os
 import socket
 import sqlite3
@@ -24,14 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from core.config import DatabaseConfig, project_path
+from core.dialects import DIALECTS, MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
 
-_NOW = {"sqlite": "CAST(strftime('%s','now') AS INTEGER)", "mysql": "UNIX_TIMESTAMP()"}
-# The first whole second at or after now + ? seconds: a delayed job never comes due early.
 # Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
 _CLEANUPS: set["asyncio.Task[None]"] = set()
-_DUE = {"sqlite": "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)",
-        "mysql": "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"}
 
 
 T = TypeVar("T")
@@ -53,14 +52,6 @@ def change(sql: str, params: Sequence[Any] = ()) -> Statement:
 
 # A transaction's logic: yields Statements, is sent each one's answer, returns the result.
 Steps = Generator[Statement, Any, T]
-
-
-@functools.lru_cache(maxsize=4096)
-def _translate(dialect: str, text: str) -> str:
-    """The dialect's form of a statement, cached: the hot statements are few and re-translating
-    each on every call cost more than running some of them."""
-    text = text.replace("{now}", _NOW[dialect]).replace("{due}", _DUE[dialect])
-    return text.replace("?", "%s") if dialect == "mysql" else text
 
 
 class Session:
@@ -94,32 +85,35 @@ class Session:
 
 
 class Database:
-    dialect: str
+    dialect: Dialect
 
     @staticmethod
     async def connect(config: DatabaseConfig) -> "Database":
-        if config.driver == "sqlite":
-            db: Database = SqliteDatabase(project_path(config.database))
-        elif config.driver == "mysql":
-            db = MysqlDatabase(config)
-        else:
-            raise ConfigError(f"DB_CONNECTION must be sqlite or mysql, got {config.driver!r}")
+        dialect = DIALECTS.get(config.driver)
+        if dialect is None:
+            raise ConfigError(f"DB_CONNECTION must be {' or '.join(DIALECTS)}, got {config.driver!r}")
+        module, _, name = dialect.database.partition(":")
+        db: Database = getattr(importlib.import_module(module), name).from_config(config)
         await db.open()
         return db
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> "Database":
+        raise NotImplementedError
 
     # True when the database reads this host's clock (SQLite): a process can tell which database
     # second it is without asking.
     local_clock = False
 
     def sql(self, text: str) -> str:
-        return _translate(self.dialect, text)
+        return translate(self.dialect, text)
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
     def describe(self) -> str:
         """The database and where it is, for messages; never a password."""
-        return self.dialect
+        return self.dialect.name
 
     async def max_packet(self) -> int | None:
         """The longest statement the server takes, in bytes; None when there is no such limit."""
@@ -176,7 +170,7 @@ class SqliteDatabase(Database):
     """One aiosqlite connection per process, in WAL mode; transactions are BEGIN IMMEDIATE so
     several worker processes can share the file. A lock keeps this process's users in turn."""
 
-    dialect = "sqlite"
+    dialect = SQLITE
     local_clock = True
 
     def __init__(self, path: Path) -> None:
@@ -184,6 +178,10 @@ class SqliteDatabase(Database):
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._handed_off = False     # the current transaction was cut and its lock handed to a clean-up task
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> "SqliteDatabase":
+        return cls(project_path(config.database))
 
     async def open(self) -> None:
         import aiosqlite
@@ -335,7 +333,11 @@ class MysqlDatabase(Database):
     """An aiomysql pool in autocommit mode; transactions run at READ COMMITTED so that
     `FOR UPDATE SKIP LOCKED` locks only the rows it returns."""
 
-    dialect = "mysql"
+    dialect = MYSQL
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> "MysqlDatabase":
+        return cls(config)
 
     def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
         self.config = config

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import events
+from core.context import current
 from core.errors import ConnectionFailed, FrameworkError, QueueConnectionError
 from core.events import JobQueued
 from core.job import Job, validate_queue_name
@@ -77,14 +78,12 @@ async def push(job: Job, *, queue: str | None = None, connection: str | None = N
                through: list[Any] | None = None) -> str:
     """One job: _push_all's path without the grouping (a sequential dispatch's every microsecond
     is a share of its rate)."""
-    from core.app import current
-
     app = current()
     announce = events.wants(JobQueued)      # before the push: loading app/listeners.py may fail
     payload, raw = _encode(app, job, queue, through)
     retrying = _Retrying(app, [(payload, raw)])
     conn = await _open(app, connection or job.connection, retrying)
-    if conn.name == "sync":
+    if conn.runs_inline:
         await run_now(job, payload)
     else:
         await _push_group(conn, payload.queue, [raw], delay, retrying)
@@ -124,8 +123,6 @@ async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection
 
 async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | None, delay: float = 0) -> list[str]:
     """Encode every job first (so a bad one pushes nothing), then push per connection and queue."""
-    from core.app import current
-
     app = current()
     announce = events.wants(JobQueued)
     groups: dict[tuple[str | None, str], list[tuple[Job, Payload, str]]] = {}
@@ -137,7 +134,7 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
     for (conn_name, queue_name), items in groups.items():
         retrying = _Retrying(app, [(payload, raw) for _, payload, raw in items])
         conn = await _open(app, conn_name, retrying)
-        if conn.name == "sync":  # runs here and now; the job object is at hand
+        if conn.runs_inline:  # runs here and now; the job object is at hand
             for job, payload, _ in items:
                 await run_now(job, payload)
         else:

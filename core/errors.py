@@ -26,6 +26,10 @@ class InvalidQueueName(FrameworkError, ValueError):
     pass
 
 
+class NotSupported(FrameworkError):
+    """A command asked a queue connection for something its driver does not offer (queue:size sync)."""
+
+
 def describe_exception(exc: BaseException) -> str:
     """One line for an unexpected error: its type and message, first line only."""
     text = str(exc).strip().splitlines()

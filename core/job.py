@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from core.errors import InvalidQueueName
 from core.job_settings import SETTING_NAMES, InvalidJobSetting, SerializationError, frozen_settings
 from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, Exponential
-from core.payload import InvalidPayload, Payload, from_json_value, new_id, now, to_json_value
+from core.payload import InvalidPayload, Payload, from_json_value, import_class, new_id, now, to_json_value
 
 if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
@@ -182,3 +182,8 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.job_id or 'undispatched'}>"
+
+
+def resolve_job_class(path: str, packages: tuple[str, ...]) -> type[Job]:
+    """The Job subclass a payload names, imported only from the job packages (SPEC 8)."""
+    return import_class(path, packages, Job)

@@ -319,16 +319,16 @@ def from_json_value(value: Any) -> Any:
     return value
 
 
-def resolve_job_class(path: str, packages: tuple[str, ...]) -> type:
-    """Import the Job subclass a payload names, refusing anything outside the job packages.
+def import_class(path: str, packages: tuple[str, ...], base: type, kind: str = "job") -> type:
+    """Import the subclass of `base` a payload names, refusing anything outside the job packages.
 
-    The path must be exactly where the class is defined (`Job.class_path()`), so an alias, an
-    attribute walked through, or a class merely imported into a job module is refused too."""
-    from core.job import Job
-
-    cls = _guarded_import(path, packages, "job")
-    if not (isinstance(cls, type) and issubclass(cls, Job) and cls is not Job and cls.class_path() == path):
-        raise InvalidPayload(f"{path} is not a Job subclass defined there; it was not run")
+    The path must be exactly where the class is defined, so an alias, an attribute walked through,
+    or a class merely imported into a job module is refused too. `base` comes from the caller: the
+    codec itself knows no job class (core.job.resolve_job_class passes Job)."""
+    cls = _guarded_import(path, packages, kind)
+    if not (isinstance(cls, type) and issubclass(cls, base) and cls is not base
+            and f"{cls.__module__}.{cls.__qualname__}" == path):
+        raise InvalidPayload(f"{path} is not a {base.__name__} subclass defined there; it was not run")
     return cls
 
 

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from core.errors import ConfigError
 from core.heartbeat import Heartbeat
-from core.job import Job, validate_queue_name
+from core.job import Job, resolve_job_class, validate_queue_name
 from core.log import one_line, redact
 from core.outage import OutageLog
-from core.payload import Payload, resolve_job_class
+from core.payload import Payload
 from core.queue.contract import QueueConnection, ReservedJob
 from core.watchdog import CANCEL_GRACE, EXIT_BLOCKED, JobTimeoutError, LeftBehind, Watchdog, run_guarded
 

@@ -86,8 +86,8 @@ async def test_steps_that_raise_roll_back_and_the_error_reaches_the_caller(conn)
 
 
 async def test_steps_run_inside_a_callers_async_transaction_too(conn):
-    # queue:retry runs requeue's steps inside its own transaction (core/queue/retry.py).
+    # Steps written for run_transaction also run statement by statement in a caller's transaction.
     async with conn.db.transaction() as tx:
-        await conn.requeue_in(tx, "inside", payload(1))
+        await tx.run(conn._requeue_steps("inside", payload(1)))
         assert await tx.fetchone("SELECT COUNT(*) FROM jobs WHERE queue = 'inside'") == (1,)
     assert (await conn.sizes(["inside"]))["inside"].pending == 1

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from core.errors import InvalidQueueName
-from core.job import Job, SerializationError
-from core.payload import IDS_PER_DRAW, InvalidPayload, Payload, new_id, peek_uuid, resolve_job_class
+from core.job import Job, SerializationError, resolve_job_class
+from core.payload import IDS_PER_DRAW, InvalidPayload, Payload, new_id, peek_uuid
 
 
 class ExampleJob(Job):

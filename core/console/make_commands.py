@@ -9,6 +9,7 @@ import click
 from core.config import ROOT
 from core.console.base import command
 from core.errors import FrameworkError
+from core.queue.contract import admin
 
 TEMPLATE = '''import logging
 
@@ -71,8 +72,8 @@ async def demo(app) -> None:
     from core.worker import Worker, WorkerOptions
 
     conn = await app.queue.connection()
-    where = app.config.database.describe() if conn.name == "database" else conn.name
-    click.echo(f"Dispatching the example jobs onto the {conn.name} connection ({where}):")
+    store = admin(conn, "demo")     # it waits for the queues to empty
+    click.echo(f"Dispatching the example jobs onto the {conn.name} connection ({app.queue.describe(conn.name)}):")
     dispatched = [
         ("SendEmailJob", await SendEmailJob.dispatch(to="ada@example.com", subject="Welcome")),
         ("SendNotificationJob", await SendNotificationJob.dispatch(user_id=42, message="Your device is online",
@@ -91,7 +92,7 @@ async def demo(app) -> None:
     running = asyncio.create_task(worker.run())
     while not running.done():
         await asyncio.sleep(0.3)
-        sizes = await conn.sizes(list(queues))
+        sizes = await store.sizes(list(queues))
         if not any(s.pending or s.delayed or s.reserved for s in sizes.values()):
             worker.stop("every example job is done or failed")
             break

@@ -7,6 +7,7 @@ import click
 
 from core.console.base import command, print_table
 from core.job import validate_queue_name
+from core.queue.contract import QueueAdmin, admin
 from core.queue.failed import FailedJob
 from core.queue.retry import retry_failed
 
@@ -90,8 +91,9 @@ async def prune_failed(app, hours) -> None:
 async def clear(app, connection, queue) -> None:
     """Delete the jobs waiting in a queue (pending and delayed; jobs running now are left to finish)."""
     conn = await app.queue.connection(connection)
+    store = admin(conn, "queue:clear")
     for name in _queues(queue) or []:
-        count = await conn.clear(name)
+        count = await store.clear(name)
         click.echo(f"Cleared {count} job(s) from queue {name} on {conn.name}.")
 
 
@@ -102,7 +104,7 @@ async def clear(app, connection, queue) -> None:
 async def size(app, connection, queue, as_json) -> None:
     """Show pending, delayed and reserved counts per queue."""
     conn = await app.queue.connection(connection)
-    sizes = await conn.sizes(_queues(queue))
+    sizes = await admin(conn, "queue:size").sizes(_queues(queue))
     if as_json:
         click.echo(json.dumps({"connection": conn.name, "queues": {q: s.as_dict() for q, s in sizes.items()}}))
         return
@@ -116,11 +118,28 @@ async def size(app, connection, queue, as_json) -> None:
 @command("queue:restart")
 @click.argument("connection", required=False)
 async def restart(app, connection) -> None:
-    """Tell every running worker to finish its current jobs and exit (a supervisor starts new ones)."""
-    names = [connection] if connection else sorted({app.config.queue.default, "database"} - {"sync"})
-    for name in names:
-        await (await app.queue.connection(name)).request_restart()
-    click.echo(f"Restart signal sent to workers on {', '.join(names)}.")
+    """Tell every running worker to finish its current jobs and exit (a supervisor starts new ones).
+
+    CONNECTION defaults to QUEUE_CONNECTION and, when configured, the database connection."""
+    if connection:
+        await admin(await app.queue.connection(connection), "queue:restart").request_restart()
+        signalled = [connection]
+    else:
+        signalled = await _restart_defaults(app)
+    click.echo(f"Restart signal sent to workers on {', '.join(signalled) or 'no connection'}.")
+
+
+async def _restart_defaults(app) -> list[str]:
+    """queue:restart without a name: the default connection and "database", those that take a
+    signal (a sync connection runs no workers)."""
+    names = [app.config.queue.default, "database"]
+    signalled = []
+    for name in sorted({n for n in names if n in app.config.queue.connections}):
+        conn = await app.queue.connection(name)
+        if isinstance(conn, QueueAdmin):
+            await conn.request_restart()
+            signalled.append(name)
+    return signalled
 
 
 @command("migrate")

@@ -37,7 +37,7 @@ async def work(app, connection, queues, concurrency, sleep, tries, timeout, max_
                stop_when_empty, once, processes) -> int:
     """Process jobs from the queues.
 
-    CONNECTION is database, redis or sync (default: QUEUE_CONNECTION). Each job logs a
+    CONNECTION is a name of config/queue.py's connections (default: QUEUE_CONNECTION). Each job logs a
     RUNNING line and a DONE, RETRY or FAIL line. SIGTERM or SIGINT stops taking jobs, lets the
     running ones finish (bounded by their timeout) and exits 0; a SIGINT after that (Ctrl-C twice)
     releases the running jobs to the queue at once and exits 130.

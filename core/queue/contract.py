@@ -1,10 +1,19 @@
-"""The one interface every queue connection implements; the worker, dispatcher and commands use only this."""
+"""The interfaces of a queue connection: QueueConnection, the narrow contract every connection
+implements (all the worker and the dispatcher use), and QueueAdmin, the optional one for
+inspecting and controlling a queue (sizes, clearing, the restart signal) that the commands check
+for. The worker, the dispatcher and the commands never know which store is behind them."""
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.errors import NotSupported
+
+if TYPE_CHECKING:
+    from core.queue.failed import FailedJob, FailedJobStore
 
 
 @dataclass(frozen=True)
@@ -33,9 +42,23 @@ class QueueSize:
 
 
 class QueueConnection(ABC):
-    """A store of queued jobs. Every method that changes state is one atomic operation."""
+    """A store of queued jobs. Every method that changes state is one atomic operation.
 
+    Required (abstract): push, reserve, acknowledge, release, fail and extend, a job's life; and
+    mark_failing, which the worker cannot do without today: a worker that dies while failing a job
+    must not leave it to run again (the next one finishes the failure). The worker also calls
+    recover (a reserve whose answer was lost must not cost the job a try; the default, nothing to
+    recover, suits a store that cannot lose that answer) and restart_signal (queue:restart; the
+    default never changes). Everything else has a default built on these. Inspection and control
+    are the optional QueueAdmin.
+    """
+
+    # The configured connection name ("database", "redis-high"), set by the QueueManager: what
+    # failed_jobs.connection records and queue:retry opens again. The class value is the default.
     name: str = "abstract"
+    # True for a connection that stores nothing and runs a pushed job at once, in the dispatching
+    # process (sync): dispatch then runs the job object it holds instead of pushing a payload.
+    runs_inline: bool = False
 
     async def open(self) -> None:
         """Connect and create what the store needs; raises ConnectionFailed with a clear message."""
@@ -126,9 +149,30 @@ class QueueConnection(ABC):
         as finished. Unlike push, never a no-op."""
         await self.push(queue, payload)
 
+    async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob") -> bool:
+        """queue:retry of one failed job: back on its queue (requeue) and out of failed_jobs; False
+        if its failed row was gone already (another retry took it). Requeued first, then
+        forgotten: a crash in between leaves the failed row, never a lost job. A connection that
+        shares the failed store's database does both in one transaction instead."""
+        await self.requeue(job.queue, job.payload)
+        return await store.forget(job.uuid)
+
     @abstractmethod
     async def extend(self, jobs: Sequence[ReservedJob]) -> None:
         """Renew the reservations of jobs still running, so they are not handed to another worker."""
+
+    async def restart_signal(self) -> str:
+        """The restart signal's current value ("" if never set). A worker reads it when it starts
+        and stops once it differs: no clock is compared, so skewed hosts agree. Part of this
+        contract because the worker reads it; a connection that cannot be signalled (no QueueAdmin
+        to request_restart) keeps the default, a signal that never changes."""
+        return ""
+
+
+class QueueAdmin(ABC):
+    """Optional: inspecting and controlling a connection's queues. A connection that keeps jobs
+    implements it beside QueueConnection (and answers restart_signal with what request_restart
+    changes); commands that need it ask `admin(conn, "queue:size")`."""
 
     @abstractmethod
     async def sizes(self, queues: Sequence[str] | None = None) -> dict[str, QueueSize]:
@@ -142,7 +186,10 @@ class QueueConnection(ABC):
     async def request_restart(self) -> None:
         """queue:restart: change the restart signal, so every running worker finishes its jobs and exits."""
 
-    @abstractmethod
-    async def restart_signal(self) -> str:
-        """The restart signal's current value ("" if never set). A worker reads it when it starts
-        and stops once it differs: no clock is compared, so skewed hosts agree."""
+
+def admin(conn: QueueConnection, command: str) -> QueueAdmin:
+    """`conn` as a QueueAdmin for `command`, or one clear line saying it has none."""
+    if isinstance(conn, QueueAdmin):
+        return conn
+    keeps = "keeps no jobs (they run when dispatched)" if conn.runs_inline else "cannot be inspected"
+    raise NotSupported(f"{command} is not available on the {conn.name} connection: it {keeps}")

@@ -23,65 +23,37 @@ import secrets
 import time
 from collections.abc import Iterator, Sequence
 
-from core.database import Database, Session, Statement, Steps, change, fetch
+from core.database import Database, Statement, Steps, change, fetch
 from core.payload import peek_uuid
-from core.queue.contract import QueueConnection, QueueSize, ReservedJob
-from core.queue.failed import FailedJobStore, storable
+from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
+from core.queue.failed import FailedJob, FailedJobStore, storable
 
 log = logging.getLogger("worker")
 
 READY, DELAYED, RESERVED = 0, 1, 2
 
-TABLES = {
-    "sqlite": [
-        """CREATE TABLE IF NOT EXISTS jobs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            queue VARCHAR(255) NOT NULL,
-            payload TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reserved_at INTEGER NULL,
-            available_at INTEGER NOT NULL,
-            created_at INTEGER NOT NULL,
-            uuid VARCHAR(255) NULL,
-            state SMALLINT NOT NULL DEFAULT 0,
-            claim VARCHAR(255) NULL,
-            failing TEXT NULL,
-            failed_ran SMALLINT NOT NULL DEFAULT 0)""",
-        """CREATE TABLE IF NOT EXISTS finished_jobs (
-            uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at INTEGER NOT NULL) WITHOUT ROWID""",
-        "CREATE TABLE IF NOT EXISTS queue_signals (name VARCHAR(64) PRIMARY KEY, value DOUBLE NOT NULL)",
-    ],
-    "mysql": [
-        """CREATE TABLE IF NOT EXISTS jobs (
-            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            queue VARCHAR(255) NOT NULL,
-            payload LONGTEXT NOT NULL,
-            attempts INT UNSIGNED NOT NULL DEFAULT 0,
-            reserved_at INT UNSIGNED NULL,
-            available_at INT UNSIGNED NOT NULL,
-            created_at INT UNSIGNED NOT NULL,
-            uuid VARCHAR(255) NULL,
-            state TINYINT UNSIGNED NOT NULL DEFAULT 0,
-            claim VARCHAR(255) NULL,
-            failing LONGTEXT NULL,
-            failed_ran TINYINT UNSIGNED NOT NULL DEFAULT 0
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS finished_jobs (
-            uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at INT UNSIGNED NOT NULL,
-            INDEX finished_jobs_finished_at_index (finished_at)
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
-        """CREATE TABLE IF NOT EXISTS queue_signals (
-            name VARCHAR(64) NOT NULL PRIMARY KEY, value DOUBLE NOT NULL) ENGINE=InnoDB""",
-    ],
-}
+# DDL written once; the dialect fills in {id}, {uint}, {flag}, {longtext}, {double}, {table}, {keyed_table}.
+TABLES = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id {id},
+        queue VARCHAR(255) NOT NULL,
+        payload {longtext} NOT NULL,
+        attempts {uint} NOT NULL DEFAULT 0,
+        reserved_at {uint} NULL,
+        available_at {uint} NOT NULL,
+        created_at {uint} NOT NULL,
+        uuid VARCHAR(255) NULL,
+        state {flag} NOT NULL DEFAULT 0,
+        claim VARCHAR(255) NULL,
+        failing {longtext} NULL,
+        failed_ran {flag} NOT NULL DEFAULT 0){table}""",
+    """CREATE TABLE IF NOT EXISTS finished_jobs (
+        uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at {uint} NOT NULL){keyed_table}""",
+    "CREATE TABLE IF NOT EXISTS queue_signals (name VARCHAR(64) NOT NULL PRIMARY KEY, value {double} NOT NULL){table}",
+]
 # Columns a table from the previous release lacks, added by migrate (and the first open).
-COLUMNS = {
-    "sqlite": {"uuid": "VARCHAR(255) NULL", "state": "SMALLINT NOT NULL DEFAULT 0", "claim": "VARCHAR(255) NULL",
-               "failing": "TEXT NULL", "failed_ran": "SMALLINT NOT NULL DEFAULT 0"},
-    "mysql": {"uuid": "VARCHAR(255) NULL", "state": "TINYINT UNSIGNED NOT NULL DEFAULT 0",
-              "claim": "VARCHAR(255) NULL", "failing": "LONGTEXT NULL",
-              "failed_ran": "TINYINT UNSIGNED NOT NULL DEFAULT 0"},
-}
+COLUMNS = {"uuid": "VARCHAR(255) NULL", "state": "{flag} NOT NULL DEFAULT 0", "claim": "VARCHAR(255) NULL",
+           "failing": "{longtext} NULL", "failed_ran": "{flag} NOT NULL DEFAULT 0"}
 # (table, index name, DDL). Priority (SPEC 11) goes between state and available_at in jobs_reserve_index.
 INDEXES = [
     ("jobs", "jobs_reserve_index", "CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)"),
@@ -90,21 +62,12 @@ INDEXES = [
      "CREATE INDEX finished_jobs_finished_at_index ON finished_jobs (finished_at)"),
 ]
 OLD_INDEX = "jobs_queue_index"      # the previous release's (queue, id): every reserve now uses jobs_reserve_index
-COLUMN_NAMES = {"sqlite": "SELECT name FROM pragma_table_info(?)",
-                "mysql": "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-                         "AND TABLE_NAME = ?"}
-INDEX_NAMES = {"sqlite": "SELECT name FROM pragma_index_list(?)",
-               "mysql": "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS "
-                        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"}
-DROP_OLD_INDEX = {"sqlite": f"DROP INDEX IF EXISTS {OLD_INDEX}", "mysql": f"DROP INDEX {OLD_INDEX} ON jobs"}
 # Rows of the previous release, once: reserved ones lapse at reserved_at + the visibility timeout,
 # future ones are DELAYED, due ones READY at their id's place.
 ADOPT_RESERVED = "UPDATE jobs SET state = 2, available_at = reserved_at + ? WHERE reserved_at IS NOT NULL AND state = 0"
 ADOPT_DELAYED = "UPDATE jobs SET state = 1 WHERE reserved_at IS NULL AND state = 0 AND available_at > {now}"
 ADOPT_READY = "UPDATE jobs SET available_at = 0 WHERE reserved_at IS NULL AND state = 0"
 
-# A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
-_ON_DUPLICATE = {"sqlite": " ON CONFLICT DO NOTHING", "mysql": " ON DUPLICATE KEY UPDATE id = id"}
 PUSH_COLUMNS = "INSERT INTO jobs (queue, payload, attempts, available_at, created_at, uuid, state) VALUES "
 PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0)"
 PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1)"
@@ -125,7 +88,6 @@ PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EX
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}) FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
         "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
-SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
@@ -142,20 +104,12 @@ DELETE_IDS = "DELETE FROM jobs WHERE id IN "
 # The rows a reserve call still holds: RESERVED rows not lapsed yet, one range of jobs_reserve_index.
 RECOVER = ("SELECT id, queue, payload, attempts, failing, failed_ran FROM jobs WHERE queue IN {marks} "
            "AND state = 2 AND available_at > {now} AND claim = ? AND reserved_at IS NOT NULL")
-REMEMBER = {
-    "sqlite": "INSERT INTO finished_jobs (uuid, finished_at) VALUES {rows} "
-              "ON CONFLICT(uuid) DO UPDATE SET finished_at = excluded.finished_at",
-    "mysql": "INSERT INTO finished_jobs (uuid, finished_at) VALUES {rows} "
-             "ON DUPLICATE KEY UPDATE finished_at = VALUES(finished_at)",
-}
+REMEMBER = "INSERT INTO finished_jobs (uuid, finished_at) VALUES {rows}"
+REMEMBER_AGAIN = "finished_at = excluded.finished_at"     # a uuid finished again (retried): the later time
 REMEMBER_ROW = "(?, {now})"
 FORGET = "DELETE FROM finished_jobs WHERE uuid = ?"
 # The oldest finished records past the window, at most ? of them: bounded work in an acknowledge.
-PRUNE = {
-    "sqlite": "DELETE FROM finished_jobs WHERE uuid IN (SELECT uuid FROM finished_jobs "
-              "WHERE finished_at < {now} - ? ORDER BY finished_at LIMIT ?)",
-    "mysql": "DELETE FROM finished_jobs WHERE finished_at < {now} - ? ORDER BY finished_at LIMIT ?",
-}
+PRUNE_WHERE = "finished_at < {now} - ?"
 PRUNE_EVERY = 256          # finished jobs between two prunes, per process
 PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the table cannot grow
 # queue:retry of a job still stored: back to READY at its place, attempts reset, its holder fenced out.
@@ -171,11 +125,8 @@ SIZES = ("SELECT queue, "
 CLEAR = "DELETE FROM jobs WHERE queue = ? AND reserved_at IS NULL"
 SIGNAL_GET = "SELECT value FROM queue_signals WHERE name = ?"
 # A counter, bumped in one statement: no clock is read, so workers on skewed hosts agree.
-SIGNAL_BUMP = {
-    "sqlite": "INSERT INTO queue_signals (name, value) VALUES (?, 1) "
-              "ON CONFLICT(name) DO UPDATE SET value = queue_signals.value + 1",
-    "mysql": "INSERT INTO queue_signals (name, value) VALUES (?, 1) ON DUPLICATE KEY UPDATE value = value + 1",
-}
+SIGNAL_BUMP = "INSERT INTO queue_signals (name, value) VALUES (?, 1)"
+SIGNAL_BUMP_AGAIN = "value = queue_signals.value + 1"
 BULK_ROWS = 500
 PROMOTE_EVERY = 0.05     # seconds: how stale a busy reserve lets due and lapsed rows be
 ALREADY_RAN = "%s already ran; a repeated push of it was dropped"
@@ -185,7 +136,7 @@ def marks(n: int) -> str:
     return "(" + ", ".join("?" for _ in range(n)) + ")"
 
 
-class DatabaseQueue(QueueConnection):
+class DatabaseQueue(QueueConnection, QueueAdmin):
     name = "database"
 
     def __init__(self, db: Database, failed: FailedJobStore, visibility_timeout: int = 90,
@@ -195,10 +146,16 @@ class DatabaseQueue(QueueConnection):
         self.visibility_timeout = visibility_timeout
         self.replay_window = replay_window
         self._finished_since_prune = 0
-        self._pick = PICK + (SKIP_LOCKED if db.dialect == "mysql" else "")
-        self._due = DUE + (SKIP_LOCKED if db.dialect == "mysql" else "")
+        dialect = db.dialect
+        self._pick = PICK + dialect.skip_locked
+        self._due = DUE + dialect.skip_locked
         self._promoted_at: dict[tuple[str, ...], float] = {}
-        self._lock_held = " FOR UPDATE" if db.dialect == "mysql" else ""
+        self._lock_held = dialect.for_update
+        # A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
+        self._on_duplicate = dialect.ignore_duplicate("uuid")
+        self._remember = REMEMBER + dialect.upsert("uuid", REMEMBER_AGAIN)
+        self._prune = dialect.delete_first("finished_jobs", "uuid", PRUNE_WHERE, "finished_at")
+        self._signal_bump = SIGNAL_BUMP + dialect.upsert("name", SIGNAL_BUMP_AGAIN)
 
     async def open(self) -> None:
         await self.migrate()
@@ -209,25 +166,25 @@ class DatabaseQueue(QueueConnection):
         """Create the tables, or bring a database of the previous release up to date: its jobs,
         even those reserved or delayed, keep working."""
         dialect = self.db.dialect
-        for statement in TABLES[dialect]:
-            await self.db.execute(statement)
-        added = [name for name, ddl in COLUMNS[dialect].items()
-                 if await self._ensure("jobs", name, COLUMN_NAMES, f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")]
+        for statement in TABLES:
+            await self.db.execute(dialect.ddl(statement))
+        added = [name for name, ddl in COLUMNS.items() if await self._ensure(
+            "jobs", name, dialect.column_names, dialect.ddl(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}"))]
         for table, name, ddl in INDEXES:
-            await self._ensure(table, name, INDEX_NAMES, ddl)
+            await self._ensure(table, name, dialect.index_names, ddl)
         if "state" in added:
             async with self.db.transaction() as tx:
                 await tx.execute(ADOPT_RESERVED, (self.visibility_timeout,))
                 await tx.execute(ADOPT_DELAYED)
                 await tx.execute(ADOPT_READY)
-        if OLD_INDEX in await self._names("jobs", INDEX_NAMES):
-            await self._ignore_race(DROP_OLD_INDEX[dialect])
+        if OLD_INDEX in await self._names("jobs", dialect.index_names):
+            await self._ignore_race(dialect.drop_index("jobs", OLD_INDEX))
         await self.failed.migrate()
 
-    async def _names(self, table: str, query: dict[str, str]) -> set[str]:
-        return {str(name) for (name,) in await self.db.fetchall(query[self.db.dialect], (table,))}
+    async def _names(self, table: str, query: str) -> set[str]:
+        return {str(name) for (name,) in await self.db.fetchall(query, (table,))}
 
-    async def _ensure(self, table: str, name: str, query: dict[str, str], ddl: str) -> bool:
+    async def _ensure(self, table: str, name: str, query: str, ddl: str) -> bool:
         """Run `ddl` unless `name` exists; True if this call created it."""
         if name in await self._names(table, query):
             return False
@@ -259,7 +216,7 @@ class DatabaseQueue(QueueConnection):
         await self.db.execute(statement.sql, statement.params)
 
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
-        on_duplicate = _ON_DUPLICATE[self.db.dialect]
+        on_duplicate = self._on_duplicate
         if delay > 0:
             return change(PUSH_DELAYED + on_duplicate, (queue, payload, float(delay), peek_uuid(payload)))
         return change(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
@@ -269,7 +226,7 @@ class DatabaseQueue(QueueConnection):
         await self.db.run_transaction(self._push_many_steps(queue, chunks, delay))
 
     def _push_many_steps(self, queue: str, chunks: Sequence[Sequence[str]], delay: float) -> Steps[None]:
-        on_duplicate = _ON_DUPLICATE[self.db.dialect]
+        on_duplicate = self._on_duplicate
         ((now, due),) = yield fetch(NOW, (float(delay),))
         available, state, now = (int(due), DELAYED, int(now)) if delay > 0 else (0, READY, int(now))
         for chunk in chunks:
@@ -309,9 +266,20 @@ class DatabaseQueue(QueueConnection):
     async def requeue(self, queue: str, payload: str) -> None:
         await self.db.run_transaction(self._requeue_steps(queue, payload))
 
-    async def requeue_in(self, tx: Session, queue: str, payload: str) -> None:
-        """queue:retry inside a caller's transaction on the same database."""
-        await tx.run(self._requeue_steps(queue, payload))
+    async def requeue_failed(self, store: FailedJobStore, job: FailedJob) -> bool:
+        """The job is either still failed or back on its queue, never both or neither: one
+        transaction when the failed store is in this database. It may deadlock with the worker
+        that is failing the same job (both lock its jobs row and failed row): it runs again then."""
+        if store.db is not self.db:
+            return await super().requeue_failed(store, job)
+        return await self.db.retrying_conflicts(
+            lambda: self.db.run_transaction(self._requeue_failed_steps(store, job)))
+
+    def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob) -> Steps[bool]:
+        if not (yield from store.forget_steps(job.uuid)):
+            return False
+        yield from self._requeue_steps(job.queue, job.payload)
+        return True
 
     def _requeue_steps(self, queue: str, payload: str) -> Steps[None]:
         """Forget the finished record, and take the job over if it is still stored (a worker still
@@ -417,11 +385,11 @@ class DatabaseQueue(QueueConnection):
         uuids = [job_uuid for job_uuid in uuids if job_uuid is not None]
         if not uuids:
             return
-        yield change(REMEMBER[self.db.dialect].replace("{rows}", ", ".join([REMEMBER_ROW] * len(uuids))), uuids)
+        yield change(self._remember.replace("{rows}", ", ".join([REMEMBER_ROW] * len(uuids))), uuids)
         self._finished_since_prune += len(uuids)
         if self._finished_since_prune >= PRUNE_EVERY:
             self._finished_since_prune = 0
-            yield change(PRUNE[self.db.dialect], (self.replay_window, PRUNE_LIMIT))
+            yield change(self._prune, (self.replay_window, PRUNE_LIMIT))
 
     async def release(self, job: ReservedJob, delay: float = 0) -> bool:
         if delay > 0:
@@ -465,7 +433,7 @@ class DatabaseQueue(QueueConnection):
         return await self.db.retrying_conflicts(lambda: self.db.execute(CLEAR, (queue,)))
 
     async def request_restart(self) -> None:
-        await self.db.execute(SIGNAL_BUMP[self.db.dialect], ("restart",))
+        await self.db.execute(self._signal_bump, ("restart",))
 
     async def restart_signal(self) -> str:
         row = await self.db.fetchone(SIGNAL_GET, ("restart",))

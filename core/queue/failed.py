@@ -11,41 +11,25 @@ from core.database import Database, Session, Steps, change, fetch
 from core.log import one_line
 from core.payload import peek_uuid
 
-SCHEMA = {
-    "sqlite": """CREATE TABLE IF NOT EXISTS failed_jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        uuid VARCHAR(255) NOT NULL UNIQUE,
-        connection TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        exception TEXT NOT NULL,
-        failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)""",
-    "mysql": """CREATE TABLE IF NOT EXISTS failed_jobs (
-        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        uuid VARCHAR(255) NOT NULL,
-        connection TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        payload LONGTEXT NOT NULL,
-        exception LONGTEXT NOT NULL,
-        failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        UNIQUE KEY failed_jobs_uuid_unique (uuid)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
-}
+# The dialect fills in {id}, {longtext} and {table} (core/dialects.py).
+SCHEMA = """CREATE TABLE IF NOT EXISTS failed_jobs (
+    id {id},
+    uuid VARCHAR(255) NOT NULL,
+    connection TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    payload {longtext} NOT NULL,
+    exception {longtext} NOT NULL,
+    failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT failed_jobs_uuid_unique UNIQUE (uuid)){table}"""
 
 # Insert unless the uuid has a row; never overwrite one: a payload carrying the uuid of another
 # failed job (forged, unsigned) must not replace the payload queue:retry needs.
-INSERT_NEW = {
-    "sqlite": """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)
-        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO NOTHING""",
-    "mysql": """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)
-        VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE uuid = uuid""",
-}
-# The row now under a uuid; MySQL reads it locking, so a row committed after this transaction's
-# snapshot is seen too.
-PAYLOAD_OF = {
-    "sqlite": "SELECT payload FROM failed_jobs WHERE uuid = ?",
-    "mysql": "SELECT payload FROM failed_jobs WHERE uuid = ? FOR UPDATE",
-}
+INSERT_NEW = """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)
+    VALUES (?, ?, ?, ?, ?, ?)"""
+# The row now under a uuid, read locking where the database locks rows (MySQL), so a row committed
+# after this transaction's snapshot is seen too.
+PAYLOAD_OF = "SELECT payload FROM failed_jobs WHERE uuid = ?"
+FORGET = "DELETE FROM failed_jobs WHERE uuid = ?"
 SELECT = "SELECT uuid, connection, queue, payload, exception, failed_at FROM failed_jobs"
 _TIME = "%Y-%m-%d %H:%M:%S"
 
@@ -80,9 +64,11 @@ class FailedJob:
 class FailedJobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._insert_new = INSERT_NEW + db.dialect.ignore_duplicate("uuid")
+        self._payload_of = PAYLOAD_OF + db.dialect.for_update
 
     async def migrate(self) -> None:
-        await self.db.execute(SCHEMA[self.db.dialect])
+        await self.db.execute(self.db.dialect.ddl(SCHEMA))
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
                      session: Session | None = None) -> str:
@@ -102,8 +88,8 @@ class FailedJobStore:
         job_uuid = peek_uuid(payload) or str(uuid_module.uuid4())
         for n in itertools.count():
             job_uuid = job_uuid or _derived_uuid(stored, n)
-            yield change(INSERT_NEW[self.db.dialect], (job_uuid, *row))
-            found = yield fetch(PAYLOAD_OF[self.db.dialect], (job_uuid,))
+            yield change(self._insert_new, (job_uuid, *row))
+            found = yield fetch(self._payload_of, (job_uuid,))
             if found and found[0][0] == stored:
                 return job_uuid
             job_uuid = None          # that uuid holds another job's failure: leave it as it is
@@ -121,9 +107,11 @@ class FailedJobStore:
         return _row(row) if row else None
 
     async def forget(self, job_uuid: str, session: Session | None = None) -> bool:
-        sql, params = "DELETE FROM failed_jobs WHERE uuid = ?", (job_uuid,)
-        count = await (session.execute(sql, params) if session else self.db.execute(sql, params))
-        return count > 0
+        return await (session or self.db).execute(FORGET, (job_uuid,)) > 0
+
+    def forget_steps(self, job_uuid: str) -> Steps[bool]:
+        """forget() as transaction steps, to run inside another transaction's (queue:retry)."""
+        return (yield change(FORGET, (job_uuid,))) > 0
 
     async def flush(self, older_than_hours: float | None = None) -> int:
         if older_than_hours is None:

@@ -1,9 +1,15 @@
-"""QueueManager: turns a connection name from config into an open QueueConnection, lazily."""
+"""QueueManager: turns a connection name from config into an open QueueConnection, lazily.
+
+The names are config/queue.py's `connections` (Laravel's); each names a driver, and a driver is a
+factory in a registry (Laravel's QueueManager::addConnector). The built-in drivers register below,
+their modules imported on first use; another store is one module and one register_driver call.
+"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from core.config import Config
 from core.database import Database
@@ -14,7 +20,31 @@ from core.queue.failed import FailedJobStore
 if TYPE_CHECKING:
     from core.app import Application
 
-CONNECTIONS = ("database", "redis", "sync")
+# (manager, connection name, its settings from config) -> a new QueueConnection, not opened yet.
+Factory = Callable[["QueueManager", str, Mapping[str, Any]], Awaitable[QueueConnection]]
+# (config, the connection's settings) -> the store it reaches, for messages: "Redis at 127.0.0.1:6379".
+Describe = Callable[[Config, Mapping[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Driver:
+    make: Factory
+    describe: Describe | None = None
+
+
+_DRIVERS: dict[str, Driver] = {}
+
+
+def register_driver(driver: str, factory: Factory, describe: Describe | None = None) -> None:
+    """Make `driver` usable in config/queue.py's connections. The manager calls
+    `await factory(manager, name, settings)` on a name's first use, then sets the connection's
+    name and opens it; `describe` names the store for messages written before it is open (a
+    dispatch that cannot reach it). Registering a driver again replaces it."""
+    _DRIVERS[driver] = Driver(factory, describe)
+
+
+def registered_drivers() -> list[str]:
+    return sorted(_DRIVERS)
 
 
 class QueueManager:
@@ -88,30 +118,33 @@ class QueueManager:
                 self._connections[name] = conn
         return self._connections[name]
 
+    def settings(self, name: str) -> Mapping[str, Any]:
+        """A configured connection's settings; one clear line naming the configured ones if unknown."""
+        connections = self.config.queue.connections
+        settings = connections.get(name) if isinstance(name, str) else None
+        if settings is None:
+            raise ConfigError(f"unknown queue connection {name!r}: the configured connections are "
+                              f"{', '.join(connections)} (config/queue.py)")
+        return settings
+
     async def _make(self, name: str) -> QueueConnection:
-        vt, window = self.config.queue.visibility_timeout, self.config.queue.replay_window
-        if name == "database":
-            from core.queue.database import DatabaseQueue
-
-            return DatabaseQueue(await self.database(), await self.failed_store(), vt, replay_window=window)
-        if name == "redis":
-            from core.queue.redis import RedisQueue
-
-            return RedisQueue(self.config.redis, await self.failed_store(), vt, replay_window=window)
-        if name == "sync":
-            from core.queue.sync import SyncQueue
-
-            return SyncQueue(self.app)
-        raise ConfigError(f"unknown queue connection {name!r}: use one of {', '.join(CONNECTIONS)}")
+        settings = self.settings(name)
+        driver = _DRIVERS.get(settings["driver"])
+        if driver is None:
+            raise ConfigError(f"queue connection {name!r} uses driver {settings['driver']!r}, which is not "
+                              f"registered: the drivers are {', '.join(registered_drivers())}")
+        conn = await driver.make(self, name, settings)
+        conn.name = name
+        return conn
 
     def describe(self, name: str | None = None) -> str:
         """The store behind a connection name, for messages: "Redis at 127.0.0.1:6379"."""
         name = name or self.config.queue.default
-        if name == "redis":
-            from core.queue.redis import address
-
-            return f"Redis at {address(self.config.redis)}"
-        return self.config.database.describe() if name == "database" else name
+        settings = self.config.queue.connections.get(name) if isinstance(name, str) else None
+        driver = _DRIVERS.get(settings["driver"]) if settings else None
+        if driver is None or driver.describe is None:
+            return str(name)
+        return driver.describe(self.config, settings)
 
     async def close(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
@@ -120,3 +153,49 @@ class QueueManager:
         if self._database is not None:
             db, self._database, self._failed = self._database, None, None
             await db.close()
+
+
+# -- the built-in drivers: each module is imported when a connection of its driver is first made --
+
+def _no_settings(name: str, settings: Mapping[str, Any]) -> None:
+    """The built-in drivers read everything from .env: a setting given here would be ignored."""
+    extra = sorted(key for key in settings if key != "driver")
+    if extra:
+        raise ConfigError(f"queue connection {name!r}: the {settings['driver']} driver takes no setting "
+                          f"{extra[0]!r} (it reads its store's settings from .env)")
+
+
+async def _database(manager: QueueManager, name: str, settings: Mapping[str, Any]) -> QueueConnection:
+    from core.queue.database import DatabaseQueue
+
+    _no_settings(name, settings)
+    queue = manager.config.queue
+    return DatabaseQueue(await manager.database(), await manager.failed_store(), queue.visibility_timeout,
+                         replay_window=queue.replay_window)
+
+
+async def _redis(manager: QueueManager, name: str, settings: Mapping[str, Any]) -> QueueConnection:
+    from core.queue.redis import RedisQueue
+
+    _no_settings(name, settings)
+    queue = manager.config.queue
+    return RedisQueue(manager.config.redis, await manager.failed_store(), queue.visibility_timeout,
+                      replay_window=queue.replay_window)
+
+
+async def _sync(manager: QueueManager, name: str, settings: Mapping[str, Any]) -> QueueConnection:
+    from core.queue.sync import SyncQueue
+
+    _no_settings(name, settings)
+    return SyncQueue(manager.app)
+
+
+def _describe_redis(config: Config, settings: Mapping[str, Any]) -> str:
+    from core.queue.redis import address
+
+    return f"Redis at {address(config.redis)}"
+
+
+register_driver("database", _database, lambda config, settings: config.database.describe())
+register_driver("redis", _redis, _describe_redis)
+register_driver("sync", _sync)

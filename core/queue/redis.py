@@ -54,7 +54,7 @@ from redis.utils import HIREDIS_AVAILABLE
 from core.config import RedisConfig, encoded_url
 from core.errors import ConnectionFailed
 from core.payload import peek_uuid
-from core.queue.contract import QueueConnection, QueueSize, ReservedJob
+from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJobStore
 from core.queue.redis_lane import Lane
 
@@ -178,7 +178,7 @@ def reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class RedisQueue(QueueConnection):
+class RedisQueue(QueueConnection, QueueAdmin):
     name = "redis"
 
     def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90,

@@ -1,14 +1,14 @@
 """Putting failed jobs back on their own connection and queue, attempts reset, id kept.
 
 requeue, not push: the job's uuid is remembered as finished (fail() records it) and may still be
-stored (a worker still failing it); requeue forgets the one and takes the other over."""
+stored (a worker still failing it); requeue forgets the one and takes the other over. Each
+connection knows how to do it with its failed row (QueueConnection.requeue_failed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.queue.database import DatabaseQueue
-from core.queue.failed import FailedJob, FailedJobStore
+from core.queue.failed import FailedJob
 
 if TYPE_CHECKING:
     from core.app import Application
@@ -36,23 +36,6 @@ async def retry_failed(app: "Application", ids: list[str] | None, queue: str | N
                 jobs.append(found)
     for job in jobs:
         conn = await app.queue.connection(job.connection)
-        if isinstance(conn, DatabaseQueue) and conn.db is store.db:
-            if await store.db.retrying_conflicts(lambda: _requeue_in_one_transaction(store, conn, job)):
-                result.retried.append(job)
-        else:
-            # Requeueing first: a crash in between leaves the failed row, never a lost job.
-            await conn.requeue(job.queue, job.payload)
-            if await store.forget(job.uuid):
-                result.retried.append(job)
+        if await conn.requeue_failed(store, job):
+            result.retried.append(job)
     return result
-
-
-async def _requeue_in_one_transaction(store: FailedJobStore, conn: DatabaseQueue, job: FailedJob) -> bool:
-    """The job is either still failed or back on its queue, never both or neither. It may deadlock
-    with the worker that is failing the same job (both lock its jobs row and failed row); the
-    caller runs it again."""
-    async with store.db.transaction() as tx:
-        if not await store.forget(job.uuid, session=tx):
-            return False
-        await conn.requeue_in(tx, job.queue, job.payload)
-        return True

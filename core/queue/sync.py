@@ -1,12 +1,14 @@
-"""The sync connection: a pushed job runs at once, in the dispatching process."""
+"""The sync connection: a pushed job runs at once, in the dispatching process. It keeps no jobs,
+so it offers no QueueAdmin (queue:size, queue:clear, queue:restart say so)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from core.dispatch import run_now
-from core.payload import Payload, resolve_job_class
-from core.queue.contract import QueueConnection, QueueSize, ReservedJob
+from core.job import resolve_job_class
+from core.payload import Payload
+from core.queue.contract import QueueConnection, ReservedJob
 
 if TYPE_CHECKING:
     from core.app import Application
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
 
 class SyncQueue(QueueConnection):
     name = "sync"
+    runs_inline = True
 
     def __init__(self, app: "Application") -> None:
         self.app = app
@@ -40,16 +43,3 @@ class SyncQueue(QueueConnection):
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> None:
         return None
-
-    async def sizes(self, queues: Sequence[str] | None = None) -> dict[str, QueueSize]:
-        return {q: QueueSize() for q in queues or ()}
-
-    async def clear(self, queue: str) -> int:
-        return 0
-
-    async def request_restart(self) -> None:
-        return None
-
-    async def restart_signal(self) -> str:
-        return ""
-

@@ -1,0 +1,140 @@
+"""SQL dialects: what differs between the databases, one object per database.
+
+The statements stay beside their use, written once: `?` for parameters, `{now}` for the
+database's clock (whole unix seconds), `{due}` for "now plus ? seconds" rounded up, and in DDL
+`{id}`, `{uint}`, `{flag}`, `{longtext}`, `{double}`, `{table}`, `{keyed_table}` for types and
+table options. A dialect fills those in and supplies the few clauses each database spells its
+own way. PostgreSQL is one more subclass here (and one entry in DIALECTS, the map from
+DB_CONNECTION), beside one more Database module.
+
+A leaf module: it imports nothing of ours.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+
+class Dialect:
+    """Standard SQL where the databases agree (SQLite's and PostgreSQL's spelling); a database
+    overrides what it writes differently."""
+
+    name: ClassVar[str] = "sql"
+    label: ClassVar[str] = "SQL"       # for messages: "SQLite at storage/database.sqlite"
+    embedded: ClassVar[bool] = False   # a file in this process (DB_DATABASE is its path), not a server
+    database: ClassVar[str] = ""       # "module:Class" of its Database, imported on first use
+    now: ClassVar[str] = ""          # the database's clock, in whole unix seconds
+    due: ClassVar[str] = ""          # the first whole second at or after now + ? seconds: never early
+    skip_locked: ClassVar[str] = ""  # ends a SELECT whose rows a reserve takes: rows others hold are skipped
+    for_update: ClassVar[str] = ""   # ends a SELECT of rows the same transaction changes next
+    column_names: ClassVar[str] = ""  # one table's column names (parameter: the table's name)
+    index_names: ClassVar[str] = ""   # one table's index names (parameter: the table's name)
+    types: ClassVar[MappingProxyType[str, str]] = MappingProxyType({})   # the DDL placeholders
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+    def describe(self, config: Any) -> str:
+        """The database a DatabaseConfig points at, for messages; never a password."""
+        return f"{self.label} at {config.database if self.embedded else f'{config.host}:{config.port}'}"
+
+    def sql(self, text: str) -> str:
+        """This database's form of a statement (cached: see translate)."""
+        return translate(self, text)
+
+    def _translate(self, text: str) -> str:
+        return self.placeholders(text.replace("{now}", self.now).replace("{due}", self.due))
+
+    def placeholders(self, text: str) -> str:
+        """`?` parameters as the driver wants them."""
+        return text
+
+    def ddl(self, text: str) -> str:
+        """A CREATE or ALTER statement with its type and table-option placeholders filled in."""
+        return text.format_map(self.types)
+
+    def ignore_duplicate(self, key: str) -> str:
+        """Ends an INSERT: a row whose unique `key` is taken already is skipped, without an error."""
+        return f" ON CONFLICT({key}) DO NOTHING"
+
+    def upsert(self, key: str, assignments: str) -> str:
+        """Ends an INSERT: a row whose unique `key` is taken updates that row instead. In
+        `assignments`, `excluded.<column>` is the value the insert brought."""
+        return f" ON CONFLICT({key}) DO UPDATE SET {assignments}"
+
+    def delete_first(self, table: str, key: str, where: str, order: str) -> str:
+        """DELETE the first rows of `table` matching `where` in `order`; the statement's last
+        parameter is how many at most (bounded work in a busy transaction)."""
+        return f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} ORDER BY {order} LIMIT ?)"
+
+    def drop_index(self, table: str, index: str) -> str:
+        return f"DROP INDEX IF EXISTS {index}"
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    label = "SQLite"
+    embedded = True
+    database = "core.database:SqliteDatabase"
+    now = "CAST(strftime('%s','now') AS INTEGER)"
+    due = "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)"
+    column_names = "SELECT name FROM pragma_table_info(?)"
+    index_names = "SELECT name FROM pragma_index_list(?)"
+    # No row locks: a transaction (BEGIN IMMEDIATE) holds the whole database, so skip_locked and
+    # for_update stay empty. A table keyed by text needs no rowid beside its key.
+    types = MappingProxyType({"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "uint": "INTEGER", "flag": "SMALLINT",
+                              "longtext": "TEXT", "double": "DOUBLE", "table": "", "keyed_table": " WITHOUT ROWID"})
+
+
+class MysqlDialect(Dialect):
+    """MySQL and MariaDB."""
+
+    name = "mysql"
+    label = "MySQL"
+    database = "core.database:MysqlDatabase"
+    now = "UNIX_TIMESTAMP()"
+    due = "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
+    column_names = ("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = ?")
+    index_names = ("SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS "
+                   "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?")
+    _TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    types = MappingProxyType({"id": "BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY", "uint": "INT UNSIGNED",
+                              "flag": "TINYINT UNSIGNED", "longtext": "LONGTEXT", "double": "DOUBLE",
+                              "table": _TABLE, "keyed_table": _TABLE})
+
+    def placeholders(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    def ignore_duplicate(self, key: str) -> str:
+        return f" ON DUPLICATE KEY UPDATE {key} = {key}"    # assigning a column itself changes nothing
+
+    def upsert(self, key: str, assignments: str) -> str:
+        return " ON DUPLICATE KEY UPDATE " + _EXCLUDED.sub(r"VALUES(\1)", assignments)
+
+    def delete_first(self, table: str, key: str, where: str, order: str) -> str:
+        # MySQL takes no LIMIT in an IN subquery, nor a subquery on the table it deletes from.
+        return f"DELETE FROM {table} WHERE {where} ORDER BY {order} LIMIT ?"
+
+    def drop_index(self, table: str, index: str) -> str:
+        return f"DROP INDEX {index} ON {table}"
+
+
+_EXCLUDED = re.compile(r"\bexcluded\.(\w+)")
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(dialect: Dialect, text: str) -> str:
+    """`dialect`'s form of a statement, cached: the hot statements are few and translating each on
+    every call cost more than running some of them. A function, not a cached method: a method
+    lookup per statement was half the cost of a cache hit."""
+    return dialect._translate(text)
+
+SQLITE = SqliteDialect()
+MYSQL = MysqlDialect()
+# DB_CONNECTION -> its dialect.
+DIALECTS = {"sqlite": SQLITE, "mysql": MYSQL}
