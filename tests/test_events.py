@@ -206,7 +206,8 @@ async def test_job_queued_follows_each_stored_push(store, tmp_path):
         @listen(JobQueued)
         async def note(event):
             # The push is stored before anyone hears of it (on sync: the job has run).
-            stored = sum(s.pending + s.delayed for s in (await conn.sizes(["default", "other"])).values())
+            sizes = await conn.sizes(["default", "other"]) if hasattr(conn, "sizes") else {}   # sync keeps none
+            stored = sum(s.pending + s.delayed for s in sizes.values())
             ran = len(read_events(log))
             heard.append((event, stored, ran))
 
