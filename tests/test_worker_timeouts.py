@@ -18,8 +18,7 @@ import time
 import pytest
 
 from bootstrap.app import create_app
-from core.watchdog import CANCEL_GRACE
-from core.worker import Worker, WorkerOptions
+from core.worker import CANCEL_GRACE, Worker, WorkerOptions
 from tests.conftest import ROOT, run_cli
 from tests.jobs.sample_jobs import (CatchesCancelOnceJob, FailedIgnoresCancelJob, IgnoresCancelJob, RecordingJob,
                                     read_events)
@@ -57,7 +56,7 @@ async def test_code_that_swallows_cancellation_is_left_behind_and_the_job_follow
     assert f"IgnoresCancelJob [{job_id}]: the task left behind has ended" in out
 
     [failed] = await (await store.app.queue.failed_store()).all()
-    assert failed.uuid == job_id and failed.summary.startswith("core.watchdog.JobTimeoutError")
+    assert failed.uuid == job_id and failed.summary.startswith("core.worker.JobTimeoutError")
     assert "exceeded its timeout of 0.5s" in failed.summary
     assert [e["job_id"] for e in read_events(log) if e["event"] == "handle"] == [after]   # the worker went on
     sizes = await store.conn.sizes(["default"])
@@ -124,7 +123,7 @@ def test_left_behind_tasks_piling_up_stop_the_worker_with_exit_70(tmp_path):
 
 WATCHDOG_SCRIPT = """
 import asyncio, signal, sys, time
-from core.watchdog import Watchdog, run_guarded
+from core.worker import Watchdog, run_guarded
 
 async def awaits():
     await asyncio.sleep(3.5)

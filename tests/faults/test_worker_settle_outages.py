@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-import core.worker
+import core.worker.settle
 from bootstrap.app import create_app
 from core.dispatch import _encode
 from core.worker import Worker, WorkerOptions
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 async def test_an_acknowledgement_that_gave_up_is_not_logged_as_done(redis_proxy, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
-    monkeypatch.setattr(core.worker, "SETTLE_TRIES", 2)
+    monkeypatch.setattr(core.worker.settle, "SETTLE_TRIES", 2)
     log = str(tmp_path / "events")
     with caplog.at_level(logging.INFO):
         async with create_app() as app:
@@ -111,7 +111,7 @@ async def test_a_failed_job_store_away_while_failing_calls_failed_once_and_keeps
     monkeypatch.setenv("QUEUE_CONNECTION", "redis")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
     monkeypatch.setenv("DB_TIMEOUT", "2")
-    monkeypatch.setattr(core.worker, "SETTLE_TRIES", 2)
+    monkeypatch.setattr(core.worker.settle, "SETTLE_TRIES", 2)
     log = str(tmp_path / "events")
     with caplog.at_level(logging.INFO):
         async with create_app() as app:
