@@ -85,7 +85,7 @@ class Attempts:
                           payload.max_tries if o.tries is None else o.tries,
                           payload.timeout if o.timeout is None else o.timeout)
         self.long_timeouts.check(payload.job, attempt.timeout)
-        return attempt, self._refusal(attempt)
+        return attempt, self._refusal(attempt, payload)
 
     async def run(self, attempt: Attempt, settle: Callable[[Attempt, Outcome], Coroutine[Any, Any, None]]) -> Outcome:
         """Run handle() under the attempt's timeout. If the code ignores cancellation, the attempt's
@@ -109,14 +109,14 @@ class Attempts:
             return Retry(attempt.payload.retry_delay(attempt.reserved.attempts), exc)   # type: ignore[union-attr]
         return Fail(exc)
 
-    def _refusal(self, attempt: Attempt) -> Fail | None:
+    def _refusal(self, attempt: Attempt, payload: Payload) -> Fail | None:
         """A job handle() must not run for again: one a worker began failing, or one past its tries."""
-        reserved, payload = attempt.reserved, attempt.payload
+        reserved = attempt.reserved
         if reserved.failing is not None:     # a worker began failing it: finish that, never run it again
             return Fail(RecordedFailure(reserved.failing))
         if reserved.attempts > attempt.max_tries:
             return Fail(MaxAttemptsExceededError(
-                f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of "  # type: ignore[union-attr]
+                f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of "
                 f"{attempt.max_tries}: its last attempt never finished (a worker died or was stopped while "
                 f"running it, or the reservation never reached a worker); it was not run again"))
         return None

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from core.job import Job
 from core.log import redact
 from core.outage import OutageLog
 from core.queue.contract import QueueConnection, ReservedJob
@@ -114,23 +115,34 @@ class Settler:
         """
         reserved, job = attempt.reserved, attempt.job
         resumed = reserved.failing is not None
-        failure = _Failure(attempt, reserved.failing, (reserved.failing.splitlines() or [""])[0]) if resumed \
-            else _Failure(attempt, exception_text(exc, self.secrets), first_line(exc))
+        failure = self._failure(attempt, exc)
         if not resumed and job is not None and not await self._mark_failing(failure, False):
             return
-        if job is None or (resumed and reserved.failed_ran):
+        if job is None or (resumed and reserved.failed_ran):     # failed() is not due
             await self._finish_failure(failure, False)
             return
-        try:
-            await self.timeouts.run_limited(
-                lambda: job.run_failed(exc), attempt.timeout, f"{attempt.label}: failed() exceeded "
-                f"{attempt.timeout:g}s", attempt.label, attempt.slot, lambda _: self._finish_failure(failure, True))
-        except Exception as failed_exc:
-            log.error("%s: failed() raised %s; recording the job as failed anyway", attempt.label,
-                      first_line(failed_exc))
+        await self._call_failed(failure, job, exc)
         await self._finish_failure(failure, True)
 
     # -- the steps of a failure -------------------------------------------------------------
+
+    async def _call_failed(self, failure: _Failure, job: Job, exc: BaseException) -> None:
+        """failed() under the job's timeout; if it ignores cancellation, the failure is finished without it
+        (and this call raises CancelledError)."""
+        a = failure.attempt
+        try:
+            await self.timeouts.run_limited(lambda: job.run_failed(exc), a.timeout,
+                                            f"{a.label}: failed() exceeded {a.timeout:g}s", a.label, a.slot,
+                                            lambda _: self._finish_failure(failure, True))
+        except Exception as failed_exc:
+            log.error("%s: failed() raised %s; recording the job as failed anyway", a.label, first_line(failed_exc))
+
+    def _failure(self, attempt: Attempt, exc: BaseException) -> _Failure:
+        """What failed_jobs records: the first worker's exception when this one finishes its failure."""
+        recorded = attempt.reserved.failing
+        if recorded is not None:
+            return _Failure(attempt, recorded, (recorded.splitlines() or [""])[0])
+        return _Failure(attempt, exception_text(exc, self.secrets), first_line(exc))
 
     async def _finish_failure(self, failure: _Failure, failed_ran_now: bool) -> None:
         """failed() is over (or was not due): note that, then write the failed_jobs row and remove the job."""
