@@ -112,7 +112,7 @@ class Worker:
             self._restart = await self._read_restart_signal(conn)
             await self._loop(conn)
             await self._release_lost_claims(conn)
-            await self._finish()
+            await self._wind_down()
         finally:
             await heartbeat.stop()      # after the last acknowledgement: it renews jobs waiting for theirs
             self.timeouts.stop()
@@ -133,8 +133,9 @@ class Worker:
     def reason_to_stop(self, taken: int | None = None) -> str | None:
         """Why the worker should stop now, or None: every limit in one place (Laravel's stopIfNecessary).
 
-        `taken` is how many jobs the pass of the loop that just ended reserved; None when it
-        reserved nothing or a job just finished (--once and --stop-when-empty look at a poll only).
+        `taken` is how many jobs the pass of the loop that just ended reserved (0: none was due);
+        None when that pass made no reserve (every slot busy, the store away) or a job just finished.
+        --once and --stop-when-empty look only at a reserve.
         """
         o = self.options
         if o.max_time and time.monotonic() - self._started >= o.max_time:
@@ -166,7 +167,7 @@ class Worker:
                 self.stop(reason)
         return self._stopping.is_set()
 
-    async def _finish(self) -> None:
+    async def _wind_down(self) -> None:
         """Stopping: wait for the running jobs and their acknowledgements, then for code left behind."""
         while self._tasks:   # re-read: an attempt taken over from left-behind code goes on in a new task
             await asyncio.wait(list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
