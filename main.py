@@ -2,7 +2,7 @@
 from core.console import cli
 
 if __name__ == "__main__":
-    from core.supervisor import follow_supervisor
+    from core.worker.supervisor import follow_supervisor
 
     follow_supervisor()      # a worker a supervisor started: stop with it (SIGTERM when it dies)
     cli(prog_name="python main.py")

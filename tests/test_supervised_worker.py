@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from core import supervisor
+from core.worker import supervisor
 from tests.conftest import ROOT
 from tests.test_supervisor import alive, on_redis, wait_for  # noqa: F401  (on_redis: autouse fixture)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bootstrap.app import create_app
-from core import supervisor
+from core.worker import supervisor
 from core.worker import WorkerOptions
 from tests.conftest import ROOT, run_cli
 from tests.jobs.sample_jobs import SleepyJob, read_events

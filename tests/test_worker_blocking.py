@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bootstrap.app import create_app
-from core.watchdog import JobTimeoutError, Watchdog, run_guarded
+from core.worker import JobTimeoutError, Watchdog, run_guarded
 from tests.conftest import ROOT, use_store
 from tests.jobs.sample_jobs import RecordingJob, read_events
 from tests.jobs.worker_audit_jobs import BlockerJob, CopyJob, DispatchLoopJob, SiblingJob
@@ -215,7 +215,7 @@ async def test_a_job_dispatching_in_a_loop_past_its_timeout_leaves_the_workers_c
         assert len(dispatched) <= sizes["copies"].pending, (sizes, len(dispatched))
         assert sizes["default"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
         [failed] = await (await app.queue.failed_store()).all()
-    assert failed.uuid == looping and failed.summary.startswith("core.watchdog.JobTimeoutError")
+    assert failed.uuid == looping and failed.summary.startswith("core.worker.JobTimeoutError")
     assert sorted(e["value"] for e in events if e["event"] == "handle") == list(range(20))
     assert [e["event"] for e in events if e["job_id"] == looping and e["event"] != "dispatched"] == ["failed"]
     errors = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from bootstrap.app import create_app
-from core.watchdog import CANCEL_GRACE
+from core.worker import CANCEL_GRACE
 from tests.conftest import ROOT, run_cli
 from tests.jobs.sample_jobs import IgnoresCancelJob, RecordingJob, SlowFirstAttemptJob, read_events
 

@@ -8,7 +8,7 @@ import click
 
 from core.console.base import command
 from core.job import validate_queue_name
-from core.supervisor import supervise
+from core.worker.supervisor import supervise
 from core.worker import Worker, WorkerOptions
 
 

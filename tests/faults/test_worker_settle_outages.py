@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-import core.worker
+import core.worker.settle
 from bootstrap.app import create_app
 from core.dispatch import _encode
 from core.worker import Worker, WorkerOptions
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 async def test_an_acknowledgement_that_gave_up_is_not_logged_as_done(redis_proxy, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
-    monkeypatch.setattr(core.worker, "SETTLE_TRIES", 2)
+    monkeypatch.setattr(core.worker.settle, "SETTLE_TRIES", 2)
     log = str(tmp_path / "events")
     with caplog.at_level(logging.INFO):
         async with create_app() as app:
@@ -111,7 +111,7 @@ async def test_a_failed_job_store_away_while_failing_calls_failed_once_and_keeps
     monkeypatch.setenv("QUEUE_CONNECTION", "redis")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
     monkeypatch.setenv("DB_TIMEOUT", "2")
-    monkeypatch.setattr(core.worker, "SETTLE_TRIES", 2)
+    monkeypatch.setattr(core.worker.settle, "SETTLE_TRIES", 2)
     log = str(tmp_path / "events")
     with caplog.at_level(logging.INFO):
         async with create_app() as app:
@@ -219,3 +219,34 @@ async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_o
     assert rows == [] and sizes.as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
     assert any(m.endswith("its reservation's answer was lost; recovered and started") for m in caplog.messages)
     assert any(m.startswith(f"DONE    SucceedsJob [{job_id}]") for m in caplog.messages)
+
+
+async def test_a_job_recovered_from_a_lost_reserve_answer_counts_toward_max_jobs(monkeypatch, tmp_path):
+    """--max-jobs 1, and the answer of the reserve that took the first job is lost: the job is
+    recovered and run, then the worker stops. It used to wait for ever: the recovered job filled the
+    limit without the check that follows a reserve, and no running job was left to wake it."""
+    monkeypatch.setenv("QUEUE_CONNECTION", "database")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        conn = await app.queue.connection()
+        first = await SucceedsJob.dispatch(log=log)
+        await SucceedsJob.dispatch(log=log)             # left for the next worker
+        lost: list[str] = []
+        reserve_wait = conn.reserve_wait
+
+        async def answer_lost_once(*args, **kwargs):
+            job = await reserve_wait(*args, **kwargs)
+            if job is not None and not lost:
+                lost.append(job.id)
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return job
+
+        monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+        worker = Worker(app, WorkerOptions(sleep=0.05, max_jobs=1))
+        await asyncio.wait_for(worker.run(), 20)
+        sizes = (await conn.sizes(["default"]))["default"]
+    assert lost, "no reserve answer was lost"
+    assert [(e["event"], e["job_id"]) for e in read_events(log)] == [("handle", first), ("end", first)]
+    assert worker.stop_reason == "--max-jobs 1 reached"
+    assert sizes.as_dict() == {"pending": 1, "delayed": 0, "reserved": 0}

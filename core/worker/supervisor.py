@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING
 from core.config import project_path
 from core.errors import ConfigError
 from core.log import WORKER_NAME_ENV
-from core.watchdog import EXIT_BLOCKED
-from core.worker import Worker, WorkerOptions
+from core.worker.loop import Worker
+from core.worker.options import WorkerOptions
+from core.worker.timeouts import EXIT_BLOCKED
 
 if TYPE_CHECKING:
     from core.app import Application

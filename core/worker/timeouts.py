@@ -1,5 +1,8 @@
 """Timeouts for job code: code that awaits, code that blocks the event loop, code that ignores cancellation.
 
+`Timeouts.run_limited` runs job code (handle() or failed()) under its deadline; the rest of this
+module is what makes that deadline hold whatever the code does.
+
 Each attempt runs under `asyncio.timeout`, which cancels code that awaits. `asyncio` cannot cancel
 code that blocks the loop (`time.sleep`, a busy loop, a blocking socket), so a watchdog thread
 notices a job still running past its deadline and sends the worker's main thread a signal; the
@@ -7,8 +10,9 @@ handler looks at the interrupted stack and, only if that job's `run_guarded` fra
 JobTimeoutError right where the job is blocked. The signal is repeated each second while the job
 goes on. The handler never raises inside the framework's own store calls or a driver's code (a
 read cut in half leaves its connection answering the next call with this one's reply): it defers,
-and the watchdog signals again at its next tick, until the job is back in its own code. A job stuck in C code that never returns to Python (the handler cannot run, or keeps
-finding the job on the stack) is ended by exiting the process after `hard_limit` seconds, so its
+and the watchdog signals again at its next tick, until the job is back in its own code. A job
+stuck in C code that never returns to Python (the handler cannot run, or keeps finding the job on
+the stack) is ended by exiting the process after `hard_limit` seconds, so its
 reservation expires and the attempt is counted rather than hanging forever.
 
 Job code that swallows `CancelledError` is neither: the loop runs, the job just does not end.
@@ -26,12 +30,15 @@ import importlib.util
 import logging
 import os
 import signal
+import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from core.worker.heartbeat import heartbeat_interval
 
 log = logging.getLogger("worker")
 SIGNAL = signal.SIGUSR2
@@ -39,6 +46,8 @@ EXIT_BLOCKED = 70
 CANCEL_GRACE = 2.0        # seconds cancelled job code may take to end before the worker leaves it behind
 RECANCEL_EVERY = 1.0      # seconds between cancellations of job code left behind
 TICK = 0.1                # seconds between the watchdog thread's looks at the watches
+LEFT_BEHIND_LIMIT = 3     # job tasks ignoring cancellation at once before the worker stops to be replaced
+RENEWAL_ALLOWANCE = 0.5   # seconds for the renewal's round trip and its thread getting to run, on a loaded host
 # Code a timeout must never interrupt: the framework's store calls and the drivers and asyncio
 # machinery under them. Packages are matched by directory, single modules by file.
 PROTECTED_PACKAGES = ("core.queue", "redis", "hiredis", "aiomysql", "pymysql", "aiosqlite", "asyncio")
@@ -47,6 +56,12 @@ PROTECTED_MODULES = ("core.database", "core.dispatch")
 
 class JobTimeoutError(TimeoutError):
     """A job attempt ran past its timeout."""
+    __module__ = "core.worker"    # the name failed_jobs records: where users import it from
+
+
+class JobInterrupted(Exception):
+    """The worker was told to stop at once (a SIGINT after a stop signal) while the job ran."""
+    __module__ = "core.worker"
 
 
 @dataclass
@@ -225,3 +240,132 @@ class LeftBehind:
                     task.cancel()
         finally:
             self._canceller = None
+
+
+class _Guarded(NamedTuple):
+    """Job code running under its deadline, and how its attempt ends if the code ignores cancellation."""
+    task: asyncio.Task
+    slot: int                                                  # the job's key in Worker._running
+    instead: Callable[[Exception], Coroutine[Any, Any, None]]  # ends the attempt without the code
+    label: str
+    message: str                                               # what a timeout says
+
+
+class Timeouts:
+    """Runs job code under its deadline, and ends the attempt of code that ignores cancellation without it.
+
+    The worker is told through two callbacks: `hand_over(task, slot, ending)`, when the attempt of
+    `task` goes on in `ending` (a task of its own, holding the job's slot), and `blocked(n)`, when
+    n tasks left behind at once mean the worker must stop and be replaced.
+    """
+
+    def __init__(self, hand_over: Callable[[asyncio.Task, int, Coroutine[Any, Any, None]], None],
+                 blocked: Callable[[int], None]) -> None:
+        self.watchdog = Watchdog(on_overdue=self._overdue)
+        self.left_behind = LeftBehind()
+        self.interrupted = False      # a second SIGINT: cancelled job code ends its attempt as JobInterrupted
+        self._hand_over = hand_over
+        self._blocked = blocked
+        self._guarded: dict[int, _Guarded] = {}     # job code running now, by watch key
+        self._keys = itertools.count(1)
+
+    def start(self) -> None:
+        self.watchdog.start()
+
+    def stop(self) -> None:
+        self.watchdog.stop()
+
+    async def run_limited(self, fn: Callable[[], Awaitable[object]], timeout: float, message: str, label: str,
+                          slot: int, instead: Callable[[Exception], Coroutine[Any, Any, None]]) -> object:
+        """Run job code for at most `timeout` seconds, whether it awaits, blocks the loop or ignores
+        cancellation; returns what the code returned.
+
+        Code still running CANCEL_GRACE past its deadline is left behind (_overdue): `instead` ends
+        its attempt in a task of its own, and this call, if it ever returns, raises CancelledError.
+        """
+        key = next(self._keys)
+        self._guarded[key] = _Guarded(asyncio.current_task(), slot, instead, label, message)  # type: ignore[arg-type]
+        self.watchdog.watch(key, timeout, message)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                return await run_guarded(key, fn)
+        except TimeoutError as exc:
+            if scope.expired() and not isinstance(exc, JobTimeoutError):
+                raise JobTimeoutError(message) from None
+            raise
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise JobInterrupted("the worker was stopped at once by a second SIGINT") from None
+        finally:
+            self.watchdog.unwatch(key)
+            if self._guarded.pop(key, None) is None:
+                raise asyncio.CancelledError   # left behind: another task ended its attempt; nothing more to do
+
+    def interrupt(self) -> None:
+        """Cancel running job code so its jobs go back on the queue at once (JobInterrupted)."""
+        self.interrupted = True
+        for guarded in self._guarded.values():
+            guarded.task.cancel()
+        asyncio.get_running_loop().call_later(CANCEL_GRACE, self._take_over_interrupted)
+
+    async def close(self) -> int:
+        """At shutdown: how many tasks left behind still ignore cancellation after one last chance."""
+        # After Ctrl-C twice the user wants out: no more waiting.
+        return await self.left_behind.close(0 if self.interrupted else CANCEL_GRACE)
+
+    def _overdue(self, key: int) -> None:
+        """Called by the watchdog: job code still runs CANCEL_GRACE past its deadline."""
+        guarded = self._guarded.get(key)
+        if guarded is None:
+            return
+        if not guarded.task.cancelling():   # the loop was too busy to cancel it yet: give it its grace first
+            asyncio.get_running_loop().call_later(CANCEL_GRACE, self._overdue, key)
+            return
+        self._take_over(key, JobTimeoutError(guarded.message),
+                        f"{guarded.message}, and ignored cancellation for {CANCEL_GRACE:g}s")
+
+    def _take_over_interrupted(self) -> None:
+        for key, guarded in list(self._guarded.items()):
+            self._take_over(key, JobInterrupted("the worker was stopped at once by a second SIGINT"),
+                            f"{guarded.label} was interrupted, and ignored cancellation for {CANCEL_GRACE:g}s")
+
+    def _take_over(self, key: int, exc: Exception, why: str) -> None:
+        """End the attempt of job code that ignores cancellation without it; leave the code behind."""
+        guarded = self._guarded.pop(key)
+        self.left_behind.add(guarded.task, guarded.label)
+        log.warning("%s: the attempt ends now; its task is left behind and cancelled again every second "
+                    "(%d left behind)", why, len(self.left_behind))
+        self._hand_over(guarded.task, guarded.slot, guarded.instead(exc))
+        if len(self.left_behind) >= LEFT_BEHIND_LIMIT:
+            self._blocked(len(self.left_behind))
+
+
+def max_blocking_timeout(visibility_timeout: float, watchdog: Watchdog) -> float:
+    """The longest timeout a job may have and hold the interpreter for, without another job's reservation lapsing.
+
+    The heartbeat's own thread renews while job code blocks the event loop; only code holding the
+    GIL (C code) stops it. The worst case: a renewal was just due when the job began blocking (h),
+    the job blocks its whole timeout and the watchdog's overrun past it, then the renewal still has
+    to reach the store.
+    """
+    margin = watchdog.overrun + RENEWAL_ALLOWANCE
+    return round(visibility_timeout - heartbeat_interval(visibility_timeout) - margin, 2)
+
+
+class LongTimeouts:
+    """Warns, once per job class, of a timeout longer than the visibility timeout allows (max_blocking_timeout)."""
+
+    def __init__(self, max_timeout: float, visibility_timeout: float) -> None:
+        self.max_timeout = max_timeout
+        self.visibility_timeout = visibility_timeout
+        self._warned: set[str] = set()
+
+    def check(self, job_class: str, timeout: float) -> None:
+        if timeout > self.max_timeout and job_class not in self._warned:
+            self._warned.add(job_class)
+            log.warning("%s has timeout %gs, above the %gs that QUEUE_VISIBILITY_TIMEOUT (%ss) allows: if one "
+                        "blocks the event loop that long, the worker cannot renew the reservations of the jobs "
+                        "beside it, and a second worker may run them", job_class, timeout,
+                        max(self.max_timeout, 0), self.visibility_timeout)

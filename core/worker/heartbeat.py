@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker")
 STOP_PATIENCE = 5.0     # seconds a renewal in flight may take to finish at stop before it is cancelled
+HEARTBEAT_MAX = 2.0     # seconds between renewals at most: one store call per queue connection
+
+
+def heartbeat_interval(visibility_timeout: float) -> float:
+    """Seconds between renewals of the running jobs' reservations."""
+    return min(visibility_timeout / 4, HEARTBEAT_MAX)
 
 
 class Heartbeat:

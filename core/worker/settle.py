@@ -1,0 +1,237 @@
+"""Settling an attempt: the one place that turns its Outcome into store calls, and logs DONE/RETRY/FAIL.
+
+Each outcome has one function here, and each ends where its state change is stored: what is
+reported after that point (the log line; events next) describes a state the store already holds.
+A store call that fails is retried while the store is away (_store); one that gives up is safe,
+since the job stays reserved and comes back after the visibility timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from core.job import Job
+from core.log import redact
+from core.outage import OutageLog
+from core.queue.contract import QueueConnection, ReservedJob
+from core.worker.attempt import Attempt
+from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, exception_text, first_line
+from core.worker.timeouts import Timeouts
+
+log = logging.getLogger("worker")
+T = TypeVar("T")
+SETTLE_TRIES = 8          # about 20 s of retries for acknowledge/release/fail
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failure on its way to failed_jobs: the text recorded and its first line for the log."""
+    attempt: Attempt
+    text: str
+    summary: str
+
+
+class Settler:
+    """Stores the outcomes of one worker's attempts on its queue connection.
+
+    Finished jobs wait in `_acks` until one task acknowledges them in a batch; the heartbeat keeps
+    renewing them meanwhile, so `held_lock` (shared with the worker) guards those lists.
+    """
+
+    def __init__(self, conn: QueueConnection, outage: OutageLog, timeouts: Timeouts, held_lock: threading.Lock,
+                 secrets: list[str], visibility_timeout: float) -> None:
+        self.conn = conn
+        self.outage = outage
+        self.timeouts = timeouts        # failed() runs under the job's timeout, like handle()
+        self.secrets = secrets
+        self.visibility_timeout = visibility_timeout
+        self._held_lock = held_lock
+        self._acks: list[Attempt] = []
+        self._acking: list[Attempt] = []
+        self._acker: asyncio.Task | None = None
+
+    async def settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        match outcome:
+            case Done():
+                self._done(attempt)
+            case Retry(delay, exception):
+                await self._retry(attempt, delay, exception)
+            case Release(delay, reason):
+                await self._release(attempt, delay, reason)
+            case Fail(exception):
+                await self._fail(attempt, exception)
+            case Delete(reason):
+                await self._delete(attempt, reason)
+
+    async def put_back(self, attempt: Attempt) -> None:
+        """The worker's own task was cancelled mid-attempt: the job goes back on the queue at once."""
+        await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, 0))
+
+    def unacknowledged(self) -> list[ReservedJob]:
+        """Finished jobs not acknowledged yet; call under `held_lock`."""
+        return [attempt.reserved for attempt in (*self._acking, *self._acks)]
+
+    async def drain(self) -> None:
+        """Until every finished job's acknowledgement was sent (or given up)."""
+        while self._acker is not None:
+            await asyncio.gather(self._acker, return_exceptions=True)
+
+    # -- one function per outcome -----------------------------------------------------------
+
+    def _done(self, attempt: Attempt) -> None:
+        with self._held_lock:
+            self._acks.append(attempt)
+        if self._acker is None:
+            self._acker = asyncio.create_task(self._acknowledge())
+
+    async def _retry(self, attempt: Attempt, delay: float, exc: Exception) -> None:
+        held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
+        log.info("RETRY   %s %s (%s) retry in %gs%s", attempt.label, _took(attempt.started), first_line(exc), delay,
+                 " [reservation lost]" if held is False else "")
+
+    async def _release(self, attempt: Attempt, delay: float, reason: str) -> None:
+        held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
+        log.info("RELEASE %s %s (%s) again in %gs%s", attempt.label, _took(attempt.started), reason, delay,
+                 " [reservation lost]" if held is False else "")
+
+    async def _delete(self, attempt: Attempt, reason: str) -> None:
+        held = await self._store(attempt.label, "delete", lambda: self.conn.acknowledge(attempt.reserved))
+        if held is not None:
+            log.info("DELETE  %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
+                     " [reservation lost]" if held is False else "")
+
+    async def _fail(self, attempt: Attempt, exc: BaseException) -> None:
+        """The job's tries are over: mark it failing, call failed() once, then record it in failed_jobs.
+
+        Each step is stored before the next, so a worker that takes the job over (this one died, or
+        its reservation lapsed) finishes the failure from there: it never runs handle() again, calls
+        failed() only if no one's returned, and records the first worker's exception.
+        """
+        reserved, job = attempt.reserved, attempt.job
+        resumed = reserved.failing is not None
+        failure = self._failure(attempt, exc)
+        if not resumed and job is not None and not await self._mark_failing(failure, False):
+            return
+        if job is None or (resumed and reserved.failed_ran):     # failed() is not due
+            await self._finish_failure(failure, False)
+            return
+        await self._call_failed(failure, job, exc)
+        await self._finish_failure(failure, True)
+
+    # -- the steps of a failure -------------------------------------------------------------
+
+    async def _call_failed(self, failure: _Failure, job: Job, exc: BaseException) -> None:
+        """failed() under the job's timeout; if it ignores cancellation, the failure is finished without it
+        (and this call raises CancelledError)."""
+        a = failure.attempt
+        try:
+            await self.timeouts.run_limited(lambda: job.run_failed(exc), a.timeout,
+                                            f"{a.label}: failed() exceeded {a.timeout:g}s", a.label, a.slot,
+                                            lambda _: self._finish_failure(failure, True))
+        except Exception as failed_exc:
+            log.error("%s: failed() raised %s; recording the job as failed anyway", a.label, first_line(failed_exc))
+
+    def _failure(self, attempt: Attempt, exc: BaseException) -> _Failure:
+        """What failed_jobs records: the first worker's exception when this one finishes its failure."""
+        recorded = attempt.reserved.failing
+        if recorded is not None:
+            return _Failure(attempt, recorded, (recorded.splitlines() or [""])[0])
+        return _Failure(attempt, exception_text(exc, self.secrets), first_line(exc))
+
+    async def _finish_failure(self, failure: _Failure, failed_ran_now: bool) -> None:
+        """failed() is over (or was not due): note that, then write the failed_jobs row and remove the job."""
+        if failed_ran_now and not await self._mark_failing(failure, True):
+            return
+        attempt = failure.attempt
+        recorded = await self._store(attempt.label, "record as failed",
+                                     lambda: self.conn.fail(attempt.reserved, failure.text))
+        if recorded is None:
+            log.warning("%s: failed, but the failure could not be recorded; the worker that takes it after the "
+                        "visibility timeout records it", attempt.label)
+            return
+        log.info("FAIL    %s %s (%s)%s", attempt.label, _took(attempt.started), failure.summary,
+                 " [reservation lost; not recorded by this worker]" if recorded is False else "")
+
+    async def _mark_failing(self, failure: _Failure, failed_ran: bool) -> bool:
+        """Store how far the failure got; False (logged) when this worker must stop its part here."""
+        attempt = failure.attempt
+        held = await self._store(attempt.label, "mark as failing",
+                                 lambda: self.conn.mark_failing(attempt.reserved, failure.text, failed_ran))
+        if held is False:
+            log.info("FAIL    %s %s (%s) [reservation lost; its failure is left to the worker that holds it]",
+                     attempt.label, _took(attempt.started), failure.summary)
+        elif held is None:
+            log.warning("%s: failed, but that could not be stored; the worker that takes it after the visibility "
+                        "timeout finishes the failure", attempt.label)
+        return bool(held)
+
+    # -- acknowledgements in batches --------------------------------------------------------
+
+    async def _acknowledge(self) -> None:
+        """Acknowledge finished jobs, all that are waiting in one round trip.
+
+        A job's slot is free once its handle() returned; its acknowledgement goes out at once,
+        with those of every job that finished while the previous batch was in flight. Until it
+        is acknowledged the heartbeat keeps renewing its reservation, as for a running job.
+        """
+        try:
+            while self._acks:
+                with self._held_lock:
+                    self._acking, self._acks = self._acks, []
+                await self._acknowledge_batch(self._acking)
+                with self._held_lock:
+                    self._acking = []
+        finally:
+            self._acker = None
+
+    async def _acknowledge_batch(self, batch: list[Attempt]) -> None:
+        label = batch[0].label if len(batch) == 1 else f"{len(batch)} finished jobs"
+        done = await self._store(label, "acknowledge",
+                                 lambda: self.conn.acknowledge_many([attempt.reserved for attempt in batch]))
+        for i, attempt in enumerate(batch):
+            if done is None:
+                log.warning("%s: handle() returned, but the acknowledgement could not be stored; it runs "
+                            "again after the visibility timeout", attempt.label)
+                continue
+            if not done[i]:
+                log.warning("%s finished, but its reservation had been taken over by another worker", attempt.label)
+            log.info("DONE    %s %s", attempt.label, _took(attempt.started))
+
+    # -- retrying a store call --------------------------------------------------------------
+
+    async def _store(self, label: str, action: str, step: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one state change, retrying while the store is unreachable (a restart, a dropped connection).
+
+        Returns the step's answer (False: the reservation was no longer ours), or None after giving
+        up, which is safe: the job stays reserved and comes back after the visibility timeout.
+        An unreachable store is waited for until the reservation may have lapsed (at least the
+        SETTLE_TRIES window): an acknowledge that lands before then spares the job a second run.
+        """
+        delay = 0.2
+        give_up = time.monotonic() + self.visibility_timeout
+        for tried in itertools.count(1):
+            try:
+                return await step()
+            except Exception as exc:
+                outage = self.outage.failed(exc)
+                if tried >= SETTLE_TRIES and not (outage and time.monotonic() + delay < give_up):
+                    log.error("%s: could not %s (%s); it comes back after the visibility timeout", label,
+                              action, redact(first_line(exc), self.secrets))
+                    return None
+                # During an outage (reported once) the per-job retries are detail.
+                log.log(logging.DEBUG if outage else logging.WARNING,
+                        "%s: could not %s (%s); retrying in %.1fs", label, action,
+                        redact(first_line(exc), self.secrets), delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+        return None  # not reached: itertools.count never ends
+
+
+def _took(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.1f}ms"
