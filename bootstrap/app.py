@@ -10,9 +10,9 @@ from core.router import Router
 
 def create_app(config: Config | None = None) -> Application:
     """`async with create_app() as app:` boots the application and closes its connections on exit.
-    Booting reads config and discovers the event listeners of app/listeners.py."""
+    Booting reads config and discovers the event listeners of app/listeners.py (or APP_LISTENERS's module)."""
     app = Application(config)
-    events.discover()
+    events.discover(app.config.app.listeners or None)
     return app
 
 

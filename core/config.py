@@ -56,6 +56,7 @@ class AppConfig:
     key: str = field(default="", repr=False)
     log_file: str = ""
     job_packages: tuple[str, ...] = ("app.jobs",)
+    listeners: str = ""             # APP_LISTENERS: the listeners module discovered at boot ("": app.listeners)
 
 
 @dataclass(frozen=True)

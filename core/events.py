@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +29,8 @@ from typing import Any, TypeVar
 from core.errors import FrameworkError, describe_exception
 
 LISTENER_TIMEOUT = 5.0
-LISTENERS_MODULE = "app.listeners"
+LISTENERS_MODULE = "app.listeners"      # APP_LISTENERS names another (tests point it at theirs)
+EVENT_BACKLOG = 10_000                  # events an Announcer keeps waiting for slow listeners; later ones are dropped
 log = logging.getLogger("events")
 
 
@@ -196,8 +198,16 @@ def forget(listener: Listener) -> None:
 def wants(event_class: type[Event]) -> bool:
     """Whether anyone listens for this class: ask before building an event on a hot path."""
     if not _discovered:
-        discover()
+        discover(_configured_module())
     return event_class in _listeners
+
+
+def _configured_module() -> str | None:
+    """APP_LISTENERS of the application already booted, if any (a lazily booted script's is read by discover)."""
+    from core.context import current_or_none
+
+    app = current_or_none()
+    return (app.config.app.listeners or None) if app is not None else None
 
 
 async def emit(event: Event) -> None:
@@ -233,14 +243,69 @@ def _name(listener: Listener) -> str:
 
 def discover(module: str | None = None) -> None:
     """Import app/listeners.py (if there is one), whose @listen decorators register its listeners.
-    Called when the application boots, and by the first wants() of a lazily booted process."""
+    Called when the application boots, and by the first wants() of a lazily booted process.
+    `module` is APP_LISTENERS when set: then it must exist (a typo would silence every listener)."""
     global _discovered
+    named = module
     module = module or LISTENERS_MODULE
     try:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
+        elif named:
+            raise FrameworkError(f"APP_LISTENERS names {module}, which cannot be found")
     except FrameworkError:
         raise
     except Exception as exc:     # tried again next time: each boot says what is wrong until it is fixed
         raise FrameworkError(f"Cannot load {module.replace('.', '/')}.py: {describe_exception(exc)}") from exc
     _discovered = True
+
+
+class Announcer:
+    """Hands events to their listeners from a task of its own, one event after another, in the
+    order they were announced.
+
+    For a process that must not wait for its listeners (a worker): announce() returns at once, so a
+    slow listener holds no job slot, no acknowledgement and no pass of the loop; it delays only the
+    listeners of later events, each still cut at LISTENER_TIMEOUT. The backlog is bounded: past
+    EVENT_BACKLOG waiting events new ones are dropped (events are at most once), with one log line.
+    """
+
+    def __init__(self, backlog: int = EVENT_BACKLOG) -> None:
+        self._backlog = backlog
+        self._pending: deque[Event] = deque()
+        self._task: asyncio.Task | None = None
+        self._dropped = 0
+
+    def announce(self, event: Event) -> None:
+        if len(self._pending) >= self._backlog:
+            if not self._dropped:
+                log.warning("%d events wait for slow listeners; dropping new ones until they catch up", self._backlog)
+            self._dropped += 1
+            return
+        self._pending.append(event)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._deliver())
+
+    async def _deliver(self) -> None:
+        try:
+            while self._pending:
+                await emit(self._pending.popleft())
+            if self._dropped:
+                log.warning("listeners caught up; %d event(s) were dropped meanwhile", self._dropped)
+                self._dropped = 0
+        finally:
+            self._task = None
+
+    async def close(self, grace: float) -> None:
+        """Wait up to `grace` seconds for the events announced so far to be heard; drop the rest (one line)."""
+        task = self._task
+        if task is None:
+            return
+        done, _ = await asyncio.wait([task], timeout=grace)
+        if done:
+            return
+        unheard = len(self._pending) + 1      # the one being heard, and those after it
+        self._pending.clear()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        log.warning("%d event(s) not heard: listeners were still busy %gs after the worker stopped", unheard, grace)

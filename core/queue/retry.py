@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from core import events
+from core.events import JobRetryRequested
 from core.queue.failed import FailedJob
 
 if TYPE_CHECKING:
@@ -38,4 +40,12 @@ async def retry_failed(app: "Application", ids: list[str] | None, queue: str | N
         conn = await app.queue.connection(job.connection)
         if await conn.requeue_failed(store, job):
             result.retried.append(job)
+            await _announce(conn.name, job)
     return result
+
+
+async def _announce(connection: str, job: FailedJob) -> None:
+    """JobRetryRequested once the job is back on its queue, heard in this process (the command's)."""
+    if events.wants(JobRetryRequested):
+        await events.emit(JobRetryRequested(connection=connection, queue=job.queue, job_id=job.uuid,
+                                            job_class=job.job_class, attempts=0))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from core.log import one_line, redact
 from core.outage import OutageLog
 from core.queue.contract import QueueConnection, ReservedJob
+from core.worker.announce import WorkerEvents
 from core.worker.attempt import Attempt, Attempts, discover_job_classes
 from core.worker.heartbeat import Heartbeat, heartbeat_interval
 from core.worker.options import WorkerOptions
@@ -83,6 +84,7 @@ class Worker:
         self._next_memory_check = 0.0
         self._outage: OutageLog       # set by run(), once the connection is open
         self._settler: Settler        # likewise
+        self._events: WorkerEvents    # likewise
 
     @property
     def watchdog(self) -> Watchdog:
@@ -97,8 +99,9 @@ class Worker:
     async def run(self) -> int:
         conn = await self.app.queue.connection(self.options.connection)
         self._outage = OutageLog(log, conn, self.secrets)
+        self._events = WorkerEvents(conn.name)
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
-                                self.visibility_timeout)
+                                self.visibility_timeout, self._events)
         self._handle_signals(True)
         self._warn_long_timeouts()
         self.timeouts.start()
@@ -108,6 +111,7 @@ class Worker:
         heartbeat.start()
         log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
+        self._events.starting(self.options.queues, self.options.concurrency)
         try:
             self._restart = await self._read_restart_signal(conn)
             await self._loop(conn)
@@ -117,6 +121,7 @@ class Worker:
             await heartbeat.stop()      # after the last acknowledgement: it renews jobs waiting for theirs
             self.timeouts.stop()
             self._handle_signals(False)
+            await self._events.stopping(self.options.queues, self.stop_reason or "done", self.exit_code)
         log.info("Worker stopped (%s) after %d attempt(s)", self.stop_reason or "done", self.processed)
         return self.exit_code
 
@@ -430,6 +435,7 @@ class Worker:
     async def _process(self, slot: int, reserved: ReservedJob) -> None:
         attempt, outcome = self.attempts.begin(reserved, slot)
         if outcome is None:
+            self._events.processing(attempt)      # JobProcessing: before the middleware, in attempts.run
             outcome = await self._run(attempt)
         await self._settler.settle(attempt, outcome)
 

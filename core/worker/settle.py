@@ -1,7 +1,8 @@
 """Settling an attempt: the one place that turns its Outcome into store calls, and logs DONE/RETRY/FAIL.
 
 Each outcome has one function here, and each ends where its state change is stored: what is
-reported after that point (the log line; events next) describes a state the store already holds.
+reported after that point (the log line, the SPEC 10 event) describes a state the store already
+holds; a store call that failed or found the reservation lost reports no event.
 A store call that fails is retried while the store is away (_store); one that gives up is safe,
 since the job stays reserved and comes back after the visibility timeout.
 """
@@ -20,6 +21,7 @@ from core.job import Job
 from core.log import redact
 from core.outage import OutageLog
 from core.queue.contract import QueueConnection, ReservedJob
+from core.worker.announce import WorkerEvents
 from core.worker.attempt import Attempt
 from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, exception_text, first_line
 from core.worker.timeouts import Timeouts
@@ -35,6 +37,7 @@ class _Failure:
     attempt: Attempt
     text: str
     summary: str
+    exception: BaseException      # what this worker saw (a RecordedFailure when it finishes another's)
 
 
 class Settler:
@@ -45,8 +48,9 @@ class Settler:
     """
 
     def __init__(self, conn: QueueConnection, outage: OutageLog, timeouts: Timeouts, held_lock: threading.Lock,
-                 secrets: list[str], visibility_timeout: float) -> None:
+                 secrets: list[str], visibility_timeout: float, events: WorkerEvents | None = None) -> None:
         self.conn = conn
+        self.events = events or WorkerEvents(conn.name)
         self.outage = outage
         self.timeouts = timeouts        # failed() runs under the job's timeout, like handle()
         self.secrets = secrets
@@ -94,17 +98,23 @@ class Settler:
         held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
         log.info("RETRY   %s %s (%s) retry in %gs%s", attempt.label, _took(attempt.started), first_line(exc), delay,
                  " [reservation lost]" if held is False else "")
+        if held:
+            self.events.released(attempt, delay, "exception", exc)
 
     async def _release(self, attempt: Attempt, delay: float, reason: str) -> None:
         held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
         log.info("RELEASE %s %s (%s) again in %gs%s", attempt.label, _took(attempt.started), reason, delay,
                  " [reservation lost]" if held is False else "")
+        if held:
+            self.events.released(attempt, delay, reason)
 
     async def _delete(self, attempt: Attempt, reason: str) -> None:
         held = await self._store(attempt.label, "delete", lambda: self.conn.acknowledge(attempt.reserved))
         if held is not None:
             log.info("DELETE  %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
                      " [reservation lost]" if held is False else "")
+        if held:
+            self.events.deleted(attempt, reason)
 
     async def _fail(self, attempt: Attempt, exc: BaseException) -> None:
         """The job's tries are over: mark it failing, call failed() once, then record it in failed_jobs.
@@ -141,8 +151,8 @@ class Settler:
         """What failed_jobs records: the first worker's exception when this one finishes its failure."""
         recorded = attempt.reserved.failing
         if recorded is not None:
-            return _Failure(attempt, recorded, (recorded.splitlines() or [""])[0])
-        return _Failure(attempt, exception_text(exc, self.secrets), first_line(exc))
+            return _Failure(attempt, recorded, (recorded.splitlines() or [""])[0], exc)
+        return _Failure(attempt, exception_text(exc, self.secrets), first_line(exc), exc)
 
     async def _finish_failure(self, failure: _Failure, failed_ran_now: bool) -> None:
         """failed() is over (or was not due): note that, then write the failed_jobs row and remove the job."""
@@ -157,6 +167,8 @@ class Settler:
             return
         log.info("FAIL    %s %s (%s)%s", attempt.label, _took(attempt.started), failure.summary,
                  " [reservation lost; not recorded by this worker]" if recorded is False else "")
+        if recorded:
+            self.events.failed(attempt, failure.exception, failure.summary)
 
     async def _mark_failing(self, failure: _Failure, failed_ran: bool) -> bool:
         """Store how far the failure got; False (logged) when this worker must stop its part here."""
@@ -202,6 +214,8 @@ class Settler:
             if not done[i]:
                 log.warning("%s finished, but its reservation had been taken over by another worker", attempt.label)
             log.info("DONE    %s %s", attempt.label, _took(attempt.started))
+            if done[i]:
+                self.events.processed(attempt)
 
     # -- retrying a store call --------------------------------------------------------------
 
