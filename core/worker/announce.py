@@ -13,10 +13,9 @@ import time
 
 from core.events import (Announcer, Event, JobExpired, JobFailed, JobProcessed, JobProcessing,
                          JobReleased, JobTimedOut, WorkerStarting, WorkerStopping, wants)
-from core.log import one_line
+from core.log import one_line, redact
 from core.payload import peek_uuid
 from core.worker.attempt import Attempt
-from core.worker.outcome import first_line
 from core.worker.timeouts import JobTimeoutError
 
 # The SPEC 9 exception an expired job is failed with (Fail(JobExpired(...))). Matched by name: it
@@ -30,8 +29,9 @@ STOP_GRACE = 10.0
 class WorkerEvents:
     """The events of one worker on one connection."""
 
-    def __init__(self, connection: str, announcer: Announcer | None = None) -> None:
+    def __init__(self, connection: str, secrets: list[str] | None = None, announcer: Announcer | None = None) -> None:
         self.connection = connection
+        self.secrets = secrets or []
         self.announcer = announcer or Announcer()
 
     # -- an attempt ------------------------------------------------------------------------
@@ -51,11 +51,11 @@ class WorkerEvents:
         self._timed_out(attempt, exc)
         if wants(JobReleased):
             self._announce(JobReleased(**self._job(attempt), duration=_took(attempt), reason=reason, delay=delay,
-                                       exception=None if exc is None else first_line(exc),
+                                       exception=None if exc is None else self._line(exc),
                                        outcome="retried" if reason == "exception" else "released"))
 
     def failed(self, attempt: Attempt, exc: BaseException, summary: str) -> None:
-        """A failed_jobs row was written by this worker; `summary` is the first line it records."""
+        """A failed_jobs row was written by this worker; `summary` is its exception's first line."""
         self._timed_out(attempt, exc)
         if type(exc).__name__ == EXPIRY_EXCEPTION and wants(JobExpired):
             self._announce(JobExpired(**self._job(attempt)))
@@ -73,7 +73,7 @@ class WorkerEvents:
     def _timed_out(self, attempt: Attempt, exc: BaseException | None) -> None:
         """JobTimedOut comes first, then the JobReleased or JobFailed saying what became of the job."""
         if isinstance(exc, JobTimeoutError) and wants(JobTimedOut):
-            self._announce(JobTimedOut(**self._job(attempt), duration=_took(attempt), exception=first_line(exc)))
+            self._announce(JobTimedOut(**self._job(attempt), duration=_took(attempt), exception=self._line(exc)))
 
     # -- the worker ------------------------------------------------------------------------
 
@@ -101,6 +101,14 @@ class WorkerEvents:
             job_id, job_class = peek_uuid(reserved.payload) or reserved.id, _claimed_class(reserved.payload)
         return {"connection": self.connection, "queue": reserved.queue, "job_id": job_id, "job_class": job_class,
                 "attempts": reserved.attempts}
+
+
+    def _line(self, exc: BaseException) -> str:
+        """The exception's first line as failed_jobs would record it: `module.Class: message`, redacted."""
+        cls = type(exc)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        message = (str(exc).strip().splitlines() or [""])[0]
+        return redact(f"{name}: {message}" if message else name, self.secrets)
 
 
 def _claimed_class(raw: str | bytes) -> str:

@@ -99,7 +99,7 @@ class Worker:
     async def run(self) -> int:
         conn = await self.app.queue.connection(self.options.connection)
         self._outage = OutageLog(log, conn, self.secrets)
-        self._events = WorkerEvents(conn.name)
+        self._events = WorkerEvents(conn.name, self.secrets)
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
                                 self.visibility_timeout, self._events)
         self._handle_signals(True)

@@ -50,7 +50,7 @@ class Settler:
     def __init__(self, conn: QueueConnection, outage: OutageLog, timeouts: Timeouts, held_lock: threading.Lock,
                  secrets: list[str], visibility_timeout: float, events: WorkerEvents | None = None) -> None:
         self.conn = conn
-        self.events = events or WorkerEvents(conn.name)
+        self.events = events or WorkerEvents(conn.name, secrets)
         self.outage = outage
         self.timeouts = timeouts        # failed() runs under the job's timeout, like handle()
         self.secrets = secrets
@@ -168,7 +168,7 @@ class Settler:
         log.info("FAIL    %s %s (%s)%s", attempt.label, _took(attempt.started), failure.summary,
                  " [reservation lost; not recorded by this worker]" if recorded is False else "")
         if recorded:
-            self.events.failed(attempt, failure.exception, failure.summary)
+            self.events.failed(attempt, failure.exception, (failure.text.splitlines() or [""])[0])
 
     async def _mark_failing(self, failure: _Failure, failed_ran: bool) -> bool:
         """Store how far the failure got; False (logged) when this worker must stop its part here."""
