@@ -47,6 +47,7 @@ from tests.chaos.analysis import (ChaosReport, Clear, Kill, PlannedJob, Retry, a
                                   read_runs)
 from tests.faults.proxy import FaultProxy
 from tests.jobs.chaos_jobs import ChaosJob
+from tests.jobs.sample_jobs import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = ChaosJob.queue
@@ -421,7 +422,7 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
         batches = [specs[i:i + size] for i in range(0, len(specs), size)]   # in order: blocker clusters stay whole
         conn = await app.queue.connection()
         faults = Faults(store, plan, random.Random(rng.random()), vt)
-        workers = Workers(conn.name, plan, workdir, faults.open(app.config))
+        workers = Workers(conn.name, plan, workdir, {**faults.open(app.config), **listening(workdir)})
         proxied = faults.proxied_app(app)
         dispatcher = Dispatcher(app, proxied, plan, random.Random(rng.random()))
         racer = Racer(app, conn, plan, random.Random(rng.random()))
@@ -476,8 +477,34 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
                      **({f"queue:retry ({report.retried} jobs)": len(racer.retries)} if racer.retries else {}),
                      **({f"queue:clear ({report.cleared} jobs)": len(racer.clears)} if racer.clears else {})}
     report.workers, report.elapsed = plan.workers, time.monotonic() - began
-    report.problems = workers.problems + dispatcher.problems + report.problems
+    report.problems = workers.problems + dispatcher.problems + report.problems + \
+        unfounded_events(workdir, failures, racer.retries)
     return report
+
+
+def listening(workdir: Path) -> dict[str, str]:
+    """Workers run with a listener on (SPEC 10): it records every event to events.log, and must
+    change nothing the judge sees."""
+    return {"APP_LISTENERS": "tests.recording_listeners", "EVENTS_LOG": str(workdir / "events.log"),
+            "EVENTS_MISBEHAVE": ""}
+
+
+def unfounded_events(workdir: Path, failures: dict[str, str], retries: list[Retry]) -> list[str]:
+    """Events reporting what did not happen. Events are at most once (a kill loses some), so only
+    what was heard is checked: a JobFailed for a job with no failed_jobs row that queue:retry did
+    not explain; a JobProcessed for a job none of whose runs succeeded."""
+    heard = read_events(workdir / "events.log")
+    retried = {uuid for r in retries for uuid in r.uuids}
+    succeeded = {job_id for job_id, runs in read_runs(workdir / "runs.log").items()
+                 if any(run.outcome == "ok" for run in runs)}
+    problems = [f"{e['job_id'][:8]}: JobFailed heard, but no failed_jobs row and no queue:retry explains it"
+                for e in heard if e["event"] == "JobFailed" and e["job_id"] not in failures
+                and e["job_id"] not in retried]
+    problems += [f"{e['job_id'][:8]}: JobProcessed heard, but none of its runs succeeded"
+                 for e in heard if e["event"] == "JobProcessed" and e["job_id"] not in succeeded]
+    if not heard:
+        problems.append("the workers' listener heard no event at all")
+    return problems
 
 
 def record(workdir: Path, planned: dict[str, PlannedJob], kills: list[Kill], retries: list[Retry],

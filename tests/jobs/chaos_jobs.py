@@ -27,6 +27,15 @@ class PlannedFailure(Exception):
     """The failure a job was dispatched to have on its early attempts."""
 
 
+def chaos_middleware() -> list:
+    """CHAOS MIDDLEWARE HOOK: the middleware every chaos job runs through (ChaosJob.middleware()).
+
+    Empty until SPEC 9's worker wiring (the middleware pipeline around handle()) is on main; then
+    return a pass-through middleware here (`async def __call__(self, job, next): return await
+    next(job)`) so the chaos judge also covers jobs run through a pipeline."""
+    return []
+
+
 class ChaosJob(Job):
     queue = "chaos"
     max_tries = 3
@@ -39,6 +48,9 @@ class ChaosJob(Job):
         self.seconds = 0.05   # how long one run awaits
         self.block = 0.0      # how long one run blocks the event loop first (time.sleep)
         self.fail_until = 0   # attempts below this raise PlannedFailure; above max_tries: always fails
+
+    def middleware(self) -> list:
+        return chaos_middleware()
 
     async def handle(self) -> None:
         pid = os.getpid()
