@@ -9,7 +9,9 @@ load falls on each alike:
 - events:   the code as it ships, with no listener registered (the SPEC's "costs nothing")
 - listener: one async listener on every job event, which does nothing (the price of listening)
 
-Prints each variant's median rate and the ratios events/without and listener/without.
+Prints each variant's median rate, and the worker process's CPU time per job (steadier than the
+rate on a machine shared with other work: another process's load does not count), with the
+ratios events/without and listener/without taken round by round (medians).
 Settings: N (default 5000), C (default 10), ROUNDS (default 5), PROFILE_REDIS_DB (default 10;
 flushed before each round).
 """
@@ -39,7 +41,6 @@ os.environ.update(QUEUE_CONNECTION="redis", REDIS_DB=DB, JOB_PACKAGES="bench.job
 from bootstrap.app import create_app  # noqa: E402
 from core import events  # noqa: E402
 from core.events import JobEvent  # noqa: E402
-from core.log import configure_logging  # noqa: E402
 from core.worker import Worker, WorkerOptions  # noqa: E402
 from core.worker.announce import WorkerEvents  # noqa: E402
 
@@ -70,7 +71,8 @@ def use(variant: str) -> None:
         events.listen(JobEvent)(heard)
 
 
-async def drain(variant: str) -> float:
+async def drain(variant: str) -> tuple[float, float]:
+    """(jobs per second, CPU microseconds per job) of one worker draining N no-op jobs."""
     import redis
 
     from bench.jobs import NoopJob
@@ -78,36 +80,39 @@ async def drain(variant: str) -> float:
     redis.Redis(db=int(DB)).flushdb()
     use(variant)
     async with create_app() as app:
+        quiet_logs()        # each application configures logging as it starts
         await NoopJob.dispatch_many([{} for _ in range(N)])
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await Worker(app, WorkerOptions(concurrency=C, stop_when_empty=True)).run()
-        return N / (time.perf_counter() - started)
+        return N / (time.perf_counter() - started), (time.process_time() - cpu) / N * 1e6
+
+
+LOG = open(STAMP.parent / "worker.log", "w")
 
 
 def quiet_logs() -> None:
     """Job log lines go to a file, as with `> worker.log`: the terminal is not what is measured."""
-    from core.config import load_config
-
-    configure_logging(load_config())
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(open(STAMP.parent / "worker.log", "w"))
+            handler.setStream(LOG)
 
 
 def main() -> None:
-    quiet_logs()
     variants = ("without", "events", "listener")
-    rates: dict[str, list[float]] = {v: [] for v in variants}
+    runs: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     asyncio.run(drain("events"))                         # warm-up: imports, scripts loaded, caches
     for _ in range(ROUNDS):
         for variant in variants:
-            rates[variant].append(asyncio.run(drain(variant)))
-    median = {v: statistics.median(r) for v, r in rates.items()}
+            runs[variant].append(asyncio.run(drain(variant)))
     for v in variants:
-        print(f"{v:9s} {median[v]:9,.0f} jobs/s  (rounds: {', '.join(f'{r:,.0f}' for r in rates[v])})")
-    print(f"events/without   = {median['events'] / median['without']:.3f}   (no listener: the SPEC's 'nothing')")
-    print(f"listener/without = {median['listener'] / median['without']:.3f}   (one no-op listener on every job event)")
-    print(f"{N:,} no-op jobs per round on Redis db {DB}, concurrency {C}, {ROUNDS} rounds, median")
+        rates, cpus = [r for r, _ in runs[v]], [c for _, c in runs[v]]
+        print(f"{v:9s} {statistics.median(rates):9,.0f} jobs/s  {statistics.median(cpus):6.1f} us CPU/job  "
+              f"(rates: {', '.join(f'{r:,.0f}' for r in rates)})")
+    for v, what in (("events", "no listener: the SPEC's 'nothing'"), ("listener", "one no-op listener on every job event")):
+        rate = statistics.median(a[0] / b[0] for a, b in zip(runs[v], runs["without"]))
+        cpu = statistics.median(a[1] / b[1] for a, b in zip(runs[v], runs["without"]))
+        print(f"{v}/without: rate x{rate:.3f}, CPU per job x{cpu:.3f}   ({what})")
+    print(f"{N:,} no-op jobs per round on Redis db {DB}, concurrency {C}, {ROUNDS} rounds; medians of each round's ratio")
 
 
 if __name__ == "__main__":
