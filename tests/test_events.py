@@ -262,3 +262,11 @@ async def test_without_a_listener_no_event_is_even_built(monkeypatch, tmp_path):
     async with create_app():
         await RecordingJob.dispatch(log=str(tmp_path / "log"))
         await RecordingJob.dispatch_many([{"log": str(tmp_path / "log")}])
+
+
+def test_app_listeners_naming_a_missing_module_is_one_line(monkeypatch):
+    monkeypatch.setenv("APP_LISTENERS", "tests.no_such_listeners")
+    monkeypatch.setattr(events, "_discovered", False)
+    with pytest.raises(FrameworkError) as caught:
+        create_app()
+    assert str(caught.value) == "APP_LISTENERS names tests.no_such_listeners, which cannot be found"
