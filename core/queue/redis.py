@@ -6,7 +6,8 @@ every script touches one node:
     queues:{emails}            zset    ids of ready jobs, score = dispatch sequence (ZPOPMIN: FIFO)
     queues:{emails}:delayed    zset    ids of delayed jobs, score = due time
     queues:{emails}:reserved   zset    ids of reserved jobs, score = reservation expiry
-    queues:{emails}:jobs       hash    <id> = payload, <id>:seq, <id>:pushed (server time of the push[ due])
+    queues:{emails}:jobs       hash    <id> = payload, <id>:seq = "seq sec usec[ due]" (its place in
+                                       dispatch order, the server's time of its push, its due time)
     queues:{emails}:state      hash    <id>:attempts, <id>:token, <id>:failing, <id>:releases of jobs
                                        tried at least once
     queues:{emails}:notify     list    one entry per ready job; idle workers block on it
@@ -71,7 +72,7 @@ SOCKET_TIMEOUT = 10.0
 MAX_CONNECTIONS = 50       # per process; a call beyond them waits (up to SOCKET_TIMEOUT) for one to be free
 CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-ROW = 7                   # fields per job in a reserve answer: id, payload, attempts, failing, n, pushed, releases
+ROW = 7                   # fields per job in a reserve answer: id, payload, attempts, failing, n, seq, releases
 log = logging.getLogger("worker")
 
 
@@ -373,7 +374,7 @@ class RedisQueue(QueueConnection):
         count = int(result[0] or 0)
         for job_id in result[2 + count * ROW:]:
             log.warning("%s already ran; a repeated push of it was dropped", job_id)
-        now = float(result[1]) if count else 0.0
+        now = _seconds(*result[1].split(" ")) if count else 0.0
         return [_reserved(queue, stem, now, result[i:i + ROW]) for i in range(2, 2 + count * ROW, ROW)]
 
     async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
@@ -507,12 +508,18 @@ class RedisQueue(QueueConnection):
 
 
 def _reserved(queue: str, stem: str, now: float, row: Sequence) -> ReservedJob:
-    """A ReservedJob from a reserve answer's row: id, payload, attempts, failing, n, pushed, releases."""
+    """A ReservedJob from a reserve answer's row: id, payload, attempts, failing, n, <id>:seq, releases."""
     job_id, payload, attempts, failing, n, pushed, releases = row
-    pushed_at, _, due = pushed.partition(" ")
+    _, sec, usec, *due = pushed.split(" ")
+    pushed_at = _seconds(sec, usec)
     return ReservedJob(id=job_id, queue=queue, payload=payload, attempts=int(attempts), token=f"{stem}:{n}",
                        failing=_text(failing), failed_ran=(failing or "")[:1] == "1", releases=int(releases or 0),
-                       pushed_at=float(pushed_at), due_at=float(due or pushed_at), now=now)
+                       pushed_at=pushed_at, due_at=float(due[0]) if due else pushed_at, now=now)
+
+
+def _seconds(sec: str, usec: str) -> float:
+    """A time as Redis TIME gives it (whole seconds, microseconds) in seconds."""
+    return int(sec) + int(usec) / 1_000_000
 
 
 def _text(failing: str | None) -> str | None:

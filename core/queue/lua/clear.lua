@@ -21,7 +21,7 @@ if #ids < batch then
     end
 end
 for _, id in ipairs(ids) do
-    redis.call('HDEL', KEYS[3], id, id .. ':seq', id .. ':pushed', id .. ':attempts', id .. ':token')   -- the last two: an older layout
+    redis.call('HDEL', KEYS[3], id, id .. ':seq', id .. ':attempts', id .. ':token')   -- the last two: an older layout
     redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 end
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end

@@ -3,7 +3,7 @@
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence)
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] reserved zset   queues:{q}:reserved
--- KEYS[4] jobs hash       queues:{q}:jobs
+-- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq = "seq sec usec[ due]")
 -- KEYS[5] notify list     queues:{q}:notify
 -- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- ARGV[1] job id; ARGV[2] the reservation token the worker holds; ARGV[3] delay in seconds;
@@ -24,7 +24,8 @@ if delay > 0 then
     local t = redis.call('TIME')
     redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay, ARGV[1])
 else
-    redis.call('ZADD', KEYS[1], tonumber(redis.call('HGET', KEYS[4], ARGV[1] .. ':seq') or '0'), ARGV[1])
+    local seq = tonumber(string.match(redis.call('HGET', KEYS[4], ARGV[1] .. ':seq') or '0', '^%d+')) or 0
+    redis.call('ZADD', KEYS[1], seq, ARGV[1])
     redis.call('RPUSH', KEYS[5], 1)
 end
 return 1

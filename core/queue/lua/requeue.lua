@@ -3,7 +3,7 @@
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence)
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] reserved zset   queues:{q}:reserved
--- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq, <id>:pushed)
+-- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq = "seq sec usec[ due]")
 -- KEYS[5] notify list     queues:{q}:notify
 -- KEYS[6] sequence        queues:{q}:seq
 -- KEYS[7] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
@@ -19,13 +19,10 @@ local id = ARGV[1]
 redis.call('ZREM', KEYS[8], id)
 redis.call('HDEL', KEYS[7], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 local stored = redis.call('HSETNX', KEYS[4], id, ARGV[2]) == 0
+local seq = tonumber(string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '', '^%d+'))
+if not seq then seq = redis.call('INCR', KEYS[6]) end
 local t = redis.call('TIME')
-redis.call('HSET', KEYS[4], id .. ':pushed', tostring(tonumber(t[1]) + tonumber(t[2]) / 1000000))
-local seq = redis.call('HGET', KEYS[4], id .. ':seq')
-if not seq then
-    seq = redis.call('INCR', KEYS[6])
-    redis.call('HSET', KEYS[4], id .. ':seq', seq)
-end
+redis.call('HSET', KEYS[4], id .. ':seq', seq .. ' ' .. t[1] .. ' ' .. t[2])
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[2], id)
 if redis.call('ZADD', KEYS[1], seq, id) == 1 then redis.call('RPUSH', KEYS[5], 1) end
