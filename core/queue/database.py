@@ -172,8 +172,9 @@ PRUNE_EVERY = 256          # finished jobs between two prunes, per process
 PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the table cannot grow
 # queue:retry of a job still stored: back to READY at its place, attempts and releases reset, its push
 # time restarted (SPEC 9), its holder fenced out.
-TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, releases = 0, created_at = {now}, due_at = NULL, "
-             "state = 0, available_at = 0, reserved_at = NULL, claim = NULL, failing = NULL, failed_ran = 0 WHERE uuid = ?")
+TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, releases = 0, created_at = {now}, "
+             "due_at = NULL, state = 0, available_at = 0, reserved_at = NULL, claim = NULL, failing = NULL, "
+             "failed_ran = 0 WHERE uuid = ?")
 STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
 FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
 STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
@@ -278,7 +279,8 @@ class DatabaseQueue(QueueConnection):
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = _ON_DUPLICATE[self.db.dialect]
         if delay > 0:
-            return change(PUSH_DELAYED + on_duplicate, (queue, payload, float(delay), peek_uuid(payload), float(delay)))
+            delay = float(delay)
+            return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, peek_uuid(payload), delay))
         return change(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
