@@ -15,6 +15,11 @@ read correctly, through the available_at and reserved_at filters.
 A finished job's uuid is kept in `finished_jobs` for `replay_window` seconds, written in the
 transaction that deletes the job (acknowledge, fail): a repeated push of it is dropped when
 reserved, and a retried dispatch (push_missing) does not store it again.
+
+SPEC 9: `releases` counts releases that were not failed tries (release(free=True), in the same
+statement); `created_at` (the database's clock) and `due_at` (a delayed push's due time, NULL:
+created_at) give a reserved job its push and due times; queue:retry resets and restarts them.
+The middleware's own tables are state_database.py's.
 """
 from __future__ import annotations
 
