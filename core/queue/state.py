@@ -90,7 +90,7 @@ class LocalState(MiddlewareState):
         if len(hits) < allow:
             hits.append(now)
             return 0.0
-        return max(hits[0] + every - now, 1e-6) if hits else float(every)
+        return max(hits[0] + every - now, 1e-6)       # allow >= 1: the window holds a start
 
     async def lock_acquire(self, key: str, owner: str, ttl: float) -> bool:
         now = self._now()

@@ -16,11 +16,13 @@ at once) is retried: the aborted transaction changed nothing.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from core.database import Database, Steps, change, fetch
-from core.queue.state import MiddlewareState, Circuit, next_circuit
+from core.queue.state import Circuit, MiddlewareState, next_circuit
 
+T = TypeVar("T")
 CLOCK = {"sqlite": "((julianday('now') - 2440587.5) * 86400.0)", "mysql": "UNIX_TIMESTAMP(NOW(6))"}
 TABLES = {
     "sqlite": [
@@ -86,7 +88,7 @@ class DatabaseState(MiddlewareState):
         for statement in TABLES[self.db.dialect]:
             await self.db.execute(statement)
 
-    async def _transact(self, make_steps) -> object:
+    async def _transact(self, make_steps: Callable[[], Steps[T]]) -> T:
         """Run a fresh transaction of `make_steps()`, again if MySQL aborts it over a lock conflict."""
         return await self.db.retrying_conflicts(lambda: self.db.run_transaction(make_steps()))
 
