@@ -65,7 +65,13 @@ async def run(store, middleware, job: Job | None = None, nxt: Next | None = None
 
 async def test_rate_limited_lets_allow_jobs_through_and_releases_the_next_until_it_may_start(store):
     limiter = RateLimited("vendor-api", allow=2, every=1)
-    outcomes = [await run(store, limiter) for _ in range(3)]
+    async with contextlib.AsyncExitStack() as stack:     # three reservations first: the hits come within 1 s
+        contexts = [await stack.enter_async_context(attempt(store)) for _ in range(3)]
+        outcomes = []
+        for context in contexts:
+            job, nxt = SyncDeviceJob(), Next()
+            with attempt_context(context.connection, context.reserved, context.visibility_timeout):
+                outcomes.append((job, nxt, await limiter(job, nxt)))
     assert [(len(n.calls), r, intent_of(j)) for j, n, r in outcomes[:2]] == [(1, "handled", None)] * 2
     job, nxt, result = outcomes[2]
     intent = intent_of(job)
@@ -162,14 +168,14 @@ async def test_the_worker_frees_what_a_cut_attempt_left_and_expire_after_is_not_
 
 async def test_throttles_exceptions_opens_after_max_exceptions_and_a_success_closes_it(store):
     def throttle() -> ThrottlesExceptions:
-        return ThrottlesExceptions(max_exceptions=2, decay=1)
+        return ThrottlesExceptions(max_exceptions=2, decay=2)
 
     for _ in range(2):
         with pytest.raises(ConnectionError):                       # each one a failed try, passed on
             await run(store, throttle(), nxt=Next(raises=ConnectionError("vendor down")))
     job, nxt, _ = await run(store, throttle())
     intent = intent_of(job)
-    assert (nxt.calls, intent.kind, intent.by) == ([], "release", "middleware") and 0 < intent.delay <= 1
+    assert (nxt.calls, intent.kind, intent.by) == ([], "release", "middleware") and 0 < intent.delay <= 2
     job, nxt, _ = await run(store, throttle(), job=OtherJob())     # per class: another class still runs
     assert len(nxt.calls) == 1
     await asyncio.sleep(intent.delay + 0.05)
