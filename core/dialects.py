@@ -26,6 +26,7 @@ class Dialect:
     embedded: ClassVar[bool] = False   # a file in this process (DB_DATABASE is its path), not a server
     database: ClassVar[str] = ""       # "module:Class" of its Database, imported on first use
     now: ClassVar[str] = ""          # the database's clock, in whole unix seconds
+    clock: ClassVar[str] = ""        # the database's clock in seconds, with its fraction (job middleware state)
     due: ClassVar[str] = ""          # the first whole second at or after now + ? seconds: never early
     skip_locked: ClassVar[str] = ""  # ends a SELECT whose rows a reserve takes: rows others hold are skipped
     for_update: ClassVar[str] = ""   # ends a SELECT of rows the same transaction changes next
@@ -80,6 +81,7 @@ class SqliteDialect(Dialect):
     database = "core.database:SqliteDatabase"
     now = "CAST(strftime('%s','now') AS INTEGER)"
     due = "(CAST((julianday('now') - 2440587.5) * 86400.0 + ? AS INTEGER) + 1)"
+    clock = "((julianday('now') - 2440587.5) * 86400.0)"     # seconds, sub-second
     column_names = "SELECT name FROM pragma_table_info(?)"
     index_names = "SELECT name FROM pragma_index_list(?)"
     # No row locks: a transaction (BEGIN IMMEDIATE) holds the whole database, so skip_locked and
@@ -96,6 +98,7 @@ class MysqlDialect(Dialect):
     database = "core.database:MysqlDatabase"
     now = "UNIX_TIMESTAMP()"
     due = "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"
+    clock = "UNIX_TIMESTAMP(NOW(6))"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     column_names = ("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "

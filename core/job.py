@@ -4,10 +4,11 @@ from __future__ import annotations
 import inspect
 import re
 from datetime import datetime, timedelta
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.errors import InvalidQueueName
-from core.job_settings import SETTING_NAMES, InvalidJobSetting, SerializationError, frozen_settings
+from core.errors import FrameworkError, InvalidQueueName
+from core.job_settings import SETTING_NAMES, InvalidJobSetting, SerializationError, _number, frozen_settings
 from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, Exponential
 from core.payload import InvalidPayload, Payload, from_json_value, import_class, new_id, now, to_json_value
 
@@ -180,6 +181,22 @@ class Job:
         if inspect.isawaitable(result):
             await result
 
+    # -- control from inside a job (SPEC 9) --------------------------------------------------
+
+    def release(self, delay: float = 0) -> None:
+        """When handle() returns, put the job back to run again after `delay` seconds: a
+        release, not a failed try (bounded by max_releases and retry_until)."""
+        intend(self, "release", delay=delay, by="job")
+
+    def delete(self) -> None:
+        """When handle() returns, remove the job without success (state `skipped`)."""
+        intend(self, "delete", by="job")
+
+    def fail(self, exc: BaseException | str | None = None) -> None:
+        """When handle() returns, fail the job now, no retry: failed() runs once and the job is
+        written to failed_jobs with `exc` (a message becomes ManuallyFailed)."""
+        intend(self, "fail", exception=exc, by="job")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.job_id or 'undispatched'}>"
 
@@ -187,3 +204,53 @@ class Job:
 def resolve_job_class(path: str, packages: tuple[str, ...]) -> type[Job]:
     """The Job subclass a payload names, imported only from the job packages (SPEC 8)."""
     return import_class(path, packages, Job)
+
+
+# -- intents: what happens to a job when handle() returns (SPEC 9) ---------------------------
+
+INTENT_KINDS = ("release", "delete", "fail", "retry")
+
+
+class ManuallyFailed(FrameworkError, RuntimeError):
+    """The exception of a job failed by `self.fail()` (or `self.fail("why")`) without one of its own."""
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What the worker does with a job once its pipeline returns, whatever handle() returned.
+
+    kind: "release" (again after `delay`, not a failed try), "delete" (skipped), "fail" (now, with
+    `exception`, no retry), or "retry" (a failed try retried after `delay`: a middleware's backoff
+    for the exception passing through it). `by`: "job" (self.release() ...) or "middleware".
+    """
+    kind: str
+    delay: float = 0.0
+    exception: BaseException | None = None
+    by: str = "job"
+
+
+def intent_of(job: Job) -> Intent | None:
+    return job.__dict__.get("_intent")
+
+
+def intend(job: Job, kind: str, delay: float = 0, exception: BaseException | str | None = None,
+           by: str = "middleware") -> Intent:
+    """Record what happens to `job` when its pipeline returns. The first intent wins: a second raises
+    RuntimeError, except over a "retry" (only a hint how to retry a failed try: any decision replaces it)."""
+    if kind not in INTENT_KINDS or by not in ("job", "middleware"):
+        raise ValueError(f"an intent is one of {', '.join(INTENT_KINDS)}, by job or middleware; got {kind!r} by {by!r}")
+    if not _number(delay) or delay < 0:
+        raise ValueError(f"{type(job).__name__}.{kind}() delay must be a finite number of seconds of 0 or more, "
+                         f"got {delay!r}")
+    recorded = intent_of(job)
+    if recorded is not None and recorded.kind != "retry":
+        raise RuntimeError(f"{type(job).__name__} already chose to {recorded.kind} (by {recorded.by}); only the "
+                           "first of release(), delete() and fail() counts")
+    if exception is not None and not isinstance(exception, (BaseException, str)):
+        raise TypeError(f"{type(job).__name__}.{kind}() takes an exception or a message, got {exception!r}")
+    if isinstance(exception, str) or (exception is None and kind == "fail"):
+        exception = ManuallyFailed(exception or f"{type(job).__name__} was failed by its {by}")
+    timed = kind in ("release", "retry")
+    intent = Intent(kind, float(delay) if timed else 0.0, exception if kind in ("fail", "retry") else None, by)
+    job.__dict__["_intent"] = intent
+    return intent

@@ -430,6 +430,8 @@ async def test_a_database_of_the_previous_release_keeps_its_jobs_after_migrate(k
         assert await pending(conn, "m") == {"pending": 1, "delayed": 2, "reserved": 2}
         taken = await conn.reserve_many(["m"], 10)
         assert [(j.payload, j.attempts) for j in taken] == [(ready, 1), (lapsed, 2)]
+        # SPEC 9 columns added: no releases yet, due when pushed (created_at, the database's clock)
+        assert [(j.releases, j.pushed_at == j.due_at <= j.now) for j in taken] == [(0, True), (0, True)]
         old.push("m", later := payload(7))           # an older release still dispatching
         old.push("m", payload(8), available_at=int(time.time()) + 3600)
         assert [j.payload for j in await conn.reserve_many(["m"], 10)] == [later]

@@ -27,6 +27,14 @@ from tests.contract.test_queue_contract import (  # noqa: F401  (collected here,
     test_jobs_of_one_queue_come_out_in_dispatch_order, test_push_reserve_acknowledge,
     test_release_puts_a_job_back_after_its_delay_with_the_attempt_counted, test_restart_signal_is_shared,
     test_size_and_clear, test_the_first_queue_with_a_due_job_wins)
+from tests.contract.test_release_contract import (  # noqa: F401  (SPEC 9: free releases, the store's clock)
+    test_a_free_release_is_counted_and_a_plain_one_is_a_try, test_a_recovered_reservation_carries_the_same_counts_and_times,
+    test_a_reserved_job_carries_its_push_and_due_times_on_the_store_clock,
+    test_queue_retry_resets_the_releases_of_a_job_failed_or_still_stored)
+from tests.contract.test_state_contract import (  # noqa: F401  (middleware state: one {lim:<key>} slot per script)
+    more_states, state, test_a_circuit_opens_at_max_exceptions_and_a_success_closes_it,
+    test_a_limiter_admits_allow_starts_then_says_how_long_to_wait, test_only_the_owner_holds_renews_and_frees_a_lock,
+    test_racing_starts_never_pass_the_limit, test_two_owners_never_both_hold_a_lock)
 from tests.redis_server import LocalRedis
 
 PORTS = (7101, 7102, 7103)

@@ -15,6 +15,8 @@ from core.errors import NotSupported
 if TYPE_CHECKING:
     from core.queue.failed import FailedJob, FailedJobStore
 
+from core.queue.state import LocalState, MiddlewareState
+
 
 @dataclass(frozen=True)
 class ReservedJob:
@@ -29,6 +31,14 @@ class ReservedJob:
     # job runs neither handle() nor (when failed_ran) failed() again: it finishes the failure.
     failing: str | None = None
     failed_ran: bool = False
+    # SPEC 9: releases so far (tries used = attempts - releases), and three times on the store's
+    # clock, so retry_until and expires_after are judged without the hosts' clocks: when the job was
+    # pushed (or put back by queue:retry), when it came due (pushed_at + the dispatch's delay), and
+    # when this reservation was made.
+    releases: int = 0
+    pushed_at: float = 0.0
+    due_at: float = 0.0
+    now: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,15 @@ class QueueConnection(ABC):
     def describe(self) -> str:
         """The store and its address for messages ("Redis at 127.0.0.1:6379"), never a password."""
         return self.name
+
+    @property
+    def state(self) -> MiddlewareState:
+        """Job middleware state (SPEC 9) in this connection's store. Here: in this process only,
+        for a connection with no shared store (sync); the database and Redis override it."""
+        local = self.__dict__.get("_local_state")
+        if local is None:
+            local = self.__dict__["_local_state"] = LocalState()
+        return local
 
     def connection_error(self, exc: BaseException) -> str | None:
         """A short reason ("Connection refused") when `exc` means the store could not be reached or
@@ -128,8 +147,10 @@ class QueueConnection(ABC):
         return [await self.acknowledge(job) for job in jobs]
 
     @abstractmethod
-    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
-        """Put a job back to run again after `delay` seconds. False if the reservation was lost."""
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
+        """Put a job back to run again after `delay` seconds. False if the reservation was lost.
+        `free`: a release that is not a failed try (SPEC 9): the job's release count goes up in
+        the same atomic step, so tries used (attempts - releases) stay as they were."""
 
     @abstractmethod
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
@@ -144,7 +165,8 @@ class QueueConnection(ABC):
         holds both; else the row first, then the delete. Either step may be repeated safely."""
 
     async def requeue(self, queue: str, payload: str) -> None:
-        """queue:retry: put a failed job back under its own id with its attempts reset, even if
+        """queue:retry: put a failed job back under its own id with its attempts and releases reset
+        and its push time restarted (retry_until, expires_after count from now), even if
         its id is still stored (a worker still failing it loses its reservation) or is remembered
         as finished. Unlike push, never a no-op."""
         await self.push(queue, payload)

@@ -15,6 +15,11 @@ read correctly, through the available_at and reserved_at filters.
 A finished job's uuid is kept in `finished_jobs` for `replay_window` seconds, written in the
 transaction that deletes the job (acknowledge, fail): a repeated push of it is dropped when
 reserved, and a retried dispatch (push_missing) does not store it again.
+
+SPEC 9: `releases` counts releases that were not failed tries (release(free=True), in the same
+statement); `created_at` (the database's clock) and `due_at` (a delayed push's due time, NULL:
+created_at) give a reserved job its push and due times; queue:retry resets and restarts them.
+The middleware's own tables are state_database.py's.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from core.database import Database, Statement, Steps, change, fetch
 from core.payload import peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJob, FailedJobStore, storable
+from core.queue.state_database import DatabaseState
 
 log = logging.getLogger("worker")
 
@@ -53,7 +59,10 @@ TABLES = [
 ]
 # Columns a table from the previous release lacks, added by migrate (and the first open).
 COLUMNS = {"uuid": "VARCHAR(255) NULL", "state": "{flag} NOT NULL DEFAULT 0", "claim": "VARCHAR(255) NULL",
-           "failing": "{longtext} NULL", "failed_ran": "{flag} NOT NULL DEFAULT 0"}
+           "failing": "{longtext} NULL", "failed_ran": "{flag} NOT NULL DEFAULT 0",
+           # SPEC 9: releases that are not failed tries, and when a delayed push came due (NULL: at
+           # created_at, the push time on the database's clock).
+           "releases": "{uint} NOT NULL DEFAULT 0", "due_at": "{uint} NULL"}
 # (table, index name, DDL). Priority (SPEC 11) goes between state and available_at in jobs_reserve_index.
 INDEXES = [
     ("jobs", "jobs_reserve_index", "CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)"),
@@ -68,10 +77,10 @@ ADOPT_RESERVED = "UPDATE jobs SET state = 2, available_at = reserved_at + ? WHER
 ADOPT_DELAYED = "UPDATE jobs SET state = 1 WHERE reserved_at IS NULL AND state = 0 AND available_at > {now}"
 ADOPT_READY = "UPDATE jobs SET available_at = 0 WHERE reserved_at IS NULL AND state = 0"
 
-PUSH_COLUMNS = "INSERT INTO jobs (queue, payload, attempts, available_at, created_at, uuid, state) VALUES "
-PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0)"
-PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1)"
-PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?)"
+PUSH_COLUMNS = "INSERT INTO jobs (queue, payload, attempts, available_at, created_at, uuid, state, due_at) VALUES "
+PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0, NULL)"
+PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1, {due})"
+PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?, ?)"
 NOW = "SELECT {now}, {due}"
 # Due DELAYED rows and lapsed RESERVED rows (their worker died), to become READY at their id's place.
 # reserved_at is checked too: a row an older release's worker holds and extends is not taken from it.
@@ -84,8 +93,10 @@ PROMOTE = "UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE
 # a join: the rows still come in index order (no sort), and FOR UPDATE does not lock the record.
 # "finished_at + ?" so that the record is found by its uuid (primary key), never by a finished_at range.
 # available_at and reserved_at filter only rows an older release wrote or reserved.
+# What a ReservedJob carries after failed_ran: releases, pushed_at, due_at, and the clock now.
+TIMING = "j.releases, j.created_at, COALESCE(j.due_at, j.created_at), {now}"
 PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
-        "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}) FROM jobs j "
+        "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING + " FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
         "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
@@ -96,13 +107,17 @@ RELEASE_HELD = ("UPDATE jobs SET state = 0, reserved_at = NULL, available_at = 0
                 "failed_ran = 0 WHERE " + HELD)
 RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, available_at = {due}, claim = NULL, "
                         "failing = NULL, failed_ran = 0 WHERE " + HELD)
+# A release that is not a failed try (SPEC 9) counts itself in the same statement.
+RELEASE_FREE = RELEASE_HELD.replace("SET ", "SET releases = releases + 1, ", 1)
+RELEASE_FREE_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET releases = releases + 1, ", 1)
 EXTEND_HELD = "UPDATE jobs SET reserved_at = {now}, available_at = {due} WHERE " + HELD
 MARK_FAILING = ("UPDATE jobs SET failing = ?, failed_ran = ?, reserved_at = {now}, available_at = {due} "
                 "WHERE " + HELD)
 HELD_OF = "SELECT id, attempts, claim, uuid FROM jobs WHERE reserved_at IS NOT NULL AND id IN "
 DELETE_IDS = "DELETE FROM jobs WHERE id IN "
 # The rows a reserve call still holds: RESERVED rows not lapsed yet, one range of jobs_reserve_index.
-RECOVER = ("SELECT id, queue, payload, attempts, failing, failed_ran FROM jobs WHERE queue IN {marks} "
+RECOVER = ("SELECT j.id, j.queue, j.payload, j.attempts, j.failing, j.failed_ran, " + TIMING + " FROM jobs j "
+           "WHERE queue IN {marks} "
            "AND state = 2 AND available_at > {now} AND claim = ? AND reserved_at IS NOT NULL")
 REMEMBER = "INSERT INTO finished_jobs (uuid, finished_at) VALUES {rows}"
 REMEMBER_AGAIN = "finished_at = excluded.finished_at"     # a uuid finished again (retried): the later time
@@ -112,9 +127,11 @@ FORGET = "DELETE FROM finished_jobs WHERE uuid = ?"
 PRUNE_WHERE = "finished_at < {now} - ?"
 PRUNE_EVERY = 256          # finished jobs between two prunes, per process
 PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the table cannot grow
-# queue:retry of a job still stored: back to READY at its place, attempts reset, its holder fenced out.
-TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, state = 0, available_at = 0, "
-             "reserved_at = NULL, claim = NULL, failing = NULL, failed_ran = 0 WHERE uuid = ?")
+# queue:retry of a job still stored: back to READY at its place, attempts and releases reset, its push
+# time restarted (SPEC 9), its holder fenced out.
+TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, releases = 0, created_at = {now}, "
+             "due_at = NULL, state = 0, available_at = 0, reserved_at = NULL, claim = NULL, failing = NULL, "
+             "failed_ran = 0 WHERE uuid = ?")
 STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
 FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
 STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
@@ -156,9 +173,14 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         self._remember = REMEMBER + dialect.upsert("uuid", REMEMBER_AGAIN)
         self._prune = dialect.delete_first("finished_jobs", "uuid", PRUNE_WHERE, "finished_at")
         self._signal_bump = SIGNAL_BUMP + dialect.upsert("name", SIGNAL_BUMP_AGAIN)
+        self._state = DatabaseState(db)
 
     async def open(self) -> None:
         await self.migrate()
+
+    @property
+    def state(self) -> DatabaseState:
+        return self._state
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -180,6 +202,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         if OLD_INDEX in await self._names("jobs", dialect.index_names):
             await self._ignore_race(dialect.drop_index("jobs", OLD_INDEX))
         await self.failed.migrate()
+        await self._state.migrate()
 
     async def _names(self, table: str, query: str) -> set[str]:
         return {str(name) for (name,) in await self.db.fetchall(query, (table,))}
@@ -218,7 +241,8 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = self._on_duplicate
         if delay > 0:
-            return change(PUSH_DELAYED + on_duplicate, (queue, payload, float(delay), peek_uuid(payload)))
+            delay = float(delay)
+            return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, peek_uuid(payload), delay))
         return change(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
@@ -229,10 +253,11 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         on_duplicate = self._on_duplicate
         ((now, due),) = yield fetch(NOW, (float(delay),))
         available, state, now = (int(due), DELAYED, int(now)) if delay > 0 else (0, READY, int(now))
+        due_at = available if delay > 0 else None
         for chunk in chunks:
             params: list = []
             for payload in chunk:
-                params += (queue, payload, available, now, peek_uuid(payload), state)
+                params += (queue, payload, available, now, peek_uuid(payload), state, due_at)
             yield change(PUSH_COLUMNS + ", ".join([PUSH_ROW] * len(chunk)) + on_duplicate, params)
 
     async def _chunks(self, payloads: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -337,14 +362,14 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         dropped: list[str] = []
         for queue in queues:
             rows = yield fetch(self._pick, (self.replay_window, queue, vt, limit - len(taken)))
-            ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished in rows if finished]
+            ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished, *_ in rows if finished]
             if ran:
                 yield change(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
                 dropped += [job_uuid for _, job_uuid in ran]
             fresh = [row for row in rows if not row[6]]
             if fresh:
                 yield change(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
-                taken += [_reserved(queue, row[:5], claim, counted=True) for row in fresh]
+                taken += [_reserved(queue, (*row[:5], *row[7:]), claim, counted=True) for row in fresh]
             if len(taken) >= limit:
                 break
         return taken, dropped
@@ -391,10 +416,11 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             self._finished_since_prune = 0
             yield change(self._prune, (self.replay_window, PRUNE_LIMIT))
 
-    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
         if delay > 0:
-            return await self.db.execute(RELEASE_HELD_DELAYED, (float(delay), *_fence(job))) == 1
-        return await self.db.execute(RELEASE_HELD, _fence(job)) == 1
+            sql = RELEASE_FREE_DELAYED if free else RELEASE_HELD_DELAYED
+            return await self.db.execute(sql, (float(delay), *_fence(job))) == 1
+        return await self.db.execute(RELEASE_FREE if free else RELEASE_HELD, _fence(job)) == 1
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         params = (storable(exception), int(failed_ran), self.visibility_timeout, *_fence(job))
@@ -446,12 +472,13 @@ def _fence(job: ReservedJob) -> tuple[int, int, str]:
 
 
 def _reserved(queue: str, row: Sequence, claim: str, counted: bool) -> ReservedJob:
-    """A ReservedJob from (id, payload, attempts, failing, failed_ran); `counted`: attempts is the
-    value before this reserve's increment."""
-    job_id, payload, attempts, failing, failed_ran = row
+    """A ReservedJob from (id, payload, attempts, failing, failed_ran, releases, pushed_at, due_at,
+    now); `counted`: attempts is the value before this reserve's increment."""
+    job_id, payload, attempts, failing, failed_ran, releases, pushed_at, due_at, now = row
     attempts = int(attempts) + (1 if counted else 0)
     return ReservedJob(id=str(job_id), queue=queue, payload=payload, attempts=attempts, token=f"{attempts}:{claim}",
-                       failing=failing, failed_ran=bool(failed_ran))
+                       failing=failing, failed_ran=bool(failed_ran), releases=int(releases),
+                       pushed_at=float(pushed_at), due_at=float(due_at), now=float(now))
 
 
 def _batches(payloads: Sequence[str], budget: int | None) -> Iterator[Sequence[str]]:

@@ -6,8 +6,10 @@ every script touches one node:
     queues:{emails}            zset    ids of ready jobs, score = dispatch sequence (ZPOPMIN: FIFO)
     queues:{emails}:delayed    zset    ids of delayed jobs, score = due time
     queues:{emails}:reserved   zset    ids of reserved jobs, score = reservation expiry
-    queues:{emails}:jobs       hash    <id> = payload, <id>:seq
-    queues:{emails}:state      hash    <id>:attempts, <id>:token, <id>:failing of jobs tried at least once
+    queues:{emails}:jobs       hash    <id> = payload, <id>:seq = "seq sec usec[ due]" (its place in
+                                       dispatch order, the server's time of its push, its due time)
+    queues:{emails}:state      hash    <id>:attempts, <id>:token, <id>:failing, <id>:releases of jobs
+                                       tried at least once
     queues:{emails}:notify     list    one entry per ready job; idle workers block on it
     queues:{emails}:seq        string  counter giving each pushed job its place in dispatch order
     queues:{emails}:done       zset    ids finished within the replay window, score = when
@@ -27,6 +29,7 @@ seven times. (Jobs in flight across an upgrade from the older layout keep their 
 or that finished within the replay window (the done zset), is a no-op, and `queue:retry` brings a
 failed job back under its own id. Times come from the Redis server's clock (`TIME` inside the
 scripts): one clock for every worker, as the database connection uses the database's.
+Job middleware state (SPEC 9) is under `{lim:<key>}` keys: see state_redis.py.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ from core.payload import peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJobStore
 from core.queue.redis_lane import Lane
+from core.queue.state_redis import RedisState
 
 LUA = Path(__file__).resolve().parent / "lua"
 SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear")
@@ -68,7 +72,7 @@ SOCKET_TIMEOUT = 10.0
 MAX_CONNECTIONS = 50       # per process; a call beyond them waits (up to SOCKET_TIMEOUT) for one to be free
 CLUSTER_POLL = 0.05       # cluster, several queues: how often the queues after the first are looked at
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-ROW = 5                   # fields per job in a reserve answer: id, payload, attempts, failing, n
+ROW = 7                   # fields per job in a reserve answer: id, payload, attempts, failing, n, seq, releases
 log = logging.getLogger("worker")
 
 
@@ -192,6 +196,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
         self._scripts: dict[str, Any] = {}
         self._lane: Lane | None = None
         self._keys: dict[str, QueueKeys] = {}
+        self._state: RedisState | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -212,6 +217,13 @@ class RedisQueue(QueueConnection, QueueAdmin):
         self._scripts = {name: client.register_script((LUA / f"{name}.lua").read_text()) for name in SCRIPTS}
         if not self.cluster:        # a cluster client routes each call to its node: no single connection
             self._lane = Lane(client)
+        self._state = RedisState(client, self.config.prefix)
+
+    @property
+    def state(self) -> RedisState:
+        if self._state is None:
+            raise RuntimeError("the Redis connection is not open")
+        return self._state
 
     async def close(self) -> None:
         if self._lane is not None:
@@ -357,15 +369,13 @@ class RedisQueue(QueueConnection, QueueAdmin):
         return [], max(0.0, float(result[1]))
 
     def _rows(self, queue: str, stem: str, result: list) -> list[ReservedJob]:
-        """The jobs of a reserve answer ({count, id, payload, attempts, failing, n, ...} or
-        {false, wake}); ids after them are jobs dropped as already finished: logged."""
+        """The jobs of a reserve answer ({count, now, id, payload, attempts, failing, n, pushed,
+        releases, ...} or {false, wake}); ids after them are jobs dropped as already finished: logged."""
         count = int(result[0] or 0)
-        for job_id in result[1 + count * ROW if count else 2:]:
+        for job_id in result[2 + count * ROW:]:
             log.warning("%s already ran; a repeated push of it was dropped", job_id)
-        return [ReservedJob(id=result[i], queue=queue, payload=result[i + 1], attempts=int(result[i + 2]),
-                            token=f"{stem}:{result[i + 4]}", failing=_text(result[i + 3]),
-                            failed_ran=(result[i + 3] or "")[:1] == "1")
-                for i in range(1, 1 + count * ROW, ROW)]
+        now = _seconds(*result[1].split(" ")) if count else 0.0
+        return [_reserved(queue, stem, now, result[i:i + ROW]) for i in range(2, 2 + count * ROW, ROW)]
 
     async def recover(self, queues: Sequence[str], claim: str) -> list[ReservedJob]:
         """reserve.lua with the claim and a limit of 0: the jobs that call still holds, renewed."""
@@ -419,10 +429,10 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 done[i] = flag == 1
         return done
 
-    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
         k = self.keys(job.queue)
         return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state],
-                               [job.id, job.token, max(0.0, float(delay))]) == 1
+                               [job.id, job.token, max(0.0, float(delay)), int(free)]) == 1
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         k = self.keys(job.queue)
@@ -495,6 +505,21 @@ class RedisQueue(QueueConnection, QueueAdmin):
 
     async def restart_signal(self) -> str:
         return await self.client.get(f"{self.config.prefix}restart") or ""
+
+
+def _reserved(queue: str, stem: str, now: float, row: Sequence) -> ReservedJob:
+    """A ReservedJob from a reserve answer's row: id, payload, attempts, failing, n, <id>:seq, releases."""
+    job_id, payload, attempts, failing, n, pushed, releases = row
+    _, sec, usec, *due = pushed.split(" ")
+    pushed_at = _seconds(sec, usec)
+    return ReservedJob(id=job_id, queue=queue, payload=payload, attempts=int(attempts), token=f"{stem}:{n}",
+                       failing=_text(failing), failed_ran=(failing or "")[:1] == "1", releases=int(releases or 0),
+                       pushed_at=pushed_at, due_at=float(due[0]) if due else pushed_at, now=now)
+
+
+def _seconds(sec: str, usec: str) -> float:
+    """A time as Redis TIME gives it (whole seconds, microseconds) in seconds."""
+    return int(sec) + int(usec) / 1_000_000
 
 
 def _text(failing: str | None) -> str | None:

@@ -32,7 +32,7 @@ class SyncQueue(QueueConnection):
     async def acknowledge(self, job: ReservedJob) -> bool:
         return True
 
-    async def release(self, job: ReservedJob, delay: float = 0) -> bool:
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
         return True
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:

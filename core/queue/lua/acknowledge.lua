@@ -1,9 +1,9 @@
 -- Delete reserved jobs of one queue: they finished, or failed and are already in failed_jobs;
 -- remember their ids for the replay window.
 -- KEYS[1] reserved zset   queues:{q}:reserved
--- KEYS[2] jobs hash       queues:{q}:jobs
+-- KEYS[2] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq)
 -- KEYS[3] sequence        queues:{q}:seq       (deleted with the queue's last job)
--- KEYS[4] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
+-- KEYS[4] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- KEYS[5] finished zset   queues:{q}:done      (id = when it finished; expires a window after the last)
 -- ARGV[1] the replay window in seconds (0: remember nothing); ARGV[2], ARGV[3], ... pairs of
 -- job id, the reservation token the worker holds
@@ -19,7 +19,7 @@ for i = 2, #ARGV, 2 do
     if redis.call('HGET', KEYS[4], id .. ':token') == ARGV[i + 1] then
         redis.call('ZREM', KEYS[1], id)
         redis.call('HDEL', KEYS[2], id, id .. ':seq')
-        redis.call('HDEL', KEYS[4], id .. ':attempts', id .. ':token', id .. ':failing')
+        redis.call('HDEL', KEYS[4], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
         finished[#finished + 1] = id
         done[#done + 1] = 1
     else

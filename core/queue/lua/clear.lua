@@ -4,7 +4,7 @@
 -- KEYS[3] jobs hash       queues:{q}:jobs
 -- KEYS[4] notify list     queues:{q}:notify
 -- KEYS[5] sequence        queues:{q}:seq       (deleted with the queue's last job)
--- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
+-- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- ARGV[1] batch size
 -- Returns how many jobs were deleted; the caller repeats until it gets less than a batch.
 --
@@ -22,7 +22,7 @@ if #ids < batch then
 end
 for _, id in ipairs(ids) do
     redis.call('HDEL', KEYS[3], id, id .. ':seq', id .. ':attempts', id .. ':token')   -- the last two: an older layout
-    redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing')
+    redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 end
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end
 if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('DEL', KEYS[5]) end

@@ -1,7 +1,7 @@
 -- Push one or more jobs onto a queue.
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence: FIFO)
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
--- KEYS[3] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq)
+-- KEYS[3] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq = "seq sec usec[ due]")
 -- KEYS[4] notify list     queues:{q}:notify    (one entry per ready job, for blocked workers)
 -- KEYS[5] sequence        queues:{q}:seq       (counter: each job's place in dispatch order)
 -- KEYS[6] finished zset   queues:{q}:done      (ids finished within the replay window)
@@ -9,22 +9,31 @@
 -- (at most ~2,000 pairs per call: the batched commands below unpack one argument per job or two)
 -- Returns how many jobs were added.
 --
+-- <id>:seq holds the job's place in dispatch order, then the server's time of the push as TIME
+-- gives it (seconds, microseconds), then for a delayed job its due time ("17 1700000000 250000
+-- 1700000060.25"): retry_until and expires_after (SPEC 9) count from them on one clock, whoever
+-- dispatched. One field, not three: a field costs about 90 bytes per job in a deep queue, this
+-- value about 24 more. TIME's own text is kept, not formatted (tostring costs as much as TIME):
+-- a push costs about 1 microsecond more on the server (docs/middleware.md).
+--
 -- Atomic because the payload, the job's place in the ready or delayed set and the wake-up
 -- signal must appear together: a worker must never pop an id whose payload is not stored yet.
 -- A second push of an id that is stored (HSETNX) or finished within the window (the done zset)
 -- is a no-op: a retried dispatch or a replayed payload never stores the job twice.
 local delay = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local stamp = ' ' .. t[1] .. ' ' .. t[2]
 local due
 if delay > 0 then
-    local now = redis.call('TIME')
-    due = tonumber(now[1]) + tonumber(now[2]) / 1000000 + delay
+    due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay
+    stamp = stamp .. ' ' .. tostring(due)
 end
 if #ARGV == 3 then      -- one job (a dispatch): the same steps, without the batch's tables
     local id = ARGV[2]
     if redis.call('ZSCORE', KEYS[6], id) then return 0 end
     if redis.call('HSETNX', KEYS[3], id, ARGV[3]) == 0 then return 0 end
     local seq = redis.call('INCR', KEYS[5])
-    redis.call('HSET', KEYS[3], id .. ':seq', seq)
+    redis.call('HSET', KEYS[3], id .. ':seq', seq .. stamp)
     if due then
         redis.call('ZADD', KEYS[2], due, id)
     else
@@ -42,7 +51,7 @@ for i = 2, #ARGV, 2 do
     seq = seq + 1
     if not redis.call('ZSCORE', KEYS[6], id) and redis.call('HSETNX', KEYS[3], id, ARGV[i + 1]) == 1 then
         seqs[#seqs + 1] = id .. ':seq'
-        seqs[#seqs + 1] = seq
+        seqs[#seqs + 1] = seq .. stamp
         members[#members + 1] = due or seq
         members[#members + 1] = id
         signals[#signals + 1] = 1

@@ -1,11 +1,12 @@
--- queue:retry: put a failed job back under its own id, attempts reset, whatever state it is in.
+-- queue:retry: put a failed job back under its own id, attempts and releases reset, its push time
+-- restarted (retry_until and expires_after count from now, SPEC 9), whatever state it is in.
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence)
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] reserved zset   queues:{q}:reserved
--- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq)
+-- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq = "seq sec usec[ due]")
 -- KEYS[5] notify list     queues:{q}:notify
 -- KEYS[6] sequence        queues:{q}:seq
--- KEYS[7] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
+-- KEYS[7] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- KEYS[8] finished zset   queues:{q}:done
 -- ARGV[1] job id; ARGV[2] its payload (stored only if the job is not stored any more)
 -- Returns 1 if the job was stored again, 0 if it was still stored and was taken over.
@@ -16,13 +17,12 @@
 -- take-over and the return to the ready set must be one step, or the job could be in two sets.
 local id = ARGV[1]
 redis.call('ZREM', KEYS[8], id)
-redis.call('HDEL', KEYS[7], id .. ':attempts', id .. ':token', id .. ':failing')
+redis.call('HDEL', KEYS[7], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 local stored = redis.call('HSETNX', KEYS[4], id, ARGV[2]) == 0
-local seq = redis.call('HGET', KEYS[4], id .. ':seq')
-if not seq then
-    seq = redis.call('INCR', KEYS[6])
-    redis.call('HSET', KEYS[4], id .. ':seq', seq)
-end
+local seq = tonumber(string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '', '^%d+'))
+if not seq then seq = redis.call('INCR', KEYS[6]) end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[4], id .. ':seq', seq .. ' ' .. t[1] .. ' ' .. t[2])
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[2], id)
 if redis.call('ZADD', KEYS[1], seq, id) == 1 then redis.call('RPUSH', KEYS[5], 1) end

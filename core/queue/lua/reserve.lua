@@ -2,20 +2,21 @@
 -- KEYS[1] ready zset      queues:{q}           (score = dispatch sequence: FIFO)
 -- KEYS[2] delayed zset    queues:{q}:delayed   (score = due time)
 -- KEYS[3] reserved zset   queues:{q}:reserved  (score = reservation expiry)
--- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq)
+-- KEYS[4] jobs hash       queues:{q}:jobs      (<id> = payload, <id>:seq = "seq sec usec[ due]")
 -- KEYS[5] notify list     queues:{q}:notify
--- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing)
+-- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- KEYS[7] finished zset   queues:{q}:done      (ids finished within the replay window)
 -- KEYS[8] claim, optional queues:{q}:claim:<claim>  (the ids this call took, in order; cmsgpack)
 -- ARGV[1] visibility timeout in seconds; ARGV[2] the reservation token's stem: the claim when
 -- KEYS[8] is given, else random from the client (job n of this call gets token stem..':'..n);
 -- ARGV[3] how many due or expired jobs to move per call (bounds the script's run time);
 -- ARGV[4] how many jobs to reserve at most (0 with a claim: recover only)
--- Returns {count, id1, payload1, attempts1, failing1, n1, id2, ...} (failing: the mark
--- mark_failing.lua left, else nil; n: the job's place in its call, its token is stem..':'..n) or
--- {false, wake}: seconds until a delayed job comes due or a reservation expires ('' if neither),
--- so an idle worker knows how long to block. Either is followed by the ids of jobs dropped
--- because they finished within the window.
+-- Returns {count, now, id1, payload1, attempts1, failing1, n1, seq1, releases1, id2, ...}
+-- (now: the server's time of this call, "sec usec"; failing: the mark mark_failing.lua left, else
+-- nil; n: the job's place in its call, its token is stem..':'..n; seq: <id>:seq; releases:
+-- releases that were not failed tries, else nil) or {false, wake}: seconds until a delayed job
+-- comes due or a reservation expires ('' if neither), so an idle worker knows how long to block.
+-- Either is followed by the ids of jobs dropped because they finished within the window.
 --
 -- A claim already recorded means this call ran before and its answer was lost (the client
 -- retried it, or the worker calls recover): the jobs it took that still carry its tokens are
@@ -27,19 +28,31 @@
 -- or a popped job not yet in the reserved set would look lost and be handed out twice.
 local vt, token, batch, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4] or '1')
 local t = redis.call('TIME')
+local clock = t[1] .. ' ' .. t[2]
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
--- The jobs a call with this claim took before and still holds, renewed ({count, rows...}).
+-- A job's <id>:seq with its push time; one pushed by an older release has none (only the
+-- sequence): it counts from its first reserve on.
+local function pushed_at(id, seq)
+    if seq and string.find(seq, ' ', 1, true) then return seq end
+    seq = (seq or '0') .. ' ' .. clock
+    redis.call('HSET', KEYS[4], id .. ':seq', seq)
+    return seq
+end
+
+-- The jobs a call with this claim took before and still holds, renewed ({count, now, rows...}).
 local function still_held(packed)
-    local rows, count = {0}, 0
+    local rows, count = {0, clock}, 0
     for n, id in ipairs(cmsgpack.unpack(packed)) do
-        local state = redis.call('HMGET', KEYS[6], id .. ':token', id .. ':attempts', id .. ':failing')
-        local payload = state[1] == token .. ':' .. n and redis.call('HGET', KEYS[4], id)
-        if payload then
+        local state = redis.call('HMGET', KEYS[6], id .. ':token', id .. ':attempts', id .. ':failing',
+                                 id .. ':releases')
+        local job = state[1] == token .. ':' .. n and redis.call('HMGET', KEYS[4], id, id .. ':seq')
+        if job and job[1] then
             redis.call('ZADD', KEYS[3], 'XX', now + vt, id)
             count = count + 1
             local at = #rows
-            rows[at + 1], rows[at + 2], rows[at + 3], rows[at + 4], rows[at + 5] = id, payload, state[2], state[3], n
+            rows[at + 1], rows[at + 2], rows[at + 3], rows[at + 4] = id, job[1], state[2], state[3]
+            rows[at + 5], rows[at + 6], rows[at + 7] = n, pushed_at(id, job[2]), state[4]
         end
     end
     rows[1] = count
@@ -57,7 +70,8 @@ end
 -- stays, so the next worker finishes the failure instead of running the job again.
 local function make_ready(ids)
     for _, id in ipairs(ids) do
-        redis.call('ZADD', KEYS[1], tonumber(redis.call('HGET', KEYS[4], id .. ':seq') or '0'), id)
+        local seq = tonumber(string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '0', '^%d+')) or 0
+        redis.call('ZADD', KEYS[1], seq, id)
     end
 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, batch)
@@ -77,14 +91,17 @@ end
 -- behind push's back: a replay) is deleted unrun and reported.
 local function drop_finished(id)
     redis.call('HDEL', KEYS[4], id, id .. ':seq')
-    redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing')
+    redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 end
 local taken, ids, dropped, count = {}, {}, {}, 0
 while count < limit do
-    local id, payload
+    local id, payload, job
     repeat
         id = redis.call('ZPOPMIN', KEYS[1])[1]
-        if id then payload = redis.call('HGET', KEYS[4], id) end
+        if id then
+            job = redis.call('HMGET', KEYS[4], id, id .. ':seq')
+            payload = job[1]
+        end
         if payload and redis.call('ZSCORE', KEYS[7], id) then
             drop_finished(id)
             dropped[#dropped + 1] = id
@@ -96,10 +113,12 @@ while count < limit do
     local attempts = redis.call('HINCRBY', KEYS[6], id .. ':attempts', 1)
     redis.call('HSET', KEYS[6], id .. ':token', token .. ':' .. count)
     redis.call('ZADD', KEYS[3], now + vt, id)
-    -- Only a job tried before can carry a failing mark (release and requeue clear it).
-    local failing = attempts > 1 and redis.call('HGET', KEYS[6], id .. ':failing')
+    -- Only a job tried before can carry a failing mark (release and requeue clear it) or releases.
+    local before = attempts > 1 and redis.call('HMGET', KEYS[6], id .. ':failing', id .. ':releases')
+    before = before or {false, false}
     local at = #taken
-    taken[at + 1], taken[at + 2], taken[at + 3], taken[at + 4], taken[at + 5] = id, payload, attempts, failing, count
+    taken[at + 1], taken[at + 2], taken[at + 3], taken[at + 4] = id, payload, attempts, before[1]
+    taken[at + 5], taken[at + 6], taken[at + 7] = count, pushed_at(id, job[2]), before[2]
     ids[count] = id
 end
 if KEYS[8] and count > 0 then
@@ -128,6 +147,7 @@ if count == 0 then
     if r[2] and (not wake or tonumber(r[2]) < wake) then wake = tonumber(r[2]) end
     reply = {false, wake and tostring(wake - now) or ''}
 else
+    table.insert(taken, 1, clock)
     table.insert(taken, 1, count)
     reply = taken
 end
