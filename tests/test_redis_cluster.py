@@ -1,4 +1,4 @@
-"""The contract suite's core cases on a real 3-node Redis Cluster (ports 7101-7103), started and torn
+"""The contract suite's core cases on a real 3-node Redis Cluster (on free ports), started and torn
 down here. Every script touches only one queue's slot, or the cluster would answer CROSSSLOT."""
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ from tests.contract.test_queue_contract import (  # noqa: F401  (collected here,
     test_size_and_clear, test_the_first_queue_with_a_due_job_wins)
 from tests.redis_server import LocalRedis
 
-PORTS = (7101, 7102, 7103)
-
 pytestmark = pytest.mark.slow
 
 
@@ -42,17 +40,18 @@ def cluster():
     base = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
     nodes: list[LocalRedis] = []
     try:
-        for port in PORTS:
-            node_dir = base / str(port)
+        for n in range(3):
+            node_dir = base / str(n)
             node_dir.mkdir()
-            nodes.append(LocalRedis(port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            nodes.append(LocalRedis("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                     "--cluster-node-timeout", "2000", "--appendonly", "no",
                                     dir=node_dir).start())
-        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in PORTS),
+        ports = [node.port for node in nodes]
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                                   "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
                                  timeout=30)
         assert created.returncode == 0, created.stdout + created.stderr
-        clients = [redis.Redis(port=p) for p in PORTS]
+        clients = [redis.Redis(port=p) for p in ports]
         until = time.monotonic() + 20
         while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
             assert time.monotonic() < until, "the cluster never reached state ok"
@@ -72,7 +71,8 @@ async def backend(cluster, monkeypatch, tmp_path):
     for node in cluster:
         node.flushall()
     configure(monkeypatch, "redis")
-    monkeypatch.setenv("REDIS_URL", f"redis+cluster://127.0.0.1:{PORTS[0]}")
+    port = cluster[0].connection_pool.connection_kwargs["port"]
+    monkeypatch.setenv("REDIS_URL", f"redis+cluster://127.0.0.1:{port}")
     async for b in open_backend("redis-cluster", tmp_path):
         yield b
 
