@@ -29,7 +29,8 @@ from tests.contract.test_queue_contract import (  # noqa: F401  (collected here,
     test_size_and_clear, test_the_first_queue_with_a_due_job_wins)
 from tests.redis_server import LocalRedis
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole file: the module's cluster is started once, not on every worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("redis-cluster")]
 
 
 @pytest.fixture(scope="module")
