@@ -51,26 +51,28 @@ def xdist_worker() -> tuple[int, int]:
     return (int(name[2:]) if name.startswith("gw") else 0), count
 
 
-def redis_dbs(spec: str, count: int) -> list[int]:
-    """The dbs for `count` processes: TEST_REDIS_DB as a list ("9,14,15"), a first db (5: 5, 6, ...), or unset."""
-    if "," in spec:
-        return [int(db) for db in spec.split(",") if db.strip()]
-    if spec.strip():
-        return [int(spec) + i for i in range(count)]
-    return list(DEFAULT_REDIS_DBS)
+def redis_dbs(spec: str) -> list[int]:
+    """The dbs TEST_REDIS_DB names: one (5), a range (5-7) or a list (9,14,15); unset, the default three."""
+    if not spec.strip():
+        return list(DEFAULT_REDIS_DBS)
+    if "-" in spec:
+        first, last = (int(part) for part in spec.split("-"))
+        return list(range(first, last + 1))
+    return [int(db) for db in spec.split(",") if db.strip()]
 
 
 def redis_test_db() -> int:
-    """This process's own Redis db: no two workers ever flush each other's keys."""
+    """This process's own Redis db: no two workers ever flush each other's keys. A db is never
+    guessed: one named for a serial run is not stretched over several processes."""
     spec = os.environ.get("TEST_REDIS_DB", "")
     index, count = xdist_worker()
     try:
-        dbs = redis_dbs(spec, count)
+        dbs = redis_dbs(spec)
     except ValueError:
-        pytest.fail(f"TEST_REDIS_DB={spec!r} is neither a db number nor a comma-separated list of them")
+        pytest.fail(f"TEST_REDIS_DB={spec!r} is not a db (5), a range (5-7) or a list (9,14,15)")
     if index >= len(dbs) or not 0 <= dbs[index] <= 15:
         pytest.fail(f"{count} test processes need {count} Redis dbs (0-15); TEST_REDIS_DB={spec or '(unset)'} "
-                    f"gives {dbs}: set TEST_REDIS_DB to a first db or a list, or run fewer (-n)")
+                    f"gives {dbs}: name one per process (a range such as 5-7, or a list), or run with -n 0")
     return dbs[index]
 
 

@@ -22,8 +22,9 @@ def as_worker(monkeypatch, index: int | None, count: int, spec: str = "") -> Non
 @pytest.mark.parametrize("spec, count, dbs", [
     ("", 1, [9]),                   # serial: the suite's db since before it ran in parallel
     ("", 3, [9, 14, 15]),           # the dbs neither development tools (1-8) nor the benchmarks (10-13) use
-    ("5", 4, [5, 6, 7, 8]),         # a first db
     ("5", 1, [5]),
+    ("5-8", 4, [5, 6, 7, 8]),       # a range
+    ("5-8", 2, [5, 6]),
     ("12, 3,7", 3, [12, 3, 7]),     # a list
 ])
 def test_each_process_gets_a_db_of_its_own(monkeypatch, spec, count, dbs):
@@ -39,9 +40,11 @@ def test_each_process_gets_a_db_of_its_own(monkeypatch, spec, count, dbs):
 
 
 @pytest.mark.parametrize("spec, count, said", [
-    ("", 4, "4 test processes need 4 Redis dbs (0-15); TEST_REDIS_DB=(unset) gives [9, 14, 15]"),
-    ("14", 3, "3 test processes need 3 Redis dbs (0-15); TEST_REDIS_DB=14 gives [14, 15, 16]"),
-    ("nine", 1, "TEST_REDIS_DB='nine' is neither a db number nor a comma-separated list of them"),
+    ("", 4, "4 test processes need 4 Redis dbs (0-15); TEST_REDIS_DB=(unset) gives [9, 14, 15]: name one per "
+            "process (a range such as 5-7, or a list), or run with -n 0"),
+    ("1", 3, "3 test processes need 3 Redis dbs (0-15); TEST_REDIS_DB=1 gives [1]"),    # never 1, 2, 3 by guess
+    ("14-16", 3, "3 test processes need 3 Redis dbs (0-15); TEST_REDIS_DB=14-16 gives [14, 15, 16]"),
+    ("nine", 1, "TEST_REDIS_DB='nine' is not a db (5), a range (5-7) or a list (9,14,15)"),
 ])
 def test_too_few_dbs_is_one_clear_line(monkeypatch, spec, count, said):
     as_worker(monkeypatch, count - 1, count, spec)
