@@ -79,7 +79,7 @@ def redis_test_db() -> int:
 _handed_out: set[int] = set()
 
 
-def _port_range() -> range:
+def port_share() -> range:
     """This process's share of the ports below the kernel's ephemeral range: no outgoing connection
     takes one as its local port, and no two workers of a run share one."""
     low = 32768
@@ -95,7 +95,7 @@ def _port_range() -> range:
 def free_port() -> int:
     """A 127.0.0.1 port nothing listens on, never handed out twice in this process (a stopped server's
     port stays its own while it restarts)."""
-    ports = _port_range()
+    ports = port_share()
     for _ in range(200):
         port = random.choice(ports)
         if port in _handed_out:

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.servers import _port_range, free_port, redis_test_db
+from tests.servers import free_port, port_share, redis_test_db
 
 
 def as_worker(monkeypatch, index: int | None, count: int, spec: str = "") -> None:
@@ -58,7 +58,7 @@ def test_a_free_port_is_below_the_ephemeral_range_and_never_handed_out_twice():
         ephemeral_low = int(f.read().split()[0])
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
-    assert all(p in _port_range() and p < ephemeral_low for p in ports)
+    assert all(p in port_share() and p < ephemeral_low for p in ports)
     for port in ports:                           # free indeed: a server could listen there now
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
@@ -68,6 +68,6 @@ def test_the_processes_of_a_run_draw_ports_from_shares_that_do_not_overlap(monke
     shares = []
     for index in range(4):
         as_worker(monkeypatch, index, 4)
-        shares.append(set(_port_range()))
+        shares.append(set(port_share()))
     assert all(len(share) > 1000 for share in shares)
     assert sum(len(share) for share in shares) == len(set().union(*shares))
