@@ -26,7 +26,7 @@ any store failed.
     python bench/soak.py [--jobs 3000] [--seconds 60] [--workers 4] [sqlite mysql redis]
 
 MySQL gets a database of its own (dropped afterwards; the Redis run keeps its failed jobs there
-too); Redis a key prefix of its own on SOAK_REDIS_DB (default: TEST_REDIS_DB, else 13), its keys
+too); Redis a key prefix of its own on SOAK_REDIS_DB (default: the first db of TEST_REDIS_DB, else 13), its keys
 deleted afterwards.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def environment(store: str, tmp: Path, mysql_db: str, redis_prefix: str) -> dict
            "QUEUE_CONNECTION": "redis" if store == "redis" else "database",
            "DB_CONNECTION": "sqlite", "DB_DATABASE": str(tmp / "soak.sqlite"),
            "REDIS_URL": "", "REDIS_CLUSTER": "", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "6379",
-           "REDIS_PASSWORD": "", "REDIS_DB": setting("SOAK_REDIS_DB", setting("TEST_REDIS_DB", "13")),
+           "REDIS_PASSWORD": "", "REDIS_DB": setting("SOAK_REDIS_DB", setting("TEST_REDIS_DB", "13").replace("-", ",").split(",")[0]),
            "REDIS_PREFIX": redis_prefix}
     if store in ("mysql", "redis"):      # Redis keeps its failed jobs in MySQL, which the cuts need
         env.update(DB_CONNECTION="mysql", DB_DATABASE=mysql_db, DB_HOST="127.0.0.1", DB_PORT="3306",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MYSQL, REDIS, require, unique_name
+from tests.servers import MYSQL, REDIS, redis_test_db, require, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_PORT", "DB_USERNAME",
@@ -56,11 +56,12 @@ def mysql_env(monkeypatch):
 
 @pytest.fixture
 def redis_env(monkeypatch):
-    """The suite's own Redis db number (9, or TEST_REDIS_DB), flushed before and after; env points at it."""
+    """This test process's own Redis db (tests/servers.py, redis_test_db), flushed before and after;
+    env points at it."""
     require(REDIS)
     import redis
 
-    db = int(os.environ.get("TEST_REDIS_DB", "") or 9)
+    db = redis_test_db()
     client = redis.Redis(host=REDIS[0], port=REDIS[1], db=db)
     client.flushdb()
     monkeypatch.setenv("REDIS_HOST", REDIS[0])

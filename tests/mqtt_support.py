@@ -15,12 +15,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from core.config import MqttConfig
 from core.mqtt import MqttApp, RunnerOptions, encode_payload
 from core.router import Router
 from tests.conftest import ROOT
 from tests.servers import MQTT
+
+# `main.py run` serves the app's own routes (devices/+/status, ...) on the shared broker, so two such
+# tests at once hear each other's messages: pytest-xdist (--dist loadgroup) runs them on one worker,
+# one after the other.
+APP_ROUTES = pytest.mark.xdist_group("app-routes")
+
 
 def topic_prefix() -> str:
     """A prefix of its own per test, so tests never see each other's messages."""

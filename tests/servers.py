@@ -1,9 +1,12 @@
-"""Real servers the tests use, and how a test learns one is absent (skip, or fail under CI=true)."""
+"""Real servers the tests use, and how a test learns one is absent (skip, or fail under CI=true);
+what each pytest process owns when the suite runs in parallel (its Redis db, its private ports)."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +36,75 @@ def require(address: tuple[str, int]) -> None:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+# -- what this pytest process owns (pytest-xdist runs several; README, "Tests") -------------------------
+
+# Dbs no tool of the project uses: 1-8 are left to development tools, 10-13 are the benchmarks'.
+DEFAULT_REDIS_DBS = (9, 14, 15)
+
+
+def xdist_worker() -> tuple[int, int]:
+    """(index, count) of this process among pytest-xdist's workers: gw2 of 3 is (2, 3); a serial run is (0, 1)."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "") or 1)
+    return (int(name[2:]) if name.startswith("gw") else 0), count
+
+
+def redis_dbs(spec: str) -> list[int]:
+    """The dbs TEST_REDIS_DB names: one (5), a range (5-7) or a list (9,14,15); unset, the default three."""
+    if not spec.strip():
+        return list(DEFAULT_REDIS_DBS)
+    if "-" in spec:
+        first, last = (int(part) for part in spec.split("-"))
+        return list(range(first, last + 1))
+    return [int(db) for db in spec.split(",") if db.strip()]
+
+
+def redis_test_db() -> int:
+    """This process's own Redis db: no two workers ever flush each other's keys. A db is never
+    guessed: one named for a serial run is not stretched over several processes."""
+    spec = os.environ.get("TEST_REDIS_DB", "")
+    index, count = xdist_worker()
+    try:
+        dbs = redis_dbs(spec)
+    except ValueError:
+        pytest.fail(f"TEST_REDIS_DB={spec!r} is not a db (5), a range (5-7) or a list (9,14,15)")
+    if index >= len(dbs) or not 0 <= dbs[index] <= 15:
+        pytest.fail(f"{count} test processes need {count} Redis dbs (0-15); TEST_REDIS_DB={spec or '(unset)'} "
+                    f"gives {dbs}: name one per process (a range such as 5-7, or a list), or run with -n 0")
+    return dbs[index]
+
+
+_handed_out: set[int] = set()
+
+
+def port_share() -> range:
+    """This process's share of the ports below the kernel's ephemeral range: no outgoing connection
+    takes one as its local port, and no two workers of a run share one."""
+    low = 32768
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if ephemeral.exists():
+        low = int(ephemeral.read_text().split()[0])
+    first, last = 20000, max(low, 21000)
+    index, count = xdist_worker()
+    share = (last - first) // count
+    return range(first + index * share, first + (index + 1) * share)
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nothing listens on, never handed out twice in this process (a stopped server's
+    port stays its own while it restarts)."""
+    ports = port_share()
+    for _ in range(200):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -182,19 +183,23 @@ def test_migrate_creates_the_tables(tmp_path):
     assert {"job_locks", "job_limits", "job_limit_hits", "job_throttles"} <= tables      # SPEC 9 middleware state
 
 
-def test_make_job_writes_a_working_job_class():
-    name = f"TmpTestJob{os.getpid()}"
-    path = ROOT / "app" / "jobs" / f"tmp_test_job{os.getpid()}.py"
-    try:
-        assert f"Created app/jobs/{path.name}" in run_cli("make:job", name, "--queue", "sms", check=True).stdout
-        again = run_cli("make:job", name)
-        assert again.returncode == 1 and "already exists" in again.stderr
-        check = subprocess.run([sys.executable, "-c", f"from app.jobs.{path.stem} import {name}; "
-                                f"print({name}.queue, {name}.max_tries)"], cwd=ROOT, capture_output=True, text=True)
-        assert check.stdout.strip() == "sms 3"
-        assert run_cli("make:job", "not_camel").returncode == 1
-    finally:
-        path.unlink(missing_ok=True)
+def test_make_job_writes_a_working_job_class(tmp_path):
+    # In a copy of the project: a job file written into this checkout's app/jobs/ would be found by
+    # every worker that other tests start meanwhile.
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".*", "__pycache__", "bench", "docs", "tests",
+                                                                 "storage"))
+    result = subprocess.run([sys.executable, "main.py", "make:job", "TmpTestJob", "--queue", "sms"], cwd=project,
+                            capture_output=True, text=True)
+    assert "Created app/jobs/tmp_test_job.py" in result.stdout, result.stdout + result.stderr
+    again = subprocess.run([sys.executable, "main.py", "make:job", "TmpTestJob"], cwd=project, capture_output=True,
+                           text=True)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    check = subprocess.run([sys.executable, "-c", "from app.jobs.tmp_test_job import TmpTestJob; "
+                            "print(TmpTestJob.queue, TmpTestJob.max_tries)"], cwd=project, capture_output=True, text=True)
+    assert check.stdout.strip() == "sms 3", check.stderr
+    assert run_cli("make:job", "not_camel").returncode == 1
+    assert not (ROOT / "app" / "jobs" / "tmp_test_job.py").exists()
 
 
 def test_demo_runs_the_examples_and_ends_with_the_failing_one_in_failed_jobs():

@@ -13,7 +13,7 @@ import pytest
 from core.router import Router
 from tests.conftest import run_cli
 from tests.faults.proxy import FaultProxy
-from tests.mqtt_support import AppProcess, mqtt_config, publish, running_app, subscribed, topic_prefix
+from tests.mqtt_support import APP_ROUTES, AppProcess, mqtt_config, publish, running_app, subscribed, topic_prefix
 from tests.servers import MQTT, require
 
 
@@ -219,6 +219,7 @@ async def test_reconnects_and_resubscribes_after_the_broker_goes_away(caplog):
     assert sum(m.startswith("Connected to MQTT broker") for m in messages) == 2
 
 
+@APP_ROUTES
 async def test_published_status_becomes_a_job_that_queue_work_runs():
     """The whole path as a user walks it: `run`, mosquitto-style publishes, SIGTERM, `queue:work`."""
     device = f"dev-{uuid.uuid4().hex[:8]}"
@@ -245,6 +246,7 @@ async def test_published_status_becomes_a_job_that_queue_work_runs():
     assert "DONE    ProcessDataJob" in work.stdout
 
 
+@APP_ROUTES
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_run_replies_on_the_response_topic_and_stops_on_a_signal(sig):
     device = f"dev-{uuid.uuid4().hex[:8]}"

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from core.router import Router
-from tests.mqtt_support import AppProcess, publish, running_app, subscribed, topic_prefix
+from tests.mqtt_support import APP_ROUTES, AppProcess, publish, running_app, subscribed, topic_prefix
 from tests.servers import MQTT, require
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -86,6 +86,7 @@ async def test_hostile_messages_reach_handlers_as_sensible_values_and_the_app_go
     assert "expects a JSON object as payload, got text '[[[[[[[[[[" in "".join(refused)
 
 
+@APP_ROUTES
 async def test_run_survives_hostile_messages_and_answers_the_next_one():
     """`python main.py run` with the app's own routes: status (dispatches a job) and ping (replies)."""
     device = f"dev-{uuid.uuid4().hex[:8]}"

@@ -1,4 +1,4 @@
-"""The contract suite's core cases on a real 3-node Redis Cluster (ports 7101-7103), started and torn
+"""The contract suite's core cases on a real 3-node Redis Cluster (on free ports), started and torn
 down here. Every script touches only one queue's slot, or the cluster would answer CROSSSLOT."""
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ from tests.contract.test_state_contract import (  # noqa: F401  (middleware stat
     test_racing_starts_never_pass_the_limit, test_two_owners_never_both_hold_a_lock)
 from tests.redis_server import LocalRedis
 
-PORTS = (7101, 7102, 7103)
-
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole file: the module's cluster is started once, not on every worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("redis-cluster")]
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +49,18 @@ def cluster():
     base = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
     nodes: list[LocalRedis] = []
     try:
-        for port in PORTS:
-            node_dir = base / str(port)
+        for n in range(3):
+            node_dir = base / str(n)
             node_dir.mkdir()
-            nodes.append(LocalRedis(port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            nodes.append(LocalRedis("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                     "--cluster-node-timeout", "2000", "--appendonly", "no",
                                     dir=node_dir).start())
-        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in PORTS),
+        ports = [node.port for node in nodes]
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                                   "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
                                  timeout=30)
         assert created.returncode == 0, created.stdout + created.stderr
-        clients = [redis.Redis(port=p) for p in PORTS]
+        clients = [redis.Redis(port=p) for p in ports]
         until = time.monotonic() + 20
         while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
             assert time.monotonic() < until, "the cluster never reached state ok"
@@ -80,7 +80,8 @@ async def backend(cluster, monkeypatch, tmp_path):
     for node in cluster:
         node.flushall()
     configure(monkeypatch, "redis")
-    monkeypatch.setenv("REDIS_URL", f"redis+cluster://127.0.0.1:{PORTS[0]}")
+    port = cluster[0].connection_pool.connection_kwargs["port"]
+    monkeypatch.setenv("REDIS_URL", f"redis+cluster://127.0.0.1:{port}")
     async for b in open_backend("redis-cluster", tmp_path):
         yield b
 

@@ -9,22 +9,20 @@ import redis
 from bootstrap.app import create_app
 from core.errors import ConnectionFailed
 from tests.conftest import run_cli
-from tests.redis_server import LocalRedis, port_open
+from tests.redis_server import LocalRedis
+from tests.servers import free_port
 
-CLOSED_PORT = 6390
 PASSWORD = "s3cret-Redis-pw"
 
 
 @pytest.fixture
 def closed_port():
-    if port_open(CLOSED_PORT):
-        pytest.skip(f"port {CLOSED_PORT} is in use; the test needs it closed")
-    return CLOSED_PORT
+    return free_port()                 # this process's own: nothing will listen there
 
 
 @pytest.fixture
 def locked_redis():
-    server = LocalRedis(7122, "--requirepass", PASSWORD).start()
+    server = LocalRedis("--requirepass", PASSWORD).start()
     yield server
     server.cleanup()
 
@@ -96,8 +94,8 @@ def tls_redis(tmp_path):
                            "-keyout", str(key), "-out", str(cert)], capture_output=True)
     if made.returncode != 0:
         pytest.skip("openssl could not make a test certificate")
-    server = LocalRedis(7123, "--tls-port", "7123", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no").start()
+    server = LocalRedis("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                        "--tls-auth-clients", "no", tls=True).start()
     yield server, cert
     server.cleanup()
 

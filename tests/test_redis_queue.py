@@ -79,10 +79,10 @@ async def test_a_job_id_is_its_uuid_and_pushing_it_twice_is_a_no_op(redis_queue)
 
 
 async def test_dispatch_many_is_one_round_trip(monkeypatch, tmp_path):
-    server = LocalRedis(7121).start()
+    server = LocalRedis().start()
     try:
         monkeypatch.setenv("QUEUE_CONNECTION", "redis")
-        monkeypatch.setenv("REDIS_PORT", "7121")
+        monkeypatch.setenv("REDIS_PORT", str(server.port))
         async with create_app() as app:
             conn = await app.queue.connection()
             await conn.push("bulk", raw())                      # loads the script once

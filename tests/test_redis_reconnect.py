@@ -18,17 +18,15 @@ from tests.conftest import ROOT
 from tests.jobs.contract_jobs import RecordRun, read_runs
 from tests.redis_server import LocalRedis
 
-PORT = 7124
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def restartable_redis(monkeypatch):
     """A private server that keeps its data across restarts (append-only file, fsync always)."""
-    server = LocalRedis(PORT, "--appendonly", "yes", "--appendfsync", "always").start()
+    server = LocalRedis("--appendonly", "yes", "--appendfsync", "always").start()
     monkeypatch.setenv("QUEUE_CONNECTION", "redis")
-    monkeypatch.setenv("REDIS_PORT", str(PORT))
+    monkeypatch.setenv("REDIS_PORT", str(server.port))
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
     yield server
     server.cleanup()
@@ -78,8 +76,8 @@ async def test_a_running_worker_logs_the_outage_reconnects_and_goes_on(restartab
             await wait_for(lambda: len(read_runs(runs)) == 2, 20)
         assert read_runs(runs) == [(first, 1), (second, 1)]
         output = log.read_text()
-        assert output.count(f"Lost the connection to Redis at 127.0.0.1:{PORT}: ") == 1, output
-        assert output.count(f"Connection to Redis at 127.0.0.1:{PORT} is back after ") == 1, output
+        assert output.count(f"Lost the connection to Redis at 127.0.0.1:{restartable_redis.port}: ") == 1, output
+        assert output.count(f"Connection to Redis at 127.0.0.1:{restartable_redis.port} is back after ") == 1, output
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 15) == 0
     finally:

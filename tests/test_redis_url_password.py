@@ -2,7 +2,6 @@
 it connects, and no error line, log line or --help text shows it (SPEC 8)."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 import redis
@@ -11,14 +10,9 @@ from bootstrap.app import create_app
 from core.config import load_config
 from tests.conftest import run_cli
 from tests.redis_server import LocalRedis
+from tests.servers import free_port
 
 PASSWORDS = ["p#ss/w?rd-Secret1", "a@b/c@d-Secret2", "50% off /x?y#z-Secret3", " spaced out@host:1/-Secret4"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def leaked(text: str, password: str) -> bool:
@@ -28,7 +22,7 @@ def leaked(text: str, password: str) -> bool:
 
 @pytest.fixture(scope="module")
 def private_redis():
-    server = LocalRedis(free_port()).start()
+    server = LocalRedis().start()
     yield server
     server.cleanup()
 

@@ -26,7 +26,7 @@ from core.router import Router
 from tests.conftest import ROOT, run_cli
 from tests.mqtt_support import mqtt_config, publish, running_app, topic_prefix
 from tests.redis_server import LocalRedis
-from tests.servers import MQTT, MYSQL, require
+from tests.servers import MQTT, MYSQL, free_port, require
 
 SECRETS = {
     "DB_PASSWORD": f"dbpw-{secrets.token_hex(6)}",
@@ -48,12 +48,6 @@ def assert_no_secret(*texts: str) -> None:
     for name, value in SECRETS.items():
         middle = value[len(value) // 2 - 4:len(value) // 2 + 4]
         assert value not in text and middle not in text, f"{name} leaked"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -131,7 +125,7 @@ def test_wrong_or_unreachable_mysql(mysql_env):
 def locked_redis():
     """A private redis-server whose password is REDIS_PASSWORD."""
     shutil.which("redis-server") or pytest.skip("redis-server is not installed")
-    server = LocalRedis(free_port(), "--requirepass", SECRETS["REDIS_PASSWORD"]).start()
+    server = LocalRedis("--requirepass", SECRETS["REDIS_PASSWORD"]).start()
     yield server
     server.cleanup()
 

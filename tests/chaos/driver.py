@@ -56,7 +56,6 @@ DISPATCH_SHARE = 0.8      # jobs are dispatched over most of the chaos phase, so
 BATCH_EVERY = 2.0         # seconds between dispatch batches
 BLOCKER_TIMEOUT = 2.0     # a blocker's own timeout: well below the visibility timeout the chaos runs use
 RACER_SPAN = (0.1, 0.7)   # queue:retry and queue:clear at random moments in this share of the chaos phase
-START_QUIET = 3.0         # no proxy cut within this many seconds of a worker's start (it would not start)
 
 
 @dataclass(frozen=True)
@@ -125,12 +124,10 @@ class Workers:
         self.kills: list[Kill] = []
         self.problems: list[str] = []
         self.started = 0
-        self.last_start = 0.0         # time.monotonic() of the latest start
         self.owed = 0                 # killed workers not replaced yet (their store was cut)
 
     def start(self) -> subprocess.Popen:
         self.started += 1
-        self.last_start = time.monotonic()
         path = self.workdir / f"worker-{self.started:03d}.log"
         with open(path, "w") as out:
             proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
@@ -152,6 +149,11 @@ class Workers:
         else:
             self.owed += 1
 
+    def starting(self) -> bool:
+        """Whether a worker is still starting: connecting to its store, before it handles SIGTERM.
+        Asked of the process, not of the clock: on a loaded machine a start takes seconds."""
+        return not all(handles_sigterm(p) for p in self.procs)
+
     def start_owed(self) -> None:
         while self.owed:
             self.owed -= 1
@@ -168,7 +170,7 @@ class Workers:
         """SIGTERM, as a supervisor stops workers: each finishes its jobs and exits 0."""
         # A replacement started a moment ago may still be importing, before it handles signals.
         until = time.monotonic() + 30
-        while time.monotonic() < until and not all(handles_sigterm(p) for p in self.procs):
+        while time.monotonic() < until and self.starting():
             await asyncio.sleep(0.1)
         for proc in self.procs:
             proc.send_signal(signal.SIGTERM)
@@ -274,7 +276,7 @@ class Faults:
             # and those killed during it are replaced once the store is back (as a supervisor would).
             self.cutting, turn = True, turn + 1
             try:
-                while time.monotonic() - workers.last_start < START_QUIET and not stop.is_set():
+                while workers.starting() and not stop.is_set():
                     await asyncio.sleep(0.2)
                 if stop.is_set():
                     return

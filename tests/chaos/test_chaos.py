@@ -17,7 +17,8 @@ from tests.chaos.driver import ChaosPlan, evidence, run_chaos
 # blocker's 2 s timeout stays well below it.
 VISIBILITY_TIMEOUT = 4
 
-pytestmark = pytest.mark.slow
+# Four workers and a driver each: under pytest-xdist one worker runs the stores one after the other.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 
 @pytest.fixture(params=["sqlite", "mysql", "redis"])

@@ -15,19 +15,13 @@ loop is pytest's) and subprocesses alike, and a client that blocks its loop cann
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Coroutine
 from typing import Any
 
+from tests.servers import free_port
+
 UP, CUT, BLACKHOLE, LOSE_REPLIES = "up", "cut", "blackhole", "lose replies"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:

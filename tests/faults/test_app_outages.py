@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from bootstrap.app import create_app
-from tests.mqtt_support import AppProcess, publish
+from tests.mqtt_support import APP_ROUTES, AppProcess, publish
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +27,7 @@ async def wait_count(app: AppProcess, text: str, count: int, timeout: float = 15
         app.lines.append(line.rstrip("\n"))
 
 
+@APP_ROUTES
 async def test_run_rides_out_a_broker_cut_and_a_queue_outage(mqtt_proxy, redis_proxy, monkeypatch):
     monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "1")
     device = f"dev-{uuid.uuid4().hex[:8]}"
@@ -55,7 +56,7 @@ async def test_run_rides_out_a_broker_cut_and_a_queue_outage(mqtt_proxy, redis_p
     finally:
         app.kill()
     out = app.output
-    [failed] = [line for line in app.lines if "Handler failed on" in line]
+    [failed] = [line for line in app.lines if f"Handler failed on topic {topic}" in line]
     assert "QueueConnectionError: Cannot dispatch ProcessDataJob [" in failed, failed
     assert f"Redis at 127.0.0.1:{redis_proxy.port} is unreachable (" in failed, failed
     assert out.count("MQTT connection lost") == 1, out

@@ -55,16 +55,15 @@ def test_forwards_cuts_blackholes_and_restores():
         assert proxy.accepted == 5
 
 
-def test_lost_replies_still_reach_the_server():
-    require(REDIS)
+def test_lost_replies_still_reach_the_server(redis_env):
     import redis
 
     key = f"proxy-test-{time.monotonic_ns()}"
-    direct = redis.Redis(*REDIS)
+    direct = redis.Redis(*REDIS, db=redis_env)
     with FaultProxy(REDIS[1]) as proxy:
         proxy.lose_replies()
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5) as s:
-            s.sendall(f"SET {key} 1 EX 60\r\n".encode())
+            s.sendall(f"SELECT {redis_env}\r\nSET {key} 1 EX 60\r\n".encode())
             with pytest.raises(TimeoutError):
                 s.recv(64)
     try:

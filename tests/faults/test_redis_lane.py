@@ -13,7 +13,7 @@ import redis
 from redis import exceptions as redis_errors
 
 from bootstrap.app import create_app
-from tests.servers import REDIS
+from tests.redis_server import LocalRedis
 
 # Keeps the server busy for ARGV[1] seconds (a script blocks every other client meanwhile).
 STALL = """
@@ -27,18 +27,30 @@ def raw() -> str:
     return json.dumps({"uuid": str(uuid.uuid4()), "job": "x.Y"})
 
 
+@pytest.fixture(scope="module")
+def private_redis():
+    """A server of this module's own: the tests stall it, kill its clients and flush its scripts,
+    which on the shared server would hit every other test process (and anything else) using it."""
+    server = LocalRedis().start()
+    yield server
+    server.cleanup()
+
+
 @pytest.fixture
-async def queue(redis_env, monkeypatch):
+def server(private_redis):
+    """A plain client of the private server, emptied for this test, beside the queue's."""
+    with redis.Redis(port=private_redis.port) as client:
+        client.flushall()
+        yield client
+
+
+@pytest.fixture
+async def queue(server, private_redis, monkeypatch):
     monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+    monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
+    monkeypatch.setenv("REDIS_PORT", str(private_redis.port))
     async with create_app() as app:
         yield await app.queue.connection()
-
-
-@pytest.fixture
-def server(redis_env):
-    """A plain client of the same db, beside the queue's."""
-    with redis.Redis(*REDIS, db=redis_env) as client:
-        yield client
 
 
 async def pending(q, queue: str) -> int:
