@@ -96,14 +96,17 @@ class Settler:
                  " [reservation lost]" if held is False else "")
 
     async def _release(self, attempt: Attempt, delay: float, reason: str) -> None:
-        held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
+        # free: a release is not a failed try (SPEC 9); the release count goes up in the same step
+        held = await self._store(attempt.label, "release",
+                                 lambda: self.conn.release(attempt.reserved, delay, free=True))
         log.info("RELEASE %s %s (%s) again in %gs%s", attempt.label, _took(attempt.started), reason, delay,
                  " [reservation lost]" if held is False else "")
 
     async def _delete(self, attempt: Attempt, reason: str) -> None:
+        """Acknowledged without success (state skipped): reason "skipped" (delete(), Skip) or "expired"."""
         held = await self._store(attempt.label, "delete", lambda: self.conn.acknowledge(attempt.reserved))
         if held is not None:
-            log.info("DELETE  %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
+            log.info("SKIP    %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
                      " [reservation lost]" if held is False else "")
 
     async def _fail(self, attempt: Attempt, exc: BaseException) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.job import Job, intend
-from core.queue.middleware import checks
+import core.queue.middleware.checks as checks
 from core.queue.middleware.context import current_attempt
 
 

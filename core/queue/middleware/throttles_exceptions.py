@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from core.job import Job, intend, intent_of
-from core.queue.middleware import checks
+import core.queue.middleware.checks as checks
 from core.queue.middleware.context import current_attempt
 
 log = logging.getLogger("worker")

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from core.job import Job, intend
-from core.queue.middleware import checks
+import core.queue.middleware.checks as checks
 from core.queue.middleware.context import current_attempt
 
 log = logging.getLogger("worker")
