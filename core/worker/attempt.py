@@ -1,21 +1,29 @@
-"""One attempt at a reserved job: decode its payload, resolve its class, check it may run, run
-handle() under its timeout, and say how it ended (an Outcome). It stores nothing: settle.py does."""
+"""One attempt at a reserved job: decode its payload, resolve its class, check it may run (limits.py),
+run its middleware pipeline and handle() under its timeout, and say how it ended (an Outcome): what
+the job or a middleware intended (release, delete, fail), else done, or a failed try. It stores
+nothing: settle.py does."""
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import pkgutil
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.job import Job, resolve_job_class
+from core.job import Intent, Job, intent_of, resolve_job_class
 from core.log import one_line
-from core.payload import Payload
-from core.queue.contract import ReservedJob
+from core.options import exception_matches
+from core.payload import Payload, restore_middleware
+from core.pipeline import run_pipeline
+from core.queue.contract import QueueConnection, ReservedJob
+from core.queue.middleware.context import AttemptContext, attempt_context
+from core.worker.limits import Tries, refusal, tries
 from core.worker.options import WorkerOptions
-from core.worker.outcome import Done, Fail, Outcome, Retry, first_line
+from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, first_line
 from core.worker.timeouts import JobInterrupted, LongTimeouts, Timeouts
 
 if TYPE_CHECKING:
@@ -52,25 +60,40 @@ class Attempt:
     payload: Payload | None = None
     max_tries: int = 0
     timeout: float = 0
+    tries: Tries | None = None     # failed tries used and allowed (limits.py)
+    middleware: tuple[Any, ...] = ()   # the chain around handle(): configured, job.middleware(), .through()
 
 
 async def invoke(job: Job) -> object:
-    """The one call of a job's handle(). The job middleware pipeline will wrap this function."""
+    """The one call of a job's handle(), at the end of its middleware pipeline."""
     return await job.run_handle()
 
 
 class Attempts:
-    """Turns a reserved job into an Attempt and runs it."""
+    """Turns a reserved job into an Attempt and runs it.
+
+    Each attempt runs in an AttemptContext (the middleware's view of the store and reservation);
+    the contexts whose code is still running are kept here, so the heartbeat renews their locks
+    (`held_locks`, from its thread) until that code has really ended, even left behind.
+    """
 
     def __init__(self, config: "Config", options: WorkerOptions, timeouts: Timeouts,
                  long_timeouts: LongTimeouts) -> None:
         self.key = config.app.key
         self.max_payload = config.queue.max_payload_bytes
         self.packages = config.app.job_packages
+        self.configured = tuple(config.queue.middleware)     # config/queue.py, around every job
+        self.visibility_timeout = config.queue.visibility_timeout
         self.options = options
         self.timeouts = timeouts
         self.long_timeouts = long_timeouts
+        self.conn: QueueConnection | None = None            # set by the worker once it is open (bind)
         self._classes: dict[str, type[Job]] = {}    # class paths already checked and imported
+        self._contexts: dict[int, AttemptContext] = {}    # by id(): contexts are not hashable
+        self._contexts_lock = threading.Lock()      # the heartbeat's thread reads them
+
+    def bind(self, conn: QueueConnection) -> None:
+        self.conn = conn
 
     def begin(self, reserved: ReservedJob, slot: int) -> tuple[Attempt, Outcome | None]:
         """The attempt, and its outcome already when handle() must not run (None: run it)."""
@@ -78,48 +101,122 @@ class Attempts:
         try:
             payload = Payload.decode(reserved.payload, self.key, self.max_payload)
             job = self._job_class(payload.job).from_payload(payload, reserved.attempts)
+            through = tuple(restore_middleware(payload, self.packages))
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             return Attempt(reserved, slot, started, f"job {one_line(reserved.id)} on {reserved.queue}"), Fail(exc)
         o = self.options
+        max_tries = payload.max_tries if o.tries is None else o.tries
         attempt = Attempt(reserved, slot, started, f"{payload.display_name} [{payload.uuid}]", job, payload,
-                          payload.max_tries if o.tries is None else o.tries,
-                          payload.timeout if o.timeout is None else o.timeout)
+                          max_tries, payload.timeout if o.timeout is None else o.timeout,
+                          tries(reserved, payload, max_tries), through)
         self.long_timeouts.check(payload.job, attempt.timeout)
         return attempt, self._refusal(attempt, payload)
 
     async def run(self, attempt: Attempt, settle: Callable[[Attempt, Outcome], Coroutine[Any, Any, None]]) -> Outcome:
-        """Run handle() under the attempt's timeout. If the code ignores cancellation, the attempt's
-        outcome goes to `settle` from a task of its own, and this call raises CancelledError."""
+        """Run the pipeline and handle() under the attempt's timeout. If the code ignores cancellation,
+        the attempt's outcome goes to `settle` from a task of its own, and this call raises CancelledError."""
         label, timeout = attempt.label, attempt.timeout
-        log.info("RUNNING %s attempt %d/%d", label, attempt.reserved.attempts, attempt.max_tries)
-        try:
-            result = await self.timeouts.run_limited(
-                lambda: invoke(attempt.job),   # type: ignore[arg-type]
-                timeout, f"{label} exceeded its timeout of {timeout:g}s", label, attempt.slot,
-                lambda exc: settle(attempt, self.outcome_of(attempt, exc)))
-        except Exception as exc:
-            return self.outcome_of(attempt, exc)
-        return Done(result)
+        log.info("RUNNING %s %s", label, attempt.tries.describe(attempt.reserved))   # type: ignore[union-attr]
+        with attempt_context(self.conn, attempt.reserved, self.visibility_timeout) as context:  # type: ignore[arg-type]
+            self._keep(context, True)
+            try:
+                result = await self.timeouts.run_limited(
+                    lambda: self._pipeline(attempt), timeout, f"{label} exceeded its timeout of {timeout:g}s", label,
+                    attempt.slot, lambda exc: settle(attempt, self.outcome_of(attempt, exc)))
+            except Exception as exc:
+                return self.outcome_of(attempt, exc)
+            finally:     # the job's code has ended (here, or long after its attempt if it was left behind)
+                await asyncio.shield(self._end(context))
+        return self.finished(attempt, result)
 
-    def outcome_of(self, attempt: Attempt, exc: Exception) -> Retry | Fail:
-        """An attempt that raised, timed out or was interrupted: a retry while tries are left."""
+    async def _pipeline(self, attempt: Attempt) -> object:
+        job: Job = attempt.job      # type: ignore[assignment]
+        own = job.middleware()
+        if not isinstance(own, (list, tuple)):
+            raise TypeError(f"{type(job).__name__}.middleware() must return a list, got {type(own).__name__}")
+        return await run_pipeline([*self.configured, *own, *attempt.middleware], job, invoke)
+
+    # -- how the attempt ended ----------------------------------------------------------------
+
+    def finished(self, attempt: Attempt, result: object) -> Outcome:
+        """The pipeline returned: what the job or a middleware intended, else done."""
+        intent = intent_of(attempt.job)     # type: ignore[arg-type]
+        if intent is None:
+            return Done(result)
+        if intent.kind == "release":
+            return Release(intent.delay, "release" if intent.by == "job" else "middleware")
+        if intent.kind == "delete":
+            return Delete("skipped")
+        if intent.kind == "fail":
+            return Fail(intent.exception)   # type: ignore[arg-type]
+        exc = intent.exception or RuntimeError(f"a middleware of {attempt.label} asked for a retry")
+        return self._failed_try(attempt, exc, intent.delay)   # type: ignore[arg-type]
+
+    def outcome_of(self, attempt: Attempt, exc: Exception) -> Retry | Fail | Delete:
+        """An attempt that raised, timed out or was interrupted. A fail() or delete() recorded before
+        stands; an exception `dont_retry` names fails at once; else a failed try, retried while tries
+        are left (after a release() or a middleware's backoff: after that delay)."""
         if isinstance(exc, JobInterrupted):     # cut short by Ctrl-C twice: back on the queue at once
             return Retry(0, exc)
-        if attempt.reserved.attempts < attempt.max_tries:
-            return Retry(attempt.payload.retry_delay(attempt.reserved.attempts), exc)   # type: ignore[union-attr]
-        return Fail(exc)
+        intent: Intent | None = intent_of(attempt.job) if attempt.job is not None else None
+        if intent is not None and intent.kind == "fail":
+            return Fail(intent.exception)   # type: ignore[arg-type]
+        if intent is not None and intent.kind == "delete":
+            return Delete("skipped")
+        if exception_matches(exc, attempt.payload.dont_retry):   # type: ignore[union-attr]
+            return Fail(exc)
+        return self._failed_try(attempt, exc, None if intent is None else intent.delay)
 
-    def _refusal(self, attempt: Attempt, payload: Payload) -> Fail | None:
-        """A job handle() must not run for again: one a worker began failing, or one past its tries."""
-        reserved = attempt.reserved
+    def _failed_try(self, attempt: Attempt, exc: Exception, delay: float | None) -> Retry | Fail:
+        tried = attempt.tries
+        if tried is None or not tried.left:
+            return Fail(exc)
+        if delay is None:      # the n-th failed try is followed by the n-th delay, whatever the releases
+            delay = attempt.payload.retry_delay(tried.used)   # type: ignore[union-attr]
+        return Retry(delay, exc)
+
+    def _refusal(self, attempt: Attempt, payload: Payload) -> Fail | Delete | None:
+        """A job handle() must not run for again: one a worker began failing, one past its tries
+        (its last attempt never finished), or one its limits rule out (limits.refusal)."""
+        reserved, tried = attempt.reserved, attempt.tries
         if reserved.failing is not None:     # a worker began failing it: finish that, never run it again
             return Fail(RecordedFailure(reserved.failing))
-        if reserved.attempts > attempt.max_tries:
+        if tried is not None and tried.over:
             return Fail(MaxAttemptsExceededError(
-                f"{payload.display_name} ({payload.uuid}) reached attempt {reserved.attempts} of "
-                f"{attempt.max_tries}: its last attempt never finished (a worker died or was stopped while "
-                f"running it, or the reservation never reached a worker); it was not run again"))
-        return None
+                f"{payload.display_name} ({payload.uuid}) reached try {tried.used} of {tried.limit} (attempt "
+                f"{reserved.attempts}, {reserved.releases} releases): its last attempt never finished (a worker "
+                f"died or was stopped while running it, or the reservation never reached a worker); it was not "
+                f"run again"))
+        return refusal(reserved, payload)
+
+    # -- the contexts of running code, and their locks ----------------------------------------
+
+    def _keep(self, context: AttemptContext, running: bool) -> None:
+        with self._contexts_lock:
+            if running:
+                self._contexts[id(context)] = context
+            else:
+                self._contexts.pop(id(context), None)
+
+    async def _end(self, context: AttemptContext) -> None:
+        """The attempt's code has ended: free what locks it still holds, and stop renewing them."""
+        try:
+            await context.release_locks()
+        finally:
+            self._keep(context, False)
+
+    def held_locks(self) -> list[tuple[str, str]]:
+        """(key, owner) of every lock running job code holds, for the heartbeat to renew; any thread."""
+        with self._contexts_lock:
+            contexts = list(self._contexts.values())
+        return [lock for context in contexts for lock in context.held_locks()]
+
+    async def release_all(self) -> None:
+        """The worker exits: free the locks of code still left behind (it ends with the process)."""
+        with self._contexts_lock:
+            contexts = list(self._contexts.values())
+        for context in contexts:
+            await self._end(context)
 
     def _job_class(self, path: str) -> type[Job]:
         cls = self._classes.get(path)

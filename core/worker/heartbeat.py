@@ -1,4 +1,9 @@
-"""Heartbeat: renews the reservations a worker holds, from a thread with its own event loop and store connection.
+"""Heartbeat: renews the reservations a worker holds, and the locks its job code holds (WithoutOverlapping),
+from a thread with its own event loop and store connection.
+
+Locks are renewed in the same beat as the reservations and for as long (a visibility timeout), so a
+killed worker's lock lapses with its reservation; a lock is renewed while its code runs, even code
+left behind by the watchdog whose reservation is gone.
 
 On the worker's loop, renewals waited for job code that blocks the loop: jobs reserved in one call
 that each block within their own timeout run one after another in one pass of the loop (four of
@@ -39,15 +44,20 @@ def heartbeat_interval(visibility_timeout: float) -> float:
 class Heartbeat:
     """Every `interval` from the start of the last renewal, extends the reservations `held()` returns.
 
-    `held` is called from the heartbeat's thread: it must copy what the worker's loop changes under a lock.
+    `held` and `locks` (the (key, owner) locks to renew for `lock_ttl` seconds) are called from the
+    heartbeat's thread: they must copy what the worker's loop changes under a lock.
     """
 
     def __init__(self, app: "Application", connection: str | None, interval: float,
-                 held: Callable[[], Sequence[ReservedJob]], outage: OutageLog, secrets: list[str]) -> None:
+                 held: Callable[[], Sequence[ReservedJob]], outage: OutageLog, secrets: list[str],
+                 locks: Callable[[], Sequence[tuple[str, str]]] = list, lock_ttl: float = 0) -> None:
         self.app = app
         self.connection = connection
         self.interval = interval
         self.held = held
+        self.locks = locks
+        self.lock_ttl = lock_ttl
+        self._lost: set[tuple[str, str]] = set()        # locks already reported as no longer held
         self.outage = outage
         self.secrets = secrets
         self._stop = threading.Event()
@@ -91,9 +101,9 @@ class Heartbeat:
             await self._open(manager)
             while not self._stop.is_set():
                 began = time.monotonic()
-                held = self.held()
-                if held:
-                    await self._renew(manager, held)
+                held, locks = self.held(), self.locks()
+                if held or locks:
+                    await self._renew(manager, held, locks)
                 await self._pause(max(0.0, began + self.interval - time.monotonic()))
         finally:
             with self._lock:
@@ -112,14 +122,28 @@ class Heartbeat:
             self._report(exc, "open a connection for renewals")
             return None
 
-    async def _renew(self, manager: QueueManager, held: Sequence[ReservedJob]) -> None:
+    async def _renew(self, manager: QueueManager, held: Sequence[ReservedJob],
+                     locks: Sequence[tuple[str, str]]) -> None:
         conn = await self._open(manager)
         if conn is None:
             return
         try:
-            await conn.extend(held)
+            if held:
+                await conn.extend(held)
+            if locks:
+                self._note_lost(locks, await conn.state.lock_renew(locks, self.lock_ttl))
         except Exception as exc:
-            self._report(exc, "extend reservations")
+            self._report(exc, "extend reservations and locks")
+
+    def _note_lost(self, locks: Sequence[tuple[str, str]], renewed: Sequence[bool]) -> None:
+        """A lock that lapsed while its code still runs (renewals were held up past its ttl): once each.
+        One freed since `locks` was read is not held any more either: only those still held count."""
+        still = set(self.locks()) if not all(renewed) else set()
+        for lock, kept in zip(locks, renewed):
+            if not kept and lock in still and lock not in self._lost:
+                self._lost.add(lock)
+                log.warning("Lock %s lapsed while its job was still running (owner %s); another job may take it",
+                            lock[0], lock[1])
 
     def _report(self, exc: Exception, action: str) -> None:
         if not self.outage.failed(exc):     # an outage is one line (the worker's loop reports its end)

@@ -102,12 +102,14 @@ class Worker:
         self._events = WorkerEvents(conn.name, self.secrets)
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
                                 self.visibility_timeout, self._events)
+        self.attempts.bind(conn)
         self._handle_signals(True)
         self._warn_long_timeouts()
         self.timeouts.start()
         self._started = time.monotonic()
         heartbeat = Heartbeat(self.app, self.options.connection, heartbeat_interval(self.visibility_timeout),
-                              self._held, self._outage, self.secrets)
+                              self._held, self._outage, self.secrets, self.attempts.held_locks,
+                              self.visibility_timeout)
         heartbeat.start()
         log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
@@ -119,6 +121,7 @@ class Worker:
             await self._wind_down()
         finally:
             await heartbeat.stop()      # after the last acknowledgement: it renews jobs waiting for theirs
+            await self.attempts.release_all()   # locks of code still left behind: it ends with the process
             self.timeouts.stop()
             self._handle_signals(False)
             await self._events.stopping(self.options.queues, self.stop_reason or "done", self.exit_code)

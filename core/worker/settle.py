@@ -102,16 +102,19 @@ class Settler:
             self.events.released(attempt, delay, "exception", exc)
 
     async def _release(self, attempt: Attempt, delay: float, reason: str) -> None:
-        held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
+        # free: a release is not a failed try (SPEC 9); the release count goes up in the same step
+        held = await self._store(attempt.label, "release",
+                                 lambda: self.conn.release(attempt.reserved, delay, free=True))
         log.info("RELEASE %s %s (%s) again in %gs%s", attempt.label, _took(attempt.started), reason, delay,
                  " [reservation lost]" if held is False else "")
         if held:
             self.events.released(attempt, delay, reason)
 
     async def _delete(self, attempt: Attempt, reason: str) -> None:
+        """Acknowledged without success (state skipped): reason "skipped" (delete(), Skip) or "expired"."""
         held = await self._store(attempt.label, "delete", lambda: self.conn.acknowledge(attempt.reserved))
         if held is not None:
-            log.info("DELETE  %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
+            log.info("SKIP    %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
                      " [reservation lost]" if held is False else "")
         if held:
             self.events.deleted(attempt, reason)
