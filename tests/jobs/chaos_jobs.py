@@ -27,13 +27,17 @@ class PlannedFailure(Exception):
     """The failure a job was dispatched to have on its early attempts."""
 
 
-def chaos_middleware() -> list:
-    """CHAOS MIDDLEWARE HOOK: the middleware every chaos job runs through (ChaosJob.middleware()).
+class PassThrough:
+    """A job middleware that only passes the job on: every chaos job runs through a pipeline, so the
+    judge covers the worker's middleware path (the attempt context, intents, outcomes) too."""
 
-    Empty until SPEC 9's worker wiring (the middleware pipeline around handle()) is on main; then
-    return a pass-through middleware here (`async def __call__(self, job, next): return await
-    next(job)`) so the chaos judge also covers jobs run through a pipeline."""
-    return []
+    async def __call__(self, job: Job, next):      # noqa: A002 - the middleware contract's name
+        return await next(job)
+
+
+def chaos_middleware() -> list:
+    """The middleware every chaos job runs through (ChaosJob.middleware())."""
+    return [PassThrough()]
 
 
 class ChaosJob(Job):
