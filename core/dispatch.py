@@ -305,13 +305,10 @@ async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], dela
 
 async def run_now(job: Job, payload: Payload | None = None) -> Any:
     """Run a job in this process: serialized and restored as a worker would (from `payload` when it
-    was already made), failed() on error."""
+    was already made), through its middleware, failed() on error (core.queue.sync.run_inline)."""
+    from core.queue.sync import run_inline
+
     if payload is None:
         payload = job.to_payload()
         job.dispatched_as(payload)
-    instance = type(job).from_payload(payload, attempts=1)
-    try:
-        return await instance.run_handle()
-    except Exception as exc:
-        await instance.run_failed(exc)
-        raise
+    return await run_inline(type(job).from_payload(payload, attempts=1), payload)
