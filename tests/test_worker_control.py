@@ -41,7 +41,9 @@ async def test_retry_until_retries_past_max_tries_then_fails_unrun_and_queue_ret
         # failure is retried 5 s later, past retry_until=4: that reservation fails it without running.
         handles = handles_of(log, job_id)
         assert [e["attempts"] for e in handles] == [1, 2], store.worker_logs()
-        assert len(log_lines(store, "RETRY", job_id)) == 2 and len(log_lines(store, "RUNNING", job_id)) == 2
+        assert len(log_lines(store, "RETRY", job_id)) == 2
+        assert [line.split("] ", 1)[1] for line in log_lines(store, "RUNNING", job_id)] == [
+            "attempt 1 (try 1 until retry_until, 0 releases)", "attempt 2 (try 2 until retry_until, 0 releases)"]
         [failure] = failures_of(log, job_id)
         assert failure.startswith("RetryDeadlinePassed: DeadlineJob ") and "retry_until of 4s" in failure
         row = (await failed_rows(store))[job_id]

@@ -50,7 +50,7 @@ class Tries:
         """`attempt 3/3`, or with releases or a deadline `attempt 7 (try 2/3, 5 releases)`."""
         if reserved.releases == 0 and self.limit is not None:
             return f"attempt {reserved.attempts}/{self.limit}"
-        limit = "until retry_until" if self.limit is None else f"/{self.limit}"
+        limit = " until retry_until" if self.limit is None else f"/{self.limit}"
         return f"attempt {reserved.attempts} (try {self.used}{limit}, {reserved.releases} releases)"
 
 
