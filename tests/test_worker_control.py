@@ -74,7 +74,8 @@ async def test_max_exceptions_fails_a_job_with_retry_until_after_that_many_faile
     assert len(log_lines(store, "RELEASE", job_id)) == 1 and len(log_lines(store, "RETRY", job_id)) == 2
     assert failures_of(log, job_id) == ["RuntimeError: exceptions job fails (attempt 4)"]
     rows = await failed_rows(store)
-    assert list(rows) == [job_id] and rows[job_id].exception.startswith("RuntimeError: exceptions job fails (attempt 4)")
+    assert list(rows) == [job_id]
+    assert rows[job_id].exception.startswith("RuntimeError: exceptions job fails (attempt 4)")
     assert await empty(store)
 
 
@@ -104,7 +105,8 @@ async def test_throttles_exceptions_holds_a_class_back_after_max_exceptions_unti
     opened = max(handles_of(log, job_id)[0]["at"] for job_id in first)    # the circuit opened after this
     [ran] = handles_of(log, held)
     assert ran["releases"] >= 1 and ran["at"] >= opened + decay - EPSILON, store.worker_logs()
-    assert log_lines(store, "RELEASE", held) and all("(middleware)" in line for line in log_lines(store, "RELEASE", held))
+    releases = log_lines(store, "RELEASE", held)
+    assert releases and all("(middleware)" in line for line in releases)
     assert not log_lines(store, "RETRY", held) and not log_lines(store, "FAIL", held)   # releases, not tries
     assert handles_of(log, other)[0]["releases"] == 0 and not log_lines(store, "RELEASE", other)
     assert handles_of(log, after)[0]["releases"] == 0 and not log_lines(store, "RELEASE", after)
@@ -144,7 +146,8 @@ async def test_an_exception_after_release_is_a_failed_try_retried_after_the_rele
     # max_tries=2: a RETRY (not a RELEASE) after release()'s 2 s, then a success.
     first, second = handles_of(log, retried)
     [retry] = log_lines(store, "RETRY", retried)
-    assert retry.endswith(f"retry in {ReleaseThenRaiseJob.DELAY}s") and "(RuntimeError: raised after release())" in retry
+    assert retry.endswith(f"retry in {ReleaseThenRaiseJob.DELAY}s")
+    assert "(RuntimeError: raised after release())" in retry
     assert not log_lines(store, "RELEASE", retried) and second["releases"] == 0
     assert second["at"] >= first["at"] + ReleaseThenRaiseJob.DELAY - EPSILON
     assert log_lines(store, "DONE", retried)
