@@ -33,9 +33,11 @@ def failures_of(log, job_id: str) -> list[str]:
 async def test_retry_until_retries_past_max_tries_then_fails_unrun_and_queue_retry_restarts_the_clock(store,
                                                                                                       tmp_path):
     log = tmp_path / "events"
-    job_id = await DeadlineJob.dispatch(log=str(log))
     worker = store.start_worker("--sleep", "0.05")
     try:
+        # Dispatched once the worker is up, so the 4 s deadline is not spent on its start-up.
+        await until(lambda: "Worker started" in store.worker_logs(), 30, "the worker to start", store)
+        job_id = await DeadlineJob.dispatch(log=str(log))
         await until(lambda: log_lines(store, "FAIL", job_id), 60, "the job to fail", store)
         # Tried twice with max_tries=1: the deadline, not max_tries, bounds the tries. The second
         # failure is retried 5 s later, past retry_until=4: that reservation fails it without running.
