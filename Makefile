@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test venv env bench soak clean
+.PHONY: run test venv env bench bench-events soak clean
 
 # A venv whose requirements are re-installed only when requirements.txt changes.
 $(STAMP): requirements.txt
@@ -44,6 +44,10 @@ bench/.venv/%/.installed: bench/requirements/%.txt
 # BENCH_N=2000 make bench for a quick run; BENCH_ONLY=ours,taskiq runs only the targets named.
 bench: venv $(PEERS:%=bench/.venv/%/.installed)
 	$(PY) bench/run.py
+
+# What SPEC 10's events cost a worker: emit calls compiled out, shipped with no listener, one listener.
+bench-events: venv
+	$(PY) bench/events.py
 
 # Workers SIGKILLed at random while they run jobs, on SQLite, MySQL and Redis: nothing may be lost.
 # The chaos test, longer: SOAK_JOBS, SOAK_SECONDS, SOAK_WORKERS, ... (README, "Chaos").
