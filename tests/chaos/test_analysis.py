@@ -151,6 +151,30 @@ def test_a_failed_row_for_a_job_whose_last_run_succeeded_is_stale():
     assert (killed.outcome, killed.stale) == ("failed-after-kills", 0)
 
 
+def test_a_row_queue_retry_took_back_is_weighed_by_its_exception_like_a_row_left_at_the_end():
+    # Attempt 3 succeeded, its worker was killed before acknowledging it, so attempt 4 found the
+    # job out of tries and recorded that (SPEC 5: a killed worker's job comes back and counts the
+    # attempt); queue:retry then took that row back, and the job ran and succeeded.
+    flaky = replace(DOOMED, kind="flaky", fail_until=3)
+    runs = fails(1, 2) + [Run(3, 11, 102.5, 102.6, "ok"), Run(1, 13, 108.0, 108.1, "ok")]
+    calls = [FailedCall(4, 12, 107.0, "MaxAttemptsExceededError")]
+    killed = KillLog([Kill(11, 102.8, 102.9)])
+    exhausted = {107.5: f"{EXHAUSTED}: ChaosJob reached attempt 4 of 3"}
+    v = judge_job("job-0001", flaky, runs, calls, None, killed, VT, [107.5], exhausted)
+    assert (v.outcome, v.stale, v.extra_calls, v.problems) == ("succeeded", 0, 0, [])
+    # the same row, but the worker that ran attempt 3 lived on: its acknowledgement should have landed
+    v = judge_job("job-0001", flaky, runs, calls, None, KillLog([]), VT, [107.5], exhausted)
+    assert v.stale == 1 and "stale failed row" in v.problems[0]
+    # a planned failure taken back although attempt 3 succeeded is stale, killed or not
+    planned = {107.5: f"{PLANNED}: planned failure on attempt 3"}
+    assert judge_job("job-0001", flaky, runs, calls, None, killed, VT, [107.5], planned).stale == 1
+    # and analyze() passes the rows queue:retry reported on to the judge
+    retry = Retry(107.5, frozenset({"job-0001"}), {"job-0001": exhausted[107.5]})
+    report = analyze("mysql", {"job-0001": flaky}, {"job-0001": runs}, {}, [Kill(11, 102.8, 102.9)], 0, VT,
+                     {"job-0001": calls}, retries=[retry])
+    assert report.ok and report.stale_rows == 0, report.problems
+
+
 def test_failed_runs_once_per_failure_unless_a_kill_cut_the_first_call_short():
     row = f"{PLANNED}: planned failure on attempt 3"
     twice = [call(3, 11, 103.2), call(4, 12, 108.0)]
