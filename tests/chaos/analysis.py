@@ -289,6 +289,8 @@ def _final_outcome(v: Verdict, short: str, plan: PlannedJob, last: Run | None, f
                           f"{last.pid}) succeeded")
         return "stale"
     if failure == RETRIED:
+        if last is None and exception.startswith(EXHAUSTED):     # every try of it went to a killed worker
+            vanished(plan.max_tries, plan.dispatched_at, float("inf"), False)
         return "retried"
     if failure.startswith(PLANNED):
         if last is None or last.outcome != "fail" or last.attempt < plan.max_tries:
@@ -378,13 +380,16 @@ def judge_job(job_id: str, plan: PlannedJob, runs: list[Run], calls: list[Failed
             g_plan = replace(plan, fail_until=0, dispatched_at=began)
             total.retry_runs += 1 if g_runs else 0
         g_failure = failure if i == len(gens) - 1 else RETRIED
-        if began is not None and not g_runs and g_failure is not None:
+        row = (retried_rows or {}).get(ends[i]) if i < len(ends) else None
+        # Out of tries with no run since the retry: kills may have used them all (SPEC 5: a killed
+        # worker's reservation comes back and counts the attempt), as judge() weighs for a first generation.
+        out_of_tries = ((row or "") if g_failure == RETRIED else (g_failure or "")).startswith(EXHAUSTED)
+        if began is not None and not g_runs and g_failure is not None and not out_of_tries:
             v = Verdict(outcome="stale", stale=1, failed_calls=len(g_calls))
             v.problems.append(f"{job_id[:8]}: stale failed row: {'queue:retry found' if g_failure == RETRIED else 'left'}"
                               f" a failed_jobs row for it although it had not run since queue:retry took it back at "
                               f"{began:.2f} (the row was written again after the retry)")
         else:
-            row = (retried_rows or {}).get(ends[i]) if i < len(ends) else None
             v = judge(job_id, g_plan, g_runs, g_failure, kills, visibility_timeout, g_calls, row)
         for name in ("cut", "unacked", "vanished", "reruns", "unexplained", "failed_calls", "extra_calls", "stale"):
             setattr(total, name, getattr(total, name) + getattr(v, name))

@@ -131,6 +131,27 @@ def test_a_failed_row_written_again_after_queue_retry_took_it_back_is_stale():
     assert (twice.outcome, twice.stale) == ("missing", 1)
 
 
+def test_a_retried_job_whose_every_try_went_to_a_killed_worker_may_end_out_of_tries_without_a_run():
+    # Seen on SQLite: put back at 103.3, reserved three times by workers killed before they started
+    # it (their loops blocked), then found at attempt 4 of 3. Like a first generation with no run
+    # (SPEC 5: a killed worker's reservation comes back and counts the attempt), each try needs a kill
+    # and a visibility timeout.
+    calls = [call(3, 11, 103.2), FailedCall(4, 14, 116.0, "MaxAttemptsExceededError")]
+    exhausted = f"{EXHAUSTED}: ChaosJob reached attempt 4 of 3"
+    three = [Kill(12, 104.0, 104.1), Kill(13, 108.5, 108.6), Kill(15, 113.0, 113.1)]
+    kills = KillLog(three)
+    v = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, exhausted, kills, VT, [103.3])
+    assert (v.outcome, v.stale, v.problems) == ("failed-after-kills", 0, [])
+    unexplained = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, exhausted, KillLog(three[:1]), VT, [103.3])
+    assert any("without a run and without a kill" in p for p in unexplained.problems)
+    # the same for a generation a later queue:retry took back, by the row it took
+    rows = {103.3: f"{PLANNED}: planned failure on attempt 3", 117.0: exhausted}
+    v = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, None, kills, VT, [103.3, 117.0], rows)
+    assert (v.stale, v.problems) == (0, []), v.problems
+    unknown = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, None, kills, VT, [103.3, 117.0])
+    assert unknown.stale == 1 and "written again" in unknown.problems[0]
+
+
 def test_a_job_retried_while_its_worker_was_failing_it_and_never_seen_again_is_lost():
     calls = [call(3, 11, 103.2)]
     report = analyze("redis", {"a": DOOMED}, {"a": fails(1, 2, 3)}, {}, [], 0, VT, {"a": calls},
