@@ -516,7 +516,8 @@ def record(workdir: Path, planned: dict[str, PlannedJob], kills: list[Kill], ret
            clears: list[Clear]) -> None:
     """What the driver did, beside the jobs' own records (runs.log) and the worker logs, to read after a run."""
     data = {"planned": {job_id: vars(p) for job_id, p in planned.items()}, "kills": [vars(k) for k in kills],
-            "retries": [{"at": r.at, "uuids": sorted(r.uuids), "rows": r.rows} for r in retries], "clears": [vars(c) for c in clears]}
+            "retries": [{"at": r.at, "uuids": sorted(r.uuids), "rows": r.rows} for r in retries],
+            "clears": [vars(c) for c in clears]}
     (workdir / "chaos.json").write_text(json.dumps(data, indent=1))
 
 
