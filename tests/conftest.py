@@ -19,6 +19,22 @@ ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_P
             "MQTT_TLS", "MQTT_SHARED_GROUP", "MQTT_MAX_CONCURRENT", "MQTT_CONNECT_TIMEOUT")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep each xdist_group on one process (pytest.ini: --dist loadgroup). pytest-xdist 3.8 marks a
+    grouped test by appending "@group" to item._nodeid, which pytest 9 no longer reads (a node's id
+    is item._id): the groups were spread over the processes, the three chaos stores ran at once."""
+    if not getattr(config.option, "loadgroup", False):      # set in xdist's worker processes only
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                        for mark in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Every test starts from defaults with its own SQLite file, whatever .env holds."""

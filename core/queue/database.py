@@ -111,6 +111,8 @@ RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, availabl
 RELEASE_FREE = RELEASE_HELD.replace("SET ", "SET releases = releases + 1, ", 1)
 RELEASE_FREE_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET releases = releases + 1, ", 1)
 EXTEND_HELD = "UPDATE jobs SET reserved_at = {now}, available_at = {due} WHERE " + HELD
+# The held rows a renewal may change now: with SKIP LOCKED, those no other transaction holds.
+RENEWABLE = "SELECT id FROM jobs WHERE id IN "
 MARK_FAILING = ("UPDATE jobs SET failing = ?, failed_ran = ?, reserved_at = {now}, available_at = {due} "
                 "WHERE " + HELD)
 HELD_OF = "SELECT id, attempts, claim, uuid FROM jobs WHERE reserved_at IS NOT NULL AND id IN "
@@ -168,6 +170,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         self._due = DUE + dialect.skip_locked
         self._promoted_at: dict[tuple[str, ...], float] = {}
         self._lock_held = dialect.for_update
+        self._renewable = RENEWABLE + "{marks}" + dialect.skip_locked if dialect.skip_locked else ""
         # A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
         self._on_duplicate = dialect.ignore_duplicate("uuid")
         self._remember = REMEMBER + dialect.upsert("uuid", REMEMBER_AGAIN)
@@ -441,6 +444,15 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             await self.db.run_transaction(self._extend_steps(jobs))
 
     def _extend_steps(self, jobs: Sequence[ReservedJob]) -> Steps[None]:
+        """Renew each held row, skipping those another transaction has locked: on MySQL that is
+        mostly the worker's own acknowledgement, whose next statement waits while job code blocks
+        its loop. Waiting for that lock held up every other job's renewal (the heartbeat renews
+        them in this one transaction) until their reservations lapsed; the locked row is being
+        acknowledged or released, and no reserve can take it while it is locked."""
+        if self._renewable:
+            ids = [int(job.id) for job in jobs]
+            free = {row_id for (row_id,) in (yield fetch(self._renewable.replace("{marks}", marks(len(ids))), ids))}
+            jobs = [job for job in jobs if int(job.id) in free]
         for job in jobs:
             yield change(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
 

@@ -68,9 +68,11 @@ class Kill:
 
 @dataclass(frozen=True)
 class Retry:
-    """One queue:retry call: when it began, and the jobs it put back."""
+    """One queue:retry call: when it began, the jobs it put back, and the first line of the failed
+    row it took back for each (as queue:failed showed it; absent: not known)."""
     at: float
     uuids: frozenset[str]
+    rows: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -204,10 +206,11 @@ class KillLog:
 
 
 def judge(job_id: str, plan: PlannedJob, runs: list[Run], failure: str | None, kills: KillLog,
-          visibility_timeout: float, calls: list[FailedCall] | tuple = ()) -> Verdict:
+          visibility_timeout: float, calls: list[FailedCall] | tuple = (), row: str | None = None) -> Verdict:
     """One generation of a job's history against the rules: a run is repeated only after a kill,
     nothing is dropped, failed() runs once per failure. `failure` is the first line of its
-    failed_jobs row, RETRIED for a generation queue:retry took back, None when it has no row."""
+    failed_jobs row, RETRIED for a generation queue:retry took back (`row`: the first line of the
+    row it took, when known), None when it has no row."""
     v = Verdict()
     short = job_id[:8]
 
@@ -262,7 +265,8 @@ def judge(job_id: str, plan: PlannedJob, runs: list[Run], failure: str | None, k
     last = runs[-1] if runs else None
     if last is not None and last.end is None and killed_during(last) is None:
         v.problems.append(f"{short}: attempt {last.attempt} never finished, and its worker {last.pid} was not killed")
-    v.outcome = _final_outcome(v, short, plan, last, failure, kills, killed_during, vanished, visibility_timeout)
+    v.outcome = _final_outcome(v, short, plan, last, failure, kills, killed_during, vanished, visibility_timeout,
+                               row)
     v.requeue_candidate = (v.outcome == "succeeded" and last is not None and last.end is not None
                            and kills.killed_after(last.pid, last.end))
     _judge_failed_calls(v, short, runs, list(calls), failure, kills, FAILING_WINDOW * visibility_timeout)
@@ -270,12 +274,14 @@ def judge(job_id: str, plan: PlannedJob, runs: list[Run], failure: str | None, k
 
 
 def _final_outcome(v: Verdict, short: str, plan: PlannedJob, last: Run | None, failure: str | None,
-                   kills: KillLog, killed_during, vanished, visibility_timeout: float) -> str:
+                   kills: KillLog, killed_during, vanished, visibility_timeout: float, row: str | None = None) -> str:
     if failure is None:
         if last is not None and last.outcome == "ok":
             return "succeeded"
         return "missing"          # only queue:clear may account for it (analyze() counts)
-    if last is not None and last.outcome == "ok" and not (failure.startswith(EXHAUSTED) and killed_during(last)):
+    # The row's own words: for a generation queue:retry took back, the row it took (if known).
+    exception = row if failure == RETRIED and row else failure
+    if last is not None and last.outcome == "ok" and not (exception.startswith(EXHAUSTED) and killed_during(last)):
         # A row (or a retry of one) for a job whose last run succeeded, in a worker nobody killed.
         v.stale += 1
         what = "queue:retry took back a failed_jobs row" if failure == RETRIED else f"failed_jobs holds {failure!r}"
@@ -283,6 +289,8 @@ def _final_outcome(v: Verdict, short: str, plan: PlannedJob, last: Run | None, f
                           f"{last.pid}) succeeded")
         return "stale"
     if failure == RETRIED:
+        if last is None and exception.startswith(EXHAUSTED):     # every try of it went to a killed worker
+            vanished(plan.max_tries, plan.dispatched_at, float("inf"), False)
         return "retried"
     if failure.startswith(PLANNED):
         if last is None or last.outcome != "fail" or last.attempt < plan.max_tries:
@@ -357,10 +365,13 @@ def split_generations(runs: list[Run], calls: list[FailedCall], retried_at: list
 
 
 def judge_job(job_id: str, plan: PlannedJob, runs: list[Run], calls: list[FailedCall], failure: str | None,
-              kills: KillLog, visibility_timeout: float, retried_at: list[float] | tuple = ()) -> Verdict:
-    """Every generation of one job; the verdict's outcome is the last generation's."""
+              kills: KillLog, visibility_timeout: float, retried_at: list[float] | tuple = (),
+              retried_rows: dict[float, str] | None = None) -> Verdict:
+    """Every generation of one job; the verdict's outcome is the last generation's. `retried_rows`:
+    the first line of the row each queue:retry (by its time) took back, where known."""
     total = Verdict()
     gens = split_generations(runs, calls, list(retried_at))
+    ends = sorted(retried_at)       # generation i ends with the i-th queue:retry
     total.generations = len(gens)
     for i, (began, g_runs, g_calls) in enumerate(gens):
         g_plan = plan
@@ -369,13 +380,17 @@ def judge_job(job_id: str, plan: PlannedJob, runs: list[Run], calls: list[Failed
             g_plan = replace(plan, fail_until=0, dispatched_at=began)
             total.retry_runs += 1 if g_runs else 0
         g_failure = failure if i == len(gens) - 1 else RETRIED
-        if began is not None and not g_runs and g_failure is not None:
+        row = (retried_rows or {}).get(ends[i]) if i < len(ends) else None
+        # Out of tries with no run since the retry: kills may have used them all (SPEC 5: a killed
+        # worker's reservation comes back and counts the attempt), as judge() weighs for a first generation.
+        out_of_tries = ((row or "") if g_failure == RETRIED else (g_failure or "")).startswith(EXHAUSTED)
+        if began is not None and not g_runs and g_failure is not None and not out_of_tries:
             v = Verdict(outcome="stale", stale=1, failed_calls=len(g_calls))
             v.problems.append(f"{job_id[:8]}: stale failed row: {'queue:retry found' if g_failure == RETRIED else 'left'}"
                               f" a failed_jobs row for it although it had not run since queue:retry took it back at "
                               f"{began:.2f} (the row was written again after the retry)")
         else:
-            v = judge(job_id, g_plan, g_runs, g_failure, kills, visibility_timeout, g_calls)
+            v = judge(job_id, g_plan, g_runs, g_failure, kills, visibility_timeout, g_calls, row)
         for name in ("cut", "unacked", "vanished", "reruns", "unexplained", "failed_calls", "extra_calls", "stale"):
             setattr(total, name, getattr(total, name) + getattr(v, name))
         total.problems += v.problems
@@ -391,16 +406,19 @@ def analyze(store: str, planned: dict[str, PlannedJob], runs: dict[str, list[Run
     log = KillLog(kills)
     report = ChaosReport(store, jobs=len(planned), kills=len(kills), left=left, visibility_timeout=visibility_timeout)
     retried_at: dict[str, list[float]] = defaultdict(list)
+    retried_rows: dict[str, dict[float, str]] = defaultdict(dict)
     for retry in retries:
         for uuid in retry.uuids:
             retried_at[uuid].append(retry.at)
+            if uuid in retry.rows:
+                retried_rows[uuid][retry.at] = retry.rows[uuid]
     outcomes: dict[str, int] = defaultdict(int)
     missing: list[str] = []
     requeue_candidates = 0
     for job_id, plan in planned.items():
         job_runs = runs.get(job_id, [])
         v = judge_job(job_id, plan, job_runs, calls.get(job_id, []), failures.get(job_id), log, visibility_timeout,
-                      retried_at.get(job_id, ()))
+                      retried_at.get(job_id, ()), retried_rows.get(job_id))
         outcomes[v.outcome] += 1
         if v.outcome == "missing":
             last = job_runs[-1] if job_runs else None

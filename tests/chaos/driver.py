@@ -349,7 +349,10 @@ class Racer:
                 rows = await (await self.app.queue.failed_store()).all(QUEUE)
                 when = time.time()
                 result = await retry_failed(self.app, [row.uuid for row in rows], QUEUE) if rows else None
-                self.retries.append(Retry(when, frozenset(job.uuid for job in result.retried) if result else frozenset()))
+                retried = frozenset(job.uuid for job in result.retried) if result else frozenset()
+                # The row each took back: the judge weighs a retried generation by it, as a row left at the end.
+                self.retries.append(Retry(when, retried, {job.uuid: job.summary for job in result.retried}
+                                          if result else {}))
             else:
                 self.clears.append(Clear(time.time(), await self.conn.clear(QUEUE)))
 
@@ -513,7 +516,8 @@ def record(workdir: Path, planned: dict[str, PlannedJob], kills: list[Kill], ret
            clears: list[Clear]) -> None:
     """What the driver did, beside the jobs' own records (runs.log) and the worker logs, to read after a run."""
     data = {"planned": {job_id: vars(p) for job_id, p in planned.items()}, "kills": [vars(k) for k in kills],
-            "retries": [{"at": r.at, "uuids": sorted(r.uuids)} for r in retries], "clears": [vars(c) for c in clears]}
+            "retries": [{"at": r.at, "uuids": sorted(r.uuids), "rows": r.rows} for r in retries],
+            "clears": [vars(c) for c in clears]}
     (workdir / "chaos.json").write_text(json.dumps(data, indent=1))
 
 

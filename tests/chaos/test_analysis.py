@@ -131,6 +131,27 @@ def test_a_failed_row_written_again_after_queue_retry_took_it_back_is_stale():
     assert (twice.outcome, twice.stale) == ("missing", 1)
 
 
+def test_a_retried_job_whose_every_try_went_to_a_killed_worker_may_end_out_of_tries_without_a_run():
+    # Seen on SQLite: put back at 103.3, reserved three times by workers killed before they started
+    # it (their loops blocked), then found at attempt 4 of 3. Like a first generation with no run
+    # (SPEC 5: a killed worker's reservation comes back and counts the attempt), each try needs a kill
+    # and a visibility timeout.
+    calls = [call(3, 11, 103.2), FailedCall(4, 14, 116.0, "MaxAttemptsExceededError")]
+    exhausted = f"{EXHAUSTED}: ChaosJob reached attempt 4 of 3"
+    three = [Kill(12, 104.0, 104.1), Kill(13, 108.5, 108.6), Kill(15, 113.0, 113.1)]
+    kills = KillLog(three)
+    v = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, exhausted, kills, VT, [103.3])
+    assert (v.outcome, v.stale, v.problems) == ("failed-after-kills", 0, [])
+    unexplained = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, exhausted, KillLog(three[:1]), VT, [103.3])
+    assert any("without a run and without a kill" in p for p in unexplained.problems)
+    # the same for a generation a later queue:retry took back, by the row it took
+    rows = {103.3: f"{PLANNED}: planned failure on attempt 3", 117.0: exhausted}
+    v = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, None, kills, VT, [103.3, 117.0], rows)
+    assert (v.stale, v.problems) == (0, []), v.problems
+    unknown = judge_job("job-0001", DOOMED, fails(1, 2, 3), calls, None, kills, VT, [103.3, 117.0])
+    assert unknown.stale == 1 and "written again" in unknown.problems[0]
+
+
 def test_a_job_retried_while_its_worker_was_failing_it_and_never_seen_again_is_lost():
     calls = [call(3, 11, 103.2)]
     report = analyze("redis", {"a": DOOMED}, {"a": fails(1, 2, 3)}, {}, [], 0, VT, {"a": calls},
@@ -149,6 +170,30 @@ def test_a_failed_row_for_a_job_whose_last_run_succeeded_is_stale():
     # out of tries because the worker died before acknowledging: not stale
     killed = verdict(QUICK, ok, failure=f"{EXHAUSTED}: ...", kills=[Kill(11, 101.2, 101.3)])
     assert (killed.outcome, killed.stale) == ("failed-after-kills", 0)
+
+
+def test_a_row_queue_retry_took_back_is_weighed_by_its_exception_like_a_row_left_at_the_end():
+    # Attempt 3 succeeded, its worker was killed before acknowledging it, so attempt 4 found the
+    # job out of tries and recorded that (SPEC 5: a killed worker's job comes back and counts the
+    # attempt); queue:retry then took that row back, and the job ran and succeeded.
+    flaky = replace(DOOMED, kind="flaky", fail_until=3)
+    runs = fails(1, 2) + [Run(3, 11, 102.5, 102.6, "ok"), Run(1, 13, 108.0, 108.1, "ok")]
+    calls = [FailedCall(4, 12, 107.0, "MaxAttemptsExceededError")]
+    killed = KillLog([Kill(11, 102.8, 102.9)])
+    exhausted = {107.5: f"{EXHAUSTED}: ChaosJob reached attempt 4 of 3"}
+    v = judge_job("job-0001", flaky, runs, calls, None, killed, VT, [107.5], exhausted)
+    assert (v.outcome, v.stale, v.extra_calls, v.problems) == ("succeeded", 0, 0, [])
+    # the same row, but the worker that ran attempt 3 lived on: its acknowledgement should have landed
+    v = judge_job("job-0001", flaky, runs, calls, None, KillLog([]), VT, [107.5], exhausted)
+    assert v.stale == 1 and "stale failed row" in v.problems[0]
+    # a planned failure taken back although attempt 3 succeeded is stale, killed or not
+    planned = {107.5: f"{PLANNED}: planned failure on attempt 3"}
+    assert judge_job("job-0001", flaky, runs, calls, None, killed, VT, [107.5], planned).stale == 1
+    # and analyze() passes the rows queue:retry reported on to the judge
+    retry = Retry(107.5, frozenset({"job-0001"}), {"job-0001": exhausted[107.5]})
+    report = analyze("mysql", {"job-0001": flaky}, {"job-0001": runs}, {}, [Kill(11, 102.8, 102.9)], 0, VT,
+                     {"job-0001": calls}, retries=[retry])
+    assert report.ok and report.stale_rows == 0, report.problems
 
 
 def test_failed_runs_once_per_failure_unless_a_kill_cut_the_first_call_short():
