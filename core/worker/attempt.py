@@ -126,7 +126,10 @@ class Attempts:
             except Exception as exc:
                 return self.outcome_of(attempt, exc)
             finally:     # the job's code has ended (here, or long after its attempt if it was left behind)
-                await asyncio.shield(self._end(context))
+                if context.locks:     # a shielded task costs a loop pass: only for locks to free
+                    await asyncio.shield(self._end(context))
+                else:
+                    self._keep(context, False)
         return self.finished(attempt, result)
 
     async def _pipeline(self, attempt: Attempt) -> object:
