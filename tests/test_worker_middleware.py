@@ -32,6 +32,17 @@ async def lock_expiry(state, name: str) -> float | None:
     return None if row is None else float(row[0])
 
 
+async def run_four_workers(store, done, what: str) -> None:
+    """Four workers polling every 50 ms until done() holds, then stopped (and killed if they linger)."""
+    workers = [store.start_worker("--sleep", "0.05") for _ in range(4)]
+    try:
+        await until(done, 90, what, store)
+        await stop(store, *workers)
+    finally:
+        for worker in workers:
+            store.kill(worker)
+
+
 # -- RateLimited -------------------------------------------------------------------------------
 
 async def test_rate_limited_jobs_all_succeed_with_one_try_and_no_window_holds_more_than_allowed(store, monkeypatch,
@@ -39,13 +50,7 @@ async def test_rate_limited_jobs_all_succeed_with_one_try_and_no_window_holds_mo
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "10")
     log = tmp_path / "events"
     ids = await LimitedJob.dispatch_many([{"log": str(log)} for _ in range(20)])
-    workers = [store.start_worker("--sleep", "0.05") for _ in range(4)]
-    try:
-        await until(lambda: len(events(log, "start")) >= 20, 90, "20 starts", store)
-        await stop(store, *workers)
-    finally:
-        for worker in workers:
-            store.kill(worker)
+    await run_four_workers(store, lambda: len(events(log, "start")) >= 20, "20 starts")
     starts = events(log, "start")
     assert Counter(e["job_id"] for e in starts) == Counter(ids)          # each once, max_tries=1 notwithstanding
     assert await failed_rows(store) == {} and await empty(store)
@@ -63,13 +68,7 @@ async def test_jobs_with_one_key_never_overlap_across_workers(store, monkeypatch
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "10")
     log = tmp_path / "events"
     ids = await OverlapJob.dispatch_many([{"log": str(log)} for _ in range(10)])
-    workers = [store.start_worker("--sleep", "0.05") for _ in range(4)]
-    try:
-        await until(lambda: len(events(log, "end")) >= 10, 90, "10 ends", store)
-        await stop(store, *workers)
-    finally:
-        for worker in workers:
-            store.kill(worker)
+    await run_four_workers(store, lambda: len(events(log, "end")) >= 10, "10 ends")
     starts, ends = events(log, "start"), {e["job_id"]: e["at"] for e in events(log, "end")}
     assert Counter(e["job_id"] for e in starts) == Counter(ids) and set(ends) == set(ids)
     assert len({e["pid"] for e in starts}) > 1, "one worker ran them all: nothing was contended"

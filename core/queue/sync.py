@@ -3,6 +3,7 @@ so it offers no QueueAdmin (queue:size, queue:clear, queue:restart say so)."""
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,9 @@ class SyncQueue(QueueConnection):
         return None
 
 
-_inline: dict[int, SyncQueue] = {}     # per application: the state dispatch_sync's middleware keeps
+# Per application, the state dispatch_sync's middleware keeps; weak, so an ended application's goes
+# with it (an id() key could be reused by a later application and hand it stale limiter state).
+_inline: "weakref.WeakKeyDictionary[Application, SyncQueue]" = weakref.WeakKeyDictionary()
 
 
 async def run_inline(job: Job, payload: Payload, conn: SyncQueue | None = None) -> Any:
@@ -60,7 +63,7 @@ async def run_inline(job: Job, payload: Payload, conn: SyncQueue | None = None) 
     end: fail(exc) calls failed() once; delete() and a release end the job here (nothing queues it
     again: a release is logged); an exception calls failed() and is raised to the caller."""
     app = current()
-    conn = conn or _inline.setdefault(id(app), SyncQueue(app))
+    conn = conn or _inline.get(app) or _inline.setdefault(app, SyncQueue(app))
     chain = [*app.config.queue.middleware, *job.middleware(), *restore_middleware(payload, app.config.app.job_packages)]
     reserved = ReservedJob(id=payload.uuid, queue=payload.queue, payload="", attempts=1, token="inline")
     try:
