@@ -4,9 +4,7 @@ cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import signal
 import uuid
 from collections.abc import Awaitable, Iterable
@@ -18,7 +16,8 @@ import aiomqtt
 from core.config import MqttConfig
 from core.errors import ConfigError, ConnectionFailed, FrameworkError
 from core.log import one_line
-from core.mqtt_connection import Connection, Received, subscribe_properties, tls_context
+from core.mqtt_connection import (REFUSED_CREDENTIALS, Connection, Received, encode_payload, reason, short_reason,
+                                  subscribe_properties, tls_context)
 from core.router import MessageContext, PayloadError, Route, Router, call_route
 
 log = logging.getLogger("core.mqtt")   # not "mqtt": aiomqtt holds that logger at WARNING
@@ -47,28 +46,6 @@ class Client:
         if self._mqtt is None:
             raise ConnectionFailed(f"cannot publish to {topic}: not connected to the MQTT broker")
         await self._mqtt.publish(topic, encode_payload(payload), qos=qos, retain=retain)
-
-
-def encode_payload(payload: Any) -> bytes | str | None:
-    """dicts, lists, numbers and booleans go as JSON; text and bytes as they are."""
-    if payload is None or isinstance(payload, (str, bytes, bytearray)):
-        return payload
-    return json.dumps(payload)
-
-
-def reason(exc: aiomqtt.MqttError) -> str:
-    """The error with its cause: aiomqtt's "Disconnected during message iteration" hides the why."""
-    text = str(exc) or type(exc).__name__
-    return f"{text} ({exc.__cause__})" if exc.__cause__ else text
-
-
-# CONNACK codes for bad credentials / not authorized (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135).
-REFUSED_CREDENTIALS = {4, 5, 134, 135}
-
-
-def short_reason(exc: aiomqtt.MqttError) -> str:
-    """'Connection refused', not '[Errno 111] Connection refused'."""
-    return re.sub(r"^\[Errno -?\d+\]\s*", "", reason(exc))
 
 
 def client_id(config: MqttConfig, app_name: str) -> str:
@@ -183,10 +160,10 @@ class MqttApp:
         """One connection: subscribe, serve until stop or until the broker goes away (MqttError)."""
         connection = Connection(self.config, self.identifier, self.options.keepalive, self._deliver,
                                 receive_maximum=2 * self.capacity)
+        self._connection = connection      # before CONNACK: a persistent session's messages follow it at once
         if not await self._until_stopped(connection.connect()):
             return
         self._session_connected = True
-        self._connection = connection
         self.client._mqtt = connection.client
         try:
             for sub in self.plan:

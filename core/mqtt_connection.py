@@ -8,6 +8,8 @@ the paho client underneath (`aiomqtt.Client._client`) in the few places marked "
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,28 @@ class Received:
     subscription_ids: tuple[int, ...]
     properties: Any
     connection: "Connection"
+
+
+def encode_payload(payload: Any) -> bytes | str | None:
+    """dicts, lists, numbers and booleans go as JSON; text and bytes as they are."""
+    if payload is None or isinstance(payload, (str, bytes, bytearray)):
+        return payload
+    return json.dumps(payload)
+
+
+def reason(exc: aiomqtt.MqttError) -> str:
+    """The error with its cause: aiomqtt's "Disconnected during message iteration" hides the why."""
+    text = str(exc) or type(exc).__name__
+    return f"{text} ({exc.__cause__})" if exc.__cause__ else text
+
+
+# CONNACK codes for bad credentials / not authorized (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135).
+REFUSED_CREDENTIALS = {4, 5, 134, 135}
+
+
+def short_reason(exc: aiomqtt.MqttError) -> str:
+    """'Connection refused', not '[Errno 111] Connection refused'."""
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", reason(exc))
 
 
 def protocol_of(config: MqttConfig) -> aiomqtt.ProtocolVersion:

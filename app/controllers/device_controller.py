@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from app.jobs.process_data_job import ProcessDataJob
+from app.jobs.summarize_readings_job import SummarizeReadingsJob
 from core.router import Publisher
 
 log = logging.getLogger("app.controllers")
@@ -25,6 +26,18 @@ class DeviceController:
             raise ValueError(f"readings must be a list of numbers, got {readings!r}")
         job_id = await ProcessDataJob.dispatch(device_id=device_id, readings=readings, meta=payload.get("meta", {}))
         log.info("device %s: %d readings queued as ProcessDataJob %s", device_id, len(readings), job_id)
+
+    @staticmethod
+    async def summary(device_id: str, payload: dict) -> None:
+        """devices/{device_id}/summary, payload {"request_id": 7, "readings": [...]}: a worker answers on
+        devices/{device_id}/summary/reply with the same request_id (request/reply through the queue)."""
+        readings = payload.get("readings", [])
+        if not isinstance(readings, list) or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) for r in readings):
+            raise ValueError(f"readings must be a list of numbers, got {readings!r}")
+        await SummarizeReadingsJob.dispatch(device_id=device_id, readings=readings,
+                                            request_id=payload.get("request_id"),
+                                            reply_to=f"devices/{device_id}/summary/reply")
 
     @staticmethod
     async def ping(device_id: str, payload: Any, client: Publisher) -> None:
