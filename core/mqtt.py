@@ -209,7 +209,8 @@ class MqttApp:
             message = await self._inbox.get()
             try:
                 connection = self._connection
-                if connection is not None and connection.paused and self._inbox.qsize() <= self.capacity // 2:
+                if connection is not None and connection.paused and self._inbox.qsize() <= self.capacity // 2 \
+                        and not self._stop.is_set():     # stopping: the reader stays paused
                     connection.resume()
                 await self._process(message)
             finally:
