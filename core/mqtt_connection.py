@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.client import MQTT_LOG_ERR
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -132,6 +133,11 @@ class Connection:
         self._paho_publish, self._paho_pubrel = paho._handle_publish, paho._handle_pubrel
         paho._handle_publish, paho._handle_pubrel = self._handle_publish, self._handle_pubrel
         self._qos2 = False
+        # aiomqtt ignores a connection closed before CONNACK (a TLS alert for a missing client certificate
+        # comes then) and waits 10 s for nothing: fail the connect at once, with paho's reason.
+        self._last_error = ""
+        self._aiomqtt_disconnect = paho.on_disconnect
+        paho.on_log, paho.on_disconnect = self._on_log, self._on_disconnect
 
     # -- acknowledgements ---------------------------------------------------------------------
 
@@ -168,6 +174,17 @@ class Connection:
             return self._paho_pubrel()
         finally:
             self._paho._manual_ack = True
+
+    def _on_log(self, _client: Any, _userdata: Any, level: int, text: str) -> None:
+        if level == MQTT_LOG_ERR:
+            self._last_error = text
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        connected = self.client._connected
+        if not connected.done():
+            why = self._last_error or f"the broker closed the connection before accepting it ({reason_code})"
+            connected.set_exception(aiomqtt.MqttError(why.removeprefix("failed to receive on socket: ")))
+        self._aiomqtt_disconnect(client, userdata, flags, reason_code, properties)
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -163,6 +163,8 @@ class LocalMosquitto:
             pytest.skip("mosquitto is not installed")
         conf = self.dir / "mosquitto.conf"
         conf.write_text("\n".join([f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                                   # as root it would drop to user mosquitto, who cannot read the test's files
+                                   "user root",
                                    *self.config]) + "\n")
         log = open(self.dir / "mosquitto.log", "ab")
         self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
