@@ -24,7 +24,7 @@ from core.config import MqttConfig
 from core.mqtt import MqttApp, RunnerOptions, encode_payload
 from core.router import Router
 from tests.conftest import ROOT
-from tests.servers import MQTT, free_port, reachable
+from tests.servers import MQTT, free_port, reachable, stop_server
 
 # `main.py run` serves the app's own routes (devices/+/status, ...) on the shared broker, so two such
 # tests at once hear each other's messages: pytest-xdist (--dist loadgroup) runs them on one worker,
@@ -181,11 +181,5 @@ class LocalMosquitto:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_server(self.process)
         self.process = None
