@@ -52,6 +52,15 @@ def client_id(config: MqttConfig, app_name: str) -> str:
     return config.client_id or f"{app_name}-{uuid.uuid4().hex[:8]}"
 
 
+def _quiet_socket_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiomqtt registers a socket's writer from paho's thread; when the socket closed meanwhile (a broker
+    refusing the TLS handshake) the event loop would print EBADF's traceback: a debug line is enough."""
+    if isinstance(context.get("exception"), OSError):
+        log.debug("Ignored in the event loop: %s", one_line(str(context["exception"])))
+        return
+    loop.default_exception_handler(context)
+
+
 class MqttApp:
     """Messages flow: the connection's reader -> a bounded inbox -> MQTT_MAX_CONCURRENT consumers, each
     running a message's handlers and then acknowledging it. A full inbox pauses the reader, so memory
@@ -106,9 +115,12 @@ class MqttApp:
                  " over TLS" if self.config.tls else "", self.config.protocol, self.identifier, session,
                  len(self.router.routes))
         self._consumers = [asyncio.create_task(self._consume()) for _ in range(self.capacity)]
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(_quiet_socket_errors)
         try:
             await self._connect_loop()
         finally:
+            loop.set_exception_handler(previous_handler)
             for task in self._consumers:
                 task.cancel()
             await asyncio.gather(*self._consumers, return_exceptions=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.client import MQTT_LOG_ERR
+from paho.mqtt.client import MQTT_ERR_AGAIN, MQTT_LOG_ERR
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -25,6 +25,8 @@ from core.errors import ConfigError
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF      # MQTT 5: what an MQTT 3.1.1 persistent session does
 _QOS_BITS, _QOS1, _QOS2 = 0x06, 0x02, 0x04
+READ_BATCH = 256                        # packets read per wake-up at most, so one connection cannot starve the loop
+RECV_SIZE = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,9 @@ class Connection:
         self._last_error = ""
         self._aiomqtt_disconnect = paho.on_disconnect
         paho.on_log, paho.on_disconnect = self._on_log, self._on_disconnect
+        # paho reads a packet in three recv() calls (type, length, body): read the socket in blocks instead
+        self._paho_recv, paho._sock_recv = paho._sock_recv, self._sock_recv
+        self._buffer, self._offset = b"", 0
 
     # -- acknowledgements ---------------------------------------------------------------------
 
@@ -213,28 +218,46 @@ class Connection:
         sock = self._paho.socket()
         if sock is not None and not self.closed:
             self._loop.add_reader(sock.fileno(), self._read)
-            self._loop.call_soon(self._read)    # TLS may hold decrypted bytes the selector cannot see
+            self._loop.call_soon(self._read)    # bytes already read into the buffer: the selector cannot see them
 
     def _read(self) -> None:
-        """aiomqtt's own reader (Client._on_socket_open), registered again after a pause."""
+        """Replaces aiomqtt's reader (Client._on_socket_open), which takes one packet per wake-up: up to
+        READ_BATCH packets, until the socket has no more or the app's inbox is full."""
         paho = self._paho
         try:
-            while not self.paused:
-                if paho.socket() is None:
+            for _ in range(READ_BATCH):
+                if self.paused or paho._sock is None:
                     return
-                paho.loop_read()
-                sock = paho._sock
-                if not (hasattr(sock, "pending") and sock.pending() > 0):
+                rc = paho._packet_read()
+                if rc == MQTT_ERR_AGAIN:
                     return
+                if rc > 0:
+                    paho._loop_rc_handle(rc)
+                    return
+            self._loop.call_soon(self._read)    # more may wait in the buffer
         except Exception as exc:   # a broken pipe: the connection is gone, as aiomqtt's reader decides
             disconnected = self.client._disconnected
             if not disconnected.done():
                 disconnected.set_exception(exc)
 
+    def _sock_recv(self, size: int) -> bytes:
+        if self._offset >= len(self._buffer):
+            data = self._paho_recv(RECV_SIZE)       # BlockingIOError when there is nothing: paho's "again"
+            if len(data) <= size:
+                return data
+            self._buffer, self._offset = data, 0
+        start, self._offset = self._offset, min(self._offset + size, len(self._buffer))
+        return self._buffer[start:self._offset]
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def connect(self) -> None:
         await self.client.__aenter__()
+        sock = self._paho.socket()
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            self._loop.add_reader(sock.fileno(), self._read)
+            self._loop.call_soon(self._read)
 
     async def wait_closed(self) -> None:
         """Until the broker goes away: raises aiomqtt.MqttError with the reason."""
