@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test venv env bench bench-events soak clean
+.PHONY: run test venv env bench bench-mqtt bench-events soak clean
 
 # A venv whose requirements are re-installed only when requirements.txt changes.
 $(STAMP): requirements.txt
@@ -44,6 +44,11 @@ bench/.venv/%/.installed: bench/requirements/%.txt
 # BENCH_N=2000 make bench for a quick run; BENCH_ONLY=ours,taskiq runs only the targets named.
 bench: venv $(PEERS:%=bench/.venv/%/.installed)
 	$(PY) bench/run.py
+
+# MQTT ingest (SPEC 18): messages/s from a private mosquitto through a route to a stored job: ours at
+# QoS 0 and 1, RouteMQ, and a bare aiomqtt subscriber as the limit. BENCH_MQTT_N, BENCH_MQTT_ROUNDS.
+bench-mqtt: venv bench/.venv/routemq/.installed
+	$(PY) bench/mqtt_ingest.py
 
 # What SPEC 10's events cost a worker: emit calls compiled out, shipped with no listener, one listener.
 bench-events: venv

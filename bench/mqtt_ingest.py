@@ -101,7 +101,7 @@ def run_once(name: str, argv: list[str], qos: int, port: int) -> dict[str, Any]:
     proc = subprocess.Popen([*argv, str(port), str(N), str(qos)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        if not _wait_line(proc, "READY", 60):
+        if not _until_ready(proc, port):
             return {"name": name, "error": f"did not start: {_tail(proc)}"}
         publisher = publish(port, N, qos)
         line = _wait_line(proc, "{", 180)
@@ -109,10 +109,31 @@ def run_once(name: str, argv: list[str], qos: int, port: int) -> dict[str, Any]:
             return {"name": name, "error": f"did not take {N:,} messages within 180 s: {_tail(proc)}"}
         result = json.loads(line)
         rate = result["count"] / max(result["last"] - result["first"], 1e-9)
-        return {"name": name, "rate": rate, "rss_mb": result["rss_mb"], "publisher_rate": publisher}
+        return {"name": name, "rate": rate, "rss_mb": result["rss_mb"], "publisher_rate": publisher,
+                "lost": result.get("lost", 0)}
     finally:
         proc.kill()
         proc.wait()
+
+
+def _until_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> bool:
+    """Knock on bench/ready until the subscriber says READY: then its subscriptions are in place."""
+    import paho.mqtt.client as mqtt
+
+    found: list[str] = []
+    reader = threading.Thread(target=lambda: found.append(_wait_line(proc, "READY", timeout) or ""), daemon=True)
+    reader.start()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    while not found and time.monotonic() < deadline and proc.poll() is None:
+        client.publish("bench/ready", b"1")
+        time.sleep(0.1)
+    client.disconnect()
+    client.loop_stop()
+    reader.join(1)
+    return bool(found and found[0])
 
 
 def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str | None:
@@ -152,7 +173,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "rates": [round(r) for r in rates], "rss_mb": max((r["rss_mb"] for r in mine if r.get("rss_mb")),
                                                                    default=None),
                      "publisher_rate": statistics.median([r["publisher_rate"] for r in mine if r.get("rate")])
-                     if rates else None, "error": errors[0] if errors and not rates else None})
+                     if rates else None, "lost": sum(r.get("lost", 0) for r in mine),
+                     "error": errors[0] if errors and not rates else None})
     return rows
 
 
@@ -174,13 +196,14 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
 def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [f"## MQTT ingest: Mosquitto -> route -> job stored (N={N:,}, ~100-byte messages, {ROUNDS} rounds)", "",
              f"{info['date']}, {info['cores']} cores, load {info['load']}; mosquitto {info['mosquitto']}", "",
-             "| target | msg/s (median) | rounds | peak RSS MB | publisher msg/s |", "|---|---:|---|---:|---:|"]
+             "| target | msg/s (median) | rounds | peak RSS MB | lost | publisher msg/s |",
+             "|---|---:|---|---:|---:|---:|"]
     for r in rows:
         if r["rate"] is None:
-            lines.append(f"| {r['name']} | - | {r['error'] or 'not run'} | - | - |")
+            lines.append(f"| {r['name']} | - | {r['error'] or 'not run'} | - | - | - |")
             continue
         lines.append(f"| {r['name']} | {r['rate']:,.0f} | {', '.join(f'{x:,}' for x in r['rates'])} | "
-                     f"{r['rss_mb'] or '-'} | {r['publisher_rate']:,.0f} |")
+                     f"{r['rss_mb'] or '-'} | {r['lost']:,} | {r['publisher_rate']:,.0f} |")
     lines += ["", "Targets:"]
     mark = {True: "met", False: "NOT MET", None: "not measured"}
     lines += [f"- **{mark[met]}**: {label}: {detail}" for label, met, detail in checks(rows)]

@@ -1,5 +1,6 @@
 """The MQTT ingest scenario's subscribers (bench/mqtt_ingest.py), each `python -m bench.mqtt_subscribers
-KIND PORT N QOS`: subscribe to bench/ingest/+, print READY, take N messages, print one JSON line
+KIND PORT N QOS`: subscribe to bench/ingest/+ and bench/ready, print READY when a message on bench/ready
+shows the subscriptions are in place, take N messages, print one JSON line
 {"first": t, "last": t, "count": n, "rss_mb": peak} and exit.
 
 - ours: `MqttApp` (what `python main.py run` serves) with the route `bench/ingest/{n}` whose handler
@@ -16,6 +17,11 @@ import sys
 import time
 
 TOPIC = "bench/ingest/+"
+READY = "bench/ready"
+
+
+def ready() -> None:
+    print("READY", flush=True)
 
 
 def peak_rss_mb() -> float:
@@ -26,8 +32,9 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
-def report(first: float, last: float, count: int) -> None:
-    print(json.dumps({"first": first, "last": last, "count": count, "rss_mb": round(peak_rss_mb(), 1)}), flush=True)
+def report(first: float, last: float, count: int, **more: object) -> None:
+    print(json.dumps({"first": first, "last": last, "count": count, "rss_mb": round(peak_rss_mb(), 1), **more}),
+          flush=True)
 
 
 async def bare(port: int, n: int, qos: int) -> None:
@@ -35,9 +42,12 @@ async def bare(port: int, n: int, qos: int) -> None:
 
     async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.subscribe(TOPIC, qos=qos)
-        print("READY", flush=True)
-        count, first = 0, 0.0
-        async for _ in client.messages:
+        await client.subscribe(READY)
+        count, first, announced = 0, 0.0, False
+        async for message in client.messages:
+            if message.topic.value == READY:
+                announced = announced or ready() or True
+                continue
             if count == 0:
                 first = time.time()
             count += 1
@@ -68,13 +78,18 @@ async def ours(port: int, n: int, qos: int) -> None:
             report(state["first"], time.time(), n)
             app_done.set()
 
+    announced = []
+
+    async def on_ready() -> None:
+        if not announced:
+            announced.append(ready())
+
     async with create_app() as application:
         router = Router()
         router.on("bench/ingest/{n_}", ingest, qos=qos)
+        router.on(READY, on_ready)
         mqtt = MqttApp(router, application.config.mqtt, app_name="bench")
         runner = asyncio.create_task(mqtt.run(handle_signals=False))
-        await mqtt.connected.wait()
-        print("READY", flush=True)
         await app_done.wait()
         mqtt.stop()
         await runner
