@@ -7,7 +7,8 @@ BENCH_MQTT_N messages of ~100 bytes (default 20,000) to bench/ingest/<n> as fast
 rate = messages / (the N-th job stored - the first message received), both taken by the subscriber.
 
 Targets: ours (`MqttApp`, what `python main.py run` serves; a route dispatching a job to Redis db 11)
-at QoS 0 and QoS 1 (QoS 1 acknowledged after the handler, SPEC 18); RouteMQ 0.25 (its Application;
+at QoS 0 and QoS 1 (QoS 1 acknowledged after the handler, SPEC 18), and at QoS 0 with a handler that
+only counts (the MQTT side's own cost, no dispatch); RouteMQ 0.25 (its Application;
 route dispatching its job to Redis db 12; acks on receipt) at QoS 0 and 1; a bare aiomqtt subscriber
 that only counts messages: the limit. Rounds interleave the targets (BENCH_MQTT_ROUNDS, default 3)
 and the report gives each one's median; the VM's CPU steal swings single runs by 2x.
@@ -42,6 +43,7 @@ ROUTEMQ_PYTHON = BENCH / ".venv" / "routemq" / "bin" / "python"
 
 TARGETS: list[tuple[str, list[str], int]] = [
     ("bare aiomqtt (qos 0)", [sys.executable, "-m", "bench.mqtt_subscribers", "bare"], 0),
+    ("ours, route only (qos 0)", [sys.executable, "-m", "bench.mqtt_subscribers", "route"], 0),
     ("ours (qos 0)", [sys.executable, "-m", "bench.mqtt_subscribers", "ours"], 0),
     ("ours (qos 1)", [sys.executable, "-m", "bench.mqtt_subscribers", "ours"], 1),
     ("routemq (qos 0)", [str(ROUTEMQ_PYTHON), "-m", "bench.peers.routemq_mqtt"], 0),

@@ -6,6 +6,7 @@ shows the subscriptions are in place, take N messages, print one JSON line
 - ours: `MqttApp` (what `python main.py run` serves) with the route `bench/ingest/{n}` whose handler
   awaits `NoopJob.dispatch(n=...)` onto Redis (db 11); `last` is taken when the N-th dispatch returned,
   i.e. the N-th job is stored. QoS 1 messages are acknowledged after their handler (SPEC 18).
+- route: the same app and route, whose handler only counts (no dispatch): what the MQTT side costs.
 - bare: an aiomqtt client that only counts messages: the limit of reading MQTT in Python here.
 """
 from __future__ import annotations
@@ -56,7 +57,11 @@ async def bare(port: int, n: int, qos: int) -> None:
                 return
 
 
-async def ours(port: int, n: int, qos: int) -> None:
+async def route(port: int, n: int, qos: int) -> None:
+    await ours(port, n, qos, dispatch=False)
+
+
+async def ours(port: int, n: int, qos: int, dispatch: bool = True) -> None:
     from bench.harness import OUR_DB, REDIS_HOST, REDIS_PORT
 
     os.environ.update({"QUEUE_CONNECTION": "redis", "REDIS_HOST": REDIS_HOST, "REDIS_PORT": str(REDIS_PORT),
@@ -72,7 +77,8 @@ async def ours(port: int, n: int, qos: int) -> None:
     async def ingest(n_: str) -> None:
         if not state["first"]:
             state["first"] = time.time()
-        await NoopJob.dispatch(n=int(n_))
+        if dispatch:
+            await NoopJob.dispatch(n=int(n_))
         state["count"] += 1
         if state["count"] == n:
             report(state["first"], time.time(), n)
@@ -100,7 +106,7 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)        # a log line per message would measure the terminal
-    asyncio.run({"bare": bare, "ours": ours}[kind](port, n, qos))
+    asyncio.run({"bare": bare, "ours": ours, "route": route}[kind](port, n, qos))
 
 
 if __name__ == "__main__":
