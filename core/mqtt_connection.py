@@ -42,7 +42,7 @@ class Received:
     connection: "Connection"
 
 
-def encode_payload(payload: Any) -> bytes | str | None:
+def encode_payload(payload: Any) -> bytes | bytearray | str | None:
     """dicts, lists, numbers and booleans go as JSON; text and bytes as they are."""
     if payload is None or isinstance(payload, (str, bytes, bytearray)):
         return payload
@@ -81,7 +81,7 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     try:
         context = ssl.create_default_context(cafile=_path(config.ca_file))
         if config.cert_file:
-            context.load_cert_chain(_path(config.cert_file), _path(config.key_file))
+            context.load_cert_chain(str(project_path(config.cert_file)), _path(config.key_file))
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"Cannot use the TLS files (MQTT_CA_FILE, MQTT_CERT_FILE, MQTT_KEY_FILE): {exc}") from None
     return context
@@ -129,7 +129,8 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self.paused = False
         self.closed = False
-        paho = self._paho = self.client._client          # paho: the hooks below
+        paho: Any = self.client._client          # paho: the hooks below
+        self._paho = paho
         paho.manual_ack_set(True)
         paho.on_message = self._on_message
         self._paho_publish, self._paho_pubrel = paho._handle_publish, paho._handle_pubrel
@@ -185,11 +186,15 @@ class Connection:
             self._last_error = text
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        why = self._last_error or f"the broker closed the connection before accepting it ({reason_code})"
+        # paho may call this from the thread aiomqtt connects in: the future is the event loop's
+        self._loop.call_soon_threadsafe(self._fail_connect, why.removeprefix("failed to receive on socket: "))
+        self._aiomqtt_disconnect(client, userdata, flags, reason_code, properties)
+
+    def _fail_connect(self, why: str) -> None:
         connected = self.client._connected
         if not connected.done():
-            why = self._last_error or f"the broker closed the connection before accepting it ({reason_code})"
-            connected.set_exception(aiomqtt.MqttError(why.removeprefix("failed to receive on socket: ")))
-        self._aiomqtt_disconnect(client, userdata, flags, reason_code, properties)
+            connected.set_exception(aiomqtt.MqttError(why))
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from core.mqtt import MqttApp, RunnerOptions
+from core.mqtt import RunnerOptions
 from core.router import Router
 from tests.conftest import run_cli
 from tests.mqtt_support import AppProcess, LocalMosquitto, mqtt_config, publish, running_app, topic_prefix

@@ -21,7 +21,7 @@ class SummarizeReadingsJob(Job):
         self.reply_to: str = ""
         self.request_id: str | int | None = None
 
-    async def handle(self) -> dict:
+    async def handle(self) -> None:
         values = self.readings or [0.0]
         summary = {"request_id": self.request_id, "device_id": self.device_id, "count": len(self.readings),
                    "average": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
@@ -29,4 +29,3 @@ class SummarizeReadingsJob(Job):
         # and the retry publishes again.
         await self.publish(self.reply_to, summary, qos=1)
         log.info("device %s: summary of %d readings sent to %s", self.device_id, len(self.readings), self.reply_to)
-        return summary
