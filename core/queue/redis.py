@@ -259,6 +259,18 @@ class RedisQueue(QueueConnection, QueueAdmin):
             return await self._lane.run(self._scripts[script], keys, args)
         return await self._scripts[script](keys=list(keys), args=list(args))
 
+    async def _run_many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Script calls sent together, their answers (or the errors the server answered) in order."""
+        scripts = [(self._scripts[name], keys, args) for name, keys, args in calls]
+        answers = await self._lane.run_many(scripts) if self._lane is not None else None
+        if answers is None:
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args in scripts:
+                # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+        return answers
+
     # -- pushing ---------------------------------------------------------------------------------
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
@@ -360,6 +372,31 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 continue
             jobs, wake = self._answer(queue, stem, result)
         return jobs[0]
+
+    async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
+                                      claim: str) -> tuple[list[bool], list[ReservedJob]]:
+        """Acknowledge finished jobs of `queue` and reserve its next job, in one round trip: the
+        acknowledge and reserve scripts pipelined (a worker at concurrency 1 spends a round trip on
+        each otherwise). Never blocks: [] when no job is due (the caller then waits as it would).
+        Each script keeps its own atomic step, as when they are sent apart."""
+        if self.cluster or any(job.queue != queue for job in jobs):
+            return await self.acknowledge_many(jobs), (await self._reserve([queue], 1, claim))[0]
+        k = self.keys(queue)
+        ack_keys = [k.reserved, k.jobs, k.seq, k.state, k.done]
+        ack_args = [self.replay_window, *(part for job in jobs for part in (job.id, job.token))]
+        keys = k.for_reserve(claim)
+        reserve_args = [self.visibility_timeout, claim, BATCH, 1]
+        flags, result = await self._run_many([("acknowledge", ack_keys, ack_args), ("reserve", keys, reserve_args)])
+        # A script the server lost (a restart) did not run: run it again through its Script object,
+        # which loads it. Any other error is the call's.
+        if isinstance(flags, redis_errors.NoScriptError):
+            flags = await self._run("acknowledge", ack_keys, ack_args)
+        if isinstance(result, redis_errors.NoScriptError):
+            result = await self._run("reserve", keys, reserve_args)
+        for answer in (flags, result):
+            if isinstance(answer, Exception):
+                raise answer
+        return [flag == 1 for flag in flags], self._rows(queue, claim, result)
 
     def _answer(self, queue: str, stem: str, result: list) -> tuple[list[ReservedJob], float | None]:
         """A reserve script's answer: the jobs it took, else the seconds until one may come due."""
