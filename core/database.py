@@ -358,13 +358,15 @@ class MysqlDatabase(Database):
             async with asyncio.timeout(c.timeout or None):
                 self._pool = await aiomysql.create_pool(
                     host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
+                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize,
+                    charset="utf8mb4", pool_recycle=3600,
                     init_command="SET SESSION time_zone = '+00:00'")
         except TimeoutError:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
                                    f"{c.timeout:g}s (DB_TIMEOUT)") from None
         except Exception as exc:
-            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
+            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: "
+                                   f"{describe_mysql_error(exc)}") from None
 
     async def close(self) -> None:
         if self._pool is not None:
