@@ -278,7 +278,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         known = [job_uuid for job_uuid in ids.values() if job_uuid is not None]
         seen: set[str] = set()
         for start in range(0, len(known), BULK_ROWS):
-            chunk = known[start:start + BULK_ROWS]
+            chunk: Sequence[str] = known[start:start + BULK_ROWS]
             seen.update(u for (u,) in await self.db.fetchall(STORED_UUIDS + marks(len(chunk)), chunk))
             seen.update(u for (u,) in await self.db.fetchall(FINISHED_UUIDS + marks(len(chunk)),
                                                              [self.replay_window, *chunk]))
