@@ -11,7 +11,6 @@ import pytest
 from redis.crc import key_slot
 
 from bootstrap.app import create_app
-from core.config import RedisConfig
 from core.queue.redis import RedisQueue
 from tests.jobs.contract_jobs import RecordRun
 from tests.redis_server import LocalRedis

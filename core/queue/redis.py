@@ -43,12 +43,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -128,11 +128,13 @@ class _HiredisPacking:
         try:
             return self._serializer.pack(*args)
         except UnicodeEncodeError:      # text that came in as bytes that are not UTF-8: the
-            return super().pack_command(*args)   # client's own encoder (surrogateescape) sends them back
+            # client's own encoder (surrogateescape) sends them back; super() is the Connection mixed in
+            return super().pack_command(*args)  # type: ignore[misc]
 
 
-HIREDIS_PACKING = {base: type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-                   for base in (Connection, SSLConnection, UnixDomainSocketConnection)} if HIREDIS_AVAILABLE else {}
+HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    base: type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    for base in (Connection, SSLConnection, UnixDomainSocketConnection)} if HIREDIS_AVAILABLE else {}
 
 
 def make_client(config: RedisConfig) -> Redis | RedisCluster:
@@ -215,9 +217,15 @@ class RedisQueue(QueueConnection, QueueAdmin):
         self.client = client
         # Registered once; redis-py sends EVALSHA and reloads a script the server forgot (a restart).
         self._scripts = {name: client.register_script((LUA / f"{name}.lua").read_text()) for name in SCRIPTS}
-        if not self.cluster:        # a cluster client routes each call to its node: no single connection
+        if not isinstance(client, RedisCluster):   # a cluster client routes each call to its node: no single one
             self._lane = Lane(client)
         self._state = RedisState(client, self.config.prefix)
+
+    @property
+    def _redis(self) -> Redis | RedisCluster:
+        if self.client is None:
+            raise RuntimeError("the Redis connection is not open")
+        return self.client
 
     @property
     def state(self) -> RedisState:
@@ -335,7 +343,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
             if job is not None:
                 if woken_by is not None and woken_by != job.queue:
                     # Woken for another queue but took a job of a higher one: pass the signal on.
-                    await self.client.rpush(self.keys(woken_by).notify, 1)
+                    await self._redis.rpush(self.keys(woken_by).notify, 1)
                 return job
             remaining = deadline - loop.time()
             if remaining <= 0 or (interrupt is not None and interrupt.is_set()):
@@ -361,7 +369,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 return None
             block = max(0.01, min(remaining, WAIT_SLICE, wake if wake is not None else WAIT_SLICE))
             stem = claim or secrets.token_hex(8)
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             pipe.blpop([self.keys(queue).notify], timeout=block)
             # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
             pipe.evalsha(script.sha, len(keys), *keys, self.visibility_timeout, stem, BATCH, 1)
@@ -434,9 +442,9 @@ class RedisQueue(QueueConnection, QueueAdmin):
             queues = queues[:1]
         notify = {self.keys(q).notify: q for q in queues}
         if interrupt is None:
-            popped = await self.client.blpop(list(notify), timeout=seconds)
+            popped = await self._redis.blpop(list(notify), timeout=seconds)
         else:
-            pop = asyncio.ensure_future(self.client.blpop(list(notify), timeout=seconds))
+            pop = asyncio.ensure_future(self._redis.blpop(list(notify), timeout=seconds))
             stop = asyncio.ensure_future(interrupt.wait())
             await asyncio.wait({pop, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -444,7 +452,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 pop.cancel()
                 return None
             popped = pop.result()
-        return notify[popped[0]] if popped else None
+        return notify[cast(str, popped[0])] if popped else None     # decode_responses: keys come back as str
 
     # -- finishing -------------------------------------------------------------------------------
 
@@ -519,7 +527,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
         head, tail = f"{self.config.prefix}{{", "}:jobs"
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*" + tail
         found = set()
-        async for key in self.client.scan_iter(match=pattern, count=1000):
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
             if key.startswith(head) and key.endswith(tail):
                 found.add(key[len(head):-len(tail)])
         return sorted(found)
@@ -538,10 +546,10 @@ class RedisQueue(QueueConnection, QueueAdmin):
     async def request_restart(self) -> None:
         # A counter, not a time: workers compare it for a change, so skewed clocks agree. INCRBYFLOAT
         # rather than INCR: the key may still hold a time written by an earlier release.
-        await self.client.incrbyfloat(f"{self.config.prefix}restart", 1)
+        await self._redis.incrbyfloat(f"{self.config.prefix}restart", 1)
 
     async def restart_signal(self) -> str:
-        return await self.client.get(f"{self.config.prefix}restart") or ""
+        return cast(str, await self._redis.get(f"{self.config.prefix}restart") or "")   # decode_responses
 
 
 def _reserved(queue: str, stem: str, now: float, row: Sequence) -> ReservedJob:

@@ -406,7 +406,8 @@ class Worker:
         return True
 
     async def _release_lost_claims(self, conn: QueueConnection) -> None:
-        """Stopping: jobs that lost answers reserved go back on the queue now, rather than after the visibility timeout."""
+        """Stopping: jobs that lost answers reserved go back on the queue now, rather than after the visibility
+        timeout."""
         if self._outage.active:     # the store is still away: the jobs come back after the visibility timeout
             return
         for claim, lost_at in list(self._lost_claims):
