@@ -272,7 +272,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
         scripts = [(self._scripts[name], keys, args) for name, keys, args in calls]
         answers = await self._lane.run_many(scripts) if self._lane is not None else None
         if answers is None:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             for script, keys, args in scripts:
                 # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
