@@ -249,6 +249,9 @@ class Worker:
             await self._wait_for_change()
             return None
         jobs = await self._reserve(conn, free)
+        if jobs and self._stopping.is_set():    # told to stop while the reserve was in flight: no new job
+            await self._put_back(conn, jobs)
+            return None
         for job in jobs or []:
             self._start(job)
         return None if jobs is None else len(jobs)
@@ -394,7 +397,11 @@ class Worker:
             while self._lost_claims:
                 claim, lost_at = self._lost_claims[0]
                 if time.monotonic() - lost_at < self.visibility_timeout:
-                    for job in await conn.recover(self.options.queues, claim):
+                    jobs = await conn.recover(self.options.queues, claim)
+                    if self._stopping.is_set():      # told to stop while the store was away: no new job
+                        await self._put_back(conn, jobs)
+                        jobs = []
+                    for job in jobs:
                         log.warning("%s on %s: its reservation's answer was lost; recovered and started",
                                     one_line(job.id), job.queue)
                         self._start(job)
@@ -404,6 +411,16 @@ class Worker:
             return False
         self._outage.recovered()
         return True
+
+    async def _put_back(self, conn: QueueConnection, jobs: list[ReservedJob]) -> None:
+        """Reserved jobs a stopping worker will not start go back on the queue now; any the store cannot
+        take back now come back by themselves after the visibility timeout."""
+        for job in jobs:
+            try:
+                await conn.release(job, 0)
+            except Exception as exc:  # noqa: BLE001  (an outage: the reservation lapses)
+                log.warning("%s: stopping, not started; it runs after the visibility timeout (%s)", one_line(job.id),
+                            redact(str(exc) or type(exc).__name__, self.secrets))
 
     async def _release_lost_claims(self, conn: QueueConnection) -> None:
         """Stopping: jobs that lost answers reserved go back on the queue now, rather than after the visibility
