@@ -228,7 +228,9 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
 
     from bench.probe import LATENCY_KEY
 
-    client = redis.Redis.from_url(redis_url(target.redis_db))
+    # a socket timeout longer than the BLPOP's: redis-py 8 would otherwise give up on a probe that
+    # waits for a peer's poll (procrastinate's 5 s when it misses a notification)
+    client = redis.Redis.from_url(redis_url(target.redis_db), socket_timeout=30)
     workers = Workers(target.latency_worker(), {**target.env(), "BENCH_REDIS_URL": redis_url(target.redis_db)})
     samples: list[float] = []
     long_idle: list[float] = []
