@@ -54,7 +54,7 @@ LATENCY_SAMPLES = 500
 LATENCY_BUDGET = 5.0
 LONG_IDLE = 2
 
-__all__ = ["WorkerConfig", "Target", "Result", "run", "drain", "gather_fill", "redis_url", "N"]
+__all__ = ["WorkerConfig", "Target", "Result", "NotRunnable", "run", "drain", "gather_fill", "redis_url", "N"]
 
 
 def redis_url(db: int) -> str:
@@ -330,10 +330,21 @@ def _attempt(result: Result, what: str, fn: Callable):
         return None
 
 
+class NotRunnable(Exception):
+    """Raised by make_target when the target cannot run in this build or on this machine: the
+    run reports it as not run, with the message as the reason."""
+
+
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run.py's timeout: finally blocks stop workers
     module = importlib.import_module(argv[0])
-    target: Target = module.make_target(*argv[1:])
+    from bench import harness      # this module runs as __main__: the targets raise bench.harness's class
+
+    try:
+        target: Target = module.make_target(*argv[1:])
+    except harness.NotRunnable as exc:
+        print(json.dumps({"missing": f"not run: {exc}"}), flush=True)     # run.py adds the name
+        return
     result = run(target)
     print(json.dumps(asdict(result)), flush=True)
 

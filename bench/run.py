@@ -105,7 +105,7 @@ def _run_logged(run: Run, log: Any, log_path: Path) -> dict:
         return {"name": run.name, "missing": f"timed out after {run.timeout:.0f}s"}
     lines = out.strip().splitlines()
     try:
-        return json.loads(lines[-1])
+        return {"name": run.name, **json.loads(lines[-1])}
     except (IndexError, ValueError):
         log.flush()
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
