@@ -231,6 +231,7 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
     # a socket timeout longer than the BLPOP's: redis-py 8 would otherwise give up on a probe that
     # waits for a peer's poll (procrastinate's 5 s when it misses a notification)
     client = redis.Redis.from_url(redis_url(target.redis_db), socket_timeout=30)
+    target.connect()      # before the worker starts: both would create a fresh store's tables at once
     workers = Workers(target.latency_worker(), {**target.env(), "BENCH_REDIS_URL": redis_url(target.redis_db)})
     samples: list[float] = []
     long_idle: list[float] = []
@@ -244,13 +245,8 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
         return float(popped[1]) * 1000
 
     try:
-        for _ in range(3):    # warm-up; the first also waits for the worker to start
-            target.connect()
-            target.send_probe()
-            deadline = time.monotonic() + 30
-            while client.blpop([LATENCY_KEY], timeout=1) is None:
-                if not workers.running() or time.monotonic() > deadline:
-                    raise RuntimeError(f"probe job not run: {workers.died() or workers.tail()}")
+        for _ in range(3):    # the first also waits for the worker to start
+            warm_up(target, client, workers)
         deadline = time.monotonic() + target.latency_budget
         while len(samples) < LATENCY_SAMPLES and time.monotonic() < deadline:
             samples.append(sample(random.uniform(0.005, 0.01)))
@@ -259,6 +255,19 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
     finally:
         workers.stop()
     return sorted(samples), sorted(long_idle)
+
+
+def warm_up(target: Target, client: Any, workers: Workers) -> None:
+    """One probe job through the started worker (its latency discarded): the worker runs, the
+    store's tables exist, and this process's client is connected."""
+    from bench.probe import LATENCY_KEY
+
+    target.connect()
+    target.send_probe()
+    deadline = time.monotonic() + 30
+    while client.blpop([LATENCY_KEY], timeout=1) is None:
+        if not workers.running() or time.monotonic() > deadline:
+            raise RuntimeError(f"probe job not run: {workers.died() or workers.tail()}")
 
 
 def run(target: Target) -> Result:
@@ -343,7 +352,7 @@ def main(argv: list[str]) -> None:
     try:
         target: Target = module.make_target(*argv[1:])
     except harness.NotRunnable as exc:
-        print(json.dumps({"missing": f"not run: {exc}"}), flush=True)     # run.py adds the name
+        print(json.dumps({"missing": str(exc)}), flush=True)     # run.py adds the name
         return
     result = run(target)
     print(json.dumps(asdict(result)), flush=True)

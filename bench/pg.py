@@ -55,3 +55,15 @@ def _execute_asyncpg(database: str, statements: tuple[str, ...]) -> None:
             await conn.close()
 
     asyncio.run(go())
+
+
+def server_version() -> str:
+    """The server's version, for the report (psql where the venv has no driver)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["psql", dsn("postgres"), "-Atc", "SHOW server_version"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable ({exc})"
+    return out.stdout.strip() or f"unavailable ({out.stderr.strip()[:100]})"

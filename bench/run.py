@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness, report  # noqa: E402
+from bench import harness, pg, report  # noqa: E402
 
 RESULTS = BENCH / "results"
 
@@ -61,6 +61,7 @@ RUNS = [
     _peer("asyncmq", "asyncmq"), _peer("dbjobq (sqlite)", "dbjobq"),
     Run("ours (pgsql)", None, ("bench.harness", "bench.ours", "pgsql"), 150, harness.OUR_DB),
     _peer("chancy (pgsql)", "chancy"), _peer("procrastinate (pgsql)", "procrastinate"),
+    Run("ours wake-up", None, ("bench.wake",), 480, harness.OUR_DB),
 ]
 
 
@@ -166,7 +167,7 @@ def machine() -> dict[str, Any]:
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
             "python_routemq": routemq_python,
             "memory_gb": round(mem_kb / 2**20, 1), "os": platform.platform(), "python": platform.python_version(),
-            "redis": info.get("redis_version"), "mariadb": mariadb,
+            "redis": info.get("redis_version"), "mariadb": mariadb, "postgresql": pg.server_version(),
             "load_start": [round(x, 2) for x in os.getloadavg()]}
 
 

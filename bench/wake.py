@@ -91,9 +91,10 @@ def idle_latency(connection: str, mode: str) -> dict[str, Any]:
     client = redis.Redis.from_url(harness.redis_url(target.redis_db), socket_timeout=30)
     worker = target.latency_worker()
     row["worker"] = worker.label
+    target.connect()      # before the worker starts: both would create a fresh store's tables at once
     workers = Workers(worker, {**target.env(), **extra, "BENCH_REDIS_URL": harness.redis_url(target.redis_db)})
     try:
-        _warm_up(target, client, workers)
+        harness.warm_up(target, client, workers)
         for _ in range(IDLE_PROBES):
             time.sleep(random.uniform(*IDLE_GAP))
             target.send_probe()
@@ -109,19 +110,6 @@ def idle_latency(connection: str, mode: str) -> dict[str, Any]:
     return row
 
 
-def _warm_up(target: Any, client: Any, workers: Workers) -> None:
-    """One probe through the started worker: the worker runs, the store's tables exist, and this
-    process's application is connected."""
-    from bench.probe import LATENCY_KEY
-
-    target.connect()
-    target.send_probe()
-    deadline = time.monotonic() + 30
-    while client.blpop([LATENCY_KEY], timeout=1) is None:
-        if not workers.running() or time.monotonic() > deadline:
-            raise RuntimeError(f"probe job not run: {workers.died() or workers.tail()}")
-
-
 # -- (i) dispatch throughput with wake-up on and off --------------------------------------------------
 
 def dispatch_round(connection: str, mode: str) -> float:
@@ -132,10 +120,11 @@ def dispatch_round(connection: str, mode: str) -> float:
     target.setup()
     client = redis.Redis.from_url(harness.redis_url(target.redis_db), socket_timeout=30)
     env = {**target.env(), **extra, "BENCH_REDIS_URL": harness.redis_url(target.redis_db)}
+    target.connect()
     workers = Workers(target.latency_worker(), env)
     dispatchers: list[subprocess.Popen] = []
     try:
-        _warm_up(target, client, workers)          # the idle worker is up: the dispatches wake it
+        harness.warm_up(target, client, workers)          # the idle worker is up: the dispatches wake it
         dispatchers = [subprocess.Popen([sys.executable, "-m", "bench.wake", "dispatcher", str(DISPATCH_JOBS)],
                                         cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

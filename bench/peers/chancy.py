@@ -20,7 +20,8 @@ import time
 from chancy import Chancy, Job, Queue, Worker
 
 from bench import pg
-from bench.harness import Target, WorkerConfig
+from bench.harness import WorkerConfig
+from bench.peers._pg import PgTarget
 from bench.peers._venv import package_version
 from bench.probe import record_latency, tick
 
@@ -49,39 +50,21 @@ async def probe(sent: float) -> None:
 NOOP = Job.from_func(noop, queue=QUEUE)
 
 
-class ChancyTarget(Target):
+class ChancyTarget(PgTarget):
     name = "chancy (pgsql)"
     version = f"{package_version('chancy')}, {package_version('psycopg')}"
     enqueue_label = "await chancy.push(job)"
     bulk_label = "push_many"
+    database = DATABASE
 
-    def __init__(self) -> None:
-        self._runner = asyncio.Runner()
-        self._open = False
+    async def open(self) -> None:
+        await chancy.__aenter__()
 
-    def clear(self) -> None:
-        """The Redis db of the latency probe flushed, the database made anew and migrated."""
-        super().clear()
-        self._close()
-        pg.recreate(DATABASE)
-        self.connect()
-        self._runner.run(chancy.migrate())
+    async def close(self) -> None:
+        await chancy.__aexit__(None, None, None)
 
-    def teardown(self) -> None:
-        super().clear()
-        self._close()
-        self._runner.close()
-        pg.drop(DATABASE)
-
-    def connect(self) -> None:
-        if not self._open:
-            self._runner.run(chancy.__aenter__())
-            self._open = True
-
-    def _close(self) -> None:
-        if self._open:
-            self._runner.run(chancy.__aexit__(None, None, None))
-            self._open = False
+    async def prepare(self) -> None:
+        await chancy.migrate()
 
     def enqueue(self, n: int) -> None:
         async def go() -> None:

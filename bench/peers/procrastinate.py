@@ -8,13 +8,13 @@ logs two lines a job. Latency: the worker as shipped (concurrency 1, LISTEN/NOTI
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 from procrastinate import App, PsycopgConnector
 
 from bench import pg
-from bench.harness import Target, WorkerConfig
+from bench.harness import WorkerConfig
+from bench.peers._pg import PgTarget
 from bench.peers._venv import package_version, tool
 from bench.probe import record_latency, tick
 
@@ -32,42 +32,21 @@ async def probe(sent: float) -> None:
     record_latency(sent)
 
 
-class Procrastinate(Target):
+class Procrastinate(PgTarget):
     name = "procrastinate (pgsql)"
     version = f"{package_version('procrastinate')}, {package_version('psycopg')}"
     enqueue_label = "await noop.defer_async()"
     bulk_label = "batch_defer_async"
+    database = DATABASE
 
-    def __init__(self) -> None:
-        self._runner = asyncio.Runner()
-        self._open = False
+    async def open(self) -> None:
+        await app.open_async()      # an awaitable that is also a context manager
 
-    def setup(self) -> None:
-        self.clear()
+    async def close(self) -> None:
+        await app.close_async()
 
-    def clear(self) -> None:
-        """The Redis db of the latency probe flushed, the database made anew with the schema."""
-        super().clear()
-        self._close()
-        pg.recreate(DATABASE)
-        self.connect()
-        self._runner.run(app.schema_manager.apply_schema_async())
-
-    def teardown(self) -> None:
-        super().clear()
-        self._close()
-        self._runner.close()
-        pg.drop(DATABASE)
-
-    def connect(self) -> None:
-        if not self._open:
-            self._runner.run(_open())
-            self._open = True
-
-    def _close(self) -> None:
-        if self._open:
-            self._runner.run(app.close_async())
-            self._open = False
+    async def prepare(self) -> None:
+        await app.schema_manager.apply_schema_async()
 
     def enqueue(self, n: int) -> None:
         async def go() -> None:
@@ -93,10 +72,6 @@ class Procrastinate(Target):
 
     def latency_worker(self) -> WorkerConfig:
         return WorkerConfig("worker defaults (--concurrency 1, LISTEN/NOTIFY, polling 5 s)", self._work())
-
-
-async def _open() -> None:
-    await app.open_async()      # an awaitable that is also a context manager, not a coroutine
 
 
 def make_target() -> Procrastinate:
