@@ -61,7 +61,7 @@ RUNS = [
     _peer("asyncmq", "asyncmq"), _peer("dbjobq (sqlite)", "dbjobq"),
     Run("ours (pgsql)", None, ("bench.harness", "bench.ours", "pgsql"), 150, harness.OUR_DB),
     _peer("chancy (pgsql)", "chancy"), _peer("procrastinate (pgsql)", "procrastinate"),
-    Run("ours wake-up", None, ("bench.wake",), 480, harness.OUR_DB),
+    Run("ours wake-up", None, ("bench.wake",), 600, harness.OUR_DB),
 ]
 
 
