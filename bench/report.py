@@ -234,19 +234,22 @@ def wake_tables(wake: Row | None) -> str:
         return f"not run: {wake['missing']}"
     switch = wake.get("switch")
     mode_note = (f"\"off\": the worker and the dispatchers run with `{switch}`; \"on\": as shipped." if switch else
-                 "This build has no wake-up switch (its databases have no wake-up): \"as built\" is the build as it is.")
+                 "This build has no wake-up switch (its databases have no wake-up): \"as built\" is the build "
+                 "as it is.")
     idle = [[r["connection"], r["mode"], f"`{r.get('worker', '')}`" if r.get("worker") else "-",
              str(len(r.get("samples") or [])), ms(percentile(r.get("samples") or [], 50)),
              ms(percentile(r.get("samples") or [], 99)), ms(max(r.get("samples") or [0]) or None),
              r.get("note", "")] for r in wake.get("idle") or []]
     off = {r["connection"]: r.get("rate") for r in wake.get("dispatch") or [] if r["mode"] == "off"}
-    dispatch = [[r["connection"], r["mode"], ", ".join(rate(x) for x in r.get("rates") or []) or "-", rate(r.get("rate")),
-                 ratio(r.get("rate"), off.get(r["connection"])) if r["mode"] == "on" else "", r.get("note", "")]
+    dispatch = [[r["connection"], r["mode"], ", ".join(rate(x) for x in r.get("rates") or []) or "-",
+                 rate(r.get("rate")), ratio(r.get("rate"), off.get(r["connection"])) if r["mode"] == "on" else "",
+                 r.get("note", "")]
                 for r in wake.get("dispatch") or []]
     return "\n\n".join([
         f"### (h) Idle dispatch-to-start latency\n\nOne idle `queue:work` (defaults: --sleep 1); one process "
         f"dispatches a probe job every 100-200 ms, {wake.get('idle_probes')} times, without waiting for them. "
-        + mode_note + "\n\n" + table(["connection", "wake-up", "worker", "n", "p50 ms", "p99 ms", "max ms", "note"], idle),
+        + mode_note + "\n\n"
+        + table(["connection", "wake-up", "worker", "n", "p50 ms", "p99 ms", "max ms", "note"], idle),
         f"### (i) Dispatch throughput, wake-up on and off\n\n{wake.get('dispatchers')} dispatcher processes, each "
         f"pushing {wake.get('dispatch_jobs')} jobs one `await NoopJob.dispatch()` after another, started together, "
         "with one idle worker running; rounds on, off, off, on (a fresh store each), the median per mode.\n\n"
@@ -270,9 +273,9 @@ def render(data: Row) -> str:
         machine,
         "## Per scenario, Redis\n\n" + main_table(data) + "\n\n"
         f"{PARTIAL} over the jobs run within the time budget, not all N (see the settings). Best peer: the fastest in "
-        "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best Redis peer; for (d) and (e) below 1 "
-        "is better. (e) is the largest worker process's VmHWM over its (c) runs, with the sum over the worker's "
-        "processes where it has several.",
+        "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best Redis peer; for (d) and (e) "
+        "below 1 is better. (e) is the largest worker process's VmHWM over its (c) runs, with the sum over the "
+        "worker's processes where it has several.",
         "## Per scenario, the databases\n\n" + database_peers_table(data) + "\n\n"
         "Each database's peers: dbjobq on SQLite, RouteMQ's database driver on MySQL, Chancy and procrastinate on "
         "PostgreSQL (each in a database of its own, made anew for every fill); ratios: ours on that database / its "

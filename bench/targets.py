@@ -153,7 +153,8 @@ def _idle_checks(wake: Row | None) -> list[Row]:
             out.append(_target(name, None, row.get("note") or "not measured"))
             continue
         mode = "wake-up on" if row["mode"] == "on" else "this build, no wake-up switch"
-        out.append(_target(name, p50 < limit, f"p50 {_fmt(p50, 'ms')}, p99 {_fmt(percentile(row['samples'], 99), 'ms')} "
+        p99 = percentile(row["samples"], 99)
+        out.append(_target(name, p50 < limit, f"p50 {_fmt(p50, 'ms')}, p99 {_fmt(p99, 'ms')} "
                                               f"over {len(row['samples'])} probes ({mode})"))
     return out
 
@@ -162,11 +163,13 @@ def _dispatch_checks(wake: Row | None) -> list[Row]:
     rows = (wake or {}).get("dispatch") or []
     out = []
     for connection in ("pgsql", "sqlite", "mysql"):
-        name = f"dispatch with wake-up on >= 90% of off, {(wake or {}).get('dispatchers', 16)} dispatchers, {connection}"
+        dispatchers = (wake or {}).get("dispatchers", 16)
+        name = f"dispatch with wake-up on >= 90% of off, {dispatchers} dispatchers, {connection}"
         modes = {r["mode"]: r for r in rows if r["connection"] == connection}
         on, off = modes.get("on", {}).get("rate"), modes.get("off", {}).get("rate")
         if on and off:
-            out.append(_target(name, on / off >= 0.9, f"on {_fmt(on)} vs off {_fmt(off)}: {on / off:.2f}x (needs 0.90x)"))
+            out.append(_target(name, on / off >= 0.9,
+                               f"on {_fmt(on)} vs off {_fmt(off)}: {on / off:.2f}x (needs 0.90x)"))
         else:
             note = next((r.get("note") for r in modes.values() if r.get("note")), None)
             built = modes.get("as built", {}).get("rate")
