@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ def run() -> dict[str, Any]:
     idle = []
     for connection in IDLE_CONNECTIONS:
         for mode in (modes() if connection != "redis" else modes()[:1]):     # the switch is the databases'
-            row = _attempt(errors, f"(h) {connection} {mode}", lambda: idle_latency(connection, mode))
+            row = _attempt(errors, f"(h) {connection} {mode}", partial(idle_latency, connection, mode))
             idle.append(row if row and "connection" in row else {"connection": connection, "mode": mode,
                                                                   "samples": [], **(row or {})})
     dispatch = []
@@ -202,7 +203,7 @@ def run() -> dict[str, Any]:
         rates: dict[str, list[float]] = {}
         note = None
         for mode in (ROUNDS if switch else ("as built",) * 2):
-            rate = _attempt(errors, f"(i) {connection} {mode}", lambda: dispatch_round(connection, mode))
+            rate = _attempt(errors, f"(i) {connection} {mode}", partial(dispatch_round, connection, mode))
             if isinstance(rate, dict):
                 note = rate["note"]
                 break
