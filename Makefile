@@ -34,7 +34,7 @@ lint: venv
 # taskiq-redis needs redis>=6, RouteMQ needs Python 3.12 or newer. Each venv is built once (the
 # .installed stamp), again only when its requirements file changes; pip's output goes to
 # bench/.venv/<peer>.log. A peer that cannot install is reported by the run as not run, with the reason.
-PEERS := arq saq rq dramatiq celery taskiq routemq
+PEERS := arq saq rq dramatiq celery taskiq routemq asyncmq chancy procrastinate dbjobq
 ROUTEMQ_PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python python3.13 python3.12 python3; do \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$p; break; }; done)
 peer_python = $(if $(filter routemq,$(1)),$(ROUTEMQ_PYTHON),$(PYTHON))
