@@ -67,6 +67,9 @@ class Job:
     expires_after: ClassVar[float | timedelta | None] = None   # seconds after being due it may still start
     expires_quietly: ClassVar[bool] = False             # an expired job is deleted (SKIP), not failed
     dont_retry: ClassVar[tuple[type[BaseException], ...]] = ()   # these exceptions fail the job at once
+    # SPEC 11, frozen in the options map when not the default:
+    keep_result: ClassVar[float] = 0      # seconds the completed job's record (state, return value) is kept
+    priority: ClassVar[int] = 0           # -100..100, higher runs first within a queue
 
     def __init__(self) -> None:
         self.job_id: str | None = None
@@ -182,6 +185,18 @@ class Job:
             await result
 
     # -- control from inside a job (SPEC 9) --------------------------------------------------
+
+    async def progress(self, fraction: float, text: str = "") -> bool:
+        """Record how far the running job got (0..1, and a word), shown by status and queue:status;
+        False outside a worker's attempt or when the reservation was lost (SPEC 11)."""
+        from core.queue.middleware.context import _current
+
+        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction <= 1):
+            raise ValueError(f"{type(self).__name__}.progress() takes a fraction from 0 to 1, got {fraction!r}")
+        attempt = _current.get()
+        if attempt is None:
+            return False
+        return await attempt.connection.set_progress(attempt.reserved, float(fraction), str(text))
 
     def release(self, delay: float = 0) -> None:
         """When handle() returns, put the job back to run again after `delay` seconds: a

@@ -53,7 +53,7 @@ def test_failed_jobs_can_be_listed_retried_and_keep_their_id(tmp_path):
     assert job_id in retried.stdout
     assert json.loads(run_cli("queue:failed", "--json", check=True).stdout) == []
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert size == {"connection": "database", "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0}}}
+    assert size == {"connection": "database", "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}}}
 
     # attempts were reset: three more tries, under the same id, then failed again
     run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", check=True)
@@ -90,8 +90,8 @@ def test_size_and_clear(tmp_path):
 
     dispatch(push)
     sizes = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert sizes["queues"] == {"emails": {"pending": 3, "delayed": 1, "reserved": 0},
-                               "reports": {"pending": 1, "delayed": 0, "reserved": 0}}
+    assert sizes["queues"] == {"emails": {"pending": 3, "delayed": 1, "reserved": 0, "waiting": 0},
+                               "reports": {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}}
     table = run_cli("queue:size", "--queue", "emails", check=True).stdout
     assert "emails" in table and "reports" not in table
     assert "Cleared 4 job(s) from queue emails" in run_cli("queue:clear", "--queue", "emails", check=True).stdout

@@ -102,17 +102,18 @@ async def clear(app, connection, queue) -> None:
 @click.option("--queue", default=None, help="Queue(s) to count, comma-separated (default: every queue with jobs).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 async def size(app, connection, queue, as_json) -> None:
-    """Show pending, delayed and reserved counts per queue."""
+    """Show pending, delayed, reserved and waiting counts per queue."""
     conn = await app.queue.connection(connection)
     sizes = await admin(conn, "queue:size").sizes(_queues(queue))
     if as_json:
-        click.echo(json.dumps({"connection": conn.name, "queues": {q: s.as_dict() for q, s in sizes.items()}}))
+        click.echo(json.dumps({"connection": conn.name,
+                               "queues": {q: {**s.as_dict(), "waiting": s.waiting} for q, s in sizes.items()}}))
         return
     if not sizes:
         click.echo(f"No jobs on {conn.name}.")
         return
-    print_table(("Queue", "Pending", "Delayed", "Reserved"),
-           [(q, s.pending, s.delayed, s.reserved) for q, s in sizes.items()])
+    print_table(("Queue", "Pending", "Delayed", "Reserved", "Waiting"),
+                [(q, s.pending, s.delayed, s.reserved, s.waiting) for q, s in sizes.items()])
 
 
 @command("queue:restart")

@@ -29,8 +29,9 @@ import time
 from collections.abc import Iterator, Sequence
 
 from core.database import Database, Statement, Steps, change, fetch
-from core.payload import peek_uuid
+from core.payload import peek_priority, peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
+from core.queue.database_status import DatabaseJobs
 from core.queue.failed import FailedJob, FailedJobStore, storable
 from core.queue.state_database import DatabaseState
 
@@ -56,21 +57,32 @@ TABLES = [
     """CREATE TABLE IF NOT EXISTS finished_jobs (
         uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at {uint} NOT NULL){keyed_table}""",
     "CREATE TABLE IF NOT EXISTS queue_signals (name VARCHAR(64) NOT NULL PRIMARY KEY, value {double} NOT NULL){table}",
+    # SPEC 11: a finished job's record (state, return value...), kept until expires_at.
+    """CREATE TABLE IF NOT EXISTS job_results (
+        uuid VARCHAR(255) NOT NULL PRIMARY KEY, queue VARCHAR(255) NOT NULL, state VARCHAR(20) NOT NULL,
+        record {longtext} NOT NULL, finished_at {uint} NOT NULL, expires_at {uint} NOT NULL){keyed_table}""",
 ]
 # Columns a table from the previous release lacks, added by migrate (and the first open).
 COLUMNS = {"uuid": "VARCHAR(255) NULL", "state": "{flag} NOT NULL DEFAULT 0", "claim": "VARCHAR(255) NULL",
            "failing": "{longtext} NULL", "failed_ran": "{flag} NOT NULL DEFAULT 0",
            # SPEC 9: releases that are not failed tries, and when a delayed push came due (NULL: at
            # created_at, the push time on the database's clock).
-           "releases": "{uint} NOT NULL DEFAULT 0", "due_at": "{uint} NULL"}
-# (table, index name, DDL). Priority (SPEC 11) goes between state and available_at in jobs_reserve_index.
+           "releases": "{uint} NOT NULL DEFAULT 0", "due_at": "{uint} NULL",
+           # SPEC 11: -100..100, higher first; the last failed try's first line; progress; a cancel request.
+           "priority": "SMALLINT NOT NULL DEFAULT 0", "last_error": "VARCHAR(1000) NULL",
+           "progress": "VARCHAR(1000) NULL", "cancelled": "{flag} NOT NULL DEFAULT 0"}
+# (table, index name, DDL). READY rows (available_at 0) come out by priority, then id (SPEC 11).
 INDEXES = [
-    ("jobs", "jobs_reserve_index", "CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)"),
+    ("jobs", "jobs_reserve_priority_index",
+     "CREATE INDEX jobs_reserve_priority_index ON jobs (queue, state, available_at, priority DESC)"),
     ("jobs", "jobs_uuid_unique", "CREATE UNIQUE INDEX jobs_uuid_unique ON jobs (uuid)"),
     ("finished_jobs", "finished_jobs_finished_at_index",
      "CREATE INDEX finished_jobs_finished_at_index ON finished_jobs (finished_at)"),
+    ("job_results", "job_results_expires_at_index", "CREATE INDEX job_results_expires_at_index ON job_results (expires_at)"),
 ]
-OLD_INDEX = "jobs_queue_index"      # the previous release's (queue, id): every reserve now uses jobs_reserve_index
+# Earlier releases' reserve indexes, (queue, id) and (queue, state, available_at): dropped, as
+# jobs_reserve_priority_index serves every reserve now.
+OLD_INDEXES = ("jobs_queue_index", "jobs_reserve_index")
 # Rows of the previous release, once: reserved ones lapse at reserved_at + the visibility timeout,
 # future ones are DELAYED, due ones READY at their id's place.
 ADOPT_RESERVED = "UPDATE jobs SET state = 2, available_at = reserved_at + ? WHERE reserved_at IS NOT NULL AND state = 0"
@@ -81,6 +93,11 @@ PUSH_COLUMNS = "INSERT INTO jobs (queue, payload, attempts, available_at, create
 PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0, NULL)"
 PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1, {due})"
 PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?, ?)"
+# A job with a priority (SPEC 11) names the column; a default job's insert stays as it was.
+PUSH_COLUMNS_RANKED = PUSH_COLUMNS.replace("due_at)", "due_at, priority)")
+PUSH_RANKED = PUSH_COLUMNS_RANKED + "(?, ?, 0, 0, {now}, ?, 0, NULL, ?)"
+PUSH_DELAYED_RANKED = PUSH_COLUMNS_RANKED + "(?, ?, 0, {due}, {now}, ?, 1, {due}, ?)"
+PUSH_ROW_RANKED = "(?, ?, 0, ?, ?, ?, ?, ?, ?)"
 NOW = "SELECT {now}, {due}"
 # Due DELAYED rows and lapsed RESERVED rows (their worker died), to become READY at their id's place.
 # reserved_at is checked too: a row an older release's worker holds and extends is not taken from it.
@@ -98,7 +115,7 @@ TIMING = "j.releases, j.created_at, COALESCE(j.due_at, j.created_at), {now}"
 PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING + " FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
-        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
+        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.priority DESC, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
@@ -155,7 +172,7 @@ def marks(n: int) -> str:
     return "(" + ", ".join("?" for _ in range(n)) + ")"
 
 
-class DatabaseQueue(QueueConnection, QueueAdmin):
+class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     name = "database"
 
     def __init__(self, db: Database, failed: FailedJobStore, visibility_timeout: int = 90,
@@ -202,8 +219,10 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
                 await tx.execute(ADOPT_RESERVED, (self.visibility_timeout,))
                 await tx.execute(ADOPT_DELAYED)
                 await tx.execute(ADOPT_READY)
-        if OLD_INDEX in await self._names("jobs", dialect.index_names):
-            await self._ignore_race(dialect.drop_index("jobs", OLD_INDEX))
+        names = await self._names("jobs", dialect.index_names)
+        for old in OLD_INDEXES:
+            if old in names:
+                await self._ignore_race(dialect.drop_index("jobs", old))
         await self.failed.migrate()
         await self._state.migrate()
 
@@ -243,6 +262,12 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
 
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = self._on_duplicate
+        priority = peek_priority(payload)
+        if priority:
+            if delay > 0:
+                return change(PUSH_DELAYED_RANKED + on_duplicate,
+                              (queue, payload, float(delay), peek_uuid(payload), float(delay), priority))
+            return change(PUSH_RANKED + on_duplicate, (queue, payload, peek_uuid(payload), priority))
         if delay > 0:
             delay = float(delay)
             return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, peek_uuid(payload), delay))
@@ -259,9 +284,13 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         due_at = available if delay > 0 else None
         for chunk in chunks:
             params: list = []
+            ranked = any(peek_priority(payload) for payload in chunk)
             for payload in chunk:
                 params += (queue, payload, available, now, peek_uuid(payload), state, due_at)
-            yield change(PUSH_COLUMNS + ", ".join([PUSH_ROW] * len(chunk)) + on_duplicate, params)
+                if ranked:
+                    params.append(peek_priority(payload))
+            columns, row = (PUSH_COLUMNS_RANKED, PUSH_ROW_RANKED) if ranked else (PUSH_COLUMNS, PUSH_ROW)
+            yield change(columns + ", ".join([row] * len(chunk)) + on_duplicate, params)
 
     async def _chunks(self, payloads: Sequence[str]) -> Iterator[Sequence[str]]:
         """Batches of at most BULK_ROWS payloads, and on MySQL of at most a quarter of

@@ -56,14 +56,16 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from core.config import RedisConfig, encoded_url
 from core.errors import ConnectionFailed
-from core.payload import peek_uuid
+from core.payload import peek_priority, peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJobStore
 from core.queue.redis_lane import Lane
+from core.queue.redis_status import RedisJobs
 from core.queue.state_redis import RedisState
 
 LUA = Path(__file__).resolve().parent / "lua"
-SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear")
+SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear",
+           "complete", "status", "cancel", "progress")
 BATCH = 500               # due or expired jobs moved per reserve call; jobs deleted per clear step
 PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks Redis for long
 MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
@@ -86,12 +88,15 @@ class QueueKeys:
     seq: str
     state: str
     done: str
+    results: str          # SPEC 11: <id> = a finished job's record (redis_status.py)
+    results_exp: str      # id = when its record expires
+    wake: str             # <wake><id>: a list a waiter blocks on until the job finished
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> "QueueKeys":
         base = f"{prefix}{{{queue}}}"
         return cls(base, f"{base}:delayed", f"{base}:reserved", f"{base}:jobs", f"{base}:notify", f"{base}:seq",
-                   f"{base}:state", f"{base}:done")
+                   f"{base}:state", f"{base}:done", f"{base}:results", f"{base}:results:exp", f"{base}:wake:")
 
     def claim(self, claim: str) -> str:
         return f"{self.ready}:claim:{claim}"
@@ -182,7 +187,7 @@ def reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class RedisQueue(QueueConnection, QueueAdmin):
+class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     name = "redis"
 
     def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90,
@@ -263,11 +268,19 @@ class RedisQueue(QueueConnection, QueueAdmin):
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         k = self.keys(queue)
-        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done],
-                        [max(0.0, float(delay)), peek_uuid(payload) or str(uuid.uuid4()), payload])
+        args = [max(0.0, float(delay)), peek_uuid(payload) or str(uuid.uuid4()), payload]
+        priority = peek_priority(payload)
+        if priority:
+            args.append(priority)
+        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         k = self.keys(queue)
+        ranked = [payload for payload in payloads if peek_priority(payload)]
+        if ranked:      # one by one, each with its rank (push.lua); the others in batches, as before
+            for payload in ranked:
+                await self.push(queue, payload, delay)
+            payloads = [payload for payload in payloads if not peek_priority(payload)]
         for start in range(0, len(payloads), PUSH_CHUNK):
             args: list[Any] = [max(0.0, float(delay))]
             for payload in payloads[start:start + PUSH_CHUNK]:
@@ -279,7 +292,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
         worker still failing it (requeue.lua): attempts reset, failing mark and token cleared."""
         k = self.keys(queue)
         await self._run("requeue", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.seq, k.state, k.done],
-                        [peek_uuid(payload) or str(uuid.uuid4()), payload])
+                        [peek_uuid(payload) or str(uuid.uuid4()), payload, peek_priority(payload)])
 
     # -- reserving -------------------------------------------------------------------------------
 
@@ -477,9 +490,10 @@ class RedisQueue(QueueConnection, QueueAdmin):
             result[queue] = QueueSize(int(pending), int(delayed), int(reserved))
         return result
 
-    async def _queues_with_jobs(self) -> list[str]:
-        """Queues whose jobs hash exists (it is deleted with its last job). SCAN: commands only."""
-        head, tail = f"{self.config.prefix}{{", "}:jobs"
+    async def _queues_with_jobs(self, tail: str = "}:jobs") -> list[str]:
+        """Queues whose jobs hash (or, with tail "}:results", results hash) exists: it is deleted
+        with its last job. SCAN: commands only."""
+        head = f"{self.config.prefix}{{"
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*" + tail
         found = set()
         async for key in self.client.scan_iter(match=pattern, count=1000):

@@ -50,8 +50,10 @@ class Heartbeat:
 
     def __init__(self, app: "Application", connection: str | None, interval: float,
                  held: Callable[[], Sequence[ReservedJob]], outage: OutageLog, secrets: list[str],
-                 locks: Callable[[], Sequence[tuple[str, str]]] = list, lock_ttl: float = 0) -> None:
+                 locks: Callable[[], Sequence[tuple[str, str]]] = list, lock_ttl: float = 0,
+                 cancel: Callable[[list[str]], None] | None = None) -> None:
         self.app = app
+        self.cancel = cancel        # called (from this thread) with the ids of held jobs someone cancelled
         self.connection = connection
         self.interval = interval
         self.held = held
@@ -130,6 +132,10 @@ class Heartbeat:
         try:
             if held:
                 await conn.extend(held)
+                if self.cancel is not None:
+                    cancelled = await conn.cancelled_among(held)
+                    if cancelled:
+                        self.cancel(cancelled)
             if locks:
                 self._note_lost(locks, await conn.state.lock_renew(locks, self.lock_ttl))
         except Exception as exc:

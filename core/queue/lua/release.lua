@@ -24,7 +24,7 @@ if delay > 0 then
     local t = redis.call('TIME')
     redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay, ARGV[1])
 else
-    local seq = tonumber(string.match(redis.call('HGET', KEYS[4], ARGV[1] .. ':seq') or '0', '^%d+')) or 0
+    local seq = tonumber(string.match(redis.call('HGET', KEYS[4], ARGV[1] .. ':seq') or '0', '^-?%d+')) or 0
     redis.call('ZADD', KEYS[1], seq, ARGV[1])
     redis.call('RPUSH', KEYS[5], 1)
 end

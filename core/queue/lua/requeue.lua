@@ -8,7 +8,8 @@
 -- KEYS[6] sequence        queues:{q}:seq
 -- KEYS[7] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- KEYS[8] finished zset   queues:{q}:done
--- ARGV[1] job id; ARGV[2] its payload (stored only if the job is not stored any more)
+-- ARGV[1] job id; ARGV[2] its payload (stored only if the job is not stored any more); ARGV[3]
+-- its priority (SPEC 11; push.lua explains the rank)
 -- Returns 1 if the job was stored again, 0 if it was still stored and was taken over.
 --
 -- A job still stored is one a worker is still failing (it wrote the failed row, not yet the
@@ -19,8 +20,8 @@ local id = ARGV[1]
 redis.call('ZREM', KEYS[8], id)
 redis.call('HDEL', KEYS[7], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 local stored = redis.call('HSETNX', KEYS[4], id, ARGV[2]) == 0
-local seq = tonumber(string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '', '^%d+'))
-if not seq then seq = redis.call('INCR', KEYS[6]) end
+local seq = string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '', '^-?%d+')
+if not seq then seq = string.format('%.0f', redis.call('INCR', KEYS[6]) - tonumber(ARGV[3] or '0') * 17592186044416) end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[4], id .. ':seq', seq .. ' ' .. t[1] .. ' ' .. t[2])
 redis.call('ZREM', KEYS[3], id)
