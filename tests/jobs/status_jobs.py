@@ -53,6 +53,15 @@ class OrderJob(Job):
         record(self.log, event="ran", name=self.name)
 
 
+class FlakyOrderJob(OrderJob):
+    """Records its run, and fails its first attempt (retried at once)."""
+
+    async def handle(self) -> None:
+        await super().handle()
+        if self.attempts == 1:
+            raise RuntimeError("first attempt fails")
+
+
 class LongJob(Job):
     """Reports progress, then waits until cancelled (or its flag file appears)."""
     keep_result = 60
