@@ -71,12 +71,12 @@ async def test_the_order_of_queues_beats_priority(store, tmp_path):
 
 
 DOWNGRADE = {   # the release before SPEC 11: no priority (nor its siblings), the old reserve index
-    "sqlite": ["DROP INDEX jobs_reserve_priority_index", "ALTER TABLE jobs DROP COLUMN priority",
+    "sqlite": ["DROP INDEX jobs_reserve_priority_index", "ALTER TABLE jobs DROP COLUMN priority_rank",
                "ALTER TABLE jobs DROP COLUMN last_error", "ALTER TABLE jobs DROP COLUMN progress",
                "ALTER TABLE jobs DROP COLUMN cancelled", "DROP TABLE job_results",
                "CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)"],
     "mysql": ["CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)",
-              "DROP INDEX jobs_reserve_priority_index ON jobs", "ALTER TABLE jobs DROP COLUMN priority",
+              "DROP INDEX jobs_reserve_priority_index ON jobs", "ALTER TABLE jobs DROP COLUMN priority_rank",
               "ALTER TABLE jobs DROP COLUMN last_error", "ALTER TABLE jobs DROP COLUMN progress",
               "ALTER TABLE jobs DROP COLUMN cancelled", "DROP TABLE job_results"],
 }
@@ -99,7 +99,7 @@ async def test_migrate_brings_a_database_without_priority_up_to_date(kind, reque
         db = (await app.queue.connection()).db
         columns = {str(c) for (c,) in await db.fetchall(db.dialect.column_names, ("jobs",))}
         indexes = {str(i) for (i,) in await db.fetchall(db.dialect.index_names, ("jobs",))}
-        assert {"priority", "last_error", "progress", "cancelled"} <= columns
+        assert {"priority_rank", "last_error", "progress", "cancelled"} <= columns
         assert "jobs_reserve_priority_index" in indexes and "jobs_reserve_index" not in indexes
         assert (await old.status()).state == "pending"
         ref = await OrderJob.dispatch(log=str(tmp_path / "events"), name="new").priority(5).keep_result(60)

@@ -68,13 +68,15 @@ COLUMNS = {"uuid": "VARCHAR(255) NULL", "state": "{flag} NOT NULL DEFAULT 0", "c
            # SPEC 9: releases that are not failed tries, and when a delayed push came due (NULL: at
            # created_at, the push time on the database's clock).
            "releases": "{uint} NOT NULL DEFAULT 0", "due_at": "{uint} NULL",
-           # SPEC 11: -100..100, higher first; the last failed try's first line; progress; a cancel request.
-           "priority": "SMALLINT NOT NULL DEFAULT 0", "last_error": "VARCHAR(1000) NULL",
+           # SPEC 11: minus the job's priority (lower runs first: MariaDB's descending indexes skip rows
+           # under SKIP LOCKED, so the index stays ascending); the last failed try's first line; progress;
+           # a cancel request.
+           "priority_rank": "SMALLINT NOT NULL DEFAULT 0", "last_error": "VARCHAR(1000) NULL",
            "progress": "VARCHAR(1000) NULL", "cancelled": "{flag} NOT NULL DEFAULT 0"}
 # (table, index name, DDL). READY rows (available_at 0) come out by priority, then id (SPEC 11).
 INDEXES = [
     ("jobs", "jobs_reserve_priority_index",
-     "CREATE INDEX jobs_reserve_priority_index ON jobs (queue, state, available_at, priority DESC)"),
+     "CREATE INDEX jobs_reserve_priority_index ON jobs (queue, state, available_at, priority_rank)"),
     ("jobs", "jobs_uuid_unique", "CREATE UNIQUE INDEX jobs_uuid_unique ON jobs (uuid)"),
     ("finished_jobs", "finished_jobs_finished_at_index",
      "CREATE INDEX finished_jobs_finished_at_index ON finished_jobs (finished_at)"),
@@ -94,7 +96,7 @@ PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0, NULL)"
 PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1, {due})"
 PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?, ?)"
 # A job with a priority (SPEC 11) names the column; a default job's insert stays as it was.
-PUSH_COLUMNS_RANKED = PUSH_COLUMNS.replace("due_at)", "due_at, priority)")
+PUSH_COLUMNS_RANKED = PUSH_COLUMNS.replace("due_at)", "due_at, priority_rank)")
 PUSH_RANKED = PUSH_COLUMNS_RANKED + "(?, ?, 0, 0, {now}, ?, 0, NULL, ?)"
 PUSH_DELAYED_RANKED = PUSH_COLUMNS_RANKED + "(?, ?, 0, {due}, {now}, ?, 1, {due}, ?)"
 PUSH_ROW_RANKED = "(?, ?, 0, ?, ?, ?, ?, ?, ?)"
@@ -115,7 +117,7 @@ TIMING = "j.releases, j.created_at, COALESCE(j.due_at, j.created_at), {now}"
 PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING + " FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
-        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.priority DESC, j.id LIMIT ?")
+        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.priority_rank, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
@@ -266,8 +268,8 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         if priority:
             if delay > 0:
                 return change(PUSH_DELAYED_RANKED + on_duplicate,
-                              (queue, payload, float(delay), peek_uuid(payload), float(delay), priority))
-            return change(PUSH_RANKED + on_duplicate, (queue, payload, peek_uuid(payload), priority))
+                              (queue, payload, float(delay), peek_uuid(payload), float(delay), -priority))
+            return change(PUSH_RANKED + on_duplicate, (queue, payload, peek_uuid(payload), -priority))
         if delay > 0:
             delay = float(delay)
             return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, peek_uuid(payload), delay))
@@ -288,7 +290,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             for payload in chunk:
                 params += (queue, payload, available, now, peek_uuid(payload), state, due_at)
                 if ranked:
-                    params.append(peek_priority(payload))
+                    params.append(-peek_priority(payload))
             columns, row = (PUSH_COLUMNS_RANKED, PUSH_ROW_RANKED) if ranked else (PUSH_COLUMNS, PUSH_ROW)
             yield change(columns + ", ".join([row] * len(chunk)) + on_duplicate, params)
 

@@ -108,7 +108,7 @@ class DatabaseJobs:
             clauses.append("state = ?")
             params.append(STATE_CODES[state])
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        order = " ORDER BY available_at, priority DESC, id" if queue and state else " ORDER BY id"
+        order = " ORDER BY available_at, priority_rank, id" if queue and state else " ORDER BY id"
         rows = await self.db.fetchall(LIST + where + order + " LIMIT ?", [*params, limit])
         return [_queued(None, row) for row in rows]
 
