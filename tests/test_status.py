@@ -13,7 +13,7 @@ from core.job_settings import InvalidPriority
 from core.queue import (JobCancelled, JobFailed, JobNotFound, JobRef, ResultNotKept, ResultNotSerializable,
                         WaitTimeout, job_ref)
 from tests.conftest import run_cli
-from tests.jobs.status_jobs import AddJob, AlwaysFailsJob, LongJob, NoResultJob, UnkeepableResultJob
+from tests.jobs.status_jobs import AddJob, AlwaysFailsJob, LongJob, NoResultJob, RetryLaterJob, UnkeepableResultJob
 from tests.worker_support import events, failed_rows, stop, until
 
 
@@ -57,6 +57,18 @@ async def test_wait_raises_job_failed_with_the_exception_and_status_reports_fail
     status = await ref.status()
     assert status.state == "failed" and status.last_error == "ValueError: sensor 7 is offline"
     assert ref in await failed_rows(store)
+
+
+async def test_a_retried_job_shows_delayed_with_its_attempts_and_last_error(store):
+    ref = await RetryLaterJob.dispatch()
+    worker = store.start_worker("--stop-when-empty")
+    await finish(store, worker)
+    status = await ref.status()
+    assert (status.state, status.attempts, status.max_tries) == ("delayed", 1, 3)
+    assert status.last_error == "ConnectionError: vendor API unreachable"
+    assert status.available_at is not None and status.available_at > status.dispatched_at + 30
+    shown = json.loads(run_cli("queue:status", ref, store.connection, "--queue", "default", "--json", check=True).stdout)
+    assert shown["state"] == "delayed" and shown["last_error"] == "ConnectionError: vendor API unreachable"
 
 
 async def test_wait_on_a_job_that_keeps_no_result_raises_at_once(store):

@@ -190,6 +190,11 @@ class QueueConnection(ABC):
         `free`: a release that is not a failed try (SPEC 9): the job's release count goes up in
         the same atomic step, so tries used (attempts - releases) stay as they were."""
 
+    async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
+        """release() after a failed try, noting the exception's first line as the job's last_error
+        (SPEC 11) in the same atomic step where the store can; the default only releases."""
+        return await self.release(job, delay)
+
     @abstractmethod
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         """Record, with the job, that its tries are over and why (before failed() runs, and again

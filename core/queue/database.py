@@ -129,6 +129,9 @@ RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, availabl
 # A release that is not a failed try (SPEC 9) counts itself in the same statement.
 RELEASE_FREE = RELEASE_HELD.replace("SET ", "SET releases = releases + 1, ", 1)
 RELEASE_FREE_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET releases = releases + 1, ", 1)
+# A failed try's release notes its exception's first line (SPEC 11: status shows last_error).
+RELEASE_ERROR = RELEASE_HELD.replace("SET ", "SET last_error = ?, ", 1)
+RELEASE_ERROR_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET last_error = ?, ", 1)
 EXTEND_HELD = "UPDATE jobs SET reserved_at = {now}, available_at = {due} WHERE " + HELD
 # The held rows a renewal may change now: with SKIP LOCKED, those no other transaction holds.
 RENEWABLE = "SELECT id FROM jobs WHERE id IN "
@@ -455,6 +458,12 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             sql = RELEASE_FREE_DELAYED if free else RELEASE_HELD_DELAYED
             return await self.db.execute(sql, (float(delay), *_fence(job))) == 1
         return await self.db.execute(RELEASE_FREE if free else RELEASE_HELD, _fence(job)) == 1
+
+    async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
+        error = storable(error)[:1000]
+        if delay > 0:
+            return await self.db.execute(RELEASE_ERROR_DELAYED, (error, float(delay), *_fence(job))) == 1
+        return await self.db.execute(RELEASE_ERROR, (error, *_fence(job))) == 1
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         params = (storable(exception), int(failed_ran), self.visibility_timeout, *_fence(job))

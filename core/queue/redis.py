@@ -442,10 +442,15 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
                 done[i] = flag == 1
         return done
 
-    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False, error: str | None = None) -> bool:
         k = self.keys(job.queue)
-        return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state],
-                               [job.id, job.token, max(0.0, float(delay)), int(free)]) == 1
+        args = [job.id, job.token, max(0.0, float(delay)), int(free)]
+        if error is not None:
+            args.append(error[:1000])
+        return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state], args) == 1
+
+    async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
+        return await self.release(job, delay, error=error)
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         k = self.keys(job.queue)

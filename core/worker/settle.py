@@ -103,7 +103,9 @@ class Settler:
             self._acker = asyncio.create_task(self._acknowledge())
 
     async def _retry(self, attempt: Attempt, delay: float, exc: Exception) -> None:
-        held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
+        error = redact(first_line(exc), self.secrets)
+        held = await self._store(attempt.label, "release",
+                                 lambda: self.conn.release_failed(attempt.reserved, delay, error))
         log.info("RETRY   %s %s (%s) retry in %gs%s", attempt.label, _took(attempt.started), first_line(exc), delay,
                  " [reservation lost]" if held is False else "")
         if held:

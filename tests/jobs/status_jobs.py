@@ -84,3 +84,11 @@ class LongJob(Job):
 
     async def failed(self, exception: BaseException) -> None:
         record(self.log, event="failed", job_id=self.job_id)
+
+
+class RetryLaterJob(Job):
+    """Fails its try; retried a minute later."""
+    retry_after = 60
+
+    async def handle(self) -> None:
+        raise ConnectionError("vendor API unreachable\nsecond line")
