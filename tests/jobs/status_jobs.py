@@ -92,3 +92,37 @@ class RetryLaterJob(Job):
 
     async def handle(self) -> None:
         raise ConnectionError("vendor API unreachable\nsecond line")
+
+
+class ChainingJob(Job):
+    """Pushes a follow-up job when it runs (run_pushed runs that one too)."""
+    keep_result = 60
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    async def handle(self) -> int:
+        if self.n < 2:
+            await ChainingJob.dispatch(n=self.n + 1)
+        return self.n * 10
+
+
+class IntentJob(Job):
+    """Does what `action` says: release, delete, fail, raise, or return `value`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action = ""
+        self.value = None
+
+    async def handle(self) -> object:
+        if self.action == "release":
+            self.release(10)
+        elif self.action == "delete":
+            self.delete()
+        elif self.action == "fail":
+            self.fail("the device said no")
+        elif self.action == "raise":
+            raise ValueError(f"attempt {self.attempts} broke")
+        return self.value
