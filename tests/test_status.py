@@ -183,3 +183,18 @@ async def test_queue_size_json_counts_waiting(store):
 async def test_queue_prune_results_runs_on_each_store(store):
     shown = run_cli("queue:prune-results", store.connection)
     assert shown.returncode == 0 and "Pruned 0 expired result(s)" in shown.stdout
+
+
+async def test_queue_retry_with_a_delay_puts_a_failed_job_back_delayed(store):
+    ref = await AlwaysFailsJob.dispatch()
+    worker = store.start_worker("--stop-when-empty")
+    await finish(store, worker)
+    assert (await ref.status()).state == "failed"
+    retried = run_cli("queue:retry", ref, "--delay", "60", check=True)
+    assert "due in 60s" in retried.stdout
+    status = await ref.status()
+    assert (status.state, status.attempts) == ("delayed", 0)
+    assert status.available_at is not None and status.available_at >= status.dispatched_at + 59
+    assert ref not in await failed_rows(store)
+    refused = run_cli("queue:retry", ref, "--delay", "-1")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr

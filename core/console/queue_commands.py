@@ -41,16 +41,18 @@ def print_failed(jobs: list[FailedJob]) -> None:
 @command("queue:retry")
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--queue", default=None, help="With `all`: only the failed jobs of this queue.")
-async def retry(app, ids, queue) -> int:
+@click.option("--delay", type=click.FloatRange(min=0), default=0, help="Seconds before the jobs are due again.")
+async def retry(app, ids, queue, delay) -> int:
     """Push failed jobs back on their own connection and queue with attempts reset.
 
     IDS are job ids from queue:failed, or `all`. A retried job keeps its id.
     """
     if queue:
         validate_queue_name(queue)
-    result = await retry_failed(app, None if list(ids) == ["all"] else list(ids), queue)
+    result = await retry_failed(app, None if list(ids) == ["all"] else list(ids), queue, delay)
+    after = f", due in {delay:g}s" if delay else ""
     for job in result.retried:
-        click.echo(f"Retried {job.uuid} ({job.job_class}) onto {job.connection}/{job.queue}")
+        click.echo(f"Retried {job.uuid} ({job.job_class}) onto {job.connection}/{job.queue}{after}")
     for job_id in result.missing:
         click.echo(f"No failed job with id {job_id}", err=True)
     if not result.retried and not result.missing:

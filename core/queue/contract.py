@@ -207,19 +207,19 @@ class QueueConnection(ABC):
         """Write the job to failed_jobs and remove it from the queue, atomically where one store
         holds both; else the row first, then the delete. Either step may be repeated safely."""
 
-    async def requeue(self, queue: str, payload: str) -> None:
+    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
         """queue:retry: put a failed job back under its own id with its attempts and releases reset
         and its push time restarted (retry_until, expires_after count from now), even if
         its id is still stored (a worker still failing it loses its reservation) or is remembered
-        as finished. Unlike push, never a no-op."""
-        await self.push(queue, payload)
+        as finished. Unlike push, never a no-op. `delay`: seconds before it is due (queue:retry --delay)."""
+        await self.push(queue, payload, delay)
 
-    async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob") -> bool:
+    async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob", delay: float = 0) -> bool:
         """queue:retry of one failed job: back on its queue (requeue) and out of failed_jobs; False
         if its failed row was gone already (another retry took it). Requeued first, then
         forgotten: a crash in between leaves the failed row, never a lost job. A connection that
         shares the failed store's database does both in one transaction instead."""
-        await self.requeue(job.queue, job.payload)
+        await self.requeue(job.queue, job.payload, delay)
         return await store.forget(job.uuid)
 
     @abstractmethod

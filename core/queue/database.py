@@ -156,6 +156,9 @@ PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the 
 TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, releases = 0, created_at = {now}, "
              "due_at = NULL, state = 0, available_at = 0, reserved_at = NULL, claim = NULL, failing = NULL, "
              "failed_ran = 0 WHERE uuid = ?")
+# queue:retry --delay: the same, DELAYED until now + the delay.
+TAKE_OVER_DELAYED = TAKE_OVER.replace("due_at = NULL, state = 0, available_at = 0",
+                                      "due_at = {due}, state = 1, available_at = {due}")
 STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
 FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
 STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
@@ -325,33 +328,35 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         if missing:
             await self.push_many(queue, missing, delay)
 
-    async def requeue(self, queue: str, payload: str) -> None:
-        await self.db.run_transaction(self._requeue_steps(queue, payload))
+    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
+        await self.db.run_transaction(self._requeue_steps(queue, payload, delay))
 
-    async def requeue_failed(self, store: FailedJobStore, job: FailedJob) -> bool:
+    async def requeue_failed(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> bool:
         """The job is either still failed or back on its queue, never both or neither: one
         transaction when the failed store is in this database. It may deadlock with the worker
         that is failing the same job (both lock its jobs row and failed row): it runs again then."""
         if store.db is not self.db:
-            return await super().requeue_failed(store, job)
+            return await super().requeue_failed(store, job, delay)
         return await self.db.retrying_conflicts(
-            lambda: self.db.run_transaction(self._requeue_failed_steps(store, job)))
+            lambda: self.db.run_transaction(self._requeue_failed_steps(store, job, delay)))
 
-    def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob) -> Steps[bool]:
+    def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> Steps[bool]:
         if not (yield from store.forget_steps(job.uuid)):
             return False
-        yield from self._requeue_steps(job.queue, job.payload)
+        yield from self._requeue_steps(job.queue, job.payload, delay)
         return True
 
-    def _requeue_steps(self, queue: str, payload: str) -> Steps[None]:
+    def _requeue_steps(self, queue: str, payload: str, delay: float = 0) -> Steps[None]:
         """Forget the finished record, and take the job over if it is still stored (a worker still
         failing it loses its reservation), else push it."""
         job_uuid = peek_uuid(payload)
         if job_uuid is not None:
             yield change(FORGET, (job_uuid,))
-            if (yield change(TAKE_OVER, (queue, payload, job_uuid))) > 0:
+            taken = yield (change(TAKE_OVER_DELAYED, (queue, payload, float(delay), float(delay), job_uuid))
+                           if delay > 0 else change(TAKE_OVER, (queue, payload, job_uuid)))
+            if taken > 0:
                 return
-        yield self._push(queue, payload)
+        yield self._push(queue, payload, delay)
 
     # -- reserve ----------------------------------------------------------------------------
 

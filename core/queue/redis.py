@@ -287,12 +287,13 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
                 args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
             await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
 
-    async def requeue(self, queue: str, payload: str) -> None:
+    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
         """queue:retry: forget the finished record and store the job again, or take it over from a
         worker still failing it (requeue.lua): attempts reset, failing mark and token cleared."""
         k = self.keys(queue)
         await self._run("requeue", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.seq, k.state, k.done],
-                        [peek_uuid(payload) or str(uuid.uuid4()), payload, peek_priority(payload)])
+                        [peek_uuid(payload) or str(uuid.uuid4()), payload, peek_priority(payload),
+                         max(0.0, float(delay))])
 
     # -- reserving -------------------------------------------------------------------------------
 
