@@ -118,13 +118,13 @@ class QueueFake:
         async def fake_conn(ref: JobRef) -> QueueConnection:
             return fake.connection(ref.connection or current().config.queue.default)
 
-        core.dispatch._open = fake_open           # type: ignore[assignment]
-        JobRef._conn = fake_conn                  # type: ignore[method-assign]
+        core.dispatch._open = fake_open      # the one place dispatch opens a connection
+        JobRef._conn = fake_conn             # type: ignore[method-assign,assignment]   # where a ref asks
         try:
             yield fake
         finally:
-            core.dispatch._open = real_open       # type: ignore[assignment]
-            JobRef._conn = real_conn              # type: ignore[method-assign]
+            core.dispatch._open = real_open
+            JobRef._conn = real_conn         # type: ignore[method-assign]
 
     def connection(self, name: str) -> _FakeConnection:
         if name not in self._connections:
@@ -153,7 +153,8 @@ class QueueFake:
     def assert_pushed(self, cls: type[Job], callback: Callable[[Job], Any] | None = None, *, times: int | None = None,
                       delay: float | None = None) -> None:
         found = len(self._matching(cls, callback, delay=delay))
-        what = f"{cls.__name__}{' matching the callback' if callback else ''}{f' with delay {delay:g}' if delay else ''}"
+        what = (f"{cls.__name__}{' matching the callback' if callback else ''}"
+                f"{f' with delay {delay:g}' if delay else ''}")
         if times is None:
             _check(found, f"expected {what} to be pushed; {self._listing()}")
         else:
@@ -177,7 +178,7 @@ class QueueFake:
 
     async def run_pushed(self) -> list[PushedJob]:
         """Run every pending pushed job in this process, in push order, and then what those push."""
-        ran = []
+        ran: list[PushedJob] = []
         while True:
             due = [p for p in self.pushed if p.state == "pending"]
             if not due:
@@ -239,7 +240,7 @@ async def run_job(job: Job, attempts: int = 1, payload: Payload | None = None) -
 try:
     import pytest
 except ImportError:      # outside pytest: QueueFake.install() still works
-    pytest = None        # type: ignore[assignment]
+    pytest = None
 
 if pytest is not None:
     @pytest.fixture

@@ -53,7 +53,8 @@ def test_failed_jobs_can_be_listed_retried_and_keep_their_id(tmp_path):
     assert job_id in retried.stdout
     assert json.loads(run_cli("queue:failed", "--json", check=True).stdout) == []
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert size == {"connection": "database", "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}}}
+    assert size == {"connection": "database",
+                    "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}}}
 
     # attempts were reset: three more tries, under the same id, then failed again
     run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", check=True)

@@ -67,7 +67,8 @@ async def test_a_retried_job_shows_delayed_with_its_attempts_and_last_error(stor
     assert (status.state, status.attempts, status.max_tries) == ("delayed", 1, 3)
     assert status.last_error == "ConnectionError: vendor API unreachable"
     assert status.available_at is not None and status.available_at > status.dispatched_at + 30
-    shown = json.loads(run_cli("queue:status", ref, store.connection, "--queue", "default", "--json", check=True).stdout)
+    shown = json.loads(run_cli("queue:status", ref, store.connection, "--queue", "default", "--json",
+                               check=True).stdout)
     assert shown["state"] == "delayed" and shown["last_error"] == "ConnectionError: vendor API unreachable"
 
 

@@ -80,7 +80,8 @@ INDEXES = [
     ("jobs", "jobs_uuid_unique", "CREATE UNIQUE INDEX jobs_uuid_unique ON jobs (uuid)"),
     ("finished_jobs", "finished_jobs_finished_at_index",
      "CREATE INDEX finished_jobs_finished_at_index ON finished_jobs (finished_at)"),
-    ("job_results", "job_results_expires_at_index", "CREATE INDEX job_results_expires_at_index ON job_results (expires_at)"),
+    ("job_results", "job_results_expires_at_index",
+     "CREATE INDEX job_results_expires_at_index ON job_results (expires_at)"),
 ]
 # Earlier releases' reserve indexes, (queue, id) and (queue, state, available_at): dropped, as
 # jobs_reserve_priority_index serves every reserve now.
@@ -117,7 +118,8 @@ TIMING = "j.releases, j.created_at, COALESCE(j.due_at, j.created_at), {now}"
 PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING + " FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
-        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.priority_rank, j.id LIMIT ?")
+        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) "
+        "ORDER BY j.available_at, j.priority_rank, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"

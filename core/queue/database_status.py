@@ -95,12 +95,13 @@ class DatabaseJobs:
         if state == "failed":
             return [from_failed(f) for f in await self.failed.latest(limit, queue)]
         if state in ("completed", "cancelled"):
-            where, params = " AND state = ?", [state]
+            where, kept = " AND state = ?", [state]
             if queue:
-                where, params = where + " AND queue = ?", [state, queue]
-            rows = await self.db.fetchall(RESULTS + where + " ORDER BY expires_at DESC LIMIT ?", [*params, limit])
+                where, kept = where + " AND queue = ?", [state, queue]
+            rows = await self.db.fetchall(RESULTS + where + " ORDER BY expires_at DESC LIMIT ?", [*kept, limit])
             return [from_record(job_uuid, record, float(at)) for job_uuid, record, at in rows]
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if queue:
             clauses.append("queue = ?")
             params.append(queue)

@@ -443,7 +443,8 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
                 done[i] = flag == 1
         return done
 
-    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False, error: str | None = None) -> bool:
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False,
+                      error: str | None = None) -> bool:
         k = self.keys(job.queue)
         args = [job.id, job.token, max(0.0, float(delay)), int(free)]
         if error is not None:

@@ -95,7 +95,8 @@ def from_payload(job_id: str, state: str, queue: str, raw: str, **fields: Any) -
     except ValueError:
         body = {}
     body = body if isinstance(body, dict) else {}
-    options = body.get("options") if isinstance(body.get("options"), dict) else {}
+    options = body.get("options")
+    options = options if isinstance(options, dict) else {}
     return JobStatus(state=state, queue=queue, job=body.get("job"), max_tries=int(body.get("maxTries") or 0),
                      dispatched_at=body.get("pushedAt"), id=job_id, keep_result=float(options.get("keepResult", 0)),
                      **fields)
@@ -184,6 +185,7 @@ class JobRef(str):
     queue: str | None
     created: bool
     keep_result: float | None      # None: not known here (a ref rebuilt by job_ref)
+    _inline: JobStatus | None
 
     def __new__(cls, job_id: str, connection: str | None = None, queue: str | None = None, *,
                 created: bool = True, keep_result: float | None = None, inline: Any = None) -> "JobRef":

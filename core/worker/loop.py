@@ -431,7 +431,10 @@ class Worker:
         self._track(slot, asyncio.create_task(ending))
 
     def _cancel_from_thread(self, loop: asyncio.AbstractEventLoop) -> Callable[[list[str]], None]:
-        return lambda ids: loop.call_soon_threadsafe(self._cancel_jobs, ids)
+        """What the heartbeat's thread calls with the ids of held jobs someone cancelled."""
+        def cancel(ids: list[str]) -> None:
+            loop.call_soon_threadsafe(self._cancel_jobs, ids)
+        return cancel
 
     def _cancel_jobs(self, ids: list[str]) -> None:
         """SPEC 11: cancel the tasks of running jobs someone cancelled; _run settles them as Cancelled."""
@@ -470,7 +473,7 @@ class Worker:
             task = asyncio.current_task()
             if attempt.reserved.id in self._cancelled and task in self._tasks and not self.timeouts.interrupted:
                 self._cancelled.discard(attempt.reserved.id)
-                task.uncancel()      # type: ignore[union-attr]   # cancelled by a user: settled as such
+                task.uncancel()      # cancelled by a user: settled as such
                 return Cancelled()
             if task in self._tasks:   # not left behind: the job is still ours to release
                 await self._settler.put_back(attempt)
