@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from core.payload import Payload, restore_middleware
 from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
 from core.queue.middleware.context import attempt_context
+from core.queue.sync import KeepsNothing, SyncQueue
 from core.queue.status import JobRef, JobStatus
 
 __all__ = ["PushedJob", "QueueFake", "RunOutcome", "run_job"]
@@ -49,7 +50,7 @@ def _check(ok: Any, message: str) -> None:
         raise AssertionError(message)
 
 
-class _FakeConnection(QueueConnection):
+class _FakeConnection(KeepsNothing):
     """What dispatch pushes to while a QueueFake is installed: it decodes each payload as a worker does."""
 
     def __init__(self, fake: "QueueFake", name: str) -> None:
@@ -79,24 +80,6 @@ class _FakeConnection(QueueConnection):
 
     async def await_change(self, queue: str | None, job_id: str, seconds: float) -> None:
         raise TimeoutError(f"job {job_id} never finishes under QueueFake unless the test runs it (run_pushed())")
-
-    async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
-        return None
-
-    async def acknowledge(self, job: ReservedJob) -> bool:
-        return True
-
-    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
-        return True
-
-    async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
-        return True
-
-    async def fail(self, job: ReservedJob, exception: str) -> bool:
-        return True
-
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
-        return None
 
 
 class QueueFake:
@@ -208,8 +191,6 @@ async def run_job(job: Job, attempts: int = 1, payload: Payload | None = None) -
     """One attempt of `job` as a worker runs it, with no store: restored from its payload (so a value
     that cannot be serialized raises SerializationError here too), through the configured, class and
     `.through()` middleware, then handle(). failed() is not called: the outcome says what happened."""
-    from core.queue.sync import SyncQueue
-
     app = current()
     if payload is None:
         payload = Payload.decode(job.to_payload().encode(app.config.app.key), app.config.app.key)

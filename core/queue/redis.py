@@ -40,7 +40,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -431,17 +431,11 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
 
     async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
         """One script call per queue; the answers come back in the order of `jobs`."""
-        by_queue: dict[str, list[int]] = {}
-        for i, job in enumerate(jobs):
-            by_queue.setdefault(job.queue, []).append(i)
-        done = [False] * len(jobs)
-        for queue, indexes in by_queue.items():
+        def acknowledge(queue: str, indexes: list[int]) -> Awaitable[list]:
             k = self.keys(queue)
             args = [self.replay_window, *(part for i in indexes for part in (jobs[i].id, jobs[i].token))]
-            flags = await self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state, k.done], args)
-            for i, flag in zip(indexes, flags):
-                done[i] = flag == 1
-        return done
+            return self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state, k.done], args)
+        return await self.each_queue(jobs, acknowledge)
 
     async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False,
                       error: str | None = None) -> bool:

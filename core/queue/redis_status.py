@@ -9,7 +9,7 @@ A mixin of RedisQueue (redis.py): it uses its keys, scripts and failed-job store
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.queue.contract import KeptResult, ReservedJob
@@ -36,22 +36,28 @@ class RedisJobs:
     async def _queues_with_jobs(self, tail: str = "}:jobs") -> list[str]:
         raise NotImplementedError
 
-    async def complete_many(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> list[bool]:
-        """complete.lua, one call per queue; the answers in the order of `jobs`."""
+    async def each_queue(self, jobs: Sequence[ReservedJob],
+                         run: Callable[[str, list[int]], Awaitable[list]]) -> list[bool]:
+        """`run(queue, indexes)` once per queue of `jobs` (its script's flags, 1: done); the answers in
+        the order of `jobs`. Keys of one queue share a slot: one script per queue, also in a cluster."""
         by_queue: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             by_queue.setdefault(job.queue, []).append(i)
         done = [False] * len(jobs)
         for queue, indexes in by_queue.items():
+            for i, flag in zip(indexes, await run(queue, indexes)):
+                done[i] = flag == 1
+        return done
+
+    async def complete_many(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> list[bool]:
+        """complete.lua, one call per queue; the answers in the order of `jobs`."""
+        def complete(queue: str, indexes: list[int]) -> Awaitable[list]:
             k = self.keys(queue)
             args: list[Any] = [self.replay_window, k.wake]
             for i in indexes:
                 args += [jobs[i].id, jobs[i].token, results[i].record, results[i].keep]
-            flags = await self._run("complete", [k.reserved, k.jobs, k.seq, k.state, k.done, k.results,
-                                                 k.results_exp], args)
-            for i, flag in zip(indexes, flags):
-                done[i] = flag == 1
-        return done
+            return self._run("complete", [k.reserved, k.jobs, k.seq, k.state, k.done, k.results, k.results_exp], args)
+        return await self.each_queue(jobs, complete)
 
     async def _queues(self, queue: str | None) -> list[str]:
         if queue:
