@@ -136,32 +136,38 @@ async def dispatch(job: Job, *, queue: str | None = None, connection: str | None
     return await push(job, queue=queue, connection=connection, delay=delay_seconds(delay))
 
 
-async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection: str | None = None) -> list[str]:
-    """Push several jobs; jobs bound for the same connection and queue go in one round trip."""
+async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection: str | None = None) -> list[JobRef]:
+    """Push several jobs; jobs bound for the same connection and queue go in one round trip. One
+    JobRef per job, in the order given."""
     return await _push_all(jobs, queue=queue, connection=connection)
 
 
-async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | None, delay: float = 0) -> list[str]:
+async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | None,
+                    delay: float = 0) -> list[JobRef]:
     """Encode every job first (so a bad one pushes nothing), then push per connection and queue."""
     app = current()
     announce = events.wants(JobQueued)
     groups: dict[tuple[str | None, str], list[tuple[Job, Payload, str]]] = {}
-    ids = []
+    order = []
     for job in jobs:
         payload, raw = _encode(app, job, queue)
         groups.setdefault((connection or job.connection, payload.queue), []).append((job, payload, raw))
-        ids.append(payload.uuid)
+        order.append(payload.uuid)
+    refs: dict[str, JobRef] = {}
     for (conn_name, queue_name), items in groups.items():
         retrying = _Retrying(app, [(payload, raw) for _, payload, raw in items])
         conn = await _open(app, conn_name, retrying)
         if conn.runs_inline:  # runs here and now; the job object is at hand
             for job, payload, _ in items:
-                await run_now(job, payload)
+                refs[payload.uuid] = JobRef(payload.uuid, conn.name, queue_name, keep_result=payload.keep_result,
+                                            inline=await _run_inline(job, payload))
         else:
             await _push_group(conn, queue_name, [raw for _, _, raw in items], delay, retrying)
+            for _, payload, _ in items:
+                refs[payload.uuid] = JobRef(payload.uuid, conn.name, queue_name, keep_result=payload.keep_result)
         if announce:
             await _announce(conn.name, [payload for _, payload, _ in items], delay)
-    return ids
+    return [refs[job_id] for job_id in order]
 
 
 class _Retrying:

@@ -97,8 +97,8 @@ class Job:
 
     @classmethod
     async def dispatch_many(cls, items: list[dict[str, Any]], *, queue: str | None = None,
-                            connection: str | None = None) -> list[str]:
-        """Push one job per dict of attributes in a single round trip; returns their ids."""
+                            connection: str | None = None) -> list[Any]:
+        """Push one job per dict of attributes in a single round trip; returns their JobRefs (ids)."""
         from core.dispatch import dispatch_many
 
         return await dispatch_many([cls.make(**attrs) for attrs in items], queue=queue, connection=connection)

@@ -199,3 +199,13 @@ async def test_queue_retry_with_a_delay_puts_a_failed_job_back_delayed(store):
     assert ref not in await failed_rows(store)
     refused = run_cli("queue:retry", ref, "--delay", "-1")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
+
+
+async def test_dispatch_many_returns_a_ref_per_job_in_order(store):
+    refs = await AddJob.dispatch_many([{"a": n, "b": 1} for n in range(3)])
+    assert all(isinstance(ref, JobRef) for ref in refs) and len(set(refs)) == 3
+    worker = store.start_worker("--stop-when-empty")
+    try:
+        assert [await ref.wait(20) for ref in refs] == [1, 2, 3]
+    finally:
+        await finish(store, worker)
