@@ -276,15 +276,17 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         k = self.keys(queue)
-        ranked = [payload for payload in payloads if peek_priority(payload)]
-        if ranked:      # one by one, each with its rank (push.lua); the others in batches, as before
-            for payload in ranked:
-                await self.push(queue, payload, delay)
-            payloads = [payload for payload in payloads if not peek_priority(payload)]
         for start in range(0, len(payloads), PUSH_CHUNK):
+            chunk = payloads[start:start + PUSH_CHUNK]
+            priorities = [peek_priority(payload) for payload in chunk]
             args: list[Any] = [max(0.0, float(delay))]
-            for payload in payloads[start:start + PUSH_CHUNK]:
-                args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
+            if any(priorities):      # push.lua's ranked form: "r<delay>", then (id, payload, priority) triples
+                args[0] = f"r{args[0]}"
+                for payload, priority in zip(chunk, priorities):
+                    args += [peek_uuid(payload) or str(uuid.uuid4()), payload, priority]
+            else:
+                for payload in chunk:
+                    args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
             await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
 
     async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:

@@ -76,3 +76,11 @@ async def test_priority_orders_due_jobs_and_a_release_keeps_its_place(store):
         await asyncio.sleep(0.05)
     taken = [await conn.reserve(["prio"]) for _ in range(4)]
     assert [job.payload for job in taken] == [top, high, mid, low]
+
+
+async def test_a_batch_mixing_priorities_is_pushed_in_one_call_and_reserved_by_priority(store):
+    conn = store.conn
+    raws = [payload(n, options={"priority": p}) if p else payload(n) for n, p in enumerate((0, 7, 0, -3, 7))]
+    await conn.push_many("batch", raws)
+    taken = [await conn.reserve(["batch"]) for _ in range(5)]
+    assert [job.payload for job in taken] == [raws[1], raws[4], raws[0], raws[2], raws[3]]
