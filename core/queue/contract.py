@@ -172,7 +172,7 @@ class QueueConnection(ABC):
         raise NotSupported(f"cancelling is not available on the {self.name} connection")
 
     async def cancelled_among(self, jobs: Sequence[ReservedJob]) -> list[str]:
-        """The ids of held jobs someone asked to cancel; the heartbeat asks with each renewal."""
+        """The ids of held jobs someone asked to cancel (what extend() answers, on its own)."""
         return []
 
     async def set_progress(self, job: ReservedJob, fraction: float, text: str) -> bool:
@@ -223,8 +223,10 @@ class QueueConnection(ABC):
         return await store.forget(job.uuid)
 
     @abstractmethod
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
-        """Renew the reservations of jobs still running, so they are not handed to another worker."""
+    async def extend(self, jobs: Sequence[ReservedJob]) -> list[str] | None:
+        """Renew the reservations of jobs still running, so they are not handed to another worker.
+        A store that keeps cancel requests (SPEC 11) answers the ids of those jobs someone cancelled,
+        learnt in the same call; None or []: none."""
 
     async def restart_signal(self) -> str:
         """The restart signal's current value ("" if never set). A worker reads it when it starts

@@ -486,11 +486,12 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         yield from self._remember_steps([peek_uuid(job.payload)])
         return True
 
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
-        if jobs:
-            await self.db.run_transaction(self._extend_steps(jobs))
+    async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:
+        if not jobs:
+            return []
+        return await self.db.run_transaction(self._extend_steps(jobs))
 
-    def _extend_steps(self, jobs: Sequence[ReservedJob]) -> Steps[None]:
+    def _extend_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[str]]:
         """Renew each held row, skipping those another transaction has locked: on MySQL that is
         mostly the worker's own acknowledgement, whose next statement waits while job code blocks
         its loop. Waiting for that lock held up every other job's renewal (the heartbeat renews
@@ -502,6 +503,8 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             jobs = [job for job in jobs if int(job.id) in free]
         for job in jobs:
             yield change(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
+        # SPEC 11: which of them someone cancelled, learnt with the renewal (database_status.py).
+        return (yield from self._cancelled_steps(jobs))
 
     # -- inspect ----------------------------------------------------------------------------
 

@@ -146,10 +146,15 @@ class DatabaseJobs:
         return "cancelled"
 
     async def cancelled_among(self, jobs: Sequence[ReservedJob]) -> list[str]:
-        """The ids of held jobs someone asked to cancel (the heartbeat asks with each renewal)."""
+        """The ids of held jobs someone asked to cancel (extend() answers the same with each renewal)."""
         if not jobs:
             return []
-        rows = await self.db.fetchall(CANCELLED_OF + _marks(len(jobs)), [int(job.id) for job in jobs])
+        return await self.db.run_transaction(self._cancelled_steps(jobs))
+
+    def _cancelled_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[str]]:
+        if not jobs:
+            return []
+        rows = yield fetch(CANCELLED_OF + _marks(len(jobs)), [int(job.id) for job in jobs])
         return [str(row_id) for (row_id,) in rows]
 
     async def set_progress(self, job: ReservedJob, fraction: float, text: str) -> bool:

@@ -463,24 +463,27 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         which also remembers it as finished). A requeue in between takes the job over: the
         delete then does nothing and the job stays queued.
         """
-        if not await self._extend_queue(job.queue, [job]):
+        if not (await self._extend_queue(job.queue, [job]))[0]:
             return False
         await self.failed.record(self.name, job.queue, job.payload, exception)
         return await self.acknowledge(job)
 
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
+    async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:
         by_queue: dict[str, list[ReservedJob]] = {}
         for job in jobs:
             by_queue.setdefault(job.queue, []).append(job)
+        cancelled: list[str] = []
         for queue, held in by_queue.items():
-            await self._extend_queue(queue, held)
+            cancelled += (await self._extend_queue(queue, held))[1:]
+        return cancelled
 
-    async def _extend_queue(self, queue: str, jobs: Sequence[ReservedJob]) -> int:
+    async def _extend_queue(self, queue: str, jobs: Sequence[ReservedJob]) -> list:
+        """extend.lua's answer: {renewed, ids of renewed jobs someone cancelled...}."""
         k = self.keys(queue)
         args: list[Any] = [self.visibility_timeout]
         for job in jobs:
             args += [job.id, job.token]
-        return int(await self._run("extend", [k.reserved, k.state], args))
+        return await self._run("extend", [k.reserved, k.state], args)
 
     # -- inspecting ------------------------------------------------------------------------------
 

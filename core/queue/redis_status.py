@@ -103,7 +103,8 @@ class RedisJobs:
             await self.client.rpush(key, 1)      # for any other waiter on the same job
 
     async def cancelled_among(self, jobs: Sequence[ReservedJob]) -> list[str]:
-        """The held jobs someone asked to cancel (cancel.lua flagged them): one HMGET per queue."""
+        """The held jobs someone asked to cancel (cancel.lua flagged them): one HMGET per queue.
+        The worker learns it from extend() instead, with the renewal it makes anyway."""
         found: list[str] = []
         by_queue: dict[str, list[str]] = {}
         for job in jobs:

@@ -131,11 +131,9 @@ class Heartbeat:
             return
         try:
             if held:
-                await conn.extend(held)
-                if self.cancel is not None:
-                    cancelled = await conn.cancelled_among(held)
-                    if cancelled:
-                        self.cancel(cancelled)
+                cancelled = await conn.extend(held)      # SPEC 11: cancel requests come with the renewal
+                if cancelled and self.cancel is not None:
+                    self.cancel(list(cancelled))
             if locks:
                 self._note_lost(locks, await conn.state.lock_renew(locks, self.lock_ttl))
         except Exception as exc:
