@@ -141,8 +141,12 @@ class Database:
                 await asyncio.sleep(0.05 * n)
         raise AssertionError("not reached")
 
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
-    def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
+    # Each dialect's class provides these four.
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
+
+    def session(self) -> contextlib.AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
 
     async def run_transaction(self, steps: Steps[T]) -> T:
         """Run steps as one transaction: committed when they return, rolled back when they or a
@@ -162,8 +166,11 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int: ...
-    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]: ...
+    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
+        raise NotImplementedError
 
 
 class SqliteDatabase(Database):
@@ -358,13 +365,15 @@ class MysqlDatabase(Database):
             async with asyncio.timeout(c.timeout or None):
                 self._pool = await aiomysql.create_pool(
                     host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
+                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize,
+                    charset="utf8mb4", pool_recycle=3600,
                     init_command="SET SESSION time_zone = '+00:00'")
         except TimeoutError:
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
                                    f"{c.timeout:g}s (DB_TIMEOUT)") from None
         except Exception as exc:
-            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
+            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: "
+                                   f"{describe_mysql_error(exc)}") from None
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -467,15 +476,15 @@ DISCONNECTED = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1040}
 
 def describe_mysql_error(exc: BaseException) -> str:
     """The server's own words for a MySQL error, without the driver's tuple wrapping."""
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if len(args) >= 2 and isinstance(args[1], str):
         message = args[1]
         if "Can't connect" in message:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, socket.gaierror):   # an unknown host: errno -2, which os.strerror cannot name
                 return cause.strerror or str(cause)
-            if getattr(cause, "errno", None):
-                return os.strerror(cause.errno)
+            if code := getattr(cause, "errno", None):
+                return os.strerror(code)
             return str(cause) if cause else "connection refused"
         return message
     return str(exc) or type(exc).__name__

@@ -71,6 +71,8 @@ class Job:
     keep_result: ClassVar[float] = 0      # seconds the completed job's record (state, return value) is kept
     priority: ClassVar[int] = 0           # -100..100, higher runs first within a queue
 
+    _restored: bool     # set (True) on a job restored from a payload by a worker; see dispatched_as
+
     def __init__(self) -> None:
         self.job_id: str | None = None
         self.attempts: int = 0
