@@ -67,8 +67,9 @@ def run_store(store: str) -> dict[str, float]:
 
         redis.Redis(db=int(REDIS_DB)).flushdb()
     subprocess.run([sys.executable, "main.py", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-    worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "--concurrency", "1", "--sleep", "0.05"],
-                              cwd=ROOT, env=env, stdout=open(os.path.join(tmp, "worker.log"), "w"), stderr=subprocess.STDOUT)
+    with open(os.path.join(tmp, "worker.log"), "w") as out:
+        worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "--concurrency", "1", "--sleep", "0.05"],
+                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     saved = dict(os.environ)
     os.environ.update(env)
     try:

@@ -77,7 +77,8 @@ class Job:
         self.job_id: str | None = None
         self.attempts: int = 0
 
-    async def handle(self) -> None:
+    async def handle(self) -> Any:
+        """The job's work. What it returns is kept when keep_result > 0 (SPEC 11)."""
         raise NotImplementedError(f"{type(self).__name__} must define handle()")
 
     async def failed(self, exception: BaseException) -> None:

@@ -9,6 +9,7 @@ worker would refuse. `dispatch_sync` is not intercepted. Never imported by the r
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -218,12 +219,9 @@ async def run_job(job: Job, attempts: int = 1, payload: Payload | None = None) -
     return outcome
 
 
-try:
+if importlib.util.find_spec("pytest") is not None:     # outside pytest, QueueFake.install() still works
     import pytest
-except ImportError:      # outside pytest: QueueFake.install() still works
-    pytest = None
 
-if pytest is not None:
     @pytest.fixture
     def queue_fake() -> Iterator[QueueFake]:
         """Every dispatch of the test is recorded, not pushed; after the test, dispatch reaches the store again."""
