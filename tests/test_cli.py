@@ -178,7 +178,8 @@ def test_migrate_creates_the_tables(tmp_path):
     db = sqlite3.connect(os.environ["DB_DATABASE"])
     columns = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in ("jobs", "failed_jobs")}
     assert columns == {"jobs": ["id", "queue", "payload", "attempts", "reserved_at", "available_at", "created_at",
-                                "uuid", "state", "claim", "failing", "failed_ran", "releases", "due_at"],
+                                "uuid", "state", "claim", "failing", "failed_ran", "releases", "due_at",
+                                "priority_rank", "last_error", "progress", "cancelled"],
                        "failed_jobs": ["id", "uuid", "connection", "queue", "payload", "exception", "failed_at"]}
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"job_locks", "job_limits", "job_limit_hits", "job_throttles"} <= tables      # SPEC 9 middleware state
