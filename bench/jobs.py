@@ -44,3 +44,14 @@ class SoakJob(Job):
             os.write(fd, f"{self.job_id} {self.attempts} {os.getpid()}\n".encode())
         finally:
             os.close(fd)
+
+
+class StampJob(Job):
+    """Returns the wall-clock time its handle() ended (bench/wait.py: how soon wait() sees it)."""
+
+    keep_result = 60
+
+    async def handle(self) -> float:
+        import time
+
+        return time.time()

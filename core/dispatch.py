@@ -17,6 +17,7 @@ from core.events import JobQueued
 from core.job import Job, validate_queue_name
 from core.job_settings import frozen_middleware
 from core.payload import Payload, check_size
+from core.queue.status import JobRef, JobStatus
 
 if TYPE_CHECKING:
     from core.app import Application
@@ -57,6 +58,16 @@ class PendingDispatch:
         self._connection = connection
         return self
 
+    def priority(self, priority: int) -> "PendingDispatch":
+        """-100..100, higher runs first (SPEC 11); checked at dispatch (InvalidPriority)."""
+        self.job.priority = priority      # type: ignore[misc]   # the instance's setting, frozen at dispatch
+        return self
+
+    def keep_result(self, seconds: float) -> "PendingDispatch":
+        """Keep the completed job's record (and return value) for `seconds` (SPEC 11)."""
+        self.job.keep_result = seconds    # type: ignore[misc]
+        return self
+
     def through(self, middleware: list[Any]) -> "PendingDispatch":
         """Middleware for this dispatch only, run after the class's own: it travels in the payload."""
         if not isinstance(middleware, (list, tuple)):
@@ -64,7 +75,7 @@ class PendingDispatch:
         self._through = list(middleware)
         return self
 
-    def __await__(self) -> Generator[Any, None, str]:
+    def __await__(self) -> Generator[Any, None, JobRef]:
         self._awaited = True
         return push(self.job, queue=self._queue, connection=self._connection, delay=self._delay,
                     through=self._through).__await__()
@@ -75,7 +86,7 @@ class PendingDispatch:
 
 
 async def push(job: Job, *, queue: str | None = None, connection: str | None = None, delay: float = 0,
-               through: list[Any] | None = None) -> str:
+               through: list[Any] | None = None) -> JobRef:
     """One job: _push_all's path without the grouping (a sequential dispatch's every microsecond
     is a share of its rate)."""
     app = current()
@@ -83,13 +94,22 @@ async def push(job: Job, *, queue: str | None = None, connection: str | None = N
     payload, raw = _encode(app, job, queue, through)
     retrying = _Retrying(app, [(payload, raw)])
     conn = await _open(app, connection or job.connection, retrying)
+    inline = None
     if conn.runs_inline:
-        await run_now(job, payload)
+        inline = await _run_inline(job, payload)
     else:
         await _push_group(conn, payload.queue, [raw], delay, retrying)
     if announce:
         await _announce(conn.name, [payload], delay)
-    return payload.uuid
+    return JobRef(payload.uuid, conn.name, payload.queue, keep_result=payload.keep_result, inline=inline)
+
+
+async def _run_inline(job: Job, payload: Payload) -> JobStatus:
+    """The sync connection: run now (an exception reaches the caller, as before); wait() on its ref
+    returns the value at once."""
+    value = await run_now(job, payload)
+    return JobStatus(state="completed", queue=payload.queue, job=payload.job, attempts=1, max_tries=payload.max_tries,
+                     dispatched_at=payload.pushed_at, id=payload.uuid, result=value, keep_result=payload.keep_result)
 
 
 async def _announce(connection: str, payloads: list[Payload], delay: float) -> None:
@@ -111,37 +131,43 @@ def _encode(app: "Application", job: Job, queue: str | None,
 
 
 async def dispatch(job: Job, *, queue: str | None = None, connection: str | None = None,
-                   delay: float | timedelta | datetime = 0) -> str:
+                   delay: float | timedelta | datetime = 0) -> JobRef:
     """Push a job instance built by hand; returns its id."""
     return await push(job, queue=queue, connection=connection, delay=delay_seconds(delay))
 
 
-async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection: str | None = None) -> list[str]:
-    """Push several jobs; jobs bound for the same connection and queue go in one round trip."""
+async def dispatch_many(jobs: list[Job], *, queue: str | None = None, connection: str | None = None) -> list[JobRef]:
+    """Push several jobs; jobs bound for the same connection and queue go in one round trip. One
+    JobRef per job, in the order given."""
     return await _push_all(jobs, queue=queue, connection=connection)
 
 
-async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | None, delay: float = 0) -> list[str]:
+async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | None,
+                    delay: float = 0) -> list[JobRef]:
     """Encode every job first (so a bad one pushes nothing), then push per connection and queue."""
     app = current()
     announce = events.wants(JobQueued)
     groups: dict[tuple[str | None, str], list[tuple[Job, Payload, str]]] = {}
-    ids = []
+    order = []
     for job in jobs:
         payload, raw = _encode(app, job, queue)
         groups.setdefault((connection or job.connection, payload.queue), []).append((job, payload, raw))
-        ids.append(payload.uuid)
+        order.append(payload.uuid)
+    refs: dict[str, JobRef] = {}
     for (conn_name, queue_name), items in groups.items():
         retrying = _Retrying(app, [(payload, raw) for _, payload, raw in items])
         conn = await _open(app, conn_name, retrying)
         if conn.runs_inline:  # runs here and now; the job object is at hand
             for job, payload, _ in items:
-                await run_now(job, payload)
+                refs[payload.uuid] = JobRef(payload.uuid, conn.name, queue_name, keep_result=payload.keep_result,
+                                            inline=await _run_inline(job, payload))
         else:
             await _push_group(conn, queue_name, [raw for _, _, raw in items], delay, retrying)
+            for _, payload, _ in items:
+                refs[payload.uuid] = JobRef(payload.uuid, conn.name, queue_name, keep_result=payload.keep_result)
         if announce:
             await _announce(conn.name, [payload for _, payload, _ in items], delay)
-    return ids
+    return [refs[job_id] for job_id in order]
 
 
 class _Retrying:

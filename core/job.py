@@ -67,6 +67,9 @@ class Job:
     expires_after: ClassVar[float | timedelta | None] = None   # seconds after being due it may still start
     expires_quietly: ClassVar[bool] = False             # an expired job is deleted (SKIP), not failed
     dont_retry: ClassVar[tuple[type[BaseException], ...]] = ()   # these exceptions fail the job at once
+    # SPEC 11, frozen in the options map when not the default:
+    keep_result: ClassVar[float] = 0      # seconds the completed job's record (state, return value) is kept
+    priority: ClassVar[int] = 0           # -100..100, higher runs first within a queue
 
     _restored: bool     # set (True) on a job restored from a payload by a worker; see dispatched_as
 
@@ -74,7 +77,8 @@ class Job:
         self.job_id: str | None = None
         self.attempts: int = 0
 
-    async def handle(self) -> None:
+    async def handle(self) -> Any:
+        """The job's work. What it returns is kept when keep_result > 0 (SPEC 11)."""
         raise NotImplementedError(f"{type(self).__name__} must define handle()")
 
     async def failed(self, exception: BaseException) -> None:
@@ -96,8 +100,8 @@ class Job:
 
     @classmethod
     async def dispatch_many(cls, items: list[dict[str, Any]], *, queue: str | None = None,
-                            connection: str | None = None) -> list[str]:
-        """Push one job per dict of attributes in a single round trip; returns their ids."""
+                            connection: str | None = None) -> list[Any]:
+        """Push one job per dict of attributes in a single round trip; returns their JobRefs (ids)."""
         from core.dispatch import dispatch_many
 
         return await dispatch_many([cls.make(**attrs) for attrs in items], queue=queue, connection=connection)
@@ -192,6 +196,18 @@ class Job:
         from core.context import current
 
         await current().mqtt.publish(topic, payload, qos=qos, retain=retain)
+
+    async def progress(self, fraction: float, text: str = "") -> bool:
+        """Record how far the running job got (0..1, and a word), shown by status and queue:status;
+        False outside a worker's attempt or when the reservation was lost (SPEC 11)."""
+        from core.queue.middleware.context import _current
+
+        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction <= 1):
+            raise ValueError(f"{type(self).__name__}.progress() takes a fraction from 0 to 1, got {fraction!r}")
+        attempt = _current.get()
+        if attempt is None:
+            return False
+        return await attempt.connection.set_progress(attempt.reserved, float(fraction), str(text))
 
     def release(self, delay: float = 0) -> None:
         """When handle() returns, put the job back to run again after `delay` seconds: a

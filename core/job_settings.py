@@ -30,6 +30,10 @@ class InvalidJobSetting(FrameworkError, ValueError):
     """A job setting (of the class or set on the instance) that cannot work; nothing was pushed."""
 
 
+class InvalidPriority(InvalidJobSetting):
+    """A priority outside -100..100 (SPEC 11); nothing was pushed."""
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -113,6 +117,20 @@ def _exceptions(job: "Job", name: str, value: Any) -> list[str] | None:
     return [class_path(c) for c in classes] or None
 
 
+def _keep(job: "Job", name: str, value: Any) -> float | None:
+    """keep_result: seconds, 0 (the default) keeps nothing."""
+    if not _number(value) or value < 0:
+        raise _refuse(job, name, "a number of seconds of 0 or more", value)
+    return float(value) or None
+
+
+def _priority(job: "Job", name: str, value: Any) -> int | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value not in opt.PRIORITY_RANGE:
+        raise InvalidPriority(f"{type(job).__name__}.priority must be a whole number from -100 to 100 (higher runs "
+                              f"first), got {value!r}; nothing was pushed")
+    return value or None
+
+
 # (attribute, option key, the Job default, freezer); a value that *is* the default costs one check.
 _FREEZERS: tuple[tuple[str, str, Any, Callable[["Job", str, Any], Any]], ...] = (
     ("retry_until", opt.RETRY_UNTIL, None, _deadline),
@@ -121,6 +139,8 @@ _FREEZERS: tuple[tuple[str, str, Any, Callable[["Job", str, Any], Any]], ...] = 
     ("expires_after", opt.EXPIRES_AFTER, None, _seconds),
     ("expires_quietly", opt.EXPIRES_QUIETLY, False, _flag),
     ("dont_retry", opt.DONT_RETRY, (), _exceptions),
+    ("keep_result", opt.KEEP_RESULT, 0, _keep),
+    ("priority", opt.PRIORITY, 0, _priority),
 )
 SETTING_NAMES = frozenset(name for name, _, _, _ in _FREEZERS)
 _settings_of = operator.attrgetter(*(name for name, _, _, _ in _FREEZERS))

@@ -22,6 +22,10 @@ EXPIRES_AFTER = "expiresAfter"       # seconds after the job is due
 EXPIRES_QUIETLY = "expiresQuietly"
 DONT_RETRY = "dontRetry"             # exception class paths
 MIDDLEWARE = "middleware"            # [[class path, {public attribute: JSON value}], ...] from .through()
+KEEP_RESULT = "keepResult"           # SPEC 11: seconds the completed job's record is kept
+PRIORITY = "priority"                # SPEC 11: -100..100, higher runs first
+
+PRIORITY_RANGE = range(-100, 101)
 
 DEFAULT_MAX_RELEASES = 100
 MIDDLEWARE_PACKAGE = "core.queue.middleware"   # besides JOB_PACKAGES, the only home of middleware a payload names
@@ -116,6 +120,12 @@ def _paths(value: Any) -> list[str]:
     return value
 
 
+def _priority(value: Any) -> int:
+    if type(value) is not int or value not in PRIORITY_RANGE or value == 0:
+        raise ValueError(f"must be a whole number in -100..100 other than 0, got {_describe(value)}")
+    return value
+
+
 def _middleware(value: Any) -> list[list[Any]]:
     if not (type(value) is list and value and all(
             type(m) is list and len(m) == 2 and type(m[0]) is str and type(m[1]) is dict for m in value)):
@@ -126,6 +136,7 @@ def _middleware(value: Any) -> list[list[Any]]:
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     BACKOFF: _backoff, RETRY_UNTIL: _seconds, MAX_EXCEPTIONS: _whole(1), MAX_RELEASES: _whole(0),
     EXPIRES_AFTER: _seconds, EXPIRES_QUIETLY: _true, DONT_RETRY: _paths, MIDDLEWARE: _middleware,
+    KEEP_RESULT: _seconds, PRIORITY: _priority,
 }
 
 

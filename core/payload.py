@@ -103,6 +103,15 @@ class Payload:
         """(class path, attributes) of each middleware given to `.through()`; restore_middleware builds them."""
         return tuple((path, attrs) for path, attrs in self.options.get(opt.MIDDLEWARE, ()))
 
+    @property
+    def keep_result(self) -> float:
+        """Seconds the completed job's record (state, return value) is kept; 0: none (SPEC 11)."""
+        return self.options.get(opt.KEEP_RESULT, 0.0)
+
+    @property
+    def priority(self) -> int:
+        return self.options.get(opt.PRIORITY, 0)
+
     def body(self) -> dict[str, Any]:
         body = {"uuid": self.uuid, "displayName": self.display_name, "job": self.job,
                 "queue": self.queue, "maxTries": self.max_tries, "timeout": self.timeout,
@@ -246,6 +255,19 @@ def peek_uuid(raw: str | bytes) -> str | None:
         return None
     found = body.get("uuid") if isinstance(body, dict) else None
     return found if isinstance(found, str) and _valid_id(found) else None
+
+
+def peek_priority(raw: str) -> int:
+    """The priority (SPEC 11) of a raw payload, 0 when it has none or cannot be read. A job without
+    one carries no "priority" key anywhere, so the default path is one substring search."""
+    if '"priority":' not in raw:
+        return 0
+    try:
+        options = json.loads(raw).get("options")
+        value = options.get(opt.PRIORITY, 0) if isinstance(options, dict) else 0
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return 0
+    return value if type(value) is int and value in opt.PRIORITY_RANGE else 0
 
 
 _canonical = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode

@@ -53,7 +53,8 @@ def test_failed_jobs_can_be_listed_retried_and_keep_their_id(tmp_path):
     assert job_id in retried.stdout
     assert json.loads(run_cli("queue:failed", "--json", check=True).stdout) == []
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert size == {"connection": "database", "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0}}}
+    assert size == {"connection": "database",
+                    "queues": {"default": {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}}}
 
     # attempts were reset: three more tries, under the same id, then failed again
     run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", check=True)
@@ -90,8 +91,8 @@ def test_size_and_clear(tmp_path):
 
     dispatch(push)
     sizes = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert sizes["queues"] == {"emails": {"pending": 3, "delayed": 1, "reserved": 0},
-                               "reports": {"pending": 1, "delayed": 0, "reserved": 0}}
+    assert sizes["queues"] == {"emails": {"pending": 3, "delayed": 1, "reserved": 0, "waiting": 0},
+                               "reports": {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}}
     table = run_cli("queue:size", "--queue", "emails", check=True).stdout
     assert "emails" in table and "reports" not in table
     assert "Cleared 4 job(s) from queue emails" in run_cli("queue:clear", "--queue", "emails", check=True).stdout
@@ -177,7 +178,8 @@ def test_migrate_creates_the_tables(tmp_path):
     db = sqlite3.connect(os.environ["DB_DATABASE"])
     columns = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in ("jobs", "failed_jobs")}
     assert columns == {"jobs": ["id", "queue", "payload", "attempts", "reserved_at", "available_at", "created_at",
-                                "uuid", "state", "claim", "failing", "failed_ran", "releases", "due_at"],
+                                "uuid", "state", "claim", "failing", "failed_ran", "releases", "due_at",
+                                "priority_rank", "last_error", "progress", "cancelled"],
                        "failed_jobs": ["id", "uuid", "connection", "queue", "payload", "exception", "failed_at"]}
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"job_locks", "job_limits", "job_limit_hits", "job_throttles"} <= tables      # SPEC 9 middleware state

@@ -74,7 +74,8 @@ def test_a_connection_the_user_named_carries_jobs_from_dispatch_to_worker_to_fai
 
     good, bad = json.loads(project.script(DISPATCH.format(log=log)).stdout)
     sizes = json.loads(project.cli("queue:size", "bulk", "--json").stdout)
-    assert sizes == {"connection": "bulk", "queues": {"default": {"pending": 2, "delayed": 0, "reserved": 0}}}
+    assert sizes == {"connection": "bulk",
+                     "queues": {"default": {"pending": 2, "delayed": 0, "reserved": 0, "waiting": 0}}}
 
     out = project.cli("queue:work", "bulk", "--stop-when-empty", "--sleep", "0.05", "--tries", "1").stdout
     assert "connection bulk" in out

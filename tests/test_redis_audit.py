@@ -50,7 +50,7 @@ async def test_a_retry_racing_the_worker_that_fails_the_job_leaves_it_queued_onc
     await q.push("race", payload)
     job = await q.reserve(["race"])
     # The worker's fail(), step by step: renew (token check), write the failed row ...
-    assert await q._extend_queue("race", [job]) == 1
+    assert await q._extend_queue("race", [job]) == [1]      # renewed, and nobody cancelled it
     await store.record(q.name, "race", job.payload, "RuntimeError: boom")
     # ... queue:retry runs now: requeue, then forget the row ...
     await q.requeue("race", payload)
@@ -59,7 +59,7 @@ async def test_a_retry_racing_the_worker_that_fails_the_job_leaves_it_queued_onc
     assert await q.acknowledge(job) is False
     assert await q.mark_failing(job, "RuntimeError: boom") is False
     assert await q.release(job) is False
-    assert await q._extend_queue("race", [job]) == 0
+    assert await q._extend_queue("race", [job]) == [0]
 
     assert await sizes(q, "race") == (1, 0, 0)
     assert await store.all() == []

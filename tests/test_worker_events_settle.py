@@ -110,6 +110,9 @@ async def test_nothing_is_heard_when_the_reservation_was_lost(store, tmp_path, h
         async def release(self, job, delay=0, **kw):
             return False
 
+        async def release_failed(self, job, delay, error):
+            return False
+
         async def mark_failing(self, job, exception, failed_ran=False):
             return False
 
@@ -136,6 +139,9 @@ async def test_nothing_is_heard_when_the_store_call_failed(store, tmp_path, hear
             return getattr(self._conn, name)
 
         async def release(self, job, delay=0, **kw):
+            raise RuntimeError("disk full")
+
+        async def release_failed(self, job, delay, error):
             raise RuntimeError("disk full")
 
     await settle(store, Retry(0, ValueError("x")), Failing(store.conn))

@@ -35,7 +35,9 @@ async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") ->
 async def queue_size(store) -> dict:
     """What `queue:size --json` shows the user."""
     result = await asyncio.to_thread(run_cli, "queue:size", store.connection, "--json", check=True)
-    return json.loads(result.stdout)["queues"]["default"]
+    size = json.loads(result.stdout)["queues"]["default"]
+    assert size.pop("waiting") == 0          # SPEC 11: no job waits on others until chains (SPEC 13)
+    return size
 
 
 def started(log: str, job_id: str) -> bool:
@@ -143,4 +145,4 @@ def test_sigint_after_sigterm_does_not_wait_for_code_that_ignores_cancellation(t
     assert f"IgnoresCancelJob [{job_id}] was interrupted, and ignored cancellation for 2s" in out
     assert f"RETRY   IgnoresCancelJob [{job_id}]" in out
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert size["queues"]["default"] == {"pending": 1, "delayed": 0, "reserved": 0}
+    assert size["queues"]["default"] == {"pending": 1, "delayed": 0, "reserved": 0, "waiting": 0}

@@ -115,7 +115,7 @@ def test_left_behind_tasks_piling_up_stop_the_worker_with_exit_70(tmp_path):
         assert re.search(rf"RETRY   IgnoresCancelJob \[{job_id}\] .* retry in 60s", out), out
     # Released, not left reserved: each waits its retry delay, attempt 1 counted.
     size = json.loads(run_cli("queue:size", "--json", check=True).stdout)
-    assert size["queues"]["default"] == {"pending": 0, "delayed": 3, "reserved": 0}
+    assert size["queues"]["default"] == {"pending": 0, "delayed": 3, "reserved": 0, "waiting": 0}
     assert len([e for e in read_events(log) if e["event"] == "start"]) == 3
 
 

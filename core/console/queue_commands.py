@@ -41,16 +41,18 @@ def print_failed(jobs: list[FailedJob]) -> None:
 @command("queue:retry")
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--queue", default=None, help="With `all`: only the failed jobs of this queue.")
-async def retry(app, ids, queue) -> int:
+@click.option("--delay", type=click.FloatRange(min=0), default=0, help="Seconds before the jobs are due again.")
+async def retry(app, ids, queue, delay) -> int:
     """Push failed jobs back on their own connection and queue with attempts reset.
 
     IDS are job ids from queue:failed, or `all`. A retried job keeps its id.
     """
     if queue:
         validate_queue_name(queue)
-    result = await retry_failed(app, None if list(ids) == ["all"] else list(ids), queue)
+    result = await retry_failed(app, None if list(ids) == ["all"] else list(ids), queue, delay)
+    after = f", due in {delay:g}s" if delay else ""
     for job in result.retried:
-        click.echo(f"Retried {job.uuid} ({job.job_class}) onto {job.connection}/{job.queue}")
+        click.echo(f"Retried {job.uuid} ({job.job_class}) onto {job.connection}/{job.queue}{after}")
     for job_id in result.missing:
         click.echo(f"No failed job with id {job_id}", err=True)
     if not result.retried and not result.missing:
@@ -102,17 +104,18 @@ async def clear(app, connection, queue) -> None:
 @click.option("--queue", default=None, help="Queue(s) to count, comma-separated (default: every queue with jobs).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 async def size(app, connection, queue, as_json) -> None:
-    """Show pending, delayed and reserved counts per queue."""
+    """Show pending, delayed, reserved and waiting counts per queue."""
     conn = await app.queue.connection(connection)
     sizes = await admin(conn, "queue:size").sizes(_queues(queue))
     if as_json:
-        click.echo(json.dumps({"connection": conn.name, "queues": {q: s.as_dict() for q, s in sizes.items()}}))
+        click.echo(json.dumps({"connection": conn.name,
+                               "queues": {q: {**s.as_dict(), "waiting": s.waiting} for q, s in sizes.items()}}))
         return
     if not sizes:
         click.echo(f"No jobs on {conn.name}.")
         return
-    print_table(("Queue", "Pending", "Delayed", "Reserved"),
-           [(q, s.pending, s.delayed, s.reserved) for q, s in sizes.items()])
+    print_table(("Queue", "Pending", "Delayed", "Reserved", "Waiting"),
+                [(q, s.pending, s.delayed, s.reserved, s.waiting) for q, s in sizes.items()])
 
 
 @command("queue:restart")

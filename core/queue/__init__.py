@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from core.errors import QueueConnectionError
+from core.queue.status import (JobCancelled, JobFailed, JobNotFound, JobRef, JobStatus, ResultNotKept,
+                               ResultNotSerializable, WaitTimeout, job_ref)
 
 if TYPE_CHECKING:
     from core.dispatch import dispatch, dispatch_many
 
-__all__ = ["QueueConnectionError", "dispatch", "dispatch_many"]
+__all__ = ["JobCancelled", "JobFailed", "JobNotFound", "JobRef", "JobStatus", "QueueConnectionError",
+           "ResultNotKept", "ResultNotSerializable", "WaitTimeout", "dispatch", "dispatch_many", "job_ref"]
 
 
 def __getattr__(name: str) -> Any:

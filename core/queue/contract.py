@@ -14,6 +14,7 @@ from core.errors import NotSupported
 
 if TYPE_CHECKING:
     from core.queue.failed import FailedJob, FailedJobStore
+    from core.queue.status import JobStatus
 
 from core.queue.state import LocalState, MiddlewareState
 
@@ -46,9 +47,17 @@ class QueueSize:
     pending: int = 0
     delayed: int = 0
     reserved: int = 0
+    waiting: int = 0       # on other jobs (SPEC 13); no store holds such jobs yet
 
     def as_dict(self) -> dict[str, int]:
         return {"pending": self.pending, "delayed": self.delayed, "reserved": self.reserved}
+
+
+@dataclass(frozen=True)
+class KeptResult:
+    """A finished job's record to store with its acknowledgement (SPEC 11): JSON, kept `keep` seconds."""
+    record: str
+    keep: float
 
 
 class QueueConnection(ABC):
@@ -148,11 +157,45 @@ class QueueConnection(ABC):
         job, as acknowledge gives. Each job's reservation is checked on its own."""
         return [await self.acknowledge(job) for job in jobs]
 
+    async def complete_many(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> list[bool]:
+        """acknowledge_many for jobs that keep a result: each job's record is stored in the same
+        atomic step as its acknowledgement, and not at all when the reservation was lost. The
+        default (a store that keeps no results) only acknowledges."""
+        return await self.acknowledge_many(jobs)
+
+    async def job_status(self, queue: str | None, job_id: str) -> "JobStatus | None":
+        """SPEC 11: the job's state, read from the queue, then the results, then failed_jobs; None
+        when none knows it. `queue` None: every queue is looked in (a store may need it)."""
+        raise NotSupported(f"job status is not available on the {self.name} connection")
+
+    async def cancel_job(self, queue: str | None, job_id: str) -> str:
+        """SPEC 11: cancel a job; the state it is in afterwards ('cancelled'; 'reserved' when its
+        worker was asked to cancel it; a final state, or 'unknown', when there was nothing to cancel)."""
+        raise NotSupported(f"cancelling is not available on the {self.name} connection")
+
+    async def cancelled_among(self, jobs: Sequence[ReservedJob]) -> list[str]:
+        """The ids of held jobs someone asked to cancel (what extend() answers, on its own)."""
+        return []
+
+    async def set_progress(self, job: ReservedJob, fraction: float, text: str) -> bool:
+        """Record a running job's progress (SPEC 11); False if the reservation was lost or the store keeps none."""
+        return False
+
+    async def await_change(self, queue: str | None, job_id: str, seconds: float) -> None:
+        """wait(): until the job may have changed state, at most `seconds`. A store that can be
+        woken (Redis) returns as soon as the job finished; the default sleeps."""
+        await asyncio.sleep(seconds)
+
     @abstractmethod
     async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
         """Put a job back to run again after `delay` seconds. False if the reservation was lost.
         `free`: a release that is not a failed try (SPEC 9): the job's release count goes up in
         the same atomic step, so tries used (attempts - releases) stay as they were."""
+
+    async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
+        """release() after a failed try, noting the exception's first line as the job's last_error
+        (SPEC 11) in the same atomic step where the store can; the default only releases."""
+        return await self.release(job, delay)
 
     @abstractmethod
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
@@ -166,24 +209,26 @@ class QueueConnection(ABC):
         """Write the job to failed_jobs and remove it from the queue, atomically where one store
         holds both; else the row first, then the delete. Either step may be repeated safely."""
 
-    async def requeue(self, queue: str, payload: str) -> None:
+    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
         """queue:retry: put a failed job back under its own id with its attempts and releases reset
         and its push time restarted (retry_until, expires_after count from now), even if
         its id is still stored (a worker still failing it loses its reservation) or is remembered
-        as finished. Unlike push, never a no-op."""
-        await self.push(queue, payload)
+        as finished. Unlike push, never a no-op. `delay`: seconds before it is due (queue:retry --delay)."""
+        await self.push(queue, payload, delay)
 
-    async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob") -> bool:
+    async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob", delay: float = 0) -> bool:
         """queue:retry of one failed job: back on its queue (requeue) and out of failed_jobs; False
         if its failed row was gone already (another retry took it). Requeued first, then
         forgotten: a crash in between leaves the failed row, never a lost job. A connection that
         shares the failed store's database does both in one transaction instead."""
-        await self.requeue(job.queue, job.payload)
+        await self.requeue(job.queue, job.payload, delay)
         return await store.forget(job.uuid)
 
     @abstractmethod
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
-        """Renew the reservations of jobs still running, so they are not handed to another worker."""
+    async def extend(self, jobs: Sequence[ReservedJob]) -> list[str] | None:
+        """Renew the reservations of jobs still running, so they are not handed to another worker.
+        A store that keeps cancel requests (SPEC 11) answers the ids of those jobs someone cancelled,
+        learnt in the same call; None or []: none."""
 
     async def restart_signal(self) -> str:
         """The restart signal's current value ("" if never set). A worker reads it when it starts
@@ -205,6 +250,14 @@ class QueueAdmin(ABC):
     @abstractmethod
     async def clear(self, queue: str) -> int:
         """Delete the jobs of a queue that are not reserved; returns how many."""
+
+    async def jobs(self, queue: str | None, state: str | None, limit: int) -> "list[JobStatus]":
+        """queue:jobs: at most `limit` jobs (of one state, one queue), at a cost bounded by `limit`."""
+        raise NotSupported(f"queue:jobs is not available on the {getattr(self, 'name', 'this')} connection")
+
+    async def prune_results(self) -> int:
+        """queue:prune-results: delete the records whose time is up; how many."""
+        return 0
 
     @abstractmethod
     async def request_restart(self) -> None:

@@ -29,8 +29,9 @@ import time
 from collections.abc import Iterator, Sequence
 
 from core.database import Database, Statement, Steps, change, fetch
-from core.payload import peek_uuid
+from core.payload import peek_priority, peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
+from core.queue.database_status import DatabaseJobs
 from core.queue.failed import FailedJob, FailedJobStore, storable
 from core.queue.state_database import DatabaseState
 
@@ -56,21 +57,35 @@ TABLES = [
     """CREATE TABLE IF NOT EXISTS finished_jobs (
         uuid VARCHAR(255) NOT NULL PRIMARY KEY, finished_at {uint} NOT NULL){keyed_table}""",
     "CREATE TABLE IF NOT EXISTS queue_signals (name VARCHAR(64) NOT NULL PRIMARY KEY, value {double} NOT NULL){table}",
+    # SPEC 11: a finished job's record (state, return value...), kept until expires_at.
+    """CREATE TABLE IF NOT EXISTS job_results (
+        uuid VARCHAR(255) NOT NULL PRIMARY KEY, queue VARCHAR(255) NOT NULL, state VARCHAR(20) NOT NULL,
+        record {longtext} NOT NULL, finished_at {uint} NOT NULL, expires_at {uint} NOT NULL){keyed_table}""",
 ]
 # Columns a table from the previous release lacks, added by migrate (and the first open).
 COLUMNS = {"uuid": "VARCHAR(255) NULL", "state": "{flag} NOT NULL DEFAULT 0", "claim": "VARCHAR(255) NULL",
            "failing": "{longtext} NULL", "failed_ran": "{flag} NOT NULL DEFAULT 0",
            # SPEC 9: releases that are not failed tries, and when a delayed push came due (NULL: at
            # created_at, the push time on the database's clock).
-           "releases": "{uint} NOT NULL DEFAULT 0", "due_at": "{uint} NULL"}
-# (table, index name, DDL). Priority (SPEC 11) goes between state and available_at in jobs_reserve_index.
+           "releases": "{uint} NOT NULL DEFAULT 0", "due_at": "{uint} NULL",
+           # SPEC 11: minus the job's priority (lower runs first: MariaDB's descending indexes skip rows
+           # under SKIP LOCKED, so the index stays ascending); the last failed try's first line; progress;
+           # a cancel request.
+           "priority_rank": "SMALLINT NOT NULL DEFAULT 0", "last_error": "VARCHAR(1000) NULL",
+           "progress": "VARCHAR(1000) NULL", "cancelled": "{flag} NOT NULL DEFAULT 0"}
+# (table, index name, DDL). READY rows (available_at 0) come out by priority, then id (SPEC 11).
 INDEXES = [
-    ("jobs", "jobs_reserve_index", "CREATE INDEX jobs_reserve_index ON jobs (queue, state, available_at)"),
+    ("jobs", "jobs_reserve_priority_index",
+     "CREATE INDEX jobs_reserve_priority_index ON jobs (queue, state, available_at, priority_rank)"),
     ("jobs", "jobs_uuid_unique", "CREATE UNIQUE INDEX jobs_uuid_unique ON jobs (uuid)"),
     ("finished_jobs", "finished_jobs_finished_at_index",
      "CREATE INDEX finished_jobs_finished_at_index ON finished_jobs (finished_at)"),
+    ("job_results", "job_results_expires_at_index",
+     "CREATE INDEX job_results_expires_at_index ON job_results (expires_at)"),
 ]
-OLD_INDEX = "jobs_queue_index"      # the previous release's (queue, id): every reserve now uses jobs_reserve_index
+# Earlier releases' reserve indexes, (queue, id) and (queue, state, available_at): dropped, as
+# jobs_reserve_priority_index serves every reserve now.
+OLD_INDEXES = ("jobs_queue_index", "jobs_reserve_index")
 # Rows of the previous release, once: reserved ones lapse at reserved_at + the visibility timeout,
 # future ones are DELAYED, due ones READY at their id's place.
 ADOPT_RESERVED = "UPDATE jobs SET state = 2, available_at = reserved_at + ? WHERE reserved_at IS NOT NULL AND state = 0"
@@ -81,6 +96,11 @@ PUSH_COLUMNS = "INSERT INTO jobs (queue, payload, attempts, available_at, create
 PUSH = PUSH_COLUMNS + "(?, ?, 0, 0, {now}, ?, 0, NULL)"
 PUSH_DELAYED = PUSH_COLUMNS + "(?, ?, 0, {due}, {now}, ?, 1, {due})"
 PUSH_ROW = "(?, ?, 0, ?, ?, ?, ?, ?)"
+# A job with a priority (SPEC 11) names the column; a default job's insert stays as it was.
+PUSH_COLUMNS_RANKED = PUSH_COLUMNS.replace("due_at)", "due_at, priority_rank)")
+PUSH_RANKED = PUSH_COLUMNS_RANKED + "(?, ?, 0, 0, {now}, ?, 0, NULL, ?)"
+PUSH_DELAYED_RANKED = PUSH_COLUMNS_RANKED + "(?, ?, 0, {due}, {now}, ?, 1, {due}, ?)"
+PUSH_ROW_RANKED = "(?, ?, 0, ?, ?, ?, ?, ?, ?)"
 NOW = "SELECT {now}, {due}"
 # Due DELAYED rows and lapsed RESERVED rows (their worker died), to become READY at their id's place.
 # reserved_at is checked too: a row an older release's worker holds and extends is not taken from it.
@@ -98,7 +118,8 @@ TIMING = "j.releases, j.created_at, COALESCE(j.due_at, j.created_at), {now}"
 PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING + " FROM jobs j "
         "WHERE j.queue = ? AND j.state = 0 AND j.available_at <= {now} "
-        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
+        "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) "
+        "ORDER BY j.available_at, j.priority_rank, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
@@ -110,6 +131,9 @@ RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, availabl
 # A release that is not a failed try (SPEC 9) counts itself in the same statement.
 RELEASE_FREE = RELEASE_HELD.replace("SET ", "SET releases = releases + 1, ", 1)
 RELEASE_FREE_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET releases = releases + 1, ", 1)
+# A failed try's release notes its exception's first line (SPEC 11: status shows last_error).
+RELEASE_ERROR = RELEASE_HELD.replace("SET ", "SET last_error = ?, ", 1)
+RELEASE_ERROR_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET last_error = ?, ", 1)
 EXTEND_HELD = "UPDATE jobs SET reserved_at = {now}, available_at = {due} WHERE " + HELD
 # The held rows a renewal may change now: with SKIP LOCKED, those no other transaction holds.
 RENEWABLE = "SELECT id FROM jobs WHERE id IN "
@@ -134,6 +158,9 @@ PRUNE_LIMIT = 4 * PRUNE_EVERY   # more than a process remembers in between: the 
 TAKE_OVER = ("UPDATE jobs SET queue = ?, payload = ?, attempts = 0, releases = 0, created_at = {now}, "
              "due_at = NULL, state = 0, available_at = 0, reserved_at = NULL, claim = NULL, failing = NULL, "
              "failed_ran = 0 WHERE uuid = ?")
+# queue:retry --delay: the same, DELAYED until now + the delay.
+TAKE_OVER_DELAYED = TAKE_OVER.replace("due_at = NULL, state = 0, available_at = 0",
+                                      "due_at = {due}, state = 1, available_at = {due}")
 STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
 FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
 STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
@@ -155,7 +182,7 @@ def marks(n: int) -> str:
     return "(" + ", ".join("?" for _ in range(n)) + ")"
 
 
-class DatabaseQueue(QueueConnection, QueueAdmin):
+class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     name = "database"
 
     def __init__(self, db: Database, failed: FailedJobStore, visibility_timeout: int = 90,
@@ -202,8 +229,10 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
                 await tx.execute(ADOPT_RESERVED, (self.visibility_timeout,))
                 await tx.execute(ADOPT_DELAYED)
                 await tx.execute(ADOPT_READY)
-        if OLD_INDEX in await self._names("jobs", dialect.index_names):
-            await self._ignore_race(dialect.drop_index("jobs", OLD_INDEX))
+        names = await self._names("jobs", dialect.index_names)
+        for old in OLD_INDEXES:
+            if old in names:
+                await self._ignore_race(dialect.drop_index("jobs", old))
         await self.failed.migrate()
         await self._state.migrate()
 
@@ -243,6 +272,12 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
 
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = self._on_duplicate
+        priority = peek_priority(payload)
+        if priority:
+            if delay > 0:
+                return change(PUSH_DELAYED_RANKED + on_duplicate,
+                              (queue, payload, float(delay), peek_uuid(payload), float(delay), -priority))
+            return change(PUSH_RANKED + on_duplicate, (queue, payload, peek_uuid(payload), -priority))
         if delay > 0:
             delay = float(delay)
             return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, peek_uuid(payload), delay))
@@ -259,9 +294,13 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         due_at = available if delay > 0 else None
         for chunk in chunks:
             params: list = []
+            ranked = any(peek_priority(payload) for payload in chunk)
             for payload in chunk:
                 params += (queue, payload, available, now, peek_uuid(payload), state, due_at)
-            yield change(PUSH_COLUMNS + ", ".join([PUSH_ROW] * len(chunk)) + on_duplicate, params)
+                if ranked:
+                    params.append(-peek_priority(payload))
+            columns, row = (PUSH_COLUMNS_RANKED, PUSH_ROW_RANKED) if ranked else (PUSH_COLUMNS, PUSH_ROW)
+            yield change(columns + ", ".join([row] * len(chunk)) + on_duplicate, params)
 
     async def _chunks(self, payloads: Sequence[str]) -> Iterator[Sequence[str]]:
         """Batches of at most BULK_ROWS payloads, and on MySQL of at most a quarter of
@@ -291,33 +330,35 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         if missing:
             await self.push_many(queue, missing, delay)
 
-    async def requeue(self, queue: str, payload: str) -> None:
-        await self.db.run_transaction(self._requeue_steps(queue, payload))
+    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
+        await self.db.run_transaction(self._requeue_steps(queue, payload, delay))
 
-    async def requeue_failed(self, store: FailedJobStore, job: FailedJob) -> bool:
+    async def requeue_failed(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> bool:
         """The job is either still failed or back on its queue, never both or neither: one
         transaction when the failed store is in this database. It may deadlock with the worker
         that is failing the same job (both lock its jobs row and failed row): it runs again then."""
         if store.db is not self.db:
-            return await super().requeue_failed(store, job)
+            return await super().requeue_failed(store, job, delay)
         return await self.db.retrying_conflicts(
-            lambda: self.db.run_transaction(self._requeue_failed_steps(store, job)))
+            lambda: self.db.run_transaction(self._requeue_failed_steps(store, job, delay)))
 
-    def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob) -> Steps[bool]:
+    def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> Steps[bool]:
         if not (yield from store.forget_steps(job.uuid)):
             return False
-        yield from self._requeue_steps(job.queue, job.payload)
+        yield from self._requeue_steps(job.queue, job.payload, delay)
         return True
 
-    def _requeue_steps(self, queue: str, payload: str) -> Steps[None]:
+    def _requeue_steps(self, queue: str, payload: str, delay: float = 0) -> Steps[None]:
         """Forget the finished record, and take the job over if it is still stored (a worker still
         failing it loses its reservation), else push it."""
         job_uuid = peek_uuid(payload)
         if job_uuid is not None:
             yield change(FORGET, (job_uuid,))
-            if (yield change(TAKE_OVER, (queue, payload, job_uuid))) > 0:
+            taken = yield (change(TAKE_OVER_DELAYED, (queue, payload, float(delay), float(delay), job_uuid))
+                           if delay > 0 else change(TAKE_OVER, (queue, payload, job_uuid)))
+            if taken > 0:
                 return
-        yield self._push(queue, payload)
+        yield self._push(queue, payload, delay)
 
     # -- reserve ----------------------------------------------------------------------------
 
@@ -426,6 +467,12 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             return await self.db.execute(sql, (float(delay), *_fence(job))) == 1
         return await self.db.execute(RELEASE_FREE if free else RELEASE_HELD, _fence(job)) == 1
 
+    async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
+        error = storable(error)[:1000]
+        if delay > 0:
+            return await self.db.execute(RELEASE_ERROR_DELAYED, (error, float(delay), *_fence(job))) == 1
+        return await self.db.execute(RELEASE_ERROR, (error, *_fence(job))) == 1
+
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         params = (storable(exception), int(failed_ran), self.visibility_timeout, *_fence(job))
         return await self.db.execute(MARK_FAILING, params) == 1
@@ -440,11 +487,12 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         yield from self._remember_steps([peek_uuid(job.payload)])
         return True
 
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
-        if jobs:
-            await self.db.run_transaction(self._extend_steps(jobs))
+    async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:
+        if not jobs:
+            return []
+        return await self.db.run_transaction(self._extend_steps(jobs))
 
-    def _extend_steps(self, jobs: Sequence[ReservedJob]) -> Steps[None]:
+    def _extend_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[str]]:
         """Renew each held row, skipping those another transaction has locked: on MySQL that is
         mostly the worker's own acknowledgement, whose next statement waits while job code blocks
         its loop. Waiting for that lock held up every other job's renewal (the heartbeat renews
@@ -456,6 +504,8 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             jobs = [job for job in jobs if int(job.id) in free]
         for job in jobs:
             yield change(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
+        # SPEC 11: which of them someone cancelled, learnt with the renewal (database_status.py).
+        return (yield from self._cancelled_steps(jobs))
 
     # -- inspect ----------------------------------------------------------------------------
 

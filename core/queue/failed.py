@@ -102,6 +102,11 @@ class FailedJobStore:
             rows = await self.db.fetchall(SELECT + " WHERE queue = ? ORDER BY id", (queue,))
         return [_row(r) for r in rows]
 
+    async def latest(self, limit: int, queue: str | None = None) -> list[FailedJob]:
+        """The `limit` most recent failed jobs (queue:jobs --state failed): bounded by the limit."""
+        where, params = ("", [limit]) if queue is None else (" WHERE queue = ?", [queue, limit])
+        return [_row(r) for r in await self.db.fetchall(SELECT + where + " ORDER BY id DESC LIMIT ?", params)]
+
     async def find(self, job_uuid: str) -> FailedJob | None:
         row = await self.db.fetchone(SELECT + " WHERE uuid = ?", (job_uuid,))
         return _row(row) if row else None

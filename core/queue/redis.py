@@ -40,7 +40,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -56,14 +56,16 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from core.config import RedisConfig, encoded_url
 from core.errors import ConnectionFailed
-from core.payload import peek_uuid
+from core.payload import peek_priority, peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
 from core.queue.failed import FailedJobStore
 from core.queue.redis_lane import Lane
+from core.queue.redis_status import RedisJobs
 from core.queue.state_redis import RedisState
 
 LUA = Path(__file__).resolve().parent / "lua"
-SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear")
+SCRIPTS = ("push", "reserve", "acknowledge", "release", "extend", "mark_failing", "requeue", "size", "clear",
+           "complete", "status", "cancel", "progress")
 BATCH = 500               # due or expired jobs moved per reserve call; jobs deleted per clear step
 PUSH_CHUNK = 1000         # jobs per push script call, so one call never blocks Redis for long
 MAX_BLOCK = 5.0           # one blocking wait; below the socket timeout
@@ -86,12 +88,15 @@ class QueueKeys:
     seq: str
     state: str
     done: str
+    results: str          # SPEC 11: <id> = a finished job's record (redis_status.py)
+    results_exp: str      # id = when its record expires
+    wake: str             # <wake><id>: a list a waiter blocks on until the job finished
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> "QueueKeys":
         base = f"{prefix}{{{queue}}}"
         return cls(base, f"{base}:delayed", f"{base}:reserved", f"{base}:jobs", f"{base}:notify", f"{base}:seq",
-                   f"{base}:state", f"{base}:done")
+                   f"{base}:state", f"{base}:done", f"{base}:results", f"{base}:results:exp", f"{base}:wake:")
 
     def claim(self, claim: str) -> str:
         return f"{self.ready}:claim:{claim}"
@@ -225,7 +230,7 @@ def reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class RedisQueue(QueueConnection, QueueAdmin):
+class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     name = "redis"
 
     def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90,
@@ -324,23 +329,34 @@ class RedisQueue(QueueConnection, QueueAdmin):
 
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         k = self.keys(queue)
-        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done],
-                        [max(0.0, float(delay)), peek_uuid(payload) or str(uuid.uuid4()), payload])
+        args = [max(0.0, float(delay)), peek_uuid(payload) or str(uuid.uuid4()), payload]
+        priority = peek_priority(payload)
+        if priority:
+            args.append(priority)
+        await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         k = self.keys(queue)
         for start in range(0, len(payloads), PUSH_CHUNK):
+            chunk = payloads[start:start + PUSH_CHUNK]
+            priorities = [peek_priority(payload) for payload in chunk]
             args: list[Any] = [max(0.0, float(delay))]
-            for payload in payloads[start:start + PUSH_CHUNK]:
-                args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
+            if any(priorities):      # push.lua's ranked form: "r<delay>", then (id, payload, priority) triples
+                args[0] = f"r{args[0]}"
+                for payload, priority in zip(chunk, priorities):
+                    args += [peek_uuid(payload) or str(uuid.uuid4()), payload, priority]
+            else:
+                for payload in chunk:
+                    args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
             await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
 
-    async def requeue(self, queue: str, payload: str) -> None:
+    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
         """queue:retry: forget the finished record and store the job again, or take it over from a
         worker still failing it (requeue.lua): attempts reset, failing mark and token cleared."""
         k = self.keys(queue)
         await self._run("requeue", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.seq, k.state, k.done],
-                        [peek_uuid(payload) or str(uuid.uuid4()), payload])
+                        [peek_uuid(payload) or str(uuid.uuid4()), payload, peek_priority(payload),
+                         max(0.0, float(delay))])
 
     # -- reserving -------------------------------------------------------------------------------
 
@@ -503,22 +519,22 @@ class RedisQueue(QueueConnection, QueueAdmin):
 
     async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
         """One script call per queue; the answers come back in the order of `jobs`."""
-        by_queue: dict[str, list[int]] = {}
-        for i, job in enumerate(jobs):
-            by_queue.setdefault(job.queue, []).append(i)
-        done = [False] * len(jobs)
-        for queue, indexes in by_queue.items():
+        def acknowledge(queue: str, indexes: list[int]) -> Awaitable[list]:
             k = self.keys(queue)
             args = [self.replay_window, *(part for i in indexes for part in (jobs[i].id, jobs[i].token))]
-            flags = await self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state, k.done], args)
-            for i, flag in zip(indexes, flags):
-                done[i] = flag == 1
-        return done
+            return self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state, k.done], args)
+        return await self.each_queue(jobs, acknowledge)
 
-    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
+    async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False,
+                      error: str | None = None) -> bool:
         k = self.keys(job.queue)
-        return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state],
-                               [job.id, job.token, max(0.0, float(delay)), int(free)]) == 1
+        args = [job.id, job.token, max(0.0, float(delay)), int(free)]
+        if error is not None:
+            args.append(error[:1000])
+        return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state], args) == 1
+
+    async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
+        return await self.release(job, delay, error=error)
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         k = self.keys(job.queue)
@@ -533,24 +549,27 @@ class RedisQueue(QueueConnection, QueueAdmin):
         which also remembers it as finished). A requeue in between takes the job over: the
         delete then does nothing and the job stays queued.
         """
-        if not await self._extend_queue(job.queue, [job]):
+        if not (await self._extend_queue(job.queue, [job]))[0]:
             return False
         await self.failed.record(self.name, job.queue, job.payload, exception)
         return await self.acknowledge(job)
 
-    async def extend(self, jobs: Sequence[ReservedJob]) -> None:
+    async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:
         by_queue: dict[str, list[ReservedJob]] = {}
         for job in jobs:
             by_queue.setdefault(job.queue, []).append(job)
+        cancelled: list[str] = []
         for queue, held in by_queue.items():
-            await self._extend_queue(queue, held)
+            cancelled += (await self._extend_queue(queue, held))[1:]
+        return cancelled
 
-    async def _extend_queue(self, queue: str, jobs: Sequence[ReservedJob]) -> int:
+    async def _extend_queue(self, queue: str, jobs: Sequence[ReservedJob]) -> list:
+        """extend.lua's answer: {renewed, ids of renewed jobs someone cancelled...}."""
         k = self.keys(queue)
         args: list[Any] = [self.visibility_timeout]
         for job in jobs:
             args += [job.id, job.token]
-        return int(await self._run("extend", [k.reserved, k.state], args))
+        return await self._run("extend", [k.reserved, k.state], args)
 
     # -- inspecting ------------------------------------------------------------------------------
 
@@ -563,9 +582,10 @@ class RedisQueue(QueueConnection, QueueAdmin):
             result[queue] = QueueSize(int(pending), int(delayed), int(reserved))
         return result
 
-    async def _queues_with_jobs(self) -> list[str]:
-        """Queues whose jobs hash exists (it is deleted with its last job). SCAN: commands only."""
-        head, tail = f"{self.config.prefix}{{", "}:jobs"
+    async def _queues_with_jobs(self, tail: str = "}:jobs") -> list[str]:
+        """Queues whose jobs hash (or, with tail "}:results", results hash) exists: it is deleted
+        with its last job. SCAN: commands only."""
+        head = f"{self.config.prefix}{{"
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*" + tail
         found = set()
         async for key in self._redis.scan_iter(match=pattern, count=1000):

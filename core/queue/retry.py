@@ -22,8 +22,10 @@ class RetryResult:
     missing: list[str] = field(default_factory=list)
 
 
-async def retry_failed(app: "Application", ids: list[str] | None, queue: str | None = None) -> RetryResult:
-    """Retry the failed jobs with these ids (all of them, or all of one queue, when ids is None)."""
+async def retry_failed(app: "Application", ids: list[str] | None, queue: str | None = None,
+                       delay: float = 0) -> RetryResult:
+    """Retry the failed jobs with these ids (all of them, or all of one queue, when ids is None),
+    due after `delay` seconds."""
     store = await app.queue.failed_store()
     result = RetryResult()
     if ids is None:
@@ -38,7 +40,7 @@ async def retry_failed(app: "Application", ids: list[str] | None, queue: str | N
                 jobs.append(found)
     for job in jobs:
         conn = await app.queue.connection(job.connection)
-        if await conn.requeue_failed(store, job):
+        if await conn.requeue_failed(store, job, delay):
             result.retried.append(job)
             await _announce(conn.name, job)
     return result

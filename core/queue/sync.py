@@ -20,17 +20,9 @@ if TYPE_CHECKING:
     from core.app import Application
 
 
-class SyncQueue(QueueConnection):
-    name = "sync"
-    runs_inline = True
-
-    def __init__(self, app: "Application") -> None:
-        self.app = app
-
-    async def push(self, queue: str, payload: str, delay: float = 0) -> None:
-        decoded = Payload.decode(payload, self.app.config.app.key)
-        cls = resolve_job_class(decoded.job, self.app.config.app.job_packages)
-        await run_inline(cls.from_payload(decoded, attempts=1), decoded, self)   # under the payload's own id
+class KeepsNothing(QueueConnection):
+    """A connection that holds no job (sync, core.testing's fake): nothing to reserve, and every
+    change of a job's state trivially succeeds."""
 
     async def reserve(self, queues: Sequence[str], claim: str | None = None) -> ReservedJob | None:
         return None
@@ -49,6 +41,19 @@ class SyncQueue(QueueConnection):
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> None:
         return None
+
+
+class SyncQueue(KeepsNothing):
+    name = "sync"
+    runs_inline = True
+
+    def __init__(self, app: "Application") -> None:
+        self.app = app
+
+    async def push(self, queue: str, payload: str, delay: float = 0) -> None:
+        decoded = Payload.decode(payload, self.app.config.app.key)
+        cls = resolve_job_class(decoded.job, self.app.config.app.job_packages)
+        await run_inline(cls.from_payload(decoded, attempts=1), decoded, self)   # under the payload's own id
 
 
 # Per application, the state dispatch_sync's middleware keeps; weak, so an ended application's goes

@@ -50,8 +50,10 @@ class Heartbeat:
 
     def __init__(self, app: "Application", connection: str | None, interval: float,
                  held: Callable[[], Sequence[ReservedJob]], outage: OutageLog, secrets: list[str],
-                 locks: Callable[[], Sequence[tuple[str, str]]] = list, lock_ttl: float = 0) -> None:
+                 locks: Callable[[], Sequence[tuple[str, str]]] = list, lock_ttl: float = 0,
+                 cancel: Callable[[list[str]], None] | None = None) -> None:
         self.app = app
+        self.cancel = cancel        # called (from this thread) with the ids of held jobs someone cancelled
         self.connection = connection
         self.interval = interval
         self.held = held
@@ -129,7 +131,9 @@ class Heartbeat:
             return
         try:
             if held:
-                await conn.extend(held)
+                cancelled = await conn.extend(held)      # SPEC 11: cancel requests come with the renewal
+                if cancelled and self.cancel is not None:
+                    self.cancel(list(cancelled))
             if locks:
                 self._note_lost(locks, await conn.state.lock_renew(locks, self.lock_ttl))
         except Exception as exc:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from secrets import token_hex
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from core.log import one_line, redact
@@ -29,7 +29,7 @@ from core.worker.announce import WorkerEvents
 from core.worker.attempt import Attempt, Attempts, discover_job_classes
 from core.worker.heartbeat import Heartbeat, heartbeat_interval
 from core.worker.options import WorkerOptions
-from core.worker.outcome import Outcome
+from core.worker.outcome import Cancelled, Outcome
 from core.worker.settle import Settler
 from core.worker.timeouts import EXIT_BLOCKED, LeftBehind, LongTimeouts, Timeouts, Watchdog, max_blocking_timeout
 
@@ -69,6 +69,9 @@ class Worker:
         # change under _held_lock.
         self._held_lock = threading.Lock()
         self._running: dict[int, ReservedJob] = {}
+        self._task_of: dict[int, asyncio.Task] = {}    # slot -> the task running its job
+        self._cancelled: set[str] = set()              # ids of running jobs a user cancelled (SPEC 11)
+        self._in_run: set[int] = set()                 # slots whose job code runs (only those are cancelled)
         self._tasks: set[asyncio.Task] = set()
         self._slots = itertools.count(1)
         self._stopping = asyncio.Event()
@@ -113,7 +116,7 @@ class Worker:
         self._started = time.monotonic()
         heartbeat = Heartbeat(self.app, self.options.connection, heartbeat_interval(self.visibility_timeout),
                               self._held, self._outage, self.secrets, self.attempts.held_locks,
-                              self.visibility_timeout)
+                              self.visibility_timeout, self._cancel_from_thread(asyncio.get_running_loop()))
         heartbeat.start()
         log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
                  ",".join(self.options.queues), self.options.concurrency, os.getpid())
@@ -449,12 +452,15 @@ class Worker:
     def _track(self, slot: int, task: asyncio.Task) -> None:
         """The job's slot is busy until `task` ends, or until the task is left behind and replaced."""
         self._tasks.add(task)
+        self._task_of[slot] = task
         task.add_done_callback(functools.partial(self._finished, slot))
 
     def _finished(self, slot: int, task: asyncio.Task) -> None:
         if task not in self._tasks:    # left behind: the task that took over its attempt frees the slot
             return
         self._tasks.discard(task)
+        if self._task_of.get(slot) is task:
+            del self._task_of[slot]
         with self._held_lock:
             self._running.pop(slot, None)
         self.processed += 1
@@ -465,6 +471,23 @@ class Worker:
         """Timeouts left `task` behind: its attempt ends in a new task, which holds the slot."""
         self._tasks.discard(task)      # run() stops waiting for it
         self._track(slot, asyncio.create_task(ending))
+
+    def _cancel_from_thread(self, loop: asyncio.AbstractEventLoop) -> Callable[[list[str]], None]:
+        """What the heartbeat's thread calls with the ids of held jobs someone cancelled."""
+        def cancel(ids: list[str]) -> None:
+            loop.call_soon_threadsafe(self._cancel_jobs, ids)
+        return cancel
+
+    def _cancel_jobs(self, ids: list[str]) -> None:
+        """SPEC 11: cancel the tasks of running jobs someone cancelled; _run settles them as Cancelled."""
+        with self._held_lock:
+            slots = [slot for slot, job in self._running.items()
+                     if job.id in ids and job.id not in self._cancelled and slot in self._in_run]
+        for slot in slots:
+            task = self._task_of.get(slot)
+            if task is not None and not task.done():
+                self._cancelled.add(self._running[slot].id)
+                task.cancel()
 
     def _blocked(self, count: int) -> None:
         self.exit_code = self.exit_code or EXIT_BLOCKED
@@ -485,12 +508,20 @@ class Worker:
         await self._settler.settle(attempt, outcome)
 
     async def _run(self, attempt: Attempt) -> Outcome:
+        self._in_run.add(attempt.slot)
         try:
             return await self.attempts.run(attempt, self._settler.settle)
         except asyncio.CancelledError:
-            if asyncio.current_task() in self._tasks:   # not left behind: the job is still ours to release
+            task = asyncio.current_task()
+            if attempt.reserved.id in self._cancelled and task in self._tasks and not self.timeouts.interrupted:
+                self._cancelled.discard(attempt.reserved.id)
+                task.uncancel()      # cancelled by a user: settled as such
+                return Cancelled()
+            if task in self._tasks:   # not left behind: the job is still ours to release
                 await self._settler.put_back(attempt)
             raise
+        finally:
+            self._in_run.discard(attempt.slot)
 
     def _warn_long_timeouts(self) -> None:
         if self.options.timeout is not None:

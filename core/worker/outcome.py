@@ -43,7 +43,12 @@ class Delete:
     reason: str
 
 
-Outcome = Done | Retry | Release | Fail | Delete
+@dataclass(frozen=True)
+class Cancelled:
+    """Someone cancelled the running job (SPEC 11): remove it, record it cancelled; no retry, no failed()."""
+
+
+Outcome = Done | Retry | Release | Fail | Delete | Cancelled
 
 
 def exception_text(exc: BaseException, secrets: list[str]) -> str:

@@ -20,10 +20,11 @@ from typing import TypeVar
 from core.job import Job
 from core.log import redact
 from core.outage import OutageLog
-from core.queue.contract import QueueConnection, ReservedJob
+from core.queue.contract import KeptResult, QueueConnection, ReservedJob
+from core.queue.status import CANCEL_KEEP, cancelled_record, completed_record
 from core.worker.announce import WorkerEvents
 from core.worker.attempt import Attempt
-from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, exception_text, first_line
+from core.worker.outcome import Cancelled, Delete, Done, Fail, Outcome, Release, Retry, exception_text, first_line
 from core.worker.timeouts import Timeouts
 
 log = logging.getLogger("worker")
@@ -60,6 +61,7 @@ class Settler:
         self._acking: list[Attempt] = []
         self._riding: list[Attempt] = []       # taken by the worker's reserve call (deferred)
         self._acker: asyncio.Task | None = None
+        self._kept: dict[int, KeptResult] = {}     # by id(attempt): results to store with the acknowledgement
         # A worker at concurrency 1 whose store can acknowledge and reserve in one call sets this:
         # finished jobs then wait for the worker's next reserve to carry them (take/acknowledged),
         # instead of a round trip of their own. The worker flushes them whenever it will not reserve.
@@ -67,8 +69,8 @@ class Settler:
 
     async def settle(self, attempt: Attempt, outcome: Outcome) -> None:
         match outcome:
-            case Done():
-                self._done(attempt)
+            case Done(result):
+                self._done(attempt, result)
             case Retry(delay, exception):
                 await self._retry(attempt, delay, exception)
             case Release(delay, reason):
@@ -77,6 +79,8 @@ class Settler:
                 await self._fail(attempt, exception)
             case Delete(reason):
                 await self._delete(attempt, reason)
+            case Cancelled():
+                await self._cancelled(attempt)
 
     async def put_back(self, attempt: Attempt) -> None:
         """The worker's own task was cancelled mid-attempt: the job goes back on the queue at once."""
@@ -98,6 +102,9 @@ class Settler:
         """The finished jobs waiting for an acknowledgement that no task is sending: the caller sends
         them (then `acknowledged`, or `give_back` if the call failed). They stay renewed meanwhile."""
         if self._acker is not None or not self._acks or self._riding:
+            return []
+        if self._kept:          # a result is stored with its acknowledgement (complete_many), not by a reserve
+            self.flush()
             return []
         with self._held_lock:
             self._riding, self._acks = self._acks, []
@@ -123,14 +130,20 @@ class Settler:
 
     # -- one function per outcome -----------------------------------------------------------
 
-    def _done(self, attempt: Attempt) -> None:
+    def _done(self, attempt: Attempt, result: object = None) -> None:
+        payload = attempt.payload
+        if payload is not None and payload.keep_result:     # SPEC 11: stored with the acknowledgement
+            record = completed_record(payload, attempt.reserved.attempts, result)
+            self._kept[id(attempt)] = KeptResult(record, payload.keep_result)
         with self._held_lock:
             self._acks.append(attempt)
         if self._acker is None and not self.deferred:
             self._acker = asyncio.create_task(self._acknowledge())
 
     async def _retry(self, attempt: Attempt, delay: float, exc: Exception) -> None:
-        held = await self._store(attempt.label, "release", lambda: self.conn.release(attempt.reserved, delay))
+        error = redact(first_line(exc), self.secrets)
+        held = await self._store(attempt.label, "release",
+                                 lambda: self.conn.release_failed(attempt.reserved, delay, error))
         log.info("RETRY   %s %s (%s) retry in %gs%s", attempt.label, _took(attempt.started), first_line(exc), delay,
                  " [reservation lost]" if held is False else "")
         if held:
@@ -153,6 +166,16 @@ class Settler:
                      " [reservation lost]" if held is False else "")
         if held:
             self.events.deleted(attempt, reason)
+
+    async def _cancelled(self, attempt: Attempt) -> None:
+        """Cancelled while running: removed and recorded cancelled in one step; no retry, no failed()."""
+        payload = attempt.payload
+        keep = max(CANCEL_KEEP, payload.keep_result if payload is not None else 0.0)
+        record = KeptResult(cancelled_record(payload, attempt.reserved.attempts), keep)
+        held = await self._store(attempt.label, "record as cancelled",
+                                 lambda: self.conn.complete_many([attempt.reserved], [record]))
+        log.info("CANCEL  %s %s%s", attempt.label, _took(attempt.started),
+                 " [reservation lost]" if held is not None and not held[0] else "")
 
     async def _fail(self, attempt: Attempt, exc: BaseException) -> None:
         """The job's tries are over: mark it failing, call failed() once, then record it in failed_jobs.
@@ -242,8 +265,11 @@ class Settler:
 
     async def _acknowledge_batch(self, batch: list[Attempt]) -> None:
         label = batch[0].label if len(batch) == 1 else f"{len(batch)} finished jobs"
-        done = await self._store(label, "acknowledge",
-                                 lambda: self.conn.acknowledge_many([attempt.reserved for attempt in batch]))
+        if self._kept:
+            done = await self._store(label, "acknowledge", lambda: self._acknowledge_keeping(batch))
+        else:
+            done = await self._store(label, "acknowledge",
+                                     lambda: self.conn.acknowledge_many([attempt.reserved for attempt in batch]))
         self._report_acks(batch, done)
 
     def _report_acks(self, batch: list[Attempt], done: list[bool] | None) -> None:
@@ -257,6 +283,23 @@ class Settler:
             log.info("DONE    %s %s", attempt.label, _took(attempt.started))
             if done[i]:
                 self.events.processed(attempt)
+
+    async def _acknowledge_keeping(self, batch: list[Attempt]) -> list[bool]:
+        """Jobs that keep a result go through complete_many (the record with the acknowledgement), the others
+        as before; the answers in the order of `batch`."""
+        kept = [i for i, attempt in enumerate(batch) if id(attempt) in self._kept]
+        plain = [i for i, attempt in enumerate(batch) if id(attempt) not in self._kept]
+        done = [False] * len(batch)
+        if plain:
+            for i, flag in zip(plain, await self.conn.acknowledge_many([batch[i].reserved for i in plain])):
+                done[i] = flag
+        if kept:
+            answers = await self.conn.complete_many([batch[i].reserved for i in kept],
+                                                    [self._kept[id(batch[i])] for i in kept])
+            for i, flag in zip(kept, answers):
+                done[i] = flag
+                self._kept.pop(id(batch[i]), None)
+        return done
 
     # -- retrying a store call --------------------------------------------------------------
 

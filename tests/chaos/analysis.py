@@ -39,6 +39,7 @@ class PlannedJob:
     dispatched_at: float
     block: float = 0.0            # seconds each run blocks its worker's event loop
     proxied: bool = False         # dispatched through the proxy that drops answers
+    keeps: bool = False           # keeps its result (SPEC 11): judged by results.py
 
 
 @dataclass

@@ -45,6 +45,7 @@ from core.queue.contract import QueueConnection
 from core.queue.retry import retry_failed
 from tests.chaos.analysis import (ChaosReport, Clear, Kill, PlannedJob, Retry, analyze, read_failed_calls,
                                   read_runs)
+from tests.chaos.results import KEEP_SECONDS, judge_results
 from tests.faults.proxy import FaultProxy
 from tests.jobs.chaos_jobs import ChaosJob
 from tests.jobs.sample_jobs import read_events
@@ -72,16 +73,17 @@ class ChaosPlan:
     retry_every: float = 0.0      # mean seconds between queue:retry all calls in the chaos phase (0: none)
     clears: int = 0               # queue:clear calls in the chaos phase
     cut_every: float = 0.0        # mean seconds between cuts of the failed-job store (0: none)
+    keep_share: float = 0.0       # share of jobs that keep their result (SPEC 11), judged by results.py
 
     @classmethod
     def widened(cls, **changes) -> "ChaosPlan":
         """Every fault class on, at the rates the CI test uses."""
-        return replace(cls(concurrency=4, blockers=0.1, dropped_answers=0.3, retry_every=0.5, clears=2, cut_every=5.0),
-                       **changes)
+        return replace(cls(concurrency=4, blockers=0.1, dropped_answers=0.3, retry_every=0.5, clears=2, cut_every=5.0,
+                           keep_share=0.5), **changes)
 
 
 def plan_jobs(rng: random.Random, count: int, visibility_timeout: int, log: Path,
-              blockers: float = 0.0) -> list[tuple[str, dict]]:
+              blockers: float = 0.0, keep_share: float = 0.0) -> list[tuple[str, dict]]:
     """(kind, attributes) per job: mostly quick ones, a few longer than the visibility timeout,
     some that fail once or twice before succeeding, some that fail every try; blockers in
     clusters of two or three, so one worker often holds several."""
@@ -108,6 +110,8 @@ def plan_jobs(rng: random.Random, count: int, visibility_timeout: int, log: Path
         if kind == "blocker":
             attrs.update(seconds=0.02, block=round(rng.uniform(0.6, 0.8) * BLOCKER_TIMEOUT, 3),
                          timeout=BLOCKER_TIMEOUT)
+        if rng.random() < keep_share:
+            attrs["keep_result"] = KEEP_SECONDS
         jobs.append((kind, attrs))
     return jobs
 
@@ -397,7 +401,7 @@ class Dispatcher:
         self.proxied_count += len(jobs) if proxied else 0
         for job, (kind, attrs) in zip(jobs, items):
             self.planned[job.job_id] = PlannedJob(kind, attrs["max_tries"], attrs["fail_until"], attrs["seconds"], at,
-                                                  attrs.get("block", 0.0), proxied)
+                                                  attrs.get("block", 0.0), proxied, "keep_result" in attrs)
 
 
 async def queue_left(conn: QueueConnection) -> int:
@@ -421,7 +425,7 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
     began = time.monotonic()
     async with create_app() as app:
         vt = app.config.queue.visibility_timeout
-        specs = plan_jobs(rng, plan.jobs, vt, log, plan.blockers)
+        specs = plan_jobs(rng, plan.jobs, vt, log, plan.blockers, plan.keep_share)
         rounds = max(1, int(plan.seconds * DISPATCH_SHARE / BATCH_EVERY))
         size = -(-len(specs) // rounds)
         batches = [specs[i:i + size] for i in range(0, len(specs), size)]   # in order: blocker clusters stay whole
@@ -472,6 +476,7 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
             faults.close()
         failures = {f.uuid: f.summary for f in await (await app.queue.failed_store()).all(QUEUE)}
         connection = conn.name
+        kept, unrecorded, kept_problems = await judge_results(conn, QUEUE, dispatcher.planned, read_runs(log), failures)
     left = await asyncio.to_thread(queue_size_cli, connection)
     record(workdir, dispatcher.planned, workers.kills, racer.retries, racer.clears)
     report = analyze(store, dispatcher.planned, read_runs(log), failures, workers.kills, left, vt,
@@ -483,7 +488,12 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
                      **({f"queue:retry ({report.retried} jobs)": len(racer.retries)} if racer.retries else {}),
                      **({f"queue:clear ({report.cleared} jobs)": len(racer.clears)} if racer.clears else {})}
     report.workers, report.elapsed = plan.workers, time.monotonic() - began
-    report.problems = workers.problems + dispatcher.problems + report.problems + \
+    if kept:
+        report.faults["results kept"] = kept
+    if unrecorded > report.cleared:
+        kept_problems.append(f"{unrecorded} succeeded job(s) keeping a result have no record, but queue:clear "
+                             f"accounts for only {report.cleared}")
+    report.problems = workers.problems + dispatcher.problems + report.problems + kept_problems + \
         unfounded_events(workdir, failures, racer.retries)
     return report
 

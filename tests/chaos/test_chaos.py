@@ -46,6 +46,7 @@ async def test_chaos_loses_nothing_and_repeats_only_what_a_kill_or_a_retry_expla
     assert report.long_once >= 1, report.line()
     assert report.outcomes.get("failed-planned", 0) >= 1, report.line()
     assert report.faults.get("blockers", 0) >= 10 and report.retried >= 1, report.line()
+    assert report.faults.get("results kept", 0) >= 50, report.line()     # SPEC 11: half the jobs keep one
     staged = ("write locks",) if store == "sqlite" else ("store cuts",) if store == "mysql" else \
         ("failed-store cuts", "queue cuts")
     assert all(report.faults.get(f, 0) >= 1 for f in staged), report.line()

@@ -72,7 +72,7 @@ async def test_size_clear_and_restart_commands(backend, tmp_path):
     await RecordRun.dispatch(path=str(tmp_path / "runs")).delay(60)
     size = await asyncio.to_thread(run_cli, "queue:size", backend.connection, "--queue", "contract", "--json")
     assert size.returncode == 0, size.stderr
-    assert '"contract": {"pending": 3, "delayed": 1, "reserved": 0}' in size.stdout.replace("\n", "")
+    assert '"contract": {"pending": 3, "delayed": 1, "reserved": 0, "waiting": 0}' in size.stdout.replace("\n", "")
 
     cleared = await asyncio.to_thread(run_cli, "queue:clear", backend.connection, "--queue", "contract")
     assert cleared.returncode == 0, cleared.stderr

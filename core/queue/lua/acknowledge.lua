@@ -19,7 +19,8 @@ for i = 2, #ARGV, 2 do
     if redis.call('HGET', KEYS[4], id .. ':token') == ARGV[i + 1] then
         redis.call('ZREM', KEYS[1], id)
         redis.call('HDEL', KEYS[2], id, id .. ':seq')
-        redis.call('HDEL', KEYS[4], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
+        redis.call('HDEL', KEYS[4], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases', id .. ':error',
+                   id .. ':progress', id .. ':cancel')
         finished[#finished + 1] = id
         done[#done + 1] = 1
     else

@@ -70,7 +70,7 @@ end
 -- stays, so the next worker finishes the failure instead of running the job again.
 local function make_ready(ids)
     for _, id in ipairs(ids) do
-        local seq = tonumber(string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '0', '^%d+')) or 0
+        local seq = tonumber(string.match(redis.call('HGET', KEYS[4], id .. ':seq') or '0', '^-?%d+')) or 0
         redis.call('ZADD', KEYS[1], seq, id)
     end
 end

@@ -1,0 +1,174 @@
+"""SPEC 11 on the database: results kept with the acknowledgement (job_results), a job's status,
+cancelling, listing, progress. A mixin of DatabaseQueue (database.py), in the dialect-placeholder
+style of its statements, so every database (PostgreSQL too) runs them unchanged.
+
+A job that keeps no result and has no priority touches none of this: its statements are as before.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.database import Steps, change, fetch
+from core.payload import peek_uuid
+from core.queue.contract import KeptResult, ReservedJob
+from core.queue.status import CANCEL_KEEP, JobStatus, parse_progress, from_failed, from_payload, from_record
+
+if TYPE_CHECKING:
+    from core.database import Database
+    from core.queue.failed import FailedJobStore
+
+RESULT = ("INSERT INTO job_results (uuid, queue, state, record, finished_at, expires_at) "
+          "VALUES (?, ?, ?, ?, {now}, {now} + ?)")
+RESULT_AGAIN = ("state = excluded.state, record = excluded.record, finished_at = excluded.finished_at, "
+                "expires_at = excluded.expires_at")     # a job queue:retry brought back finished again
+RESULT_OF = "SELECT record, finished_at FROM job_results WHERE uuid = ? AND expires_at >= {now}"
+RESULTS = "SELECT uuid, record, finished_at FROM job_results WHERE expires_at >= {now}"
+PRUNE_RESULTS = "DELETE FROM job_results WHERE expires_at < {now}"
+PRUNE_RESULTS_EVERY = 256     # results stored between two bounded prunes, per process
+JOB_BY_UUID = ("SELECT id, queue, payload, attempts, state, available_at, last_error, progress, {now} "
+               "FROM jobs WHERE uuid = ?")
+LIST = "SELECT id, queue, payload, attempts, state, available_at, last_error, progress, {now} FROM jobs"
+# state column -> name; a DELAYED row already due is pending (SPEC: pending is due, not reserved).
+STATE_CODES = {"pending": 0, "delayed": 1, "reserved": 2}
+FLAG_CANCEL = "UPDATE jobs SET cancelled = 1 WHERE id = ?"
+CANCELLED_OF = "SELECT id FROM jobs WHERE cancelled = 1 AND id IN "
+DELETE_ONE = "DELETE FROM jobs WHERE id = ?"
+SET_PROGRESS = "UPDATE jobs SET progress = ? WHERE id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
+
+
+def _marks(n: int) -> str:
+    return "(" + ", ".join("?" for _ in range(n)) + ")"
+
+
+class DatabaseJobs:
+    db: "Database"
+    failed: "FailedJobStore"
+    _lock_held: str
+
+    def _acknowledge_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
+        raise NotImplementedError
+
+    def _remember_steps(self, uuids: Sequence[str | None]) -> Steps[None]:
+        raise NotImplementedError
+
+    async def complete_many(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> list[bool]:
+        """acknowledge_many and each acknowledged job's record in one transaction: a fenced-off
+        worker (its delete found no row) writes none."""
+        if not jobs:
+            return []
+        return await self.db.run_transaction(self._complete_steps(jobs, results))
+
+    def _complete_steps(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> Steps[list[bool]]:
+        done = yield from self._acknowledge_steps(jobs)
+        for job, kept, ok in zip(jobs, results, done):
+            if ok:
+                yield from self._result_steps(peek_uuid(job.payload) or job.id, job.queue, "completed", kept)
+        return done
+
+    def _result_steps(self, job_uuid: str, queue: str, state: str, kept: KeptResult) -> Steps[None]:
+        upsert = self.db.dialect.upsert("uuid", RESULT_AGAIN)
+        yield change(RESULT + upsert, (job_uuid, queue, state, kept.record, kept.keep))
+        self._results_since_prune = getattr(self, "_results_since_prune", 0) + 1
+        if self._results_since_prune >= PRUNE_RESULTS_EVERY:
+            self._results_since_prune = 0
+            yield change(self.db.dialect.delete_first("job_results", "uuid", "expires_at < {now}", "expires_at"),
+                         (4 * PRUNE_RESULTS_EVERY,))
+
+    # -- status ---------------------------------------------------------------------------------
+
+    async def job_status(self, queue: str | None, job_id: str) -> JobStatus | None:
+        """The jobs row, then job_results, then failed_jobs: each move between them is one
+        transaction (or the failed row is written before the delete), so a job is never missed."""
+        row = await self.db.fetchone(JOB_BY_UUID, (job_id,))
+        if row is not None:
+            return _queued(job_id, row)
+        found = await self.db.fetchone(RESULT_OF, (job_id,))
+        if found is not None:
+            return from_record(job_id, found[0], float(found[1]))
+        failed = await self.failed.find(job_id)
+        return from_failed(failed) if failed is not None else None
+
+    async def jobs(self, queue: str | None, state: str | None, limit: int) -> list[JobStatus]:
+        """One indexed query, LIMIT `limit`: jobs in reserve order within a queue, else by id."""
+        if state == "failed":
+            return [from_failed(f) for f in await self.failed.latest(limit, queue)]
+        if state in ("completed", "cancelled"):
+            where, kept = " AND state = ?", [state]
+            if queue:
+                where, kept = where + " AND queue = ?", [state, queue]
+            rows = await self.db.fetchall(RESULTS + where + " ORDER BY expires_at DESC LIMIT ?", [*kept, limit])
+            return [from_record(job_uuid, record, float(at)) for job_uuid, record, at in rows]
+        clauses: list[str] = []
+        params: list[Any] = []
+        if queue:
+            clauses.append("queue = ?")
+            params.append(queue)
+        if state in STATE_CODES:
+            clauses.append("state = ?")
+            params.append(STATE_CODES[state])
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        order = " ORDER BY available_at, priority_rank, id" if queue and state else " ORDER BY id"
+        rows = await self.db.fetchall(LIST + where + order + " LIMIT ?", [*params, limit])
+        return [_queued(None, row) for row in rows]
+
+    async def prune_results(self) -> int:
+        return await self.db.execute(PRUNE_RESULTS)
+
+    # -- cancel and progress --------------------------------------------------------------------
+
+    async def cancel_job(self, queue: str | None, job_id: str) -> str:
+        state = await self.db.run_transaction(self._cancel_steps(job_id))
+        if state:
+            return state
+        status = await self.job_status(queue, job_id)
+        return "unknown" if status is None else status.state
+
+    def _cancel_steps(self, job_uuid: str) -> Steps[str]:
+        """A waiting row is deleted and recorded cancelled; a reserved one is flagged for its
+        worker, whose heartbeat reads the flag (cancelled_among) and cancels the task."""
+        rows = yield fetch(JOB_BY_UUID + self._lock_held, (job_uuid,))
+        if not rows:
+            return ""
+        row_id, queue, payload, attempts, state, *_ = rows[0]
+        if int(state) == 2:
+            yield change(FLAG_CANCEL, (row_id,))
+            return "reserved"
+        yield change(DELETE_ONE, (row_id,))
+        status = from_payload(job_uuid, "cancelled", queue, payload)
+        record = json.dumps({"state": "cancelled", "job": status.job, "queue": queue, "attempts": int(attempts),
+                             "max_tries": status.max_tries, "dispatched_at": status.dispatched_at,
+                             "keep_result": status.keep_result})
+        yield from self._result_steps(job_uuid, queue, "cancelled",
+                                      KeptResult(record, max(CANCEL_KEEP, status.keep_result)))
+        yield from self._remember_steps([job_uuid])
+        return "cancelled"
+
+    async def cancelled_among(self, jobs: Sequence[ReservedJob]) -> list[str]:
+        """The ids of held jobs someone asked to cancel (extend() answers the same with each renewal)."""
+        if not jobs:
+            return []
+        return await self.db.run_transaction(self._cancelled_steps(jobs))
+
+    def _cancelled_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[str]]:
+        if not jobs:
+            return []
+        rows = yield fetch(CANCELLED_OF + _marks(len(jobs)), [int(job.id) for job in jobs])
+        return [str(row_id) for (row_id,) in rows]
+
+    async def set_progress(self, job: ReservedJob, fraction: float, text: str) -> bool:
+        attempts, _, claim = job.token.partition(":")
+        progress = f"{fraction:g} {text}"[:1000]
+        return await self.db.execute(SET_PROGRESS, (progress, int(job.id), int(attempts), claim)) == 1
+
+
+def _queued(job_id: str | None, row: Sequence[Any]) -> JobStatus:
+    _, queue, payload, attempts, state, available_at, last_error, progress, now = row
+    name = {0: "pending", 1: "delayed", 2: "reserved"}.get(int(state), "pending")
+    if name == "delayed" and int(available_at) <= int(now):
+        name = "pending"
+    return from_payload(job_id or peek_uuid(payload) or "", name, queue, payload, attempts=int(attempts),
+                        available_at=float(available_at) if name == "delayed" else None,
+                        last_error=last_error, progress=parse_progress(progress))
+
