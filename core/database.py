@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from core.config import DatabaseConfig, project_path
 from core.dialects import DIALECTS, MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
+from core.wake import Announcer, DataVersionWaker, SocketBus, Waker, Wakeups
 
 # Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
 _CLEANUPS: set["asyncio.Task[None]"] = set()
@@ -111,6 +112,48 @@ class Database:
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
+    # -- wake-up (SPEC 17; core/wake.py) -------------------------------------------------------
+
+    wake = True                  # DB_WAKE: off leaves idle workers polling every --sleep
+    _waker: Waker | None = None
+    _announcer: Announcer | None = None
+    _silent = False              # no announcer: DB_WAKE=off, or commits wake the workers themselves
+
+    def waker(self) -> Waker | None:
+        """The worker's side of wake-up, made on first use; None when this database has none."""
+        if self._waker is None and self.wake:
+            self._waker = self._make_waker()
+        return self._waker
+
+    def _make_waker(self) -> Waker | None:
+        return None
+
+    async def announce(self, queue: str) -> None:
+        """After a push of a due job committed (never inside its transaction): wake the workers
+        waiting for `queue`. Never raises: the job is stored, a lost wake-up costs at most --sleep."""
+        announcer = self._announcer
+        if announcer is None:
+            if self._silent:
+                return
+            send = self._wake_sender() if self.wake else None
+            if send is None:
+                self._silent = True
+                return
+            announcer = self._announcer = Announcer(send)
+        await announcer.announce(queue)
+
+    def _wake_sender(self) -> Callable[[str], Awaitable[None]] | None:
+        """How this database sends one wake-up for a queue; None: a commit wakes the workers itself."""
+        return None
+
+    async def _close_wake(self) -> None:
+        """Send what the announcer holds back, stop the waker: the first step of close()."""
+        if self._announcer is not None:
+            await self._announcer.flush()
+        if self._waker is not None:
+            waker, self._waker = self._waker, None
+            waker.close()
+
     def describe(self) -> str:
         """The database and where it is, for messages; never a password."""
         return self.dialect.name
@@ -144,6 +187,17 @@ class Database:
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
 
+    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held by one process at a time across the database, where two processes doing the same
+        DDL at once would fail (PostgreSQL); elsewhere nothing."""
+        return contextlib.nullcontext()
+
+    async def run_statements(self, steps: Steps[T]) -> T:
+        """Run steps statement by statement on one connection, each statement atomic on its own:
+        for steps whose statements need no transaction around them."""
+        async with self.session() as s:
+            return await s.run(steps)
+
     async def run_transaction(self, steps: Steps[T]) -> T:
         """Run steps as one transaction: committed when they return, rolled back when they or a
         statement raise, or when the caller is cancelled before the commit."""
@@ -173,15 +227,16 @@ class SqliteDatabase(Database):
     dialect = SQLITE
     local_clock = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wake: bool = True) -> None:
         self.path = path
+        self.wake = wake
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._handed_off = False     # the current transaction was cut and its lock handed to a clean-up task
 
     @classmethod
     def from_config(cls, config: DatabaseConfig) -> "SqliteDatabase":
-        return cls(project_path(config.database))
+        return cls(project_path(config.database), config.wake)
 
     async def open(self) -> None:
         import aiosqlite
@@ -204,9 +259,13 @@ class SqliteDatabase(Database):
             raise ConnectionFailed(f"Cannot open SQLite database at {self.path}: {exc}") from None
 
     async def close(self) -> None:
+        await self._close_wake()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
+
+    def _make_waker(self) -> Waker:
+        return DataVersionWaker(self.path)        # every commit, of any process, changes it
 
     def describe(self) -> str:
         return f"SQLite at {self.path}"
@@ -344,6 +403,8 @@ class MysqlDatabase(Database):
         self._maxsize = maxsize
         self._pool: Any = None
         self._max_packet: int | None = None
+        self.wake = config.wake
+        self._bus = SocketBus(f"mysql://{config.host}:{config.port}/{config.database}")
 
     async def open(self) -> None:
         import aiomysql
@@ -367,10 +428,21 @@ class MysqlDatabase(Database):
             raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
 
     async def close(self) -> None:
+        await self._close_wake()
+        self._bus.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.close()
             await pool.wait_closed()
+
+    def _make_waker(self) -> Waker:
+        """No change counter, no notifications: workers on this host listen on the socket bus."""
+        wakeups = Wakeups()
+        self._bus.listen(wakeups)
+        return wakeups
+
+    def _wake_sender(self) -> Callable[[str], Awaitable[None]]:
+        return self._bus.send
 
     def describe(self) -> str:
         return self.config.describe()

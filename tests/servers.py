@@ -13,7 +13,9 @@ import pytest
 MYSQL = ("127.0.0.1", int(os.environ.get("TEST_MYSQL_PORT", "3306")))
 REDIS = ("127.0.0.1", int(os.environ.get("TEST_REDIS_PORT", "6379")))
 MQTT = ("127.0.0.1", int(os.environ.get("TEST_MQTT_PORT", "1883")))
-NAMES = {MYSQL: "MySQL/MariaDB", REDIS: "Redis", MQTT: "the MQTT broker"}
+PGSQL = ("127.0.0.1", int(os.environ.get("TEST_PGSQL_PORT", "5432")))
+PGSQL_USER = os.environ.get("TEST_PGSQL_USER", "postgres")
+NAMES = {MYSQL: "MySQL/MariaDB", REDIS: "Redis", MQTT: "the MQTT broker", PGSQL: "PostgreSQL"}
 
 
 def reachable(address: tuple[str, int]) -> bool:

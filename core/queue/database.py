@@ -23,6 +23,7 @@ The middleware's own tables are state_database.py's.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -101,6 +102,15 @@ PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EX
         "AND (j.reserved_at IS NULL OR j.reserved_at < {now} - ?) ORDER BY j.available_at, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
+# Where UPDATE takes a subquery on its own table and answers with RETURNING (PostgreSQL), promote and
+# reserve are one statement each, which needs no transaction: the subquery's rows are locked (SKIP
+# LOCKED) and changed by the statement that picked them.
+PROMOTE_DUE = "UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE id IN ("
+TAKE = ("UPDATE jobs j SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, claim = ? "
+        "WHERE j.id IN (SELECT id FROM jobs WHERE queue = ? AND state = 0 AND available_at <= {now} "
+        "AND (reserved_at IS NULL OR reserved_at < {now} - ?) ORDER BY available_at, id LIMIT ?{skip_locked}) "
+        "RETURNING j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
+        "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING)
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
 DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
 RELEASE_HELD = ("UPDATE jobs SET state = 0, reserved_at = NULL, available_at = 0, claim = NULL, failing = NULL, "
@@ -168,6 +178,8 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         dialect = db.dialect
         self._pick = PICK + dialect.skip_locked
         self._due = DUE + dialect.skip_locked
+        self._one_statement = dialect.returning
+        self._take = TAKE.replace("{skip_locked}", dialect.skip_locked)
         self._promoted_at: dict[tuple[str, ...], float] = {}
         self._lock_held = dialect.for_update
         self._renewable = RENEWABLE + "{marks}" + dialect.skip_locked if dialect.skip_locked else ""
@@ -190,6 +202,10 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
     async def migrate(self) -> None:
         """Create the tables, or bring a database of the previous release up to date: its jobs,
         even those reserved or delayed, keep working."""
+        async with self.db.exclusive("migrate:jobs"):
+            await self._migrate()
+
+    async def _migrate(self) -> None:
         dialect = self.db.dialect
         for statement in TABLES:
             await self.db.execute(dialect.ddl(statement))
@@ -240,6 +256,8 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         statement = self._push(queue, payload, delay)
         await self.db.execute(statement.sql, statement.params)
+        if delay <= 0:
+            await self.db.announce(queue)
 
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = self._on_duplicate
@@ -251,6 +269,8 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         chunks = list(await self._chunks(payloads))
         await self.db.run_transaction(self._push_many_steps(queue, chunks, delay))
+        if delay <= 0:
+            await self.db.announce(queue)
 
     def _push_many_steps(self, queue: str, chunks: Sequence[Sequence[str]], delay: float) -> Steps[None]:
         on_duplicate = self._on_duplicate
@@ -293,6 +313,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
 
     async def requeue(self, queue: str, payload: str) -> None:
         await self.db.run_transaction(self._requeue_steps(queue, payload))
+        await self.db.announce(queue)
 
     async def requeue_failed(self, store: FailedJobStore, job: FailedJob) -> bool:
         """The job is either still failed or back on its queue, never both or neither: one
@@ -300,8 +321,11 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         that is failing the same job (both lock its jobs row and failed row): it runs again then."""
         if store.db is not self.db:
             return await super().requeue_failed(store, job)
-        return await self.db.retrying_conflicts(
+        done = await self.db.retrying_conflicts(
             lambda: self.db.run_transaction(self._requeue_failed_steps(store, job)))
+        if done:
+            await self.db.announce(job.queue)
+        return done
 
     def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob) -> Steps[bool]:
         if not (yield from store.forget_steps(job.uuid)):
@@ -327,7 +351,11 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
 
     async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
         claim = claim or secrets.token_hex(8)     # the fence needs one even when the caller has none
-        taken, dropped = await self.db.run_transaction(self._reserve_steps(queues, limit, claim))
+        steps = self._reserve_steps(queues, limit, claim)
+        if self._one_statement:
+            taken, dropped = await self.db.run_statements(steps)
+        else:
+            taken, dropped = await self.db.run_transaction(steps)
         for job_uuid in dropped:
             log.warning(ALREADY_RAN, job_uuid)
         return taken
@@ -352,14 +380,39 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
                 taken, dropped = taken + more, dropped + dropped_more
         return taken, dropped
 
+    async def reserve_wait(self, queues: Sequence[str], timeout: float,
+                           interrupt: asyncio.Event | None = None, claim: str | None = None) -> ReservedJob | None:
+        """Reserve; if nothing is due, wait up to `timeout` seconds for a wake-up (SPEC 17) and
+        reserve again on each. The mark is taken before the first look: a push between that look
+        and the wait still wakes it."""
+        waker = self.db.waker() if timeout > 0 else None
+        since = waker.mark() if waker is not None else 0
+        job = await self.reserve(queues, claim)
+        if job is not None or waker is None:
+            return job
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not await waker.wait(queues, since, left, interrupt):
+                return None
+            since = waker.mark()
+            job = await self.reserve(queues, claim)
+            if job is not None:
+                return job
+        return None
+
     def _promote_steps(self, queues: Sequence[str]) -> Steps[int]:
         """Due DELAYED rows and lapsed RESERVED ones become READY; how many."""
+        if self._one_statement:
+            due_rows = self._due.replace("{marks}", marks(len(queues)))
+            return (yield change(PROMOTE_DUE + due_rows + ")", [*queues, self.visibility_timeout]))
         due = yield fetch(self._due.replace("{marks}", marks(len(queues))), [*queues, self.visibility_timeout])
         if due:
             yield change(PROMOTE + marks(len(due)), [job_id for (job_id,) in due])
         return len(due)
 
     def _pick_steps(self, queues: Sequence[str], limit: int, claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
+        if self._one_statement:
+            return (yield from self._take_steps(queues, limit, claim))
         vt = self.visibility_timeout
         taken: list[ReservedJob] = []
         dropped: list[str] = []
@@ -373,6 +426,25 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             if fresh:
                 yield change(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
                 taken += [_reserved(queue, (*row[:5], *row[7:]), claim, counted=True) for row in fresh]
+            if len(taken) >= limit:
+                break
+        return taken, dropped
+
+    def _take_steps(self, queues: Sequence[str], limit: int, claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
+        """_pick_steps in one statement per queue: the rows come reserved, in no order (sorted by id
+        here). A job that already ran is reserved, then deleted by the next statement: if that
+        never runs, its reservation lapses and the next reserve drops it."""
+        vt = self.visibility_timeout
+        taken: list[ReservedJob] = []
+        dropped: list[str] = []
+        for queue in queues:
+            rows = yield fetch(self._take, (vt, claim, queue, vt, limit - len(taken), self.replay_window))
+            rows.sort(key=lambda row: row[0])
+            ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished, *_ in rows if finished]
+            if ran:
+                yield change(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
+                dropped += [job_uuid for _, job_uuid in ran]
+            taken += [_reserved(queue, (*row[:5], *row[7:]), claim, counted=False) for row in rows if not row[6]]
             if len(taken) >= limit:
                 break
         return taken, dropped

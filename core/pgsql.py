@@ -1,0 +1,241 @@
+"""PostgreSQL through asyncpg (DB_CONNECTION=pgsql): a pool in autocommit mode, READ COMMITTED
+transactions (the server's default), and wake-up by LISTEN/NOTIFY (SPEC 17).
+
+Wake-up: a dispatcher sends `pg_notify(CHANNEL, queue)` after its push committed, as a statement
+of its own (a NOTIFY inside the push's transaction would take the server's global notify lock at
+every commit: the commits of all dispatchers would run one at a time), and at most one per queue
+per core.wake.WINDOW from one process. A worker process holds one more connection, outside the
+pool, that LISTENs; it is pinged every LISTEN_PING seconds (a partitioned network closes
+nothing), and when it drops it is opened again with backoff, and the waiting worker reserves at
+once: notifications sent in the gap are lost. DB_LISTEN_URL gives the server's own address for it
+where DB_HOST is a transaction pooler (PgBouncer), which cannot LISTEN.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from core.config import DatabaseConfig
+from core.database import Database, Session
+from core.dialects import PGSQL
+from core.errors import ConnectionFailed
+from core.wake import Waker, Wakeups
+
+log = logging.getLogger("worker")
+
+CHANNEL = "queue_jobs"        # notifications reach the listeners of the same database only
+NOTIFY = "SELECT pg_notify(?, ?)"
+LISTEN_PING = 5.0             # seconds between two checks that the listening connection is alive
+# SQLSTATEs: deadlock (40P01), serialization failure (40001), lock not available (55P03): the server
+# rolled the transaction back. Connection exceptions are class 08, shutdowns 57P01-57P03, too many
+# connections 53300.
+LOCK_CONFLICTS = {"40P01", "40001", "55P03"}
+DISCONNECTED = {"57P01", "57P02", "57P03", "53300"}
+
+
+class PgsqlDatabase(Database):
+    dialect = PGSQL
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> "PgsqlDatabase":
+        return cls(config)
+
+    def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
+        self.config = config
+        self.wake = config.wake
+        self._maxsize = maxsize
+        self._pool: Any = None
+        self._listener: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    async def open(self) -> None:
+        import asyncpg
+
+        c = self.config
+        try:
+            async with asyncio.timeout(c.timeout or None):
+                # reset: nothing. asyncpg's default runs a reset query at every release (a round trip
+                # per statement); our connections keep no session state.
+                self._pool = await asyncpg.create_pool(
+                    host=c.host, port=c.port, user=c.username, password=c.password or None, database=c.database,
+                    min_size=1, max_size=self._maxsize, reset=_keep, server_settings={"TimeZone": "UTC"})
+        except TimeoutError:
+            raise ConnectionFailed(f"Cannot connect to PostgreSQL at {self._where()}: no answer within "
+                                   f"{c.timeout:g}s (DB_TIMEOUT)") from None
+        except Exception as exc:
+            raise ConnectionFailed(f"Cannot connect to PostgreSQL at {self._where()}: {describe_error(exc)}") from None
+
+    async def close(self) -> None:
+        await self._close_wake()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await pool.close()
+            pool.terminate()
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def lock_conflict(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) in LOCK_CONFLICTS
+
+    def connection_error(self, exc: BaseException) -> str | None:
+        import asyncpg
+
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(exc, asyncpg.PostgresConnectionError) or state in DISCONNECTED or \
+                (isinstance(state, str) and state.startswith("08")):
+            return describe_error(exc)
+        if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+            return "connection closed"
+        if isinstance(exc, OSError):
+            return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        return None
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection for one unit of work, which must end within DB_TIMEOUT seconds
+        (a partitioned network closes nothing). A connection whose work was cut is terminated,
+        not pooled: it may be inside a transaction, or an answer may still be on its way."""
+        timeout = self.config.timeout
+        try:
+            async with asyncio.timeout(timeout or None) as scope:
+                conn = await self._pool.acquire()
+                try:
+                    yield conn
+                except asyncio.CancelledError:
+                    conn.terminate()
+                    raise
+                finally:
+                    await self._pool.release(conn)
+        except TimeoutError:
+            if scope.expired():
+                raise TimeoutError(f"no answer from {self.describe()} within {timeout:g}s (DB_TIMEOUT)") from None
+            raise
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        async with self._connection() as conn:
+            yield Session(self, conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Session]:
+        async with self._connection() as conn:
+            await conn.execute("BEGIN")
+            try:
+                yield Session(self, conn)
+            except asyncio.CancelledError:
+                raise           # _connection terminates it: the server rolls back
+            except BaseException:
+                if not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
+        status = await conn.execute(self.sql(sql), *params)
+        count = status.rpartition(" ")[2]           # "UPDATE 3", "INSERT 0 1", "CREATE TABLE"
+        return int(count) if count.isdigit() else 0
+
+    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
+        return [tuple(row) for row in await conn.fetch(self.sql(sql), *params)]
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One process at a time across the database (migrate: two CREATE TABLE IF NOT EXISTS at
+        once can both pass the check, and the second fails on a duplicate type)."""
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", name)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", name)
+
+    # -- wake-up ----------------------------------------------------------------------------
+
+    def _wake_sender(self) -> Callable[[str], Awaitable[None]]:
+        async def notify(queue: str) -> None:
+            await self.fetchall(NOTIFY, (CHANNEL, queue))
+        return notify
+
+    def _make_waker(self) -> Waker:
+        wakeups = Wakeups()
+        self._listener = asyncio.get_running_loop().create_task(self._listen(wakeups))
+        return wakeups
+
+    async def _listen(self, wakeups: Wakeups) -> None:
+        """Keep one connection LISTENing; after a gap, wake every waiting worker."""
+        backoff, lost = 0.0, False
+        while True:
+            conn = None
+            try:
+                conn = await self._listen_connection()
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _conn: closed.set())
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, queue: wakeups.wake(queue))
+                if lost:
+                    log.info("Wake-up listener reconnected to %s", self._listen_where())
+                wakeups.wake()        # notifications sent while it was away are lost: look now
+                backoff, lost = 0.0, False
+                while not closed.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(LISTEN_PING):
+                            await closed.wait()
+                    if not closed.is_set():
+                        async with asyncio.timeout(max(1.0, self.config.timeout or LISTEN_PING)):
+                            await conn.fetchval("SELECT 1")
+                raise ConnectionError("connection closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not lost:
+                    log.warning("Wake-up listener lost %s (%s); reconnecting. Jobs are still found every --sleep",
+                                self._listen_where(), describe_error(exc))
+                lost = True
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            backoff = min(10.0, backoff * 2 or 0.5)
+            await asyncio.sleep(backoff)
+
+    async def _listen_connection(self) -> Any:
+        import asyncpg
+
+        c = self.config
+        async with asyncio.timeout(c.timeout or None):
+            if c.listen_url:
+                return await asyncpg.connect(dsn=c.listen_url)
+            return await asyncpg.connect(host=c.host, port=c.port, user=c.username, password=c.password or None,
+                                         database=c.database)
+
+    def _listen_where(self) -> str:
+        return "PostgreSQL at DB_LISTEN_URL" if self.config.listen_url else self.describe()
+
+
+async def _keep(conn: Any) -> None:
+    """A pool's reset that does nothing (see open)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """The server's or the system's own words for an error, one line."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

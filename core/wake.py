@@ -1,0 +1,261 @@
+"""Wake-up (SPEC 17): an idle worker on a database starts a newly dispatched job within milliseconds
+instead of after `--sleep`. Latency only, never correctness: every wait here is bounded by the
+caller's timeout (the worker's --sleep), so a wake-up that never comes costs at most that.
+
+- `Waker`, the worker's side: `mark()` before a reserve finds nothing, then `wait(queues, mark,
+  timeout)` returns True once something may have arrived on one of `queues` since the mark.
+- `Wakeups`, a Waker fed by events (PostgreSQL's LISTEN connection, the same-host socket bus).
+- `DataVersionWaker`, SQLite's: `PRAGMA data_version` changes when another connection commits.
+- `Announcer`, the dispatcher's side: after a push committed, one wake-up per queue at once, then
+  at most one per WINDOW seconds (a trailing one covers the pushes in between), so sixteen
+  dispatchers pushing at full speed send a hundred wake-ups a second, not thousands.
+- `SocketBus`, MySQL/MariaDB's (no change counter, no notifications): each worker process binds a
+  UNIX datagram socket in a directory of its database; a dispatcher on the same host sends the
+  queue's name to each. Dispatchers on other hosts reach no socket: their jobs wait for --sleep.
+
+A leaf module: it imports nothing of ours.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger("worker")
+
+WINDOW = 0.01          # seconds: at most one wake-up per queue this often from one process, after the first
+SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits
+ANY = ""               # a wake-up for every queue (not a queue name: those are 1-100 characters)
+
+
+class Waker:
+    def mark(self) -> int:
+        """Where the wake-ups are now; taken before the reserve that found nothing."""
+        raise NotImplementedError
+
+    async def wait(self, queues: Sequence[str], since: int, timeout: float,
+                   interrupt: asyncio.Event | None = None) -> bool:
+        """True once a wake-up for one of `queues` came after `since`; False after `timeout`
+        seconds or once `interrupt` is set."""
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+
+class Wakeups(Waker):
+    """Wake-ups that arrive as events: `wake(queue)` from a listener's callback."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._last: dict[str, int] = {}       # queue -> the count at its last wake-up
+        self._event = asyncio.Event()
+
+    def mark(self) -> int:
+        return self._count
+
+    def wake(self, queue: str = ANY) -> None:
+        self._count += 1
+        self._last[queue] = self._count
+        self._event.set()
+
+    def woken(self, queues: Sequence[str], since: int) -> bool:
+        last = self._last
+        return last.get(ANY, 0) > since or any(last.get(queue, 0) > since for queue in queues)
+
+    async def wait(self, queues: Sequence[str], since: int, timeout: float,
+                   interrupt: asyncio.Event | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.woken(queues, since):
+            left = deadline - time.monotonic()
+            if left <= 0 or (interrupt is not None and interrupt.is_set()):
+                return False
+            if self._event.is_set():
+                self._event = asyncio.Event()     # a wake-up for other queues: wait for the next
+            await _either(self._event, interrupt, left)
+        return True
+
+
+async def _either(event: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
+    """Until `event` or `other` is set, or `timeout` seconds passed."""
+    waits = [asyncio.ensure_future(event.wait())]
+    if other is not None:
+        waits.append(asyncio.ensure_future(other.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+class DataVersionWaker(Waker):
+    """SQLite: `PRAGMA data_version` on a connection of its own changes when any other connection
+    (another process, or this process's queue connection) commits. Read every SQLITE_POLL seconds
+    while a worker waits, in the event loop's thread: it reads the WAL index in shared memory, a
+    few microseconds, no disk read; nothing runs while no worker waits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._version = 0
+
+    def _read(self) -> int:
+        try:
+            if self._conn is None:
+                # A zero busy timeout: a locked file (a checkpoint) answers at once, as "changed".
+                self._conn = sqlite3.connect(str(self.path), timeout=0, isolation_level=None,
+                                             check_same_thread=False)
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            self._version = int(version)
+        except sqlite3.Error:
+            self._version += 1
+        return self._version
+
+    def mark(self) -> int:
+        return self._read()
+
+    async def wait(self, queues: Sequence[str], since: int, timeout: float,
+                   interrupt: asyncio.Event | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._read() == since:
+            left = deadline - time.monotonic()
+            if left <= 0 or (interrupt is not None and interrupt.is_set()):
+                return False
+            await asyncio.sleep(min(SQLITE_POLL, left))
+        return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+
+class Announcer:
+    """The dispatcher's side: `announce(queue)` after a push committed. The first wake-up for a
+    queue is sent before announce returns (a script that dispatches and exits still wakes the
+    worker); later ones within WINDOW seconds are folded into one sent at the window's end."""
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], window: float = WINDOW) -> None:
+        self._send = send
+        self._window = window
+        self._sent: dict[str, float] = {}            # queue -> when its last wake-up went out
+        self._trailing: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def announce(self, queue: str) -> None:
+        if queue in self._trailing:
+            return                                   # the pending wake-up covers this push too
+        wait = self._sent.get(queue, float("-inf")) + self._window - time.monotonic()
+        if wait > 0:
+            self._trailing[queue] = asyncio.get_running_loop().call_later(wait, self._fire, queue)
+            return
+        await self._deliver(queue)
+
+    def _fire(self, queue: str) -> None:
+        self._trailing.pop(queue, None)
+        task = asyncio.get_running_loop().create_task(self._deliver(queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, queue: str) -> None:
+        self._sent[queue] = time.monotonic()
+        try:
+            await self._send(queue)
+        except Exception as exc:      # the push committed: a lost wake-up costs a worker at most --sleep
+            log.debug("wake-up for queue %s not sent: %s", queue, exc)
+
+    async def flush(self) -> None:
+        """Send the wake-ups still waiting for their window, and wait for those on their way (closing)."""
+        pending, self._trailing = list(self._trailing.items()), {}
+        for queue, handle in pending:
+            handle.cancel()
+            await self._deliver(queue)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1)
+
+
+class SocketBus:
+    """Same-host wake-ups over UNIX datagram sockets, one directory per database: a worker process
+    binds `<pid>-<random>.sock` there (`listen`), a dispatcher sends the queue's name to every
+    socket in it (`send`). The directory is under the system's temporary directory, so every
+    checkout of the project on the host meets there, and its paths stay within the 107 bytes a
+    socket's path may have."""
+
+    def __init__(self, database: str) -> None:
+        key = hashlib.sha256(database.encode()).hexdigest()[:16]
+        self.directory = Path(tempfile.gettempdir()) / f"queue-wake-{os.getuid()}" / key
+        self._sender: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._peers: list[str] = []
+        self._listed = (-1, 0.0)    # the directory's mtime when _peers was read, and when that was
+
+    # -- the worker's side ------------------------------------------------------------------
+
+    def listen(self, wakeups: Wakeups) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        path = self.directory / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
+        sock.bind(str(path))
+        self._listener = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._received, sock, wakeups)
+
+    @staticmethod
+    def _received(sock: socket.socket, wakeups: Wakeups) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                wakeups.wake(sock.recv(256).decode("utf-8", "replace") or ANY)
+
+    # -- the dispatcher's side --------------------------------------------------------------
+
+    async def send(self, queue: str) -> None:
+        data = queue.encode()
+        for path in self._listing():
+            try:
+                self._socket().sendto(data, path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                with contextlib.suppress(OSError):      # its process is gone
+                    os.unlink(path)
+            except OSError:         # its buffer is full (a busy worker is awake anyway)
+                pass
+
+    def _socket(self) -> socket.socket:
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+        return self._sender
+
+    def _listing(self) -> list[str]:
+        """The workers' sockets, listed again when the directory changed (one stat per send), and
+        at least every second: an mtime ticks in steps of milliseconds, so a socket bound within
+        the step of the last listing leaves it unchanged."""
+        try:
+            changed = self.directory.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        now = time.monotonic()
+        if changed != self._listed[0] or now - self._listed[1] > 1.0:
+            self._listed = (changed, now)
+            with contextlib.suppress(FileNotFoundError):
+                self._peers = [entry.path for entry in os.scandir(self.directory) if entry.name.endswith(".sock")]
+        return self._peers
+
+    def close(self) -> None:
+        if self._listener is not None:
+            sock, self._listener = self._listener, None
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            with contextlib.suppress(OSError):
+                os.unlink(sock.getsockname())
+            sock.close()
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
