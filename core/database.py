@@ -92,7 +92,8 @@ class Database:
     async def connect(config: DatabaseConfig) -> "Database":
         dialect = DIALECTS.get(config.driver)
         if dialect is None:
-            raise ConfigError(f"DB_CONNECTION must be {' or '.join(DIALECTS)}, got {config.driver!r}")
+            *others, last = DIALECTS
+            raise ConfigError(f"DB_CONNECTION must be {', '.join(others)} or {last}, got {config.driver!r}")
         module, _, name = dialect.database.partition(":")
         db: Database = getattr(importlib.import_module(module), name).from_config(config)
         await db.open()

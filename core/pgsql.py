@@ -150,12 +150,12 @@ class PgsqlDatabase(Database):
             await conn.execute("COMMIT")
 
     async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
-        status = await conn.execute(self.sql(sql), *params)
+        status = await conn.execute(self.sql(sql), *_storable(params))
         count = status.rpartition(" ")[2]           # "UPDATE 3", "INSERT 0 1", "CREATE TABLE"
         return int(count) if count.isdigit() else 0
 
     async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
-        return [tuple(row) for row in await conn.fetch(self.sql(sql), *params)]
+        return [tuple(row) for row in await conn.fetch(self.sql(sql), *_storable(params))]
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
@@ -227,6 +227,22 @@ class PgsqlDatabase(Database):
 
     def _listen_where(self) -> str:
         return "PostgreSQL at DB_LISTEN_URL" if self.config.listen_url else self.describe()
+
+
+def _storable(params: Sequence[Any]) -> Sequence[Any]:
+    """Text PostgreSQL takes: it has no NUL character, and UTF-8 has no lone surrogate (a JSON
+    payload may spell either, and a job's uuid, exception or class path read from it may hold
+    one). Each becomes U+FFFD, as storable() does for failed rows on every database; the same
+    value always becomes the same text, so a uuid found this way still finds its row."""
+    if not any(type(value) is str and (not value.isascii() or "\x00" in value) for value in params):
+        return params
+    return [_text(value) if type(value) is str else value for value in params]
+
+
+def _text(value: str) -> str:
+    if not value.isascii():
+        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value.replace("\x00", "\ufffd")
 
 
 async def _keep(conn: Any) -> None:

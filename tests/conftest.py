@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MYSQL, PGSQL, PGSQL_USER, REDIS, redis_test_db, require, unique_name
+from tests.servers import MYSQL, PGSQL, PGSQL_USER, REDIS, pgsql_query, redis_test_db, require, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_PORT", "DB_USERNAME",
@@ -78,33 +78,14 @@ def pgsql_env(monkeypatch):
     setting, and CREATE DATABASE takes about 0.1 s."""
     require(PGSQL)
     name = unique_name("test_jobs")
-    _pgsql(f'CREATE DATABASE "{name}"')
+    pgsql_query(f'CREATE DATABASE "{name}"')
     monkeypatch.setenv("DB_CONNECTION", "pgsql")
     monkeypatch.setenv("DB_DATABASE", name)
     monkeypatch.setenv("DB_HOST", PGSQL[0])
     monkeypatch.setenv("DB_PORT", str(PGSQL[1]))
     monkeypatch.setenv("DB_USERNAME", PGSQL_USER)
     yield name
-    _pgsql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _pgsql(statement: str) -> None:
-    """One statement on the server's `test` database, in a thread of its own: the fixture may be
-    set up from inside a running event loop (an async fixture asked for it)."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(host=PGSQL[0], port=PGSQL[1], user=PGSQL_USER, database="test")
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, run()).result()
+    pgsql_query(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def store_env(request, kind: str) -> None:

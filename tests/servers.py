@@ -36,6 +36,25 @@ def require(address: tuple[str, int]) -> None:
     pytest.skip(message)
 
 
+def pgsql_query(statement: str, *args: object, database: str = "test") -> list[tuple]:
+    """One statement on the real PostgreSQL server (not through a proxy), its rows; run in a thread
+    of its own, as a test or fixture may call it from inside a running event loop."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import asyncpg
+
+    async def run() -> list[tuple]:
+        conn = await asyncpg.connect(host=PGSQL[0], port=PGSQL[1], user=PGSQL_USER, database=database)
+        try:
+            return [tuple(row) for row in await conn.fetch(statement, *args)]
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 

@@ -14,16 +14,16 @@ from core.errors import ConnectionFailed, QueueConnectionError
 from tests.faults.conftest import eventually
 from tests.faults.proxy import FaultProxy
 from tests.jobs.outage_jobs import OutageJob
-from tests.servers import MYSQL, REDIS
+from tests.servers import MYSQL, REDIS, pgsql_query
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["redis", "mysql"])
+@pytest.fixture(params=["redis", "mysql", "pgsql"])
 def store(request, monkeypatch) -> tuple[FaultProxy, str]:
     monkeypatch.setenv("DB_TIMEOUT", "2")
     proxy = request.getfixturevalue(f"{request.param}_proxy")
-    name = "Redis" if request.param == "redis" else "MySQL"
+    name = {"redis": "Redis", "mysql": "MySQL", "pgsql": "PostgreSQL"}[request.param]
     return proxy, f"{name} at 127.0.0.1:{proxy.port}"
 
 
@@ -34,6 +34,8 @@ def stored_on_the_server() -> int:
 
         with redis.Redis(*REDIS, db=int(os.environ["REDIS_DB"])) as client:
             return sum(client.zcard(f"queues:{{outage}}{part}") for part in ("", ":delayed", ":reserved"))
+    if os.environ["DB_CONNECTION"] == "pgsql":
+        return pgsql_query("SELECT COUNT(*) FROM jobs WHERE queue = 'outage'", database=os.environ["DB_DATABASE"])[0][0]
     import pymysql
 
     conn = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", database=os.environ["DB_DATABASE"])
