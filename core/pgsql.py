@@ -29,6 +29,7 @@ log = logging.getLogger("worker")
 
 CHANNEL = "queue_jobs"        # notifications reach the listeners of the same database only
 NOTIFY = "SELECT pg_notify(?, ?)"
+IDLE_CHECK = 0.5              # seconds idle in the pool after which a connection is looked at before use
 LISTEN_PING = 5.0             # seconds between two checks that the listening connection is alive
 # SQLSTATEs: deadlock (40P01), serialization failure (40001), lock not available (55P03): the server
 # rolled the transaction back. Connection exceptions are class 08, shutdowns 57P01-57P03, too many
@@ -50,6 +51,7 @@ class PgsqlDatabase(Database):
         self._maxsize = maxsize
         self._pool: Any = None
         self._listener: asyncio.Task[None] | None = None
+        self._released: dict[int, float] = {}      # a pooled connection's server pid -> when it was last released
 
     def describe(self) -> str:
         return self.config.describe()
@@ -65,9 +67,12 @@ class PgsqlDatabase(Database):
             async with asyncio.timeout(c.timeout or None):
                 # reset: nothing. asyncpg's default runs a reset query at every release (a round trip
                 # per statement); our connections keep no session state.
+                # min_size 0: no floor, which asyncpg restores in the background, logging a traceback
+                # at each try while the server is away; the first connection is made here, to check.
                 self._pool = await asyncpg.create_pool(
                     host=c.host, port=c.port, user=c.username, password=c.password or None, database=c.database,
-                    min_size=1, max_size=self._maxsize, reset=_keep, server_settings={"TimeZone": "UTC"})
+                    min_size=0, max_size=self._maxsize, reset=_keep, server_settings={"TimeZone": "UTC"})
+                await self._pool.release(await self._pool.acquire())
         except TimeoutError:
             raise ConnectionFailed(f"Cannot connect to PostgreSQL at {self._where()}: no answer within "
                                    f"{c.timeout:g}s (DB_TIMEOUT)") from None
@@ -116,18 +121,44 @@ class PgsqlDatabase(Database):
         timeout = self.config.timeout
         try:
             async with asyncio.timeout(timeout or None) as scope:
-                conn = await self._pool.acquire()
+                conn = await self._acquire()
+                pid = conn.get_server_pid()
                 try:
                     yield conn
                 except asyncio.CancelledError:
                     conn.terminate()
                     raise
                 finally:
+                    if len(self._released) > 4 * self._maxsize:
+                        self._released.clear()      # entries of connections gone
+                    self._released[pid] = asyncio.get_running_loop().time()
                     await self._pool.release(conn)
         except TimeoutError:
             if scope.expired():
                 raise TimeoutError(f"no answer from {self.describe()} within {timeout:g}s (DB_TIMEOUT)") from None
             raise
+
+    async def _acquire(self) -> Any:
+        """A pooled connection that is not known to be dead. One that sat idle for a while may
+        have been reset under it (a partition healed, a server restarted) with the news still
+        unread: three passes of the event loop read it, and a dead one is replaced."""
+        import asyncpg
+
+        loop = asyncio.get_running_loop()
+        for _ in range(self._maxsize + 1):
+            conn = await self._pool.acquire()
+            if loop.time() - self._released.get(conn.get_server_pid(), 0.0) < IDLE_CHECK:
+                return conn
+            for _ in range(3):       # the socket's event, its read, then connection_lost: a pass each
+                await asyncio.sleep(0)
+            try:
+                if not conn.is_closed():
+                    return conn
+            except asyncpg.InterfaceError:       # closing, the pool took it back itself
+                continue
+            with contextlib.suppress(asyncpg.InterfaceError):
+                await self._pool.release(conn)
+        return await self._pool.acquire()
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:
