@@ -389,22 +389,85 @@ def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any], rows: bool) 
         cursor.close()
 
 
-class MysqlDatabase(Database):
+class ServerDatabase(Database):
+    """A database server reached through a pool (MySQL, PostgreSQL): each unit of work (a
+    statement, a transaction) takes a connection and must end within DB_TIMEOUT seconds. A
+    partitioned network never closes the socket, and neither driver has a read timeout: without
+    this bound a worker would wait for good. A connection whose work was cut is closed, not
+    pooled: an answer still on its way would reach the next user."""
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> "ServerDatabase":
+        return cls(config)
+
+    def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
+        self.config = config
+        self.wake = config.wake
+        self._maxsize = maxsize
+        self._pool: Any = None
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+    async def _open_pool(self, make: Callable[[], Awaitable[Any]], reason: Callable[[BaseException], str]) -> None:
+        """self._pool = await make(), within DB_TIMEOUT; a failure is ConnectionFailed, one line
+        with `reason(exc)`."""
+        c = self.config
+        where = f"{self.dialect.label} at {c.host}:{c.port}"
+        try:
+            async with asyncio.timeout(c.timeout or None):
+                self._pool = await make()
+        except TimeoutError:
+            raise ConnectionFailed(f"Cannot connect to {where}: no answer within {c.timeout:g}s (DB_TIMEOUT)") from None
+        except Exception as exc:
+            raise ConnectionFailed(f"Cannot connect to {where}: {reason(exc)}") from None
+
+    async def _acquire(self) -> Any:
+        return await self._pool.acquire()
+
+    async def _release(self, conn: Any) -> None:
+        await self._pool.release(conn)
+
+    def _abandon(self, conn: Any) -> None:
+        """Close a connection whose work was cut, at once (no round trip)."""
+        conn.close()
+
+    def _no_answer(self) -> TimeoutError:
+        return TimeoutError(f"no answer from {self.describe()} within {self.config.timeout:g}s (DB_TIMEOUT)")
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        timeout = self.config.timeout
+        try:
+            async with asyncio.timeout(timeout or None) as scope:
+                conn = await self._acquire()
+                try:
+                    yield conn
+                except asyncio.CancelledError:
+                    self._abandon(conn)
+                    raise
+                finally:
+                    await self._release(conn)
+        except TimeoutError:
+            if scope.expired():
+                raise self._no_answer() from None
+            raise
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        async with self._connection() as conn:
+            yield Session(self, conn)
+
+
+class MysqlDatabase(ServerDatabase):
     """An aiomysql pool in autocommit mode; transactions run at READ COMMITTED so that
     `FOR UPDATE SKIP LOCKED` locks only the rows it returns."""
 
     dialect = MYSQL
 
-    @classmethod
-    def from_config(cls, config: DatabaseConfig) -> "MysqlDatabase":
-        return cls(config)
-
     def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
-        self.config = config
-        self._maxsize = maxsize
-        self._pool: Any = None
+        super().__init__(config, maxsize)
         self._max_packet: int | None = None
-        self.wake = config.wake
         self._bus = SocketBus(f"mysql://{config.host}:{config.port}/{config.database}")
 
     async def open(self) -> None:
@@ -416,17 +479,11 @@ class MysqlDatabase(Database):
         # client_flag FOUND_ROWS: an UPDATE counts the rows it matched, not only those it changed, so a
         # fenced update writing the values its row already holds (a repeated mark_failing) finds it.
         c = self.config
-        try:
-            async with asyncio.timeout(c.timeout or None):
-                self._pool = await aiomysql.create_pool(
-                    host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize, charset="utf8mb4", pool_recycle=3600,
-                    init_command="SET SESSION time_zone = '+00:00'")
-        except TimeoutError:
-            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
-                                   f"{c.timeout:g}s (DB_TIMEOUT)") from None
-        except Exception as exc:
-            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: {describe_mysql_error(exc)}") from None
+        await self._open_pool(lambda: aiomysql.create_pool(
+            host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
+            autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize,
+            charset="utf8mb4", pool_recycle=3600, init_command="SET SESSION time_zone = '+00:00'"),
+            describe_mysql_error)
 
     async def close(self) -> None:
         await self._close_wake()
@@ -444,9 +501,6 @@ class MysqlDatabase(Database):
 
     def _wake_sender(self) -> Callable[[str], Awaitable[None]]:
         return self._bus.send
-
-    def describe(self) -> str:
-        return self.config.describe()
 
     async def max_packet(self) -> int:
         """The server's max_allowed_packet in bytes (read once): no statement may be longer."""
@@ -470,36 +524,6 @@ class MysqlDatabase(Database):
         if isinstance(exc, OSError):                         # TimeoutError from _connection, resets
             return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
         return None
-
-    def _no_answer(self) -> TimeoutError:
-        return TimeoutError(f"no answer from {self.describe()} within {self.config.timeout:g}s (DB_TIMEOUT)")
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection for one unit of work (a statement, a transaction), which must end
-        within DB_TIMEOUT seconds. A partitioned network never closes the socket and aiomysql has
-        no read timeout: without this bound a worker would wait for good. A connection whose work
-        was cut is closed, not pooled: an answer still on its way would reach the next user."""
-        timeout = self.config.timeout
-        try:
-            async with asyncio.timeout(timeout or None) as scope:
-                conn = await self._pool.acquire()
-                try:
-                    yield conn
-                except asyncio.CancelledError:
-                    conn.close()
-                    raise
-                finally:
-                    await self._pool.release(conn)
-        except TimeoutError:
-            if scope.expired():
-                raise self._no_answer() from None
-            raise
-
-    @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        async with self._connection() as conn:
-            yield Session(self, conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:

@@ -20,9 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from core.config import DatabaseConfig
-from core.database import Database, Session
+from core.database import ServerDatabase, Session
 from core.dialects import PGSQL
-from core.errors import ConnectionFailed
 from core.wake import Waker, Wakeups
 
 log = logging.getLogger("worker")
@@ -38,46 +37,32 @@ LOCK_CONFLICTS = {"40P01", "40001", "55P03"}
 DISCONNECTED = {"57P01", "57P02", "57P03", "53300"}
 
 
-class PgsqlDatabase(Database):
+class PgsqlDatabase(ServerDatabase):
     dialect = PGSQL
 
-    @classmethod
-    def from_config(cls, config: DatabaseConfig) -> "PgsqlDatabase":
-        return cls(config)
-
     def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
-        self.config = config
-        self.wake = config.wake
-        self._maxsize = maxsize
-        self._pool: Any = None
+        super().__init__(config, maxsize)
         self._listener: asyncio.Task[None] | None = None
+        self._pids: dict[int, int] = {}            # id() of a connection in use -> its server pid
         self._released: dict[int, float] = {}      # a pooled connection's server pid -> when it was last released
-
-    def describe(self) -> str:
-        return self.config.describe()
-
-    def _where(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
 
     async def open(self) -> None:
         import asyncpg
 
         c = self.config
-        try:
-            async with asyncio.timeout(c.timeout or None):
-                # reset: nothing. asyncpg's default runs a reset query at every release (a round trip
-                # per statement); our connections keep no session state.
-                # min_size 0: no floor, which asyncpg restores in the background, logging a traceback
-                # at each try while the server is away; the first connection is made here, to check.
-                self._pool = await asyncpg.create_pool(
-                    host=c.host, port=c.port, user=c.username, password=c.password or None, database=c.database,
-                    min_size=0, max_size=self._maxsize, reset=_keep, server_settings={"TimeZone": "UTC"})
-                await self._pool.release(await self._pool.acquire())
-        except TimeoutError:
-            raise ConnectionFailed(f"Cannot connect to PostgreSQL at {self._where()}: no answer within "
-                                   f"{c.timeout:g}s (DB_TIMEOUT)") from None
-        except Exception as exc:
-            raise ConnectionFailed(f"Cannot connect to PostgreSQL at {self._where()}: {describe_error(exc)}") from None
+        await self._open_pool(lambda: asyncpg.create_pool(
+            host=c.host, port=c.port, user=c.username, password=c.password or None, database=c.database,
+            min_size=0, max_size=self._maxsize, reset=_keep, server_settings={"TimeZone": "UTC"}), describe_error)
+        # reset=_keep: asyncpg's default runs a reset query at every release (a round trip per
+        # statement); our connections keep no session state. min_size 0: no floor, which asyncpg
+        # restores in the background, logging a traceback at each try while the server is away.
+        # So the first connection is made here, to check the server is there.
+        await self._open_pool(self._first_connection, describe_error)
+
+    async def _first_connection(self) -> Any:
+        pool = self._pool
+        await pool.release(await pool.acquire())
+        return pool
 
     async def close(self) -> None:
         await self._close_wake()
@@ -113,31 +98,6 @@ class PgsqlDatabase(Database):
 
     # -- sessions ---------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection for one unit of work, which must end within DB_TIMEOUT seconds
-        (a partitioned network closes nothing). A connection whose work was cut is terminated,
-        not pooled: it may be inside a transaction, or an answer may still be on its way."""
-        timeout = self.config.timeout
-        try:
-            async with asyncio.timeout(timeout or None) as scope:
-                conn = await self._acquire()
-                pid = conn.get_server_pid()
-                try:
-                    yield conn
-                except asyncio.CancelledError:
-                    conn.terminate()
-                    raise
-                finally:
-                    if len(self._released) > 4 * self._maxsize:
-                        self._released.clear()      # entries of connections gone
-                    self._released[pid] = asyncio.get_running_loop().time()
-                    await self._pool.release(conn)
-        except TimeoutError:
-            if scope.expired():
-                raise TimeoutError(f"no answer from {self.describe()} within {timeout:g}s (DB_TIMEOUT)") from None
-            raise
-
     async def _acquire(self) -> Any:
         """A pooled connection that is not known to be dead. One that sat idle for a while may
         have been reset under it (a partition healed, a server restarted) with the news still
@@ -147,23 +107,31 @@ class PgsqlDatabase(Database):
         loop = asyncio.get_running_loop()
         for _ in range(self._maxsize + 1):
             conn = await self._pool.acquire()
-            if loop.time() - self._released.get(conn.get_server_pid(), 0.0) < IDLE_CHECK:
-                return conn
-            for _ in range(3):       # the socket's event, its read, then connection_lost: a pass each
-                await asyncio.sleep(0)
-            try:
-                if not conn.is_closed():
-                    return conn
-            except asyncpg.InterfaceError:       # closing, the pool took it back itself
-                continue
-            with contextlib.suppress(asyncpg.InterfaceError):
-                await self._pool.release(conn)
-        return await self._pool.acquire()
+            pid = conn.get_server_pid()
+            if loop.time() - self._released.get(pid, 0.0) >= IDLE_CHECK:
+                for _ in range(3):       # the socket's event, its read, then connection_lost: a pass each
+                    await asyncio.sleep(0)
+                try:
+                    if conn.is_closed():
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            await self._pool.release(conn)
+                        continue
+                except asyncpg.InterfaceError:       # closing, the pool took it back itself
+                    continue
+            self._pids[id(conn)] = pid
+            return conn
+        raise ConnectionError("every pooled connection was closed")
 
-    @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        async with self._connection() as conn:
-            yield Session(self, conn)
+    async def _release(self, conn: Any) -> None:
+        pid = self._pids.pop(id(conn), None)
+        if pid is not None:
+            if len(self._released) > 4 * self._maxsize:
+                self._released.clear()      # entries of connections gone
+            self._released[pid] = asyncio.get_running_loop().time()
+        await self._pool.release(conn)
+
+    def _abandon(self, conn: Any) -> None:
+        conn.terminate()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:

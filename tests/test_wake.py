@@ -73,9 +73,11 @@ async def pgsql_store(request, monkeypatch, tmp_path):
         yield backend
 
 
+LISTENERS = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'"
+
+
 def listeners(database: str) -> list[int]:
-    return [pid for (pid,) in pgsql_query("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
-                                          database)]
+    return [pid for (pid,) in pgsql_query(LISTENERS, database)]
 
 
 async def test_a_dropped_listener_reconnects_and_the_worker_reserves_what_came_in_the_gap(pgsql_store, tmp_path):

@@ -118,7 +118,8 @@ class FailedJobStore:
         if older_than_hours is None:
             return await self.db.execute("DELETE FROM failed_jobs")
         cutoff = datetime.now(timezone.utc) - timedelta(hours=older_than_hours)
-        return await self.db.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (self.db.dialect.timestamp(cutoff),))
+        before = self.db.dialect.timestamp(cutoff)
+        return await self.db.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (before,))
 
 
 def _derived_uuid(payload: str, n: int) -> str:
