@@ -170,9 +170,15 @@ class PgsqlDatabase(ServerDatabase):
     # -- wake-up ----------------------------------------------------------------------------
 
     def _wake_sender(self) -> Callable[[str], Awaitable[None]]:
-        async def notify(queue: str) -> None:
-            await self.fetchall(NOTIFY, (CHANNEL, queue))
-        return notify
+        return self._notify
+
+    async def _notify(self, queue: str) -> None:
+        """pg_notify in a transaction of its own whose commit does not wait for the disk: a
+        notification takes a transaction id, so its commit would otherwise cost a WAL flush, and
+        a notification lost in a server crash costs a worker at most --sleep."""
+        async with self.transaction() as tx:
+            await tx.execute("SET LOCAL synchronous_commit = off")
+            await tx.fetchall(NOTIFY, (CHANNEL, queue))
 
     def _make_waker(self) -> Waker:
         wakeups = Wakeups()

@@ -162,6 +162,33 @@ def test_unreachable_mysql_is_one_line_without_the_password(command):
     assert "hunter2-secret" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("command", [["queue:size"], ["queue:work", "--once"], ["migrate"]])
+def test_unreachable_pgsql_is_one_line_without_the_password(command):
+    env = {"DB_CONNECTION": "pgsql", "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
+    result = run_cli(*command, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Cannot connect to PostgreSQL at 127.0.0.1:1: Connection refused"
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_pgsql_takes_port_5432_by_default_and_a_missing_database_is_one_line(pgsql_env, monkeypatch):
+    monkeypatch.delenv("DB_PORT")
+    result = run_cli("queue:size", "--json", env={"DB_DATABASE": "no_such_database_here"})
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Cannot connect to PostgreSQL at 127.0.0.1:5432: ")
+    assert "no_such_database_here" in result.stderr
+
+
+def test_migrate_creates_the_tables_on_pgsql(pgsql_env):
+    from tests.servers import pgsql_query
+
+    run_cli("migrate", check=True)
+    tables = {name for (name,) in pgsql_query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                                              database=pgsql_env)}
+    assert {"jobs", "failed_jobs", "finished_jobs", "job_locks"} <= tables
+    run_cli("migrate", check=True)          # again: nothing to do, no error
+
+
 def test_wrong_mysql_credentials_are_one_line_without_the_password(mysql_env):
     env = {"DB_USERNAME": "no_such_user", "DB_PASSWORD": "hunter2-secret"}
     result = run_cli("queue:size", env=env)

@@ -111,6 +111,14 @@ TAKE = ("UPDATE jobs j SET state = 2, reserved_at = {now}, available_at = {due},
         "AND (reserved_at IS NULL OR reserved_at < {now} - ?) ORDER BY available_at, id LIMIT ?{skip_locked}) "
         "RETURNING j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING)
+# ... and an acknowledgement is one statement: the held rows deleted, their uuids remembered
+# (data-modifying CTEs). {rows}: one "(?, ?, ?, ?)" per job: id, attempts, claim, uuid (its payload's).
+ACKNOWLEDGE = ("WITH held (id, attempts, claim, uuid) AS (VALUES {rows}), "
+               "gone AS (DELETE FROM jobs j USING held h WHERE j.id = h.id AND j.attempts = h.attempts "
+               "AND j.claim = h.claim AND j.reserved_at IS NOT NULL RETURNING j.id, COALESCE(j.uuid, h.uuid) AS uuid), "
+               "kept AS (INSERT INTO finished_jobs (uuid, finished_at) SELECT DISTINCT uuid, {now} FROM gone "
+               "WHERE uuid IS NOT NULL{upsert}) SELECT id FROM gone")
+ACKNOWLEDGE_ROW = "(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS VARCHAR(255)), CAST(? AS VARCHAR(255)))"
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
 DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
 RELEASE_HELD = ("UPDATE jobs SET state = 0, reserved_at = NULL, available_at = 0, claim = NULL, failing = NULL, "
@@ -180,6 +188,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         self._due = DUE + dialect.skip_locked
         self._one_statement = dialect.returning
         self._take = TAKE.replace("{skip_locked}", dialect.skip_locked)
+        self._acknowledge = ACKNOWLEDGE.replace("{upsert}", dialect.upsert("uuid", REMEMBER_AGAIN))
         self._promoted_at: dict[tuple[str, ...], float] = {}
         self._lock_held = dialect.for_update
         self._renewable = RENEWABLE + "{marks}" + dialect.skip_locked if dialect.skip_locked else ""
@@ -465,7 +474,21 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         remember their uuids."""
         if not jobs:
             return []
+        if self._one_statement:
+            return await self.db.run_statements(self._acknowledge_one_steps(jobs))
         return await self.db.run_transaction(self._acknowledge_steps(jobs))
+
+    def _acknowledge_one_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
+        params: list = []
+        for job in jobs:
+            params += (*_fence(job), peek_uuid(job.payload))
+        rows = yield fetch(self._acknowledge.replace("{rows}", ", ".join([ACKNOWLEDGE_ROW] * len(jobs))), params)
+        gone = {str(job_id) for (job_id,) in rows}
+        self._finished_since_prune += len(gone)
+        if self._finished_since_prune >= PRUNE_EVERY:       # on its own: pruning needs no transaction
+            self._finished_since_prune = 0
+            yield change(self._prune, (self.replay_window, PRUNE_LIMIT))
+        return [job.id in gone for job in jobs]
 
     def _acknowledge_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
         rows = yield fetch(HELD_OF + marks(len(jobs)) + self._lock_held, [int(job.id) for job in jobs])
