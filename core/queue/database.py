@@ -115,9 +115,10 @@ TAKE = ("UPDATE jobs j SET state = 2, reserved_at = {now}, available_at = {due},
 # (data-modifying CTEs). {rows}: one "(?, ?, ?, ?)" per job: id, attempts, claim, uuid (its payload's).
 ACKNOWLEDGE = ("WITH held (id, attempts, claim, uuid) AS (VALUES {rows}), "
                "gone AS (DELETE FROM jobs j USING held h WHERE j.id = h.id AND j.attempts = h.attempts "
-               "AND j.claim = h.claim AND j.reserved_at IS NOT NULL RETURNING j.id, COALESCE(j.uuid, h.uuid) AS uuid), "
+               "AND j.claim = h.claim AND j.reserved_at IS NOT NULL RETURNING j.id, j.attempts, j.claim, "
+               "COALESCE(j.uuid, h.uuid) AS uuid), "
                "kept AS (INSERT INTO finished_jobs (uuid, finished_at) SELECT DISTINCT uuid, {now} FROM gone "
-               "WHERE uuid IS NOT NULL{upsert}) SELECT id FROM gone")
+               "WHERE uuid IS NOT NULL{upsert}) SELECT id, attempts, claim FROM gone")
 ACKNOWLEDGE_ROW = "(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS VARCHAR(255)), CAST(? AS VARCHAR(255)))"
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
 DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
@@ -483,12 +484,12 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         for job in jobs:
             params += (*_fence(job), peek_uuid(job.payload))
         rows = yield fetch(self._acknowledge.replace("{rows}", ", ".join([ACKNOWLEDGE_ROW] * len(jobs))), params)
-        gone = {str(job_id) for (job_id,) in rows}
+        gone = {f"{job_id}:{attempts}:{claim}" for job_id, attempts, claim in rows}
         self._finished_since_prune += len(gone)
         if self._finished_since_prune >= PRUNE_EVERY:       # on its own: pruning needs no transaction
             self._finished_since_prune = 0
             yield change(self._prune, (self.replay_window, PRUNE_LIMIT))
-        return [job.id in gone for job in jobs]
+        return [f"{job.id}:{job.token}" in gone for job in jobs]
 
     def _acknowledge_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
         rows = yield fetch(HELD_OF + marks(len(jobs)) + self._lock_held, [int(job.id) for job in jobs])
