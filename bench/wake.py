@@ -3,6 +3,12 @@ wake-up on and off (DB_WAKE), interleaved in one run (on, off, on, off, ...) so 
 fall on both alike. A PostgreSQL listener is connected, so the notifications are queued for real.
 
     .venv/bin/python -m bench.wake [pgsql|mysql|sqlite ...]      (default: pgsql mysql)
+    .venv/bin/python -m bench.wake latency [pgsql|mysql|sqlite ...]  (default: all three)
+
+`latency`: idle dispatch-to-start, a worker with the default --sleep 1 and wake-up on, then off:
+a job carrying time.time() is dispatched to the idle worker, its handler writes how late it
+started, and after a random pause of 20-200 ms the next; p50 and p99 of BENCH_WAKE_SAMPLES
+(default 200; 20 with wake-up off, each costing up to a second).
 
 BENCH_WAKE_JOBS (default 4000) jobs per round, BENCH_WAKE_ROUNDS (default 4) rounds per setting.
 Prints one line per database: jobs/s with wake-up on and off (median of the rounds) and on/off.
@@ -81,6 +87,46 @@ async def one_round(kind: str) -> float:
     return rate
 
 
+async def latencies(kind: str, wake: bool, samples: int, workdir: Path) -> list[float]:
+    import random
+    import subprocess
+
+    from bench.jobs import StampJob
+    from bootstrap.app import create_app
+
+    stamps = workdir / f"{kind}-{wake}.txt"
+    stamps.unlink(missing_ok=True)
+    worker = subprocess.Popen([sys.executable, "main.py", "queue:work"], cwd=ROOT, env=dict(os.environ),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with create_app() as app:
+            await app.queue.connection()
+            for n in range(samples + 3):          # three to warm up
+                await StampJob.dispatch(path=str(stamps), sent=time.time())
+                while not stamps.exists() or len(stamps.read_text().split()) < n + 1:
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(random.uniform(0.02, 0.2))
+    finally:
+        worker.terminate()
+        worker.wait()
+    return [float(x) * 1000 for x in stamps.read_text().split()[3:]]
+
+
+def latency(kinds: list[str]) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-wake-"))
+    samples = int(os.environ.get("BENCH_WAKE_SAMPLES") or 200)
+    for kind in kinds:
+        configure(kind, True, workdir / "wake.sqlite")
+        asyncio.run(fresh(kind))
+        line = []
+        for wake in (True, False):
+            configure(kind, wake, workdir / "wake.sqlite")
+            ms = sorted(asyncio.run(latencies(kind, wake, samples if wake else max(5, samples // 10), workdir)))
+            line.append(f"wake-up {'on' if wake else 'off'} p50 {statistics.median(ms):.1f} ms "
+                        f"p99 {ms[max(0, int(len(ms) * 0.99) - 1)]:.1f} ms ({len(ms)} samples)")
+        print(f"{kind}: idle dispatch-to-start, " + ", ".join(line), flush=True)
+
+
 def main(kinds: list[str]) -> None:
     sqlite = Path(tempfile.mkdtemp(prefix="bench-wake-")) / "wake.sqlite"
     for kind in kinds:
@@ -98,4 +144,7 @@ def main(kinds: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["pgsql", "mysql"])
+    if sys.argv[1:2] == ["latency"]:
+        latency(sys.argv[2:] or ["sqlite", "mysql", "pgsql"])
+    else:
+        main(sys.argv[1:] or ["pgsql", "mysql"])

@@ -38,6 +38,9 @@ class Dialect:
     # UPDATE ... WHERE id IN (SELECT ... LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING ...: a reserve is
     # one statement, which needs no transaction around it.
     returning: ClassVar[bool] = False
+    # Begins a WHERE whose statement's commit need not wait for the disk (a reserve: if a server
+    # crash forgets it, its job runs again, at least once, never lost).
+    relaxed_commit: ClassVar[str] = ""
     default_port: ClassVar[int] = 0
 
     def __repr__(self) -> str:
@@ -153,6 +156,7 @@ class PgsqlDialect(Dialect):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     returning = True
+    relaxed_commit = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL AND "
     column_names = ("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
                     "AND table_name = ?")
     index_names = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?"

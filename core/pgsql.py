@@ -27,7 +27,10 @@ from core.wake import Waker, Wakeups
 log = logging.getLogger("worker")
 
 CHANNEL = "queue_jobs"        # notifications reach the listeners of the same database only
-NOTIFY = "SELECT pg_notify(?, ?)"
+# A statement, so a transaction of its own, whose commit does not wait for the disk (set_config's
+# true: for this transaction only): a notification takes a transaction id, so its commit would
+# otherwise cost a WAL flush, and a notification lost in a server crash costs a worker at most --sleep.
+NOTIFY = "SELECT set_config('synchronous_commit', 'off', true), pg_notify(?, ?)"
 IDLE_CHECK = 0.5              # seconds idle in the pool after which a connection is looked at before use
 LISTEN_PING = 5.0             # seconds between two checks that the listening connection is alive
 # SQLSTATEs: deadlock (40P01), serialization failure (40001), lock not available (55P03): the server
@@ -173,12 +176,7 @@ class PgsqlDatabase(ServerDatabase):
         return self._notify
 
     async def _notify(self, queue: str) -> None:
-        """pg_notify in a transaction of its own whose commit does not wait for the disk: a
-        notification takes a transaction id, so its commit would otherwise cost a WAL flush, and
-        a notification lost in a server crash costs a worker at most --sleep."""
-        async with self.transaction() as tx:
-            await tx.execute("SET LOCAL synchronous_commit = off")
-            await tx.fetchall(NOTIFY, (CHANNEL, queue))
+        await self.fetchall(NOTIFY, (CHANNEL, queue))
 
     def _make_waker(self) -> Waker:
         wakeups = Wakeups()

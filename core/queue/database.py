@@ -107,7 +107,7 @@ MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at =
 # LOCKED) and changed by the statement that picked them.
 PROMOTE_DUE = "UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE id IN ("
 TAKE = ("UPDATE jobs j SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, claim = ? "
-        "WHERE j.id IN (SELECT id FROM jobs WHERE queue = ? AND state = 0 AND available_at <= {now} "
+        "WHERE {relaxed}j.id IN (SELECT id FROM jobs WHERE queue = ? AND state = 0 AND available_at <= {now} "
         "AND (reserved_at IS NULL OR reserved_at < {now} - ?) ORDER BY available_at, id LIMIT ?{skip_locked}) "
         "RETURNING j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
         "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING)
@@ -188,7 +188,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         self._pick = PICK + dialect.skip_locked
         self._due = DUE + dialect.skip_locked
         self._one_statement = dialect.returning
-        self._take = TAKE.replace("{skip_locked}", dialect.skip_locked)
+        self._take = TAKE.replace("{skip_locked}", dialect.skip_locked).replace("{relaxed}", dialect.relaxed_commit)
         self._acknowledge = ACKNOWLEDGE.replace("{upsert}", dialect.upsert("uuid", REMEMBER_AGAIN))
         self._promoted_at: dict[tuple[str, ...], float] = {}
         self._lock_held = dialect.for_update
@@ -361,7 +361,9 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
 
     async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
         claim = claim or secrets.token_hex(8)     # the fence needs one even when the caller has none
-        steps = self._reserve_steps(queues, limit, claim)
+        return await self._run_reserve(self._reserve_steps(queues, limit, claim))
+
+    async def _run_reserve(self, steps: Steps[tuple[list[ReservedJob], list[str]]]) -> list[ReservedJob]:
         if self._one_statement:
             taken, dropped = await self.db.run_statements(steps)
         else:
@@ -405,9 +407,11 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             if not await waker.wait(queues, since, left, interrupt):
                 return None
             since = waker.mark()
-            job = await self.reserve(queues, claim)
-            if job is not None:
-                return job
+            # A wake-up is a push: READY rows to pick, nothing to promote (delayed and lapsed
+            # rows are promoted by the look every --sleep).
+            jobs = await self._run_reserve(self._pick_steps(queues, 1, claim or secrets.token_hex(8)))
+            if jobs:
+                return jobs[0]
         return None
 
     def _promote_steps(self, queues: Sequence[str]) -> Steps[int]:
