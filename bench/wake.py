@@ -128,6 +128,10 @@ def latency(kinds: list[str]) -> None:
 
 
 def main(kinds: list[str]) -> None:
+    if os.environ.get("BENCH_WAKE_RATE"):       # wake-ups a second per queue, to try another pace
+        import core.wake
+
+        core.wake.RATE = float(os.environ["BENCH_WAKE_RATE"])
     sqlite = Path(tempfile.mkdtemp(prefix="bench-wake-")) / "wake.sqlite"
     for kind in kinds:
         rates: dict[bool, list[float]] = {True: [], False: []}

@@ -3,8 +3,8 @@ transactions (the server's default), and wake-up by LISTEN/NOTIFY (SPEC 17).
 
 Wake-up: a dispatcher sends `pg_notify(CHANNEL, queue)` after its push committed, as a statement
 of its own (a NOTIFY inside the push's transaction would take the server's global notify lock at
-every commit: the commits of all dispatchers would run one at a time), and at most one per queue
-per core.wake.WINDOW from one process. A worker process holds one more connection, outside the
+every commit: the commits of all dispatchers would run one at a time), paced per queue and
+process by core.wake.Announcer. A worker process holds one more connection, outside the
 pool, that LISTENs; it is pinged every LISTEN_PING seconds (a partitioned network closes
 nothing), and when it drops it is opened again with backoff, and the waiting worker reserves at
 once: notifications sent in the gap are lost. DB_LISTEN_URL gives the server's own address for it

@@ -6,9 +6,9 @@ caller's timeout (the worker's --sleep), so a wake-up that never comes costs at 
   timeout)` returns True once something may have arrived on one of `queues` since the mark.
 - `Wakeups`, a Waker fed by events (PostgreSQL's LISTEN connection, the same-host socket bus).
 - `DataVersionWaker`, SQLite's: `PRAGMA data_version` changes when another connection commits.
-- `Announcer`, the dispatcher's side: after a push committed, one wake-up per queue at once, then
-  at most one per WINDOW seconds (a trailing one covers the pushes in between), so sixteen
-  dispatchers pushing at full speed send a hundred wake-ups a second, not thousands.
+- `Announcer`, the dispatcher's side: after a push committed, a wake-up for its queue, paced by a
+  token bucket (BURST at once, then RATE a second; a trailing one covers the pushes in between),
+  so sixteen dispatchers pushing at full speed send RATE wake-ups a second, not thousands.
 - `SocketBus`, MySQL/MariaDB's (no change counter, no notifications): each worker process binds a
   UNIX datagram socket in a directory of its database; a dispatcher on the same host sends the
   queue's name to each. Dispatchers on other hosts reach no socket: their jobs wait for --sleep.
@@ -33,7 +33,8 @@ from pathlib import Path
 
 log = logging.getLogger("worker")
 
-WINDOW = 0.01          # seconds: at most one wake-up per queue this often from one process, after the first
+RATE = 40.0            # wake-ups a second per queue from one process, sustained (a NOTIFY costs a commit)...
+BURST = 8.0            # ... after a burst of this many at once
 SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits (no inotify)
 SQLITE_SAFETY_POLL = 0.25   # with inotify: a read this often all the same (a write it may not report)
 ANY = ""               # a wake-up for every queue (not a queue name: those are 1-100 characters)
@@ -193,25 +194,41 @@ def _watch_writes(path: Path) -> int | None:
 
 
 class Announcer:
-    """The dispatcher's side: `announce(queue)` after a push committed. The first wake-up for a
-    queue is sent before announce returns (a script that dispatches and exits still wakes the
-    worker); later ones within WINDOW seconds are folded into one sent at the window's end."""
+    """The dispatcher's side: `announce(queue)` after a push committed. Wake-ups for a queue are
+    paced by a token bucket: up to BURST are sent at once, before announce returns (a script that
+    dispatches and exits still wakes the worker), then RATE a second; a push that finds the bucket
+    empty is covered by one wake-up sent when the next token comes (every push in between too).
+    Dispatches a few milliseconds apart each wake at once; sixteen dispatchers pushing at full
+    speed send RATE wake-ups a second, not thousands (a NOTIFY is a commit of its own)."""
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], window: float = WINDOW) -> None:
+    def __init__(self, send: Callable[[str], Awaitable[None]], rate: float | None = None,
+                 burst: float | None = None) -> None:
         self._send = send
-        self._window = window
-        self._sent: dict[str, float] = {}            # queue -> when its last wake-up went out
+        self._rate = RATE if rate is None else rate
+        self._burst = BURST if burst is None else burst
+        self._bucket: dict[str, tuple[float, float]] = {}     # queue -> (tokens, when counted)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def announce(self, queue: str) -> None:
         if queue in self._trailing:
             return                                   # the pending wake-up covers this push too
-        wait = self._sent.get(queue, float("-inf")) + self._window - time.monotonic()
+        wait = self._take(queue)
         if wait > 0:
             self._trailing[queue] = asyncio.get_running_loop().call_later(wait, self._fire, queue)
             return
         await self._deliver(queue)
+
+    def _take(self, queue: str) -> float:
+        """Take a token: 0 if there was one, else how long until the next (then taken by _fire)."""
+        now = time.monotonic()
+        tokens, counted = self._bucket.get(queue, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - counted) * self._rate)
+        if tokens >= 1:
+            self._bucket[queue] = (tokens - 1, now)
+            return 0.0
+        self._bucket[queue] = (tokens - 1, now)       # owed: the trailing wake-up's token
+        return (1 - tokens) / self._rate
 
     def _fire(self, queue: str) -> None:
         self._trailing.pop(queue, None)
@@ -220,7 +237,6 @@ class Announcer:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, queue: str) -> None:
-        self._sent[queue] = time.monotonic()
         try:
             await self._send(queue)
         except Exception as exc:      # the push committed: a lost wake-up costs a worker at most --sleep
