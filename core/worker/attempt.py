@@ -20,7 +20,7 @@ from core.options import exception_matches
 from core.payload import Payload, restore_middleware
 from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
-from core.queue.middleware.context import AttemptContext, attempt_context
+from core.queue.middleware.context import AttemptContext, enter, leave
 from core.worker.limits import Tries, refusal, tries
 from core.worker.options import WorkerOptions
 from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, first_line
@@ -64,9 +64,9 @@ class Attempt:
     middleware: tuple[Any, ...] = ()   # the chain around handle(): configured, job.middleware(), .through()
 
 
-async def invoke(job: Job) -> object:
+def invoke(job: Job) -> Coroutine[Any, Any, object]:
     """The one call of a job's handle(), at the end of its middleware pipeline."""
-    return await job.run_handle()
+    return job.run_handle()
 
 
 class Attempts:
@@ -101,7 +101,7 @@ class Attempts:
         try:
             payload = Payload.decode(reserved.payload, self.key, self.max_payload)
             job = self._job_class(payload.job).from_payload(payload, reserved.attempts)
-            through = tuple(restore_middleware(payload, self.packages))
+            through = tuple(restore_middleware(payload, self.packages)) if payload.options else ()
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             return Attempt(reserved, slot, started, f"job {one_line(reserved.id)} on {reserved.queue}"), Fail(exc)
         o = self.options
@@ -117,27 +117,33 @@ class Attempts:
         the attempt's outcome goes to `settle` from a task of its own, and this call raises CancelledError."""
         label, timeout = attempt.label, attempt.timeout
         log.info("RUNNING %s %s", label, attempt.tries.describe(attempt.reserved))   # type: ignore[union-attr]
-        with attempt_context(self.conn, attempt.reserved, self.visibility_timeout) as context:  # type: ignore[arg-type]
-            self._keep(context, True)
-            try:
-                result = await self.timeouts.run_limited(
-                    lambda: self._pipeline(attempt), timeout, f"{label} exceeded its timeout of {timeout:g}s", label,
-                    attempt.slot, lambda exc: settle(attempt, self.outcome_of(attempt, exc)))
-            except Exception as exc:
-                return self.outcome_of(attempt, exc)
-            finally:     # the job's code has ended (here, or long after its attempt if it was left behind)
-                if context.locks:     # a shielded task costs a loop pass: only for locks to free
-                    await asyncio.shield(self._end(context))
-                else:
-                    self._keep(context, False)
+        context = AttemptContext(self.conn, attempt.reserved, self.visibility_timeout,  # type: ignore[arg-type]
+                                 on_lock=self._keep)
+        token = enter(context)
+        try:
+            result = await self.timeouts.run_limited(
+                lambda: self._pipeline(attempt), timeout, f"{label} exceeded its timeout of {timeout:g}s", label,
+                attempt.slot, lambda exc: settle(attempt, self.outcome_of(attempt, exc)))
+        except Exception as exc:
+            return self.outcome_of(attempt, exc)
+        finally:     # the job's code has ended (here, or long after its attempt if it was left behind)
+            if context.locks:     # a shielded task costs a loop pass: only for locks to free
+                await asyncio.shield(self._end(context))
+            elif id(context) in self._contexts:     # it held locks, all freed already
+                self._forget(context)
+            leave(token)
         return self.finished(attempt, result)
 
-    async def _pipeline(self, attempt: Attempt) -> object:
+    def _pipeline(self, attempt: Attempt) -> Coroutine[Any, Any, object]:
+        """The chain around handle(): configured, job.middleware(), .through(). Without any, handle()
+        alone (the common case pays for no chain)."""
         job: Job = attempt.job      # type: ignore[assignment]
         own = job.middleware()
         if not isinstance(own, (list, tuple)):
             raise TypeError(f"{type(job).__name__}.middleware() must return a list, got {type(own).__name__}")
-        return await run_pipeline([*self.configured, *own, *attempt.middleware], job, invoke)
+        if not (own or self.configured or attempt.middleware):
+            return invoke(job)
+        return run_pipeline([*self.configured, *own, *attempt.middleware], job, invoke)
 
     # -- how the attempt ended ----------------------------------------------------------------
 
@@ -194,19 +200,22 @@ class Attempts:
 
     # -- the contexts of running code, and their locks ----------------------------------------
 
-    def _keep(self, context: AttemptContext, running: bool) -> None:
+    def _keep(self, context: AttemptContext) -> None:
+        """The attempt took its first lock: the heartbeat renews its locks until its code has ended.
+        Only the worker's loop changes _contexts (the heartbeat's thread copies it under the lock)."""
         with self._contexts_lock:
-            if running:
-                self._contexts[id(context)] = context
-            else:
-                self._contexts.pop(id(context), None)
+            self._contexts[id(context)] = context
+
+    def _forget(self, context: AttemptContext) -> None:
+        with self._contexts_lock:
+            self._contexts.pop(id(context), None)
 
     async def _end(self, context: AttemptContext) -> None:
         """The attempt's code has ended: free what locks it still holds, and stop renewing them."""
         try:
             await context.release_locks()
         finally:
-            self._keep(context, False)
+            self._forget(context)
 
     def held_locks(self) -> list[tuple[str, str]]:
         """(key, owner) of every lock running job code holds, for the heartbeat to renew; any thread."""

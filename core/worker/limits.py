@@ -64,7 +64,7 @@ def refusal(reserved: ReservedJob, payload: Payload) -> Fail | Delete | None:
 
     A job stored before the store kept push times (pushed_at 0) is judged by its releases only.
     """
-    if reserved.pushed_at > 0:
+    if payload.options and reserved.pushed_at > 0:     # expires_after and retry_until are options
         outcome = _expired(reserved, payload) or _past_deadline(reserved, payload)
         if outcome is not None:
             return outcome

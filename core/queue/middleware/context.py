@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 from core.queue.contract import QueueConnection, ReservedJob
@@ -28,12 +28,15 @@ class HeldLock:
     renew: bool          # renewed with the reservation; False: its own expire_after caps it
 
 
-@dataclass
+@dataclass(slots=True)
 class AttemptContext:
     connection: QueueConnection
     reserved: ReservedJob
     visibility_timeout: float
     locks: list[HeldLock] = field(default_factory=list)
+    # Called with this context when it takes its first lock: the worker then keeps it where its
+    # heartbeat renews the locks. Most attempts take none, and cost the worker nothing more.
+    on_lock: Callable[["AttemptContext"], None] | None = None
 
     @property
     def state(self) -> MiddlewareState:
@@ -48,6 +51,8 @@ class AttemptContext:
     def hold(self, key: str, renew: bool = True) -> HeldLock:
         lock = HeldLock(key, self.owner, renew)
         self.locks.append(lock)
+        if len(self.locks) == 1 and self.on_lock is not None:
+            self.on_lock(self)
         return lock
 
     def held_locks(self) -> list[tuple[str, str]]:
@@ -85,6 +90,16 @@ def current_attempt() -> AttemptContext:
         raise RuntimeError("this job middleware keeps state in the queue's store and runs only in a worker's "
                            "attempt (no attempt context is set)")
     return attempt
+
+
+def enter(context: AttemptContext) -> Token[AttemptContext | None]:
+    """Make `context` the current attempt's (of this task, and of tasks it creates); `leave` undoes it.
+    The worker's per-job form of attempt_context: a generator-based context manager costs more."""
+    return _current.set(context)
+
+
+def leave(token: Token[AttemptContext | None]) -> None:
+    _current.reset(token)
 
 
 @contextlib.contextmanager
