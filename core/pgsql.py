@@ -191,7 +191,7 @@ class PgsqlDatabase(ServerDatabase):
             try:
                 conn = await self._listen_connection()
                 closed = asyncio.Event()
-                conn.add_termination_listener(lambda _conn: closed.set())
+                conn.add_termination_listener(lambda _conn, closed=closed: closed.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, queue: wakeups.wake(queue))
                 if lost:
                     log.info("Wake-up listener reconnected to %s", self._listen_where())

@@ -47,7 +47,7 @@ async def test_an_idle_worker_starts_a_new_job_long_before_its_sleep(db_store, t
     try:
         for n in range(3):
             await RecordingJob.dispatch(log=log, value=n)
-            await until(lambda: len(events(log, "handle")) == n + 2, WOKEN, f"job {n} to be woken for", db_store)
+            await until(lambda n=n: len(events(log, "handle")) == n + 2, WOKEN, f"job {n} to be woken for", db_store)
     finally:
         await stop(db_store, worker)
 
