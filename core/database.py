@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import socket
 import sqlite3
@@ -29,6 +30,8 @@ from core.config import DatabaseConfig, project_path
 from core.dialects import DIALECTS, MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
 from core.wake import Announcer, DataVersionWaker, SocketBus, Waker, Wakeups
+
+log = logging.getLogger("worker")
 
 # Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
 _CLEANUPS: set["asyncio.Task[None]"] = set()
@@ -123,7 +126,11 @@ class Database:
     def waker(self) -> Waker | None:
         """The worker's side of wake-up, made on first use; None when this database has none."""
         if self._waker is None and self.wake:
-            self._waker = self._make_waker()
+            try:
+                self._waker = self._make_waker()
+            except OSError as exc:          # no socket, no descriptor: the worker polls, as with DB_WAKE=off
+                self.wake = False
+                log.warning("Wake-up is off for %s: %s; jobs are found every --sleep", self.describe(), exc)
         return self._waker
 
     def _make_waker(self) -> Waker | None:

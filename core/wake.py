@@ -270,11 +270,19 @@ class SocketBus:
     # -- the worker's side ------------------------------------------------------------------
 
     def listen(self, wakeups: Wakeups) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         path = self.directory / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
-        sock.bind(str(path))
+        for _ in range(3):      # the directory may be removed by the last worker leaving it, meanwhile
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                sock.bind(str(path))
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            sock.close()
+            raise FileNotFoundError(f"cannot bind a socket in {self.directory}")
         self._listener = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._received, sock, wakeups)
 
@@ -326,6 +334,8 @@ class SocketBus:
             with contextlib.suppress(OSError):
                 os.unlink(sock.getsockname())
             sock.close()
+            with contextlib.suppress(OSError):      # the last one out: no empty directory per database
+                self.directory.rmdir()
         if self._sender is not None:
             self._sender.close()
             self._sender = None
