@@ -3,12 +3,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test venv env bench bench-events soak clean
+.PHONY: run test lint venv env bench bench-events soak clean
 
-# A venv whose requirements are re-installed only when requirements.txt changes.
-$(STAMP): requirements.txt
+# A venv with the runtime and the test/lint requirements (requirements-dev.txt includes
+# requirements.txt), re-installed only when either file changes.
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,6 +24,11 @@ run: venv env
 
 test: venv
 	$(PY) -m pytest -q
+
+# ruff (pycodestyle, pyflakes, bugbear at 120 columns) and mypy, as configured in pyproject.toml.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # Peers run in venvs of their own (bench/.venv/<peer>), never in requirements.txt: arq pins redis<6,
 # taskiq-redis needs redis>=6, RouteMQ needs Python 3.12 or newer. Each venv is built once (the

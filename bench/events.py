@@ -108,11 +108,13 @@ def main() -> None:
         rates, cpus = [r for r, _ in runs[v]], [c for _, c in runs[v]]
         print(f"{v:9s} {statistics.median(rates):9,.0f} jobs/s  {statistics.median(cpus):6.1f} us CPU/job  "
               f"(rates: {', '.join(f'{r:,.0f}' for r in rates)})")
-    for v, what in (("events", "no listener: the SPEC's 'nothing'"), ("listener", "one no-op listener on every job event")):
+    for v, what in (("events", "no listener: the SPEC's 'nothing'"),
+                    ("listener", "one no-op listener on every job event")):
         rate = statistics.median(a[0] / b[0] for a, b in zip(runs[v], runs["without"]))
         cpu = statistics.median(a[1] / b[1] for a, b in zip(runs[v], runs["without"]))
         print(f"{v}/without: rate x{rate:.3f}, CPU per job x{cpu:.3f}   ({what})")
-    print(f"{N:,} no-op jobs per round on Redis db {DB}, concurrency {C}, {ROUNDS} rounds; medians of each round's ratio")
+    print(f"{N:,} no-op jobs per round on Redis db {DB}, concurrency {C}, {ROUNDS} rounds; "
+          "medians of each round's ratio")
 
 
 if __name__ == "__main__":

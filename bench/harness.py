@@ -105,6 +105,7 @@ class Target(ABC):
 
     def connect(self) -> None:
         """Open the client before a clock starts."""
+        return None     # a hook: targets whose client needs opening override it
 
     def clear(self) -> None:
         """Remove every queued job and result: flush this target's Redis db."""
@@ -282,7 +283,8 @@ def run(target: Target) -> Result:
             elif i > 0 or not queued:
                 target.clear()
                 queued = timed(f"fill for {config.label}", lambda: target.fill(n)) or 0
-            row = timed(f"worker {config.label}", lambda: drain(target, config, queued)) if queued else None
+            row = (timed(f"worker {config.label}", lambda config=config, queued=queued: drain(target, config, queued))
+                   if queued else None)
             result.throughput.append(row or {"label": config.label, "concurrency": config.concurrency, "rate": None})
         target.clear()
         if target.bulk_label and result.bulk is None:
@@ -297,7 +299,8 @@ def run(target: Target) -> Result:
                 continue
             target.clear()
             queued = timed(f"fill for {config.label}", lambda: target.fill(n)) or 0
-            row = timed(f"worker {config.label}", lambda: drain(target, config, queued)) if queued else None
+            row = (timed(f"worker {config.label}", lambda config=config, queued=queued: drain(target, config, queued))
+                   if queued else None)
             result.extra.append(row or {"label": config.label, "concurrency": config.concurrency,
                                         "copies": config.copies, "rate": None})
     finally:

@@ -60,9 +60,11 @@ def summarize(row: Row) -> Row:
     lat = row.get("latency_ms") or []
     out: Row = {
         "name": row["name"], "version": row.get("version", ""),
-        "enqueue": row.get("enqueue"), "enqueue_partial": bool(row.get("enqueue") and row.get("enqueue_jobs", 0) < row.get("jobs", 0)),
+        "enqueue": row.get("enqueue"),
+        "enqueue_partial": bool(row.get("enqueue") and row.get("enqueue_jobs", 0) < row.get("jobs", 0)),
         "bulk": row.get("bulk"), "bulk_partial": bool(row.get("bulk") and row.get("bulk_jobs", 0) < row.get("jobs", 0)),
-        "best": best and best["rate"], "best_label": best and best["label"], "best_partial": bool(best and best.get("partial")),
+        "best": best and best["rate"], "best_label": best and best["label"],
+        "best_partial": bool(best and best.get("partial")),
         "p50": percentile(lat, 50), "p99": percentile(lat, 99), "latency_n": len(lat),
         "idle_p50": percentile(row.get("long_idle_ms") or [], 50),
         "rss_mb": max((t.get("rss_mb") or 0 for t in runs), default=0) or None,
@@ -139,8 +141,8 @@ def settings_table(data: Row) -> str:
     for r in data["results"]:
         if r.get("missing") or "throughput" not in r:
             continue
-        workers = "; ".join(f"c={t['concurrency']}: `{t['label']}`" + (f" ({t['jobs']:,} of {t['of']:,} jobs in the budget)"
-                                                                         if t.get("partial") else "")
+        workers = "; ".join(f"c={t['concurrency']}: `{t['label']}`"
+                            + (f" ({t['jobs']:,} of {t['of']:,} jobs in the budget)" if t.get("partial") else "")
                             for t in r["throughput"])
         lines.append([r["name"], r.get("version", ""), f"`{r.get('enqueue_label', '')}`",
                       f"`{r['bulk_label']}`" if r.get("bulk_label") else "none", workers,
@@ -185,7 +187,8 @@ def database_depth_table(depth: Row | None) -> str:
     if not rows:
         return "not run"
     base = {r["store"]: r.get("rate") for r in rows if r.get("delayed") == 0}
-    lines = [[r["store"], r["case"], f"{r.get('ready', 0):,}", rate(r.get("rate")), ratio(r.get("rate"), base.get(r["store"]))]
+    lines = [[r["store"], r["case"], f"{r.get('ready', 0):,}", rate(r.get("rate")),
+              ratio(r.get("rate"), base.get(r["store"]))]
              for r in rows]
     return ("N due jobs reserved 10 at a time and acknowledged, straight on the store, behind no delayed jobs "
             "and behind many (delayed an hour): a flat reserve costs the same.\n\n"
@@ -198,8 +201,9 @@ def render(data: Row) -> str:
     errors = [f"- {r['name']}: {e}" for r in data["results"] for e in (r.get("errors") or [])]
     errors += [f"- {r['name']}: not run: {r['reason']}" for r in data["not_run"]]
     machine = (f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {m['os']}; Python {m['python']} "
-               f"(RouteMQ's venv: {m.get('python_routemq') or '-'}); Redis {m['redis']}, MariaDB {m['mariadb']}, all on 127.0.0.1. "
-               f"N = {data['n']:,}. Load average {m['load_start'][0]} at the start, {m.get('load_end', ['?'])[0]} at the "
+               f"(RouteMQ's venv: {m.get('python_routemq') or '-'}); Redis {m['redis']}, MariaDB {m['mariadb']}, "
+               f"all on 127.0.0.1. N = {data['n']:,}. Load average {m['load_start'][0]} at the start, "
+               f"{m.get('load_end', ['?'])[0]} at the "
                f"end; the run took {m.get('seconds', '?')} s.")
     return "\n\n".join([
         "# Benchmark: this framework vs its peers, one run",
@@ -207,8 +211,9 @@ def render(data: Row) -> str:
         "## Per scenario\n\n" + main_table(data) + "\n\n"
         f"{PARTIAL} over the jobs run within the time budget, not all N (see the settings). Best peer: the fastest in "
         "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best peer; for (d) and (e) below 1 "
-        "is better. Ours on SQLite and MySQL polls every `--sleep` (1 s), hence its (d). (e) is the largest worker process's "
-        "VmHWM over its (c) runs, with the sum over the worker's processes where it has several.",
+        "is better. Ours on SQLite and MySQL polls every `--sleep` (1 s), hence its (d). "
+        "(e) is the largest worker process's VmHWM over its (c) runs, with the sum over the worker's processes "
+        "where it has several.",
         "## Settings\n\n" + settings_table(data),
         "## (f) Database connections and worker processes\n\n" + database_table(data),
         "## (g) Depth, ours on Redis\n\n" + depth_table(depth),

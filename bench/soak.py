@@ -58,7 +58,8 @@ def environment(store: str, tmp: Path, mysql_db: str, redis_prefix: str) -> dict
            "QUEUE_CONNECTION": "redis" if store == "redis" else "database",
            "DB_CONNECTION": "sqlite", "DB_DATABASE": str(tmp / "soak.sqlite"),
            "REDIS_URL": "", "REDIS_CLUSTER": "", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "6379",
-           "REDIS_PASSWORD": "", "REDIS_DB": setting("SOAK_REDIS_DB", setting("TEST_REDIS_DB", "13").replace("-", ",").split(",")[0]),
+           "REDIS_PASSWORD": "",
+           "REDIS_DB": setting("SOAK_REDIS_DB", setting("TEST_REDIS_DB", "13").replace("-", ",").split(",")[0]),
            "REDIS_PREFIX": redis_prefix}
     if store in ("mysql", "redis"):      # Redis keeps its failed jobs in MySQL, which the cuts need
         env.update(DB_CONNECTION="mysql", DB_DATABASE=mysql_db, DB_HOST="127.0.0.1", DB_PORT="3306",

@@ -72,19 +72,25 @@ def check(data: Row, depth: Row | None) -> list[Row]:
                             ("ours", ours["enqueue"]) if ours.get("enqueue") else None,
                             ("PING", ref) if ref else None, 0.75))
     out.append(_ratio_check("(b) bulk enqueue >= 5x the fastest peer's bulk API",
-                            ("ours dispatch_many", ours["bulk"]) if ours.get("bulk") else None, _best(peers, "bulk"), 5))
+                            ("ours dispatch_many", ours["bulk"]) if ours.get("bulk") else None,
+                            _best(peers, "bulk"), 5))
     for p in ("p50", "p99"):
         mine, best = ours.get(p), _best(peers, p, higher=False)
-        out.append(_target(f"(d) idle latency {p} no worse than the best peer's", None if not mine or not best else mine <= best[1],
-                           f"ours {_fmt(mine, 'ms')} vs {best[0]} {_fmt(best[1], 'ms')}" if mine and best else "not measured"))
+        out.append(_target(f"(d) idle latency {p} no worse than the best peer's",
+                           None if not mine or not best else mine <= best[1],
+                           f"ours {_fmt(mine, 'ms')} vs {best[0]} {_fmt(best[1], 'ms')}" if mine and best
+                           else "not measured"))
     routemq = _routemq_db(data)
-    out.append(_ratio_check("(f) MySQL with 4 worker processes >= 10x RouteMQ's database driver", _ours_mysql_4(data), routemq, 10))
-    out.append(_ratio_check("(f) SQLite with 1 worker process >= 10x RouteMQ's database driver", _ours_sqlite_1(data), routemq, 10))
+    out.append(_ratio_check("(f) MySQL with 4 worker processes >= 10x RouteMQ's database driver",
+                            _ours_mysql_4(data), routemq, 10))
+    out.append(_ratio_check("(f) SQLite with 1 worker process >= 10x RouteMQ's database driver",
+                            _ours_sqlite_1(data), routemq, 10))
     out += _depth_checks(depth)
     rss = [(s["name"], s["rss_mb"]) for s in data["summary"] if s["name"].startswith("ours") and s.get("rss_mb")]
     worst = max(rss, key=lambda v: v[1], default=None)
     out.append(_target("(e) worker RSS <= 50 MB", None if not worst else worst[1] <= 50,
-                       f"largest: {worst[0]} {worst[1]:.0f} MB (VmHWM, over its c=1/10/100 runs)" if worst else "not measured"))
+                       f"largest: {worst[0]} {worst[1]:.0f} MB (VmHWM, over its c=1/10/100 runs)" if worst
+                       else "not measured"))
     return out
 
 

@@ -192,8 +192,12 @@ class Database:
                 await asyncio.sleep(0.05 * n)
         raise AssertionError("not reached")
 
-    def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
-    def session(self) -> contextlib.AbstractAsyncContextManager[Session]: ...
+    # Each dialect's class provides these four.
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
+
+    def session(self) -> contextlib.AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
 
     def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Held by one process at a time across the database, where two processes doing the same
@@ -224,8 +228,11 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int: ...
-    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]: ...
+    async def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
+        raise NotImplementedError
 
 
 class SqliteDatabase(Database):
@@ -571,15 +578,15 @@ DISCONNECTED = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1040}
 
 def describe_mysql_error(exc: BaseException) -> str:
     """The server's own words for a MySQL error, without the driver's tuple wrapping."""
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if len(args) >= 2 and isinstance(args[1], str):
         message = args[1]
         if "Can't connect" in message:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, socket.gaierror):   # an unknown host: errno -2, which os.strerror cannot name
                 return cause.strerror or str(cause)
-            if getattr(cause, "errno", None):
-                return os.strerror(cause.errno)
+            if code := getattr(cause, "errno", None):
+                return os.strerror(code)
             return str(cause) if cause else "connection refused"
         return message
     return str(exc) or type(exc).__name__

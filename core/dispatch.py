@@ -196,8 +196,9 @@ class _Cut:
         self.expired = False
 
     async def __aenter__(self) -> "_Cut":
-        self._task = asyncio.current_task()
-        assert self._task is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
         self._cancelling = self._task.cancelling()
         self._clock = _Clock.of(asyncio.get_running_loop())
         self._clock.add(self)

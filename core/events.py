@@ -181,7 +181,8 @@ def listen(*event_classes: type[Event]) -> Callable[[_F], _F]:
 
 
 def _subclasses(cls: type) -> list[type]:
-    found = []
+    found: list[type] = []
+    sub: type
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found
@@ -212,7 +213,7 @@ def _configured_module() -> str | None:
 
 async def emit(event: Event) -> None:
     """Await each listener of the event's class in registration order; never raises for them."""
-    for listener in _listeners.get(type(event), ()).copy():
+    for listener in _listeners.get(type(event), []).copy():
         await _call(listener, event)
 
 

@@ -68,6 +68,8 @@ class Job:
     expires_quietly: ClassVar[bool] = False             # an expired job is deleted (SKIP), not failed
     dont_retry: ClassVar[tuple[type[BaseException], ...]] = ()   # these exceptions fail the job at once
 
+    _restored: bool     # set (True) on a job restored from a payload by a worker; see dispatched_as
+
     def __init__(self) -> None:
         self.job_id: str | None = None
         self.attempts: int = 0

@@ -47,7 +47,7 @@ def frozen_settings(job: "Job") -> tuple[int, float, tuple[float, ...], dict[str
     if not _number(timeout) or timeout <= 0:
         raise _refuse(job, "timeout", "a finite number of seconds above 0", timeout)
     options = {} if _settings_of(job) == _DEFAULTS else frozen_options(job)   # the common case: one C call
-    delays = retry if isinstance(retry, (list, tuple)) else (retry,)
+    delays: Sequence[Any] = retry if isinstance(retry, (list, tuple)) else (retry,)
     if not all(_number(d) and d >= 0 for d in delays):
         if isinstance(retry, Exponential):
             options[opt.BACKOFF] = _backoff(job, retry)

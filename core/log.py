@@ -93,7 +93,7 @@ def redact(text: str, secrets: list[str]) -> str:
 def configure_logging(config: Config, level: int = logging.INFO) -> None:
     # Nothing we print uses the caller's file, the thread or the process name: not collecting them
     # makes every log line (a worker writes two per job) cheaper (Logging HOWTO, "Optimization").
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -48,7 +48,7 @@ class Client:
         await self._mqtt.publish(topic, encode_payload(payload), qos=qos, retain=retain)
 
 
-def encode_payload(payload: Any) -> bytes | str | None:
+def encode_payload(payload: Any) -> bytes | bytearray | str | None:
     """dicts, lists, numbers and booleans go as JSON; text and bytes as they are."""
     if payload is None or isinstance(payload, (str, bytes, bytearray)):
         return payload

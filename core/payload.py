@@ -158,7 +158,8 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING)
         return default
     if kind is float and type(value) is int and abs(value) < 2**53:
         value = float(value)
-    if type(value) is not kind or (kind is float and not math.isfinite(value)):
+    # kind is float here means value is a float: `kind is float` is the cheaper test, which mypy cannot follow
+    if type(value) is not kind or (kind is float and not math.isfinite(value)):  # type: ignore[arg-type]
         raise InvalidPayload(f"payload field {name!r} must be {_KIND[kind]}, got {_describe(value)}")
     return value
 
@@ -243,8 +244,8 @@ def peek_uuid(raw: str | bytes) -> str | None:
         body = json.loads(raw)
     except (ValueError, TypeError, RecursionError):
         return None
-    job_id = body.get("uuid") if isinstance(body, dict) else None
-    return job_id if isinstance(job_id, str) and _valid_id(job_id) else None
+    found = body.get("uuid") if isinstance(body, dict) else None
+    return found if isinstance(found, str) and _valid_id(found) else None
 
 
 _canonical = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode

@@ -140,7 +140,9 @@ def inspect_handler(route: Route) -> HandlerSpec:
     handler = route.handler
     if not callable(handler):
         raise RouteError(f"route {route.pattern!r}: handler {handler!r} is not callable")
-    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))):
+    # getattr, not callable(): it is the __call__ method itself that must be async (callable() was checked above)
+    if not (inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(getattr(handler, "__call__", None))):  # noqa: B004
         raise RouteError(f"route {route.pattern!r}: handler {route.handler_name} must be an async function")
     available = set(route.params) | set(INJECTED)
     names, takes_all = [], False

@@ -15,9 +15,9 @@ ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_P
             "DB_PASSWORD", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_URL",
             "REDIS_CLUSTER", "REDIS_PREFIX", "QUEUE_VISIBILITY_TIMEOUT", "APP_KEY", "LOG_FILE",
             "QUEUE_DISPATCH_TIMEOUT", "DB_TIMEOUT", "QUEUE_MAX_PAYLOAD_BYTES",
-            "QUEUE_REPLAY_WINDOW", "JOB_PACKAGES", "APP_LISTENERS", "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_CLIENT_ID",
-            "MQTT_TLS", "MQTT_SHARED_GROUP", "MQTT_MAX_CONCURRENT", "MQTT_CONNECT_TIMEOUT", "DB_LISTEN_URL",
-            "DB_WAKE")
+            "QUEUE_REPLAY_WINDOW", "JOB_PACKAGES", "APP_LISTENERS", "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME",
+            "MQTT_PASSWORD", "MQTT_CLIENT_ID",
+            "MQTT_TLS", "MQTT_SHARED_GROUP", "MQTT_MAX_CONCURRENT", "MQTT_CONNECT_TIMEOUT", "DB_LISTEN_URL", "DB_WAKE")
 
 
 @pytest.hookimpl(trylast=True)
@@ -112,7 +112,8 @@ def redis_env(monkeypatch):
     client.close()
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess:
     """`python main.py ARGS` as a user types it, with the test's environment."""
     full_env = dict(os.environ)
     full_env.update(env or {})

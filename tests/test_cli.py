@@ -223,7 +223,8 @@ def test_make_job_writes_a_working_job_class(tmp_path):
                            text=True)
     assert again.returncode == 1 and "already exists" in again.stderr
     check = subprocess.run([sys.executable, "-c", "from app.jobs.tmp_test_job import TmpTestJob; "
-                            "print(TmpTestJob.queue, TmpTestJob.max_tries)"], cwd=project, capture_output=True, text=True)
+                            "print(TmpTestJob.queue, TmpTestJob.max_tries)"],
+                           cwd=project, capture_output=True, text=True)
     assert check.stdout.strip() == "sms 3", check.stderr
     assert run_cli("make:job", "not_camel").returncode == 1
     assert not (ROOT / "app" / "jobs" / "tmp_test_job.py").exists()

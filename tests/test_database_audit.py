@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 
 import pymysql
 import pytest
@@ -381,7 +380,8 @@ OLD_SCHEMA = {
             name VARCHAR(64) NOT NULL PRIMARY KEY, value DOUBLE NOT NULL) ENGINE=InnoDB""",
     ],
 }
-OLD_PUSH = "INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+OLD_PUSH = ("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)")
 
 
 class OldRelease:

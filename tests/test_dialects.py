@@ -13,7 +13,8 @@ from core.queue import database as queue_tables
 from core.queue import failed as failed_tables
 from tests.conftest import store_env
 
-SCRATCH = "CREATE TABLE scratch (id {id}, k VARCHAR(64) NOT NULL, n {uint} NOT NULL, CONSTRAINT scratch_k UNIQUE (k)){table}"
+SCRATCH = ("CREATE TABLE scratch (id {id}, k VARCHAR(64) NOT NULL, n {uint} NOT NULL, "
+           "CONSTRAINT scratch_k UNIQUE (k)){table}")
 
 
 @pytest.fixture(params=["sqlite", "mysql", "pgsql"])

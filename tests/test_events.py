@@ -268,3 +268,21 @@ def test_app_listeners_naming_a_missing_module_is_one_line(monkeypatch):
     with pytest.raises(FrameworkError) as caught:
         create_app()
     assert str(caught.value) == "APP_LISTENERS names tests.no_such_listeners, which cannot be found"
+
+
+async def test_a_listener_that_forgets_itself_does_not_fail_the_rest_of_a_dispatch_many(tmp_path):
+    """emit() for a class nobody listens to any more (the listener forgot itself at the first job) is
+    a no-op: it used to raise AttributeError ('tuple' has no copy()) out of dispatch_many after the push."""
+    heard = []
+
+    @listen(JobQueued)
+    async def once(event):
+        heard.append(event.job_id)
+        events.forget(once)
+
+    log = str(tmp_path / "log")
+    async with create_app() as app:
+        ids = await RecordingJob.dispatch_many([{"log": log, "value": 1}, {"log": log, "value": 2}])
+        sizes = await (await app.queue.connection()).sizes(["default"])
+    assert len(ids) == 2 and heard == ids[:1]
+    assert sizes["default"].pending == 2

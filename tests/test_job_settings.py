@@ -2,8 +2,6 @@
 retry_after, at startup for QUEUE_* variables; a bad one pushes nothing, with one clear line."""
 from __future__ import annotations
 
-import asyncio
-import threading
 
 import pytest
 

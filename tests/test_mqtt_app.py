@@ -165,7 +165,8 @@ async def test_a_raising_handler_is_logged_and_the_app_keeps_serving(caplog):
             await publish(f"{prefix}/devices/good/status", {"explode": False})
             assert await next_item(got) == "good"
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    route = f"route {prefix}/devices/{{device_id}}/status -> test_a_raising_handler_is_logged_and_the_app_keeps_serving.<locals>.status"
+    route = (f"route {prefix}/devices/{{device_id}}/status -> "
+             "test_a_raising_handler_is_logged_and_the_app_keeps_serving.<locals>.status")
     assert f"Handler failed on topic {prefix}/devices/bad/status ({route}): RuntimeError: sensor table is corrupt" \
         in errors
     assert (f"Payload rejected on topic {prefix}/devices/text/status ({route}): expects a JSON object as payload, "

@@ -99,7 +99,8 @@ async def test_broken_payloads_in_the_store_end_in_failed_jobs_and_the_worker_go
     assert len(failed) == len(cases)
     for marker, _, fragment in cases:
         [row] = [f for f in failed if marker in f.payload]
-        assert row.summary.startswith("core.payload.InvalidPayload: ") and fragment in row.summary, (marker, row.summary)
+        assert row.summary.startswith("core.payload.InvalidPayload: ") and fragment in row.summary, \
+            (marker, row.summary)
         assert len(row.summary) < 300
     out = capsys.readouterr()
     assert out.out.count("FAIL    job ") == len(cases)

@@ -83,7 +83,8 @@ def test_a_connection_the_user_named_carries_jobs_from_dispatch_to_worker_to_fai
     failed = json.loads(project.cli("queue:failed", "--json").stdout)
     assert [(job["id"], job["connection"]) for job in failed] == [(bad, "bulk")]
 
-    assert f"Retried {bad} (tests.jobs.sample_jobs.FlakyJob) onto bulk/default" in project.cli("queue:retry", "all").stdout
+    assert f"Retried {bad} (tests.jobs.sample_jobs.FlakyJob) onto bulk/default" \
+        in project.cli("queue:retry", "all").stdout
     assert json.loads(project.cli("queue:failed", "--json").stdout) == []
     assert json.loads(project.cli("queue:size", "bulk", "--json").stdout)["queues"]["default"]["pending"] == 1
     assert [e["attempts"] for e in read_events(log) if e["event"] == "handle"] == [1, 1]

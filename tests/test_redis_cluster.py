@@ -19,7 +19,8 @@ from tests.contract.test_audit_contract import (  # noqa: F401  (the audit fixes
     test_a_failing_mark_comes_back_when_the_worker_is_gone,
     test_a_job_pushed_again_after_it_was_acknowledged_does_not_run_again,
     test_a_lost_reserve_answer_is_recovered_without_another_attempt,
-    test_a_requeue_racing_a_failing_worker_keeps_the_job_queued_once, test_a_waiting_reserve_with_a_claim_is_recoverable)
+    test_a_requeue_racing_a_failing_worker_keeps_the_job_queued_once,
+    test_a_waiting_reserve_with_a_claim_is_recoverable)
 from tests.contract.test_queue_contract import (  # noqa: F401  (collected here, run on the cluster)
     test_a_delayed_job_waits_until_it_is_due, test_an_expired_reservation_passes_on_and_fences_off_the_old_holder,
     test_delayed_bulk_push, test_dispatch_many_pushes_every_job_in_order,
@@ -28,7 +29,8 @@ from tests.contract.test_queue_contract import (  # noqa: F401  (collected here,
     test_release_puts_a_job_back_after_its_delay_with_the_attempt_counted, test_restart_signal_is_shared,
     test_size_and_clear, test_the_first_queue_with_a_due_job_wins)
 from tests.contract.test_release_contract import (  # noqa: F401  (SPEC 9: free releases, the store's clock)
-    test_a_free_release_is_counted_and_a_plain_one_is_a_try, test_a_recovered_reservation_carries_the_same_counts_and_times,
+    test_a_free_release_is_counted_and_a_plain_one_is_a_try,
+    test_a_recovered_reservation_carries_the_same_counts_and_times,
     test_a_reserved_job_carries_its_push_and_due_times_on_the_store_clock,
     test_queue_retry_resets_the_releases_of_a_job_failed_or_still_stored)
 from tests.contract.test_state_contract import (  # noqa: F401  (middleware state: one {lim:<key>} slot per script)
@@ -95,7 +97,7 @@ def store(backend):
 def test_the_queues_used_here_live_on_different_nodes(cluster):
     slots = {q: key_slot(f"queues:{{{q}}}".encode()) for q in ("contract", "contract-high", "contract-low")}
     owners = {}
-    for low, high, (host, port, *_), *_ in cluster[0].cluster("slots"):
+    for low, high, (_host, port, *_), *_ in cluster[0].cluster("slots"):
         for queue, slot in slots.items():
             if low <= slot <= high:
                 owners[queue] = port

@@ -11,7 +11,6 @@ import pytest
 from redis.crc import key_slot
 
 from bootstrap.app import create_app
-from core.config import RedisConfig
 from core.queue.redis import RedisQueue
 from tests.jobs.contract_jobs import RecordRun
 from tests.redis_server import LocalRedis
@@ -167,3 +166,42 @@ async def test_a_signal_for_a_lower_queue_is_passed_on_when_a_higher_one_is_take
         assert time.monotonic() - started < 0.5
     finally:
         await other.close()
+
+
+async def test_acknowledge_and_reserve_does_both_even_after_the_server_lost_its_scripts(tmp_path, monkeypatch):
+    """A worker at concurrency 1 acknowledges a finished job and reserves the next in one call: the
+    two scripts written together on the queue's own connection, each its own atomic step."""
+    server = LocalRedis().start()
+    try:
+        monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+        monkeypatch.setenv("REDIS_PORT", str(server.port))
+        async with create_app() as app:
+            q = await app.queue.connection()
+            await q.push_many("work", [raw(), raw(), raw()])
+            first = await q.reserve(["work"])
+            done, [second] = await q.acknowledge_and_reserve([first], "work", "claimone")
+            assert done == [True] and second.id != first.id and second.attempts == 1
+            assert (await q.sizes(["work"]))["work"].as_dict() == {"pending": 1, "delayed": 0, "reserved": 1}
+
+            await q.client.script_flush()                    # as after a restart: both scripts are gone
+            done, [third] = await q.acknowledge_and_reserve([second], "work", "claimtwo")
+            assert done == [True] and third.id not in (first.id, second.id)
+            assert await q.acknowledge_and_reserve([third], "work", "claimthree") == ([True], [])
+            assert (await q.sizes(["work"]))["work"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+            assert await q.acknowledge_and_reserve([third], "work", "claimfour") == ([False], [])   # not held
+    finally:
+        server.cleanup()
+
+
+async def test_a_worker_at_concurrency_1_runs_each_job_once_and_acknowledges_it(redis_queue, tmp_path):
+    """Its acknowledgements ride on its reserves: every job ran once, and none is left reserved."""
+    from core.context import current
+    from core.worker import Worker, WorkerOptions
+
+    runs = tmp_path / "runs"
+    ids = await RecordRun.dispatch_many([{"path": str(runs)} for _ in range(40)], queue="work")
+    worker = Worker(current(), WorkerOptions(queues=["work"], concurrency=1, stop_when_empty=True))
+    await worker.run()
+    lines = runs.read_text().splitlines()
+    assert sorted(lines) == sorted(f"{job_id} 1" for job_id in ids)
+    assert (await redis_queue.sizes(["work"]))["work"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}

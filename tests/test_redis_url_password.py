@@ -51,7 +51,8 @@ def test_no_output_shows_it(tmp_path, password):
     for command in (["queue:size", "redis"], ["queue:work", "redis", "--stop-when-empty"], ["queue:restart", "redis"]):
         result = run_cli(*command, env=env, timeout=30)
         assert result.returncode == 1
-        assert result.stderr.strip().splitlines() == [f"Cannot connect to Redis at 127.0.0.1:{port}: Connection refused"]
+        assert result.stderr.strip().splitlines() == \
+            [f"Cannot connect to Redis at 127.0.0.1:{port}: Connection refused"]
         outputs += [result.stdout, result.stderr]
     outputs += [run_cli(*command, "--help", env=env).stdout for command in ("queue:work", "queue:size", "run")]
     outputs.append(log.read_text() if log.exists() else "")

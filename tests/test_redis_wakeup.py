@@ -70,14 +70,35 @@ def test_an_idle_worker_stops_at_once_on_sigterm(redis_env):
     worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "redis", "--sleep", "30"], cwd=ROOT,
                               env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(2.0)                                          # started, and blocked waiting for a job
+        head = read_until(worker, "Worker started", 30)          # its signal handlers are set by then
+        time.sleep(0.3)                                          # and it blocks waiting for a job
         assert worker.poll() is None
         sent = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         out, _ = worker.communicate(timeout=10)
+        out = head + out
         stopped_in = time.monotonic() - sent
     finally:
         worker.kill()
     assert worker.returncode == 0, out
     assert "Worker stopped (SIGTERM)" in out
     assert stopped_in < 1.0
+
+
+def read_until(process: subprocess.Popen, text: str, seconds: float) -> str:
+    """The process's output up to the line holding `text` (a failed test if it never comes)."""
+    import selectors
+
+    seen = ""
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while text not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise AssertionError(f"no {text!r} within {seconds:g}s; output so far:\n{seen}")
+            line = process.stdout.readline()
+            if not line:
+                raise AssertionError(f"the process ended before {text!r}; output:\n{seen}")
+            seen += line
+    return seen

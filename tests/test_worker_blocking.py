@@ -149,7 +149,8 @@ def protected_files() -> list[str]:
     import core.database
     import core.dispatch
     import core.queue.redis
-    return [str(Path(redis.__file__).parent / "asyncio" / "connection.py"), str(Path(aiomysql.__file__).parent / "connection.py"),
+    return [str(Path(redis.__file__).parent / "asyncio" / "connection.py"),
+            str(Path(aiomysql.__file__).parent / "connection.py"),
             str(Path(asyncio.__file__).parent / "streams.py"), core.queue.redis.__file__, core.dispatch.__file__,
             core.database.__file__]
 
@@ -192,8 +193,8 @@ async def test_a_timeout_still_interrupts_the_jobs_own_blocking_code(tmp_path):
         watchdog.stop()
 
 
-async def test_a_job_dispatching_in_a_loop_past_its_timeout_leaves_the_workers_connection_in_step(redis_env, monkeypatch,
-                                                                                                 tmp_path, caplog):
+async def test_a_job_dispatching_in_a_loop_past_its_timeout_leaves_the_workers_connection_in_step(
+        redis_env, monkeypatch, tmp_path, caplog):
     """The job ignores cancellation and keeps dispatching to the worker's own Redis connection while the
     watchdog signals it: it is cut in its own code, and every later call gets its own answer."""
     from core.worker import Worker, WorkerOptions

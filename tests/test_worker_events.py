@@ -117,7 +117,8 @@ async def test_a_worker_killed_on_the_last_try_is_failed_by_the_next_with_max_at
     async with create_app() as app:
         job_id = await LastTryJob.dispatch(log=str(ran), seconds=60)
         worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "--sleep", "0.1"], cwd=ROOT,
-                                  env={**os.environ, **listening(tmp_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  env={**os.environ, **listening(tmp_path)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: read_events(ran) and of_job(heard(tmp_path), job_id), "the job to start")
         finally:

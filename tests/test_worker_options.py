@@ -1,4 +1,5 @@
-"""queue:work checks --tries and --timeout where they are given: one clear line and a non-zero exit (issue 11, findings 4 and 6)."""
+"""queue:work checks --tries and --timeout where they are given: one clear line and a non-zero exit (issue 11,
+findings 4 and 6)."""
 from __future__ import annotations
 
 import pytest

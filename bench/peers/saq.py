@@ -23,7 +23,8 @@ async def probe(ctx: dict, *, sent: float) -> None:
     record_latency(sent)
 
 
-settings = {"queue": queue, "functions": [noop, probe], "concurrency": int(os.environ.get("BENCH_SAQ_CONCURRENCY", "10"))}
+settings = {"queue": queue, "functions": [noop, probe],
+            "concurrency": int(os.environ.get("BENCH_SAQ_CONCURRENCY", "10"))}
 
 
 class Saq(Target):

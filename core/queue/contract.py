@@ -72,9 +72,11 @@ class QueueConnection(ABC):
 
     async def open(self) -> None:
         """Connect and create what the store needs; raises ConnectionFailed with a clear message."""
+        return None     # a hook: a store with nothing to open keeps this one
 
     async def close(self) -> None:
         """Release connections."""
+        return None     # a hook: a store with nothing to release keeps this one
 
     def describe(self) -> str:
         """The store and its address for messages ("Redis at 127.0.0.1:6379"), never a password."""

@@ -308,7 +308,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         known = [job_uuid for job_uuid in ids.values() if job_uuid is not None]
         seen: set[str] = set()
         for start in range(0, len(known), BULK_ROWS):
-            chunk = known[start:start + BULK_ROWS]
+            chunk: Sequence[str] = known[start:start + BULK_ROWS]
             seen.update(u for (u,) in await self.db.fetchall(STORED_UUIDS + marks(len(chunk)), chunk))
             seen.update(u for (u,) in await self.db.fetchall(FINISHED_UUIDS + marks(len(chunk)),
                                                              [self.replay_window, *chunk]))
@@ -372,7 +372,8 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
             log.warning(ALREADY_RAN, job_uuid)
         return taken
 
-    def _reserve_steps(self, queues: Sequence[str], limit: int, claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
+    def _reserve_steps(self, queues: Sequence[str], limit: int,
+                       claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
         """Promote what fell due, then pick READY rows. The promotion is a statement of its own (a
         quarter of a busy MySQL reserve), so while the READY rows fill the call it runs at most
         every PROMOTE_EVERY seconds per queue list: a due job waits at most that long behind ready

@@ -86,7 +86,7 @@ class FailedJobStore:
         stored = storable(payload)
         row = (connection, queue, stored, storable(exception), self.db.dialect.timestamp(datetime.now(timezone.utc)))
         # No readable id: a random one, as two such jobs may hold the same bytes and are two failures.
-        job_uuid = peek_uuid(payload) or str(uuid_module.uuid4())
+        job_uuid: str | None = peek_uuid(payload) or str(uuid_module.uuid4())
         for n in itertools.count():
             job_uuid = job_uuid or _derived_uuid(stored, n)
             yield change(self._insert_new, (job_uuid, *row))

@@ -55,8 +55,8 @@ class QueueManager:
         self._database: Database | None = None
         self._failed: FailedJobStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
-        self._opening: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()         # both replaced by _check_loop for each event loop
+        self._opening = asyncio.Lock()
         self._closer: AsyncGenerator[None, None] | None = None
 
     def _check_loop(self) -> None:
@@ -142,7 +142,7 @@ class QueueManager:
         name = name or self.config.queue.default
         settings = self.config.queue.connections.get(name) if isinstance(name, str) else None
         driver = _DRIVERS.get(settings["driver"]) if settings else None
-        if driver is None or driver.describe is None:
+        if driver is None or driver.describe is None or settings is None:
             return str(name)
         return driver.describe(self.config, settings)
 

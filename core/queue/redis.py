@@ -43,12 +43,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -128,11 +128,13 @@ class _HiredisPacking:
         try:
             return self._serializer.pack(*args)
         except UnicodeEncodeError:      # text that came in as bytes that are not UTF-8: the
-            return super().pack_command(*args)   # client's own encoder (surrogateescape) sends them back
+            # client's own encoder (surrogateescape) sends them back; super() is the Connection mixed in
+            return super().pack_command(*args)  # type: ignore[misc]
 
 
-HIREDIS_PACKING = {base: type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-                   for base in (Connection, SSLConnection, UnixDomainSocketConnection)} if HIREDIS_AVAILABLE else {}
+HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    base: type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    for base in (Connection, SSLConnection, UnixDomainSocketConnection)} if HIREDIS_AVAILABLE else {}
 
 
 def make_client(config: RedisConfig) -> Redis | RedisCluster:
@@ -215,9 +217,15 @@ class RedisQueue(QueueConnection, QueueAdmin):
         self.client = client
         # Registered once; redis-py sends EVALSHA and reloads a script the server forgot (a restart).
         self._scripts = {name: client.register_script((LUA / f"{name}.lua").read_text()) for name in SCRIPTS}
-        if not self.cluster:        # a cluster client routes each call to its node: no single connection
+        if not isinstance(client, RedisCluster):   # a cluster client routes each call to its node: no single one
             self._lane = Lane(client)
         self._state = RedisState(client, self.config.prefix)
+
+    @property
+    def _redis(self) -> Redis | RedisCluster:
+        if self.client is None:
+            raise RuntimeError("the Redis connection is not open")
+        return self.client
 
     @property
     def state(self) -> RedisState:
@@ -258,6 +266,18 @@ class RedisQueue(QueueConnection, QueueAdmin):
         if self._lane is not None:
             return await self._lane.run(self._scripts[script], keys, args)
         return await self._scripts[script](keys=list(keys), args=list(args))
+
+    async def _run_many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Script calls sent together, their answers (or the errors the server answered) in order."""
+        scripts = [(self._scripts[name], keys, args) for name, keys, args in calls]
+        answers = await self._lane.run_many(scripts) if self._lane is not None else None
+        if answers is None:
+            pipe = self._redis.pipeline(transaction=False)
+            for script, keys, args in scripts:
+                # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+        return answers
 
     # -- pushing ---------------------------------------------------------------------------------
 
@@ -323,7 +343,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
             if job is not None:
                 if woken_by is not None and woken_by != job.queue:
                     # Woken for another queue but took a job of a higher one: pass the signal on.
-                    await self.client.rpush(self.keys(woken_by).notify, 1)
+                    await self._redis.rpush(self.keys(woken_by).notify, 1)
                 return job
             remaining = deadline - loop.time()
             if remaining <= 0 or (interrupt is not None and interrupt.is_set()):
@@ -349,7 +369,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 return None
             block = max(0.01, min(remaining, WAIT_SLICE, wake if wake is not None else WAIT_SLICE))
             stem = claim or secrets.token_hex(8)
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             pipe.blpop([self.keys(queue).notify], timeout=block)
             # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
             pipe.evalsha(script.sha, len(keys), *keys, self.visibility_timeout, stem, BATCH, 1)
@@ -360,6 +380,31 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 continue
             jobs, wake = self._answer(queue, stem, result)
         return jobs[0]
+
+    async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
+                                      claim: str) -> tuple[list[bool], list[ReservedJob]]:
+        """Acknowledge finished jobs of `queue` and reserve its next job, in one round trip: the
+        acknowledge and reserve scripts pipelined (a worker at concurrency 1 spends a round trip on
+        each otherwise). Never blocks: [] when no job is due (the caller then waits as it would).
+        Each script keeps its own atomic step, as when they are sent apart."""
+        if self.cluster or any(job.queue != queue for job in jobs):
+            return await self.acknowledge_many(jobs), (await self._reserve([queue], 1, claim))[0]
+        k = self.keys(queue)
+        ack_keys = [k.reserved, k.jobs, k.seq, k.state, k.done]
+        ack_args = [self.replay_window, *(part for job in jobs for part in (job.id, job.token))]
+        keys = k.for_reserve(claim)
+        reserve_args = [self.visibility_timeout, claim, BATCH, 1]
+        flags, result = await self._run_many([("acknowledge", ack_keys, ack_args), ("reserve", keys, reserve_args)])
+        # A script the server lost (a restart) did not run: run it again through its Script object,
+        # which loads it. Any other error is the call's.
+        if isinstance(flags, redis_errors.NoScriptError):
+            flags = await self._run("acknowledge", ack_keys, ack_args)
+        if isinstance(result, redis_errors.NoScriptError):
+            result = await self._run("reserve", keys, reserve_args)
+        for answer in (flags, result):
+            if isinstance(answer, Exception):
+                raise answer
+        return [flag == 1 for flag in flags], self._rows(queue, claim, result)
 
     def _answer(self, queue: str, stem: str, result: list) -> tuple[list[ReservedJob], float | None]:
         """A reserve script's answer: the jobs it took, else the seconds until one may come due."""
@@ -397,9 +442,9 @@ class RedisQueue(QueueConnection, QueueAdmin):
             queues = queues[:1]
         notify = {self.keys(q).notify: q for q in queues}
         if interrupt is None:
-            popped = await self.client.blpop(list(notify), timeout=seconds)
+            popped = await self._redis.blpop(list(notify), timeout=seconds)
         else:
-            pop = asyncio.ensure_future(self.client.blpop(list(notify), timeout=seconds))
+            pop = asyncio.ensure_future(self._redis.blpop(list(notify), timeout=seconds))
             stop = asyncio.ensure_future(interrupt.wait())
             await asyncio.wait({pop, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -407,7 +452,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
                 pop.cancel()
                 return None
             popped = pop.result()
-        return notify[popped[0]] if popped else None
+        return notify[cast(str, popped[0])] if popped else None     # decode_responses: keys come back as str
 
     # -- finishing -------------------------------------------------------------------------------
 
@@ -482,7 +527,7 @@ class RedisQueue(QueueConnection, QueueAdmin):
         head, tail = f"{self.config.prefix}{{", "}:jobs"
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in head) + "*" + tail
         found = set()
-        async for key in self.client.scan_iter(match=pattern, count=1000):
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
             if key.startswith(head) and key.endswith(tail):
                 found.add(key[len(head):-len(tail)])
         return sorted(found)
@@ -501,10 +546,10 @@ class RedisQueue(QueueConnection, QueueAdmin):
     async def request_restart(self) -> None:
         # A counter, not a time: workers compare it for a change, so skewed clocks agree. INCRBYFLOAT
         # rather than INCR: the key may still hold a time written by an earlier release.
-        await self.client.incrbyfloat(f"{self.config.prefix}restart", 1)
+        await self._redis.incrbyfloat(f"{self.config.prefix}restart", 1)
 
     async def restart_signal(self) -> str:
-        return await self.client.get(f"{self.config.prefix}restart") or ""
+        return cast(str, await self._redis.get(f"{self.config.prefix}restart") or "")   # decode_responses
 
 
 def _reserved(queue: str, stem: str, now: float, row: Sequence) -> ReservedJob:

@@ -26,7 +26,8 @@ T = TypeVar("T")
 # DDL written once; the dialect fills in {id}, {uint}, {double}, {table}, {keyed_table}.
 TABLES = [
     """CREATE TABLE IF NOT EXISTS job_locks (
-        name VARCHAR(255) NOT NULL PRIMARY KEY, owner VARCHAR(255) NOT NULL, expires_at {double} NOT NULL){keyed_table}""",
+        name VARCHAR(255) NOT NULL PRIMARY KEY, owner VARCHAR(255) NOT NULL,
+        expires_at {double} NOT NULL){keyed_table}""",
     "CREATE TABLE IF NOT EXISTS job_limits (name VARCHAR(255) NOT NULL PRIMARY KEY){keyed_table}",
     """CREATE TABLE IF NOT EXISTS job_limit_hits (
         id {id}, name VARCHAR(255) NOT NULL, at {double} NOT NULL){table}""",

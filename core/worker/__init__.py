@@ -14,8 +14,9 @@ from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, exc
 from core.worker.timeouts import (CANCEL_GRACE, EXIT_BLOCKED, JobInterrupted, JobTimeoutError, LeftBehind, Watchdog,
                                   max_blocking_timeout, run_guarded)
 
-__all__ = ["Attempt", "CANCEL_GRACE", "Delete", "Done", "EXIT_BLOCKED", "Fail", "JobExpired", "JobInterrupted", "JobTimeoutError",
-           "LeftBehind", "MaxAttemptsExceededError", "Outcome", "RecordedFailure", "Release", "Retry",
+__all__ = ["Attempt", "CANCEL_GRACE", "Delete", "Done", "EXIT_BLOCKED", "Fail", "JobExpired", "JobInterrupted",
+           "JobTimeoutError", "LeftBehind", "MaxAttemptsExceededError", "Outcome", "RecordedFailure", "Release",
+           "Retry",
            "RetryDeadlinePassed", "TooManyReleases", "Watchdog",
            "Worker", "WorkerOptions", "discover_job_classes", "exception_text", "heartbeat_interval", "invoke",
            "max_blocking_timeout", "run_guarded"]

@@ -103,6 +103,10 @@ class Worker:
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
                                 self.visibility_timeout, self._events)
         self.attempts.bind(conn)
+        # Concurrency 1 on one queue: a finished job's acknowledgement rides on the next reserve
+        # (one round trip for both) where the store can do that.
+        self._settler.deferred = (self.options.concurrency == 1 and len(self.options.queues) == 1
+                                  and callable(getattr(conn, "acknowledge_and_reserve", None)))
         self._handle_signals(True)
         self._warn_long_timeouts()
         self.timeouts.start()
@@ -177,6 +181,8 @@ class Worker:
 
     async def _wind_down(self) -> None:
         """Stopping: wait for the running jobs and their acknowledgements, then for code left behind."""
+        self._settler.deferred = False      # no reserve will carry them any more
+        self._settler.flush()
         while self._tasks:   # re-read: an attempt taken over from left-behind code goes on in a new task
             await asyncio.wait(list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
         await self._settler.drain()
@@ -230,16 +236,22 @@ class Worker:
         """One look for work: how many jobs it reserved and started, or None when it reserved
         nothing (every slot busy, the store away, or queue:restart called)."""
         if not await self._check_restart(conn) or self._restart_asked:
+            self._settler.flush()
             return None
         if self._lost_claims and not await self._recover(conn):
+            self._settler.flush()
             return None
         free = self.options.concurrency - len(self._running)
         if self.options.max_jobs:
             free = min(free, self.options.max_jobs - self.processed - len(self._running))
         if free <= 0:
+            self._settler.flush()
             await self._wait_for_change()
             return None
         jobs = await self._reserve(conn, free)
+        if jobs and self._stopping.is_set():    # told to stop while the reserve was in flight: no new job
+            await self._put_back(conn, jobs)
+            return None
         for job in jobs or []:
             self._start(job)
         return None if jobs is None else len(jobs)
@@ -317,6 +329,9 @@ class Worker:
             if free > 1 and not o.once:
                 claim = token_hex(8)
                 jobs = await conn.reserve_many(o.queues, free, claim=claim)
+            elif riding := self._settler.take():
+                claim = token_hex(8)
+                jobs = await self._acknowledge_and_reserve(conn, riding, claim)
             if not jobs:
                 # --stop-when-empty asks about now: no point blocking for a job to arrive.
                 claim = token_hex(8)
@@ -332,6 +347,18 @@ class Worker:
         self._outage.recovered()
         if jobs and time.monotonic() - self._polled_at > heartbeat_interval(self.visibility_timeout):
             jobs = await self._still_held(conn, jobs, claim)
+        return jobs
+
+    async def _acknowledge_and_reserve(self, conn: QueueConnection, riding: list[Attempt],
+                                       claim: str) -> list[ReservedJob]:
+        """The finished jobs' acknowledgements and the next reserve in one call (Settler.deferred)."""
+        try:
+            done, jobs = await conn.acknowledge_and_reserve(   # type: ignore[attr-defined]
+                [attempt.reserved for attempt in riding], self.options.queues[0], claim)
+        except BaseException:
+            self._settler.give_back(riding)     # acknowledged the usual way, retried while the store is away
+            raise
+        self._settler.acknowledged(riding, done)
         return jobs
 
     async def _still_held(self, conn: QueueConnection, jobs: list[ReservedJob], claim: str) -> list[ReservedJob]:
@@ -370,7 +397,11 @@ class Worker:
             while self._lost_claims:
                 claim, lost_at = self._lost_claims[0]
                 if time.monotonic() - lost_at < self.visibility_timeout:
-                    for job in await conn.recover(self.options.queues, claim):
+                    jobs = await conn.recover(self.options.queues, claim)
+                    if self._stopping.is_set():      # told to stop while the store was away: no new job
+                        await self._put_back(conn, jobs)
+                        jobs = []
+                    for job in jobs:
                         log.warning("%s on %s: its reservation's answer was lost; recovered and started",
                                     one_line(job.id), job.queue)
                         self._start(job)
@@ -381,8 +412,19 @@ class Worker:
         self._outage.recovered()
         return True
 
+    async def _put_back(self, conn: QueueConnection, jobs: list[ReservedJob]) -> None:
+        """Reserved jobs a stopping worker will not start go back on the queue now; any the store cannot
+        take back now come back by themselves after the visibility timeout."""
+        for job in jobs:
+            try:
+                await conn.release(job, 0)
+            except Exception as exc:  # noqa: BLE001  (an outage: the reservation lapses)
+                log.warning("%s: stopping, not started; it runs after the visibility timeout (%s)", one_line(job.id),
+                            redact(str(exc) or type(exc).__name__, self.secrets))
+
     async def _release_lost_claims(self, conn: QueueConnection) -> None:
-        """Stopping: jobs that lost answers reserved go back on the queue now, rather than after the visibility timeout."""
+        """Stopping: jobs that lost answers reserved go back on the queue now, rather than after the visibility
+        timeout."""
         if self._outage.active:     # the store is still away: the jobs come back after the visibility timeout
             return
         for claim, lost_at in list(self._lost_claims):

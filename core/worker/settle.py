@@ -58,7 +58,12 @@ class Settler:
         self._held_lock = held_lock
         self._acks: list[Attempt] = []
         self._acking: list[Attempt] = []
+        self._riding: list[Attempt] = []       # taken by the worker's reserve call (deferred)
         self._acker: asyncio.Task | None = None
+        # A worker at concurrency 1 whose store can acknowledge and reserve in one call sets this:
+        # finished jobs then wait for the worker's next reserve to carry them (take/acknowledged),
+        # instead of a round trip of their own. The worker flushes them whenever it will not reserve.
+        self.deferred = False
 
     async def settle(self, attempt: Attempt, outcome: Outcome) -> None:
         match outcome:
@@ -79,19 +84,49 @@ class Settler:
 
     def unacknowledged(self) -> list[ReservedJob]:
         """Finished jobs not acknowledged yet; call under `held_lock`."""
-        return [attempt.reserved for attempt in (*self._acking, *self._acks)]
+        return [attempt.reserved for attempt in (*self._riding, *self._acking, *self._acks)]
 
     async def drain(self) -> None:
         """Until every finished job's acknowledgement was sent (or given up)."""
+        self.flush()
         while self._acker is not None:
             await asyncio.gather(self._acker, return_exceptions=True)
+
+    # -- acknowledgements carried by the worker's next reserve (deferred) ---------------------
+
+    def take(self) -> list[Attempt]:
+        """The finished jobs waiting for an acknowledgement that no task is sending: the caller sends
+        them (then `acknowledged`, or `give_back` if the call failed). They stay renewed meanwhile."""
+        if self._acker is not None or not self._acks or self._riding:
+            return []
+        with self._held_lock:
+            self._riding, self._acks = self._acks, []
+        return self._riding
+
+    def acknowledged(self, batch: list[Attempt], done: list[bool]) -> None:
+        """The store answered the acknowledgements of a batch from `take`."""
+        with self._held_lock:
+            self._riding = []
+        self._report_acks(batch, done)
+
+    def give_back(self, batch: list[Attempt]) -> None:
+        """The call that carried a batch from `take` failed: acknowledge it the usual way (retried)."""
+        with self._held_lock:
+            self._riding = []
+            self._acks[:0] = batch
+        self.flush()
+
+    def flush(self) -> None:
+        """Send waiting acknowledgements now (the worker will not reserve soon)."""
+        if self._acks and self._acker is None:
+            self._acker = asyncio.create_task(self._acknowledge())
 
     # -- one function per outcome -----------------------------------------------------------
 
     def _done(self, attempt: Attempt) -> None:
         with self._held_lock:
             self._acks.append(attempt)
-        if self._acker is None:
+        if self._acker is None and not self.deferred:
             self._acker = asyncio.create_task(self._acknowledge())
 
     async def _retry(self, attempt: Attempt, delay: float, exc: Exception) -> None:
@@ -209,6 +244,9 @@ class Settler:
         label = batch[0].label if len(batch) == 1 else f"{len(batch)} finished jobs"
         done = await self._store(label, "acknowledge",
                                  lambda: self.conn.acknowledge_many([attempt.reserved for attempt in batch]))
+        self._report_acks(batch, done)
+
+    def _report_acks(self, batch: list[Attempt], done: list[bool] | None) -> None:
         for i, attempt in enumerate(batch):
             if done is None:
                 log.warning("%s: handle() returned, but the acknowledgement could not be stored; it runs "

@@ -154,6 +154,7 @@ class Supervisor:
         if self._stopping.is_set():
             return False
         try:
+            assert self._conn is not None       # opened by run() before the checks start
             value = await self._conn.restart_signal()
         except Exception as exc:   # the workers report connection trouble; try again next time
             log.debug("restart check failed: %s", exc)

@@ -95,7 +95,7 @@ class Watchdog:
         if threading.current_thread() is not threading.main_thread():
             log.warning("watchdog disabled: the worker is not on the main thread")
             return
-        self._main = threading.main_thread().ident
+        self._main = threading.get_ident()      # the main thread's: checked above
         self._loop = asyncio.get_running_loop()
         self._previous = signal.signal(SIGNAL, self._on_signal)
         self._thread = threading.Thread(target=self._watch_loop, name="job-watchdog", daemon=True)

@@ -341,7 +341,8 @@ def _judge_failed_calls(v: Verdict, short: str, runs: list[Run], calls: list[Fai
     if unexplained and v.outcome != "missing":
         v.extra_calls += len(unexplained)
         first = unexplained[0]
-        v.problems.append(f"{short}: failed() ran {len(calls)} time(s) for {'one failure' if recorded else 'no failure'}"
+        v.problems.append(f"{short}: failed() ran {len(calls)} time(s) for "
+                          f"{'one failure' if recorded else 'no failure'}"
                           f" (first at attempt {first.attempt} in pid {first.pid}, which was not killed within "
                           f"{window:g}s after it)")
     after = [r for r in runs if r.start > calls[0].at + EPS]
@@ -386,7 +387,8 @@ def judge_job(job_id: str, plan: PlannedJob, runs: list[Run], calls: list[Failed
         out_of_tries = ((row or "") if g_failure == RETRIED else (g_failure or "")).startswith(EXHAUSTED)
         if began is not None and not g_runs and g_failure is not None and not out_of_tries:
             v = Verdict(outcome="stale", stale=1, failed_calls=len(g_calls))
-            v.problems.append(f"{job_id[:8]}: stale failed row: {'queue:retry found' if g_failure == RETRIED else 'left'}"
+            v.problems.append(f"{job_id[:8]}: stale failed row: "
+                              f"{'queue:retry found' if g_failure == RETRIED else 'left'}"
                               f" a failed_jobs row for it although it had not run since queue:retry took it back at "
                               f"{began:.2f} (the row was written again after the retry)")
         else:

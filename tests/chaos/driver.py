@@ -437,7 +437,8 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
             for _ in range(plan.workers):
                 workers.start()
             tasks = [asyncio.create_task(dispatcher.run(batches, stop)), asyncio.create_task(racer.run(began, stop)),
-                     asyncio.create_task(faults.drop_answers(stop)), asyncio.create_task(faults.cut_stores(stop, workers))]
+                     asyncio.create_task(faults.drop_answers(stop)),
+                     asyncio.create_task(faults.cut_stores(stop, workers))]
             tasks[0].add_done_callback(lambda _: dispatched.set())
             end = began + plan.seconds
             next_kill = began + plan.kill_every * rng.uniform(0.5, 1.5)

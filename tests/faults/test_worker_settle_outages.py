@@ -36,7 +36,7 @@ async def test_an_acknowledgement_that_gave_up_is_not_logged_as_done(redis_proxy
             task = asyncio.create_task(worker.run())
             try:
                 await eventually(lambda: read_events(log), 10, "the job to start")
-                redis_proxy.cut()                     # handle() returns into an outage longer than the visibility timeout
+                redis_proxy.cut()             # handle() returns into an outage longer than the visibility timeout
                 gave_up = "the acknowledgement could not be stored"
                 await eventually(lambda: gave_up in "\n".join(caplog.messages), 15, "the worker to give up")
             finally:
@@ -65,7 +65,8 @@ def failing_store(request, monkeypatch) -> str:
 
 async def test_a_failure_half_done_when_the_reservation_lapsed_is_finished_not_run_again(failing_store, tmp_path):
     """Finding 8. Worker A fails the job, then stalls in failed() (the process is stopped past the visibility
-    timeout, its heartbeat with it: blocking the loop alone no longer stops renewals): its reservation lapses. Worker B, which would give the job more tries, takes it: it finishes
+    timeout, its heartbeat with it: blocking the loop alone no longer stops renewals): its reservation lapses.
+    Worker B, which would give the job more tries, takes it: it finishes
     the failure with A's exception and never runs handle() again; A, back, finds its reservation gone and
     records nothing. Before: B ran the job, it succeeded, and A then wrote a failed_jobs row for it."""
     log = str(tmp_path / "events")

@@ -1,4 +1,5 @@
-"""The locks the heartbeat renews: those of attempts whose code is running, and only while it runs.
+"""Attempts in-process on each store: the locks the heartbeat renews (those of attempts whose code is
+running, and only while it runs), and a stop that arrives while a reserve is in flight.
 
 An attempt's context is kept for the heartbeat when its middleware takes a lock (most attempts take
 none, and cost the worker nothing more); once the code has ended its locks are freed and it is
@@ -56,3 +57,33 @@ async def test_an_attempt_without_middleware_is_never_kept_for_the_heartbeat(sto
     assert refused is None
     assert isinstance(await attempts.run(attempt, settle_nothing), Done)
     assert attempts.held_locks() == [] and attempts._contexts == {}
+
+
+async def test_a_worker_told_to_stop_while_its_reserve_was_in_flight_starts_none_of_its_jobs(store, tmp_path):
+    """"Stopping: no new jobs" holds for a reserve whose answer arrives after the stop (a store coming
+    back from an outage answers the call the worker made before it was told): the jobs go back on the
+    queue at once, and nothing runs."""
+    from core.worker import Worker
+    from tests.jobs.sample_jobs import RecordingJob
+
+    events = tmp_path / "events"
+    for _ in range(3):
+        await RecordingJob.dispatch(log=str(events))
+    worker = Worker(store.app, WorkerOptions(concurrency=3, sleep=0.05))
+    conn = store.conn
+    reserve_many, reserve_wait = conn.reserve_many, conn.reserve_wait
+
+    async def stopped_during(call, *args, **kwargs):
+        jobs = await call(*args, **kwargs)
+        worker.stop("test: a stop during the reserve")
+        return jobs
+
+    conn.reserve_many = lambda *a, **k: stopped_during(reserve_many, *a, **k)      # type: ignore[method-assign]
+    conn.reserve_wait = lambda *a, **k: stopped_during(reserve_wait, *a, **k)      # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(worker.run(), 30)
+    finally:
+        del conn.reserve_many, conn.reserve_wait
+    assert not events.exists() and worker.processed == 0
+    sizes = (await conn.sizes(["default"]))["default"].as_dict()
+    assert sizes == {"pending": 3, "delayed": 0, "reserved": 0}
