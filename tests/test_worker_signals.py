@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from bootstrap.app import create_app
+from core.worker.loop import RESTART_POLL
 from core.worker import CANCEL_GRACE
 from tests.conftest import ROOT, run_cli
 from tests.jobs.sample_jobs import IgnoresCancelJob, RecordingJob, SlowFirstAttemptJob, read_events
@@ -51,8 +53,10 @@ OPTIONS = {"--max-jobs": ["--max-jobs", "1"], "--max-time": ["--max-time", "1"],
 @pytest.mark.parametrize("store, stop", STOPS, indirect=["store"], ids=[f"{s}-{how}" for s, how in STOPS])
 async def test_a_polite_stop_waits_for_the_running_job_and_exits_zero(store, stop, tmp_path):
     log = str(tmp_path / "events")
-    seconds = 4.0 if stop == "queue:restart" else 2.0     # queue:restart is a process of its own to start
-    job_id = await SlowFirstAttemptJob.dispatch(log=log, seconds=seconds)
+    # queue:restart is a process of its own to start: the job runs until it has returned (at most 20 s)
+    go = str(tmp_path / "restart-asked")
+    job_id = await SlowFirstAttemptJob.dispatch(log=log, seconds=20.0 if stop == "queue:restart" else 2.0,
+                                                until=go if stop == "queue:restart" else "")
     behind = await RecordingJob.dispatch(log=log, value="behind")
     worker = store.start_worker("--sleep", "0.05", *OPTIONS.get(stop, []))
     try:
@@ -64,6 +68,10 @@ async def test_a_polite_stop_waits_for_the_running_job_and_exits_zero(store, sto
         elif stop == "queue:restart":
             await asyncio.to_thread(run_cli, "queue:restart", check=True)
             asked_at = time.time()
+            # The worker looks at the restart signal at most every RESTART_POLL: let the job end after
+            # that much time since it started, so the look that follows it is not skipped.
+            await asyncio.sleep(max(0.0, read_events(log)[0]["t"] + RESTART_POLL + 0.1 - time.time()))
+            Path(go).touch()
         code = await asyncio.to_thread(worker.wait, 30)
     finally:
         store.kill(worker)

@@ -206,12 +206,19 @@ class FailedIgnoresCancelJob(FailedRaisesJob):
 
 
 class SlowFirstAttemptJob(SleepyJob):
-    """Awaits `seconds` on its first attempt only; later attempts end at once."""
+    """Awaits `seconds` on its first attempt only (with `until`, a file's path: until it exists, at
+    most `seconds`); later attempts end at once."""
     max_tries = 3
     timeout = 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.until = ""
 
     async def handle(self) -> None:
         record(self.log, event="start", job_id=self.job_id, attempts=self.attempts, t=time.time())
         if self.attempts == 1:
-            await asyncio.sleep(self.seconds)
+            deadline = time.monotonic() + self.seconds
+            while time.monotonic() < deadline and not (self.until and os.path.exists(self.until)):
+                await asyncio.sleep(min(0.05, self.seconds))
         record(self.log, event="end", job_id=self.job_id, attempts=self.attempts, t=time.time())
