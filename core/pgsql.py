@@ -163,12 +163,9 @@ class PgsqlDatabase(ServerDatabase):
     async def exclusive(self, name: str) -> AsyncIterator[None]:
         """One process at a time across the database (migrate: two CREATE TABLE IF NOT EXISTS at
         once can both pass the check, and the second fails on a duplicate type)."""
-        async with self._connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", name)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", name)
+        async with self.transaction() as tx:      # the lock ends with it, whatever happens
+            await tx.fetchall("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+            yield
 
     # -- wake-up ----------------------------------------------------------------------------
 

@@ -189,6 +189,15 @@ def test_migrate_creates_the_tables_on_pgsql(pgsql_env):
     run_cli("migrate", check=True)          # again: nothing to do, no error
 
 
+def test_workers_starting_together_on_a_fresh_pgsql_database_all_migrate_it(pgsql_env):
+    """Two CREATE TABLE IF NOT EXISTS at once on PostgreSQL can both pass the check, the second then
+    failing on a duplicate type: migrations take turns (an advisory lock)."""
+    processes = [subprocess.Popen([sys.executable, "main.py", "migrate"], cwd=ROOT, env=dict(os.environ),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, outputs
+
+
 def test_wrong_mysql_credentials_are_one_line_without_the_password(mysql_env):
     env = {"DB_USERNAME": "no_such_user", "DB_PASSWORD": "hunter2-secret"}
     result = run_cli("queue:size", env=env)
