@@ -199,10 +199,20 @@ class Database:
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]:
         raise NotImplementedError
 
-    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """Held by one process at a time across the database, where two processes doing the same
-        DDL at once would fail (PostgreSQL); elsewhere nothing."""
-        return contextlib.nullcontext()
+    async def execute_ddl(self, ddl: str) -> bool:
+        """Run a CREATE or ALTER that another process migrating at the same moment may have run
+        first (on PostgreSQL two CREATE TABLE IF NOT EXISTS at once can both pass the check, the
+        second failing on a duplicate type); True if this call ran it."""
+        try:
+            await self.execute(ddl)
+            return True
+        except Exception as exc:
+            if self.connection_error(exc):
+                raise
+            text = str(exc).lower()
+            if "duplicate" in text or "already exists" in text or "check that" in text or "1091" in text:
+                return False
+            raise
 
     async def run_statements(self, steps: Steps[T]) -> T:
         """Run steps statement by statement on one connection, each statement atomic on its own:

@@ -159,14 +159,6 @@ class PgsqlDatabase(ServerDatabase):
     async def _fetch(self, conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
         return [tuple(row) for row in await conn.fetch(self.sql(sql), *_storable(params))]
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[None]:
-        """One process at a time across the database (migrate: two CREATE TABLE IF NOT EXISTS at
-        once can both pass the check, and the second fails on a duplicate type)."""
-        async with self.transaction() as tx:      # the lock ends with it, whatever happens
-            await tx.fetchall("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
-            yield
-
     # -- wake-up ----------------------------------------------------------------------------
 
     def _wake_sender(self) -> Callable[[str], Awaitable[None]]:

@@ -153,21 +153,13 @@ def test_bad_queue_name_is_one_clear_line():
     assert result.stderr.startswith("invalid queue name 'bad name;drop'")
 
 
+@pytest.mark.parametrize("driver, label", [("mysql", "MySQL"), ("pgsql", "PostgreSQL")])
 @pytest.mark.parametrize("command", [["queue:size"], ["queue:failed"], ["queue:work", "--once"], ["migrate"]])
-def test_unreachable_mysql_is_one_line_without_the_password(command):
-    env = {"DB_CONNECTION": "mysql", "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
+def test_an_unreachable_database_server_is_one_line_without_the_password(command, driver, label):
+    env = {"DB_CONNECTION": driver, "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
     result = run_cli(*command, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip() == "Cannot connect to MySQL at 127.0.0.1:1: Connection refused"
-    assert "hunter2-secret" not in result.stdout + result.stderr
-
-
-@pytest.mark.parametrize("command", [["queue:size"], ["queue:work", "--once"], ["migrate"]])
-def test_unreachable_pgsql_is_one_line_without_the_password(command):
-    env = {"DB_CONNECTION": "pgsql", "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
-    result = run_cli(*command, env=env)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "Cannot connect to PostgreSQL at 127.0.0.1:1: Connection refused"
+    assert result.stderr.strip() == f"Cannot connect to {label} at 127.0.0.1:1: Connection refused"
     assert "hunter2-secret" not in result.stdout + result.stderr
 
 
@@ -191,7 +183,7 @@ def test_migrate_creates_the_tables_on_pgsql(pgsql_env):
 
 def test_workers_starting_together_on_a_fresh_pgsql_database_all_migrate_it(pgsql_env):
     """Two CREATE TABLE IF NOT EXISTS at once on PostgreSQL can both pass the check, the second then
-    failing on a duplicate type: migrations take turns (an advisory lock)."""
+    failing on a duplicate type: that failure means the table is there, as for an index or a column."""
     processes = [subprocess.Popen([sys.executable, "main.py", "migrate"], cwd=ROOT, env=dict(os.environ),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [process.communicate(timeout=60) for process in processes]

@@ -212,13 +212,9 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
     async def migrate(self) -> None:
         """Create the tables, or bring a database of the previous release up to date: its jobs,
         even those reserved or delayed, keep working."""
-        async with self.db.exclusive("migrate:jobs"):
-            await self._migrate()
-
-    async def _migrate(self) -> None:
         dialect = self.db.dialect
         for statement in TABLES:
-            await self.db.execute(dialect.ddl(statement))
+            await self.db.execute_ddl(dialect.ddl(statement))
         added = [name for name, ddl in COLUMNS.items() if await self._ensure(
             "jobs", name, dialect.column_names, dialect.ddl(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}"))]
         for table, name, ddl in INDEXES:
@@ -229,7 +225,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
                 await tx.execute(ADOPT_DELAYED)
                 await tx.execute(ADOPT_READY)
         if OLD_INDEX in await self._names("jobs", dialect.index_names):
-            await self._ignore_race(dialect.drop_index("jobs", OLD_INDEX))
+            await self.db.execute_ddl(dialect.drop_index("jobs", OLD_INDEX))
         await self.failed.migrate()
         await self._state.migrate()
 
@@ -240,20 +236,7 @@ class DatabaseQueue(QueueConnection, QueueAdmin):
         """Run `ddl` unless `name` exists; True if this call created it."""
         if name in await self._names(table, query):
             return False
-        return await self._ignore_race(ddl) and name in await self._names(table, query)
-
-    async def _ignore_race(self, ddl: str) -> bool:
-        """Run DDL; another process migrating at the same moment may have run it first."""
-        try:
-            await self.db.execute(ddl)
-            return True
-        except Exception as exc:
-            if self.db.connection_error(exc):
-                raise
-            text = str(exc).lower()
-            if "duplicate" in text or "already exists" in text or "check that" in text or "1091" in text:
-                return False
-            raise
+        return await self.db.execute_ddl(ddl) and name in await self._names(table, query)
 
     def describe(self) -> str:
         return self.db.describe()

@@ -68,8 +68,7 @@ class FailedJobStore:
         self._payload_of = PAYLOAD_OF + db.dialect.for_update
 
     async def migrate(self) -> None:
-        async with self.db.exclusive("migrate:failed_jobs"):
-            await self.db.execute(self.db.dialect.ddl(SCHEMA))
+        await self.db.execute_ddl(self.db.dialect.ddl(SCHEMA))
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
                      session: Session | None = None) -> str:
