@@ -27,7 +27,6 @@ def store(request, monkeypatch) -> str:
         request.getfixturevalue(f"{request.param}_env")
     if request.param == "redis":
         request.getfixturevalue("mysql_env")        # the failed-job store, cut through a proxy
-    if request.param == "redis":
         request.getfixturevalue("redis_env")
     monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", str(VISIBILITY_TIMEOUT))
