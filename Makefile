@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test lint venv env bench bench-events soak clean
+.PHONY: run test lint venv env bench bench-mqtt bench-events soak clean
 
 # A venv with the runtime and the test/lint requirements (requirements-dev.txt includes
 # requirements.txt), re-installed only when either file changes.
@@ -34,7 +34,7 @@ lint: venv
 # taskiq-redis needs redis>=6, RouteMQ needs Python 3.12 or newer. Each venv is built once (the
 # .installed stamp), again only when its requirements file changes; pip's output goes to
 # bench/.venv/<peer>.log. A peer that cannot install is reported by the run as not run, with the reason.
-PEERS := arq saq rq dramatiq celery taskiq routemq
+PEERS := arq saq rq dramatiq celery taskiq routemq asyncmq chancy procrastinate dbjobq
 ROUTEMQ_PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python python3.13 python3.12 python3; do \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$p; break; }; done)
 peer_python = $(if $(filter routemq,$(1)),$(ROUTEMQ_PYTHON),$(PYTHON))
@@ -50,6 +50,11 @@ bench/.venv/%/.installed: bench/requirements/%.txt
 # BENCH_N=2000 make bench for a quick run; BENCH_ONLY=ours,taskiq runs only the targets named.
 bench: venv $(PEERS:%=bench/.venv/%/.installed)
 	$(PY) bench/run.py
+
+# MQTT ingest (SPEC 18): messages/s from a private mosquitto through a route to a stored job: ours at
+# QoS 0 and 1, RouteMQ, and a bare aiomqtt subscriber as the limit. BENCH_MQTT_N, BENCH_MQTT_ROUNDS.
+bench-mqtt: venv bench/.venv/routemq/.installed
+	$(PY) bench/mqtt_ingest.py
 
 # What SPEC 10's events cost a worker: emit calls compiled out, shipped with no listener, one listener.
 bench-events: venv

@@ -54,7 +54,7 @@ LATENCY_SAMPLES = 500
 LATENCY_BUDGET = 5.0
 LONG_IDLE = 2
 
-__all__ = ["WorkerConfig", "Target", "Result", "run", "drain", "gather_fill", "redis_url", "N"]
+__all__ = ["WorkerConfig", "Target", "Result", "NotRunnable", "run", "drain", "gather_fill", "redis_url", "N"]
 
 
 def redis_url(db: int) -> str:
@@ -229,7 +229,10 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
 
     from bench.probe import LATENCY_KEY
 
-    client = redis.Redis.from_url(redis_url(target.redis_db))
+    # a socket timeout longer than the BLPOP's: redis-py 8 would otherwise give up on a probe that
+    # waits for a peer's poll (procrastinate's 5 s when it misses a notification)
+    client = redis.Redis.from_url(redis_url(target.redis_db), socket_timeout=30)
+    target.connect()      # before the worker starts: both would create a fresh store's tables at once
     workers = Workers(target.latency_worker(), {**target.env(), "BENCH_REDIS_URL": redis_url(target.redis_db)})
     samples: list[float] = []
     long_idle: list[float] = []
@@ -243,13 +246,8 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
         return float(popped[1]) * 1000
 
     try:
-        for _ in range(3):    # warm-up; the first also waits for the worker to start
-            target.connect()
-            target.send_probe()
-            deadline = time.monotonic() + 30
-            while client.blpop([LATENCY_KEY], timeout=1) is None:
-                if not workers.running() or time.monotonic() > deadline:
-                    raise RuntimeError(f"probe job not run: {workers.died() or workers.tail()}")
+        for _ in range(3):    # the first also waits for the worker to start
+            warm_up(target, client, workers)
         deadline = time.monotonic() + target.latency_budget
         while len(samples) < LATENCY_SAMPLES and time.monotonic() < deadline:
             samples.append(sample(random.uniform(0.005, 0.01)))
@@ -258,6 +256,19 @@ def measure_latency(target: Target) -> tuple[list[float], list[float]]:
     finally:
         workers.stop()
     return sorted(samples), sorted(long_idle)
+
+
+def warm_up(target: Target, client: Any, workers: Workers) -> None:
+    """One probe job through the started worker (its latency discarded): the worker runs, the
+    store's tables exist, and this process's client is connected."""
+    from bench.probe import LATENCY_KEY
+
+    target.connect()
+    target.send_probe()
+    deadline = time.monotonic() + 30
+    while client.blpop([LATENCY_KEY], timeout=1) is None:
+        if not workers.running() or time.monotonic() > deadline:
+            raise RuntimeError(f"probe job not run: {workers.died() or workers.tail()}")
 
 
 def run(target: Target) -> Result:
@@ -331,10 +342,21 @@ def _attempt(result: Result, what: str, fn: Callable):
         return None
 
 
+class NotRunnable(Exception):
+    """Raised by make_target when the target cannot run in this build or on this machine: the
+    run reports it as not run, with the message as the reason."""
+
+
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run.py's timeout: finally blocks stop workers
     module = importlib.import_module(argv[0])
-    target: Target = module.make_target(*argv[1:])
+    from bench import harness      # this module runs as __main__: the targets raise bench.harness's class
+
+    try:
+        target: Target = module.make_target(*argv[1:])
+    except harness.NotRunnable as exc:
+        print(json.dumps({"missing": str(exc)}), flush=True)     # run.py adds the name
+        return
     result = run(target)
     print(json.dumps(asdict(result)), flush=True)
 

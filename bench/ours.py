@@ -1,11 +1,13 @@
-"""Our framework on one connection: sqlite (a fresh file), mysql or pgsql (database bench_jobs) or redis (db 11).
+"""Our framework on one connection: sqlite (a fresh file), mysql (database bench_jobs), pgsql (database
+bench_ours on 127.0.0.1:5432, as the PostgreSQL peers get theirs) or redis (db 11). A build without
+DB_CONNECTION=pgsql reports "ours (pgsql)" as not run.
 
 Enqueue: `await NoopJob.dispatch()` one after another, and `NoopJob.dispatch_many([{}] * n)`, in
 one process on one application (`create_app()`), the connection opened before the clock starts.
 Workers: `python main.py queue:work --stop-when-empty --concurrency C` (C = 1, 10 and 100),
 started after the jobs are queued; latency: `python main.py queue:work` with its default options
 (--sleep 1, --concurrency 1). Scenario (f): on SQLite and MySQL, 4 such workers side by side at
---concurrency 10; on Redis, `queue:work --processes 2` where the option exists. Payloads are
+--concurrency 10 (and on PostgreSQL); on Redis, `queue:work --processes 2` where the option exists. Payloads are
 unsigned (APP_KEY empty), as the peers' are. Job log lines go to a file, as they would under a
 process manager.
 """
@@ -19,11 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import N, OUR_DB, REDIS_HOST, REDIS_PORT, Target, WorkerConfig
+from bench import pg
+from bench.harness import N, OUR_DB, REDIS_HOST, REDIS_PORT, NotRunnable, Target, WorkerConfig
 
 MYSQL_DATABASE = "bench_jobs"
-# Seconds; the database workers are woken (SPEC 17) but fall back on polling every --sleep (1).
+PGSQL_DATABASE = "bench_ours"
+# Without wake-up the database workers poll (--sleep 1): a few samples say it all.
 LATENCY_BUDGET = {"redis": 8.0, "sqlite": 4.0, "mysql": 4.0, "pgsql": 4.0}
+NO_PGSQL = "this build has no pgsql connection (DB_CONNECTION=pgsql)"
 PROCESSES_MISSING = "not available: queue:work has no --processes option in this version"
 
 
@@ -31,6 +36,8 @@ class Ours(Target):
     redis_db = OUR_DB
 
     def __init__(self, connection: str) -> None:
+        if connection == "pgsql" and not has_pgsql():
+            raise NotRunnable(NO_PGSQL)
         self.connection = connection
         self.name = f"ours ({connection})"
         self.version = _git_head()
@@ -44,13 +51,14 @@ class Ours(Target):
         self._app: Any = None
 
     def env(self) -> dict[str, str]:
-        server = self.connection in ("mysql", "pgsql")
+        server = {"mysql": {"DB_DATABASE": MYSQL_DATABASE, "DB_PORT": "3306", "DB_USERNAME": "root", "DB_PASSWORD": ""},
+                  "pgsql": {"DB_DATABASE": PGSQL_DATABASE, "DB_PORT": str(pg.PORT), "DB_USERNAME": pg.USER,
+                            "DB_PASSWORD": pg.PASSWORD}}.get(self.connection)
         return {
             "QUEUE_CONNECTION": "redis" if self.connection == "redis" else "database",
             "DB_CONNECTION": self.connection if server else "sqlite",
-            "DB_DATABASE": MYSQL_DATABASE if server else str(self.sqlite),
-            "DB_HOST": "127.0.0.1", "DB_PORT": "5432" if self.connection == "pgsql" else "3306",
-            "DB_USERNAME": "postgres" if self.connection == "pgsql" else "root", "DB_PASSWORD": "",
+            "DB_DATABASE": str(self.sqlite), "DB_HOST": "127.0.0.1", "DB_PORT": "3306", "DB_USERNAME": "root",
+            "DB_PASSWORD": "", **(server or {}),
             "REDIS_HOST": REDIS_HOST, "REDIS_PORT": str(REDIS_PORT), "REDIS_DB": str(OUR_DB),
             "REDIS_URL": "", "REDIS_PASSWORD": "", "REDIS_CLUSTER": "false", "REDIS_PREFIX": "queues:",
             "JOB_PACKAGES": "bench.jobs", "APP_KEY": "", "LOG_FILE": "", "QUEUE_VISIBILITY_TIMEOUT": "90",
@@ -68,19 +76,19 @@ class Ours(Target):
         if self.connection == "mysql":
             _mysql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
         if self.connection == "pgsql":
-            _pgsql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE} WITH (FORCE)")
+            pg.drop(PGSQL_DATABASE)
         for path in self.sqlite.parent.glob("*"):
             path.unlink()
         self.sqlite.parent.rmdir()
 
     def clear(self) -> None:
-        """A fresh store: Redis db flushed, SQLite file or MySQL database made anew."""
+        """A fresh store: Redis db flushed, SQLite file, MySQL or PostgreSQL database made anew."""
         self._close_app()
         super().clear()
         if self.connection == "mysql":
             _mysql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}", f"CREATE DATABASE {MYSQL_DATABASE}")
         if self.connection == "pgsql":
-            _pgsql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE} WITH (FORCE)", f"CREATE DATABASE {MYSQL_DATABASE}")
+            pg.recreate(PGSQL_DATABASE)
         for path in self.sqlite.parent.glob("*"):
             path.unlink()
 
@@ -158,6 +166,13 @@ async def _dispatch_probe() -> None:
     await ProbeJob.dispatch(sent=time.time())
 
 
+def has_pgsql() -> bool:
+    """Whether this build has DB_CONNECTION=pgsql (issue 14, on branch pgsql until it is merged)."""
+    from core.dialects import DIALECTS
+
+    return "pgsql" in DIALECTS
+
+
 def has_processes_option() -> bool:
     import subprocess
 
@@ -177,20 +192,6 @@ def _mysql(*statements: str) -> None:
                 cursor.execute(statement)
     finally:
         conn.close()
-
-
-def _pgsql(*statements: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def _git_head() -> str:

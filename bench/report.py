@@ -2,8 +2,10 @@
 `make bench`: a summary per target and scenario, the fastest peer per scenario and our ratio to
 it, each target's settings, the database and depth tables, the reference, and the targets check.
 
-Ratios are ours / peer, ours being ours on Redis (the peers' store). For rates (jobs/s) above 1
-means we are faster; for latency and memory below 1 means we are better.
+Ratios are ours / peer on the same store: ours on Redis against the Redis peers, ours on each
+database against the peers on it (RouteMQ's database driver runs on MySQL; Chancy and procrastinate
+on PostgreSQL; dbjobq on SQLite). For rates (jobs/s) above 1 means we are faster; for latency and
+memory below 1 means we are better.
 """
 from __future__ import annotations
 
@@ -46,8 +48,18 @@ def ratio(ours: float | None, peer: float | None) -> str:
     return f"{r:.2f}x" if r >= 0.1 else f"{r:.3f}x"
 
 
+DATABASES = ("sqlite", "mysql", "pgsql")
+SCENARIOS = ("ours depth (redis)", "ours wake-up")     # results with tables of their own
+
+
 def is_ours(row: Row) -> bool:
     return row["name"].startswith("ours")
+
+
+def store(name: str) -> str:
+    """The store a target runs on: the database in its name's parentheses, else Redis."""
+    suffix = name.rpartition("(")[2].rstrip(")")
+    return suffix if suffix in DATABASES else "redis"
 
 
 # -- summary ---------------------------------------------------------------------------------------
@@ -89,14 +101,18 @@ def fastest(peers: Sequence[Row]) -> dict[str, tuple[str, float] | None]:
 
 def build(results: Sequence[Row], reference: Row, info: Row, n: int) -> Row:
     depth = next((r for r in results if r["name"] == "ours depth (redis)"), None)
-    rows = [r for r in results if r is not depth]
+    wake = next((r for r in results if r["name"] == "ours wake-up" and not r.get("missing")), None)
+    rows = [r for r in results if r["name"] not in SCENARIOS]
     ran = [r for r in rows if not r.get("missing")]
     summary = [summarize(r) for r in ran]
-    peers = [s for s in summary if not s["name"].startswith("ours")]
+    peers = [s for s in summary if not is_ours(s)]
     data: Row = {"machine": info, "n": n, "reference": reference, "results": list(results),
-                 "summary": summary, "fastest_peer": fastest(peers),
+                 "summary": summary, "fastest_peer": fastest([p for p in peers if store(p["name"]) == "redis"]),
+                 "fastest_database_peer": {db: fastest([p for p in peers if store(p["name"]) == db])
+                                           for db in DATABASES},
                  "not_run": [{"name": r["name"], "reason": r["missing"]} for r in results if r.get("missing")]}
     data["targets"] = targets.check(data, depth)
+    data["targets_14"] = targets.check_issue_14(data, wake)
     return data
 
 
@@ -121,18 +137,36 @@ def _cell(s: Row, key: str) -> str:
 
 
 def main_table(data: Row) -> str:
-    summary, best = data["summary"], data["fastest_peer"]
-    ours = next((s for s in summary if s["name"] == "ours (redis)"), {})
+    """Ours on Redis against the Redis peers."""
+    return _store_table(data, ("redis",), {"redis": data["fastest_peer"]})
+
+
+def database_peers_table(data: Row) -> str:
+    """Ours on SQLite, MySQL and PostgreSQL against the peers on the same database."""
+    return _store_table(data, DATABASES, data["fastest_database_peer"])
+
+
+def _store_table(data: Row, stores: Sequence[str], best_by_store: dict[str, Row]) -> str:
     lines = []
-    for s in summary:
-        name = f"**{s['name']}**" if s["name"] == "ours (redis)" else s["name"]
-        lines.append([name] + [_cell(s, key) for key, _, _ in COLUMNS])
-    for r in data["not_run"]:
-        lines.append([r["name"], "not run"] + [""] * (len(COLUMNS) - 1))
-    lines.append(["best peer"] + [f"{_cell({key: b[1], 'rss_processes': 1}, key)} {b[0]}" if b else "-"
-                                     for (key, _, _), b in ((c, best[c[0]]) for c in COLUMNS)])
-    lines.append(["**ours (redis) / best peer**"] + [f"**{ratio(ours.get(key), best[key][1] if best[key] else None)}**"
-                                                        for key, _, _ in COLUMNS])
+    for db in stores:
+        rows = [s for s in data["summary"] if store(s["name"]) == db]
+        ours = next((s for s in rows if is_ours(s)), None)
+        missing = [r for r in data["not_run"] if store(r["name"]) == db and r["name"] not in SCENARIOS]
+        if not rows and not missing:
+            continue
+        for s in rows:
+            name = f"**{s['name']}**" if s is ours else s["name"]
+            lines.append([name] + [_cell(s, key) for key, _, _ in COLUMNS])
+        for r in missing:
+            lines.append([r["name"], "not run"] + [""] * (len(COLUMNS) - 1))
+        best = best_by_store.get(db) or {}
+        if not any(best.values()):
+            continue
+        lines.append([f"best peer ({db})"] + [f"{_cell({key: b[1], 'rss_processes': 1}, key)} {b[0]}" if b else "-"
+                                              for (key, _, _), b in ((c, best.get(c[0])) for c in COLUMNS)])
+        label = ours["name"] if ours else f"ours ({db})"
+        lines.append([f"**{label} / best peer**"] + [
+            f"**{ratio((ours or {}).get(key), best[key][1] if best.get(key) else None)}**" for key, _, _ in COLUMNS])
     return table(["target"] + [h for _, h, _ in COLUMNS], lines)
 
 
@@ -153,7 +187,7 @@ def settings_table(data: Row) -> str:
 def database_table(data: Row) -> str:
     rows = {r["name"]: r for r in data["results"] if not r.get("missing")}
     lines = []
-    for name in ("ours (sqlite)", "ours (mysql)", "ours (redis)", "routemq (mysql)", "routemq (redis)"):
+    for name in ("ours (sqlite)", "ours (mysql)", "ours (pgsql)", "ours (redis)", "routemq (mysql)", "routemq (redis)"):
         r = rows.get(name)
         if not r:
             continue
@@ -195,32 +229,70 @@ def database_depth_table(depth: Row | None) -> str:
             + table(["store", "case", "due jobs", "jobs/s", "vs none delayed"], lines))
 
 
+def wake_tables(wake: Row | None) -> str:
+    """(h) idle latency per store and mode, (i) dispatch throughput with wake-up on and off."""
+    if not wake:
+        return "not run"
+    if wake.get("missing"):
+        return f"not run: {wake['missing']}"
+    switch = wake.get("switch")
+    mode_note = (f"\"off\": the worker and the dispatchers run with `{switch}`; \"on\": as shipped." if switch else
+                 "This build has no wake-up switch (its databases have no wake-up): \"as built\" is the build "
+                 "as it is.")
+    idle = [[r["connection"], r["mode"], f"`{r.get('worker', '')}`" if r.get("worker") else "-",
+             str(len(r.get("samples") or [])), ms(percentile(r.get("samples") or [], 50)),
+             ms(percentile(r.get("samples") or [], 99)), ms(max(r.get("samples") or [0]) or None),
+             r.get("note", "")] for r in wake.get("idle") or []]
+    off = {r["connection"]: r.get("rate") for r in wake.get("dispatch") or [] if r["mode"] == "off"}
+    dispatch = [[r["connection"], r["mode"], ", ".join(rate(x) for x in r.get("rates") or []) or "-",
+                 rate(r.get("rate")), ratio(r.get("rate"), off.get(r["connection"])) if r["mode"] == "on" else "",
+                 r.get("note", "")]
+                for r in wake.get("dispatch") or []]
+    return "\n\n".join([
+        f"### (h) Idle dispatch-to-start latency\n\nOne idle `queue:work` (defaults: --sleep 1); one process "
+        f"dispatches a probe job every 100-200 ms, {wake.get('idle_probes')} times, without waiting for them. "
+        + mode_note + "\n\n"
+        + table(["connection", "wake-up", "worker", "n", "p50 ms", "p99 ms", "max ms", "note"], idle),
+        f"### (i) Dispatch throughput, wake-up on and off\n\n{wake.get('dispatchers')} dispatcher processes, each "
+        f"pushing {wake.get('dispatch_jobs')} jobs one `await NoopJob.dispatch()` after another, started together, "
+        "with one idle worker running; rounds on, off, off, on (a fresh store each), the median per mode.\n\n"
+        + table(["connection", "wake-up", "rounds jobs/s", "jobs/s (median)", "on / off", "note"], dispatch),
+    ])
+
+
 def render(data: Row) -> str:
     m, ref = data["machine"], data["reference"]
     depth = next((r for r in data["results"] if r["name"] == "ours depth (redis)"), None)
+    wake = next((r for r in data["results"] if r["name"] == "ours wake-up"), None)
     errors = [f"- {r['name']}: {e}" for r in data["results"] for e in (r.get("errors") or [])]
     errors += [f"- {r['name']}: not run: {r['reason']}" for r in data["not_run"]]
     machine = (f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; {m['os']}; Python {m['python']} "
                f"(RouteMQ's venv: {m.get('python_routemq') or '-'}); Redis {m['redis']}, MariaDB {m['mariadb']}, "
-               f"all on 127.0.0.1. N = {data['n']:,}. Load average {m['load_start'][0]} at the start, "
-               f"{m.get('load_end', ['?'])[0]} at the "
+               f"PostgreSQL {m.get('postgresql', '-')}, all on 127.0.0.1. N = {data['n']:,}. Load average "
+               f"{m['load_start'][0]} at the start, {m.get('load_end', ['?'])[0]} at the "
                f"end; the run took {m.get('seconds', '?')} s.")
     return "\n\n".join([
         "# Benchmark: this framework vs its peers, one run",
         machine,
-        "## Per scenario\n\n" + main_table(data) + "\n\n"
+        "## Per scenario, Redis\n\n" + main_table(data) + "\n\n"
         f"{PARTIAL} over the jobs run within the time budget, not all N (see the settings). Best peer: the fastest in "
-        "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best peer; for (d) and (e) below 1 "
-        "is better. Ours on SQLite and MySQL polls every `--sleep` (1 s), hence its (d). "
-        "(e) is the largest worker process's VmHWM over its (c) runs, with the sum over the worker's processes "
-        "where it has several.",
+        "that column, or for (d) and (e) the lowest. Ratios: ours on Redis / the best Redis peer; for (d) and (e) "
+        "below 1 is better. (e) is the largest worker process's VmHWM over its (c) runs, with the sum over the "
+        "worker's processes where it has several.",
+        "## Per scenario, the databases\n\n" + database_peers_table(data) + "\n\n"
+        "Each database's peers: dbjobq on SQLite, RouteMQ's database driver on MySQL, Chancy and procrastinate on "
+        "PostgreSQL (each in a database of its own, made anew for every fill); ratios: ours on that database / its "
+        "best peer. (d) here is with 5-10 ms between probes; a worker that polls every `--sleep` (1 s) gets few "
+        "samples. Scenario (h) below measures the idle latency of every store the same way.",
         "## Settings\n\n" + settings_table(data),
         "## (f) Database connections and worker processes\n\n" + database_table(data),
         "## (g) Depth, ours on Redis\n\n" + depth_table(depth),
         "## (g) Depth, ours on SQLite and MySQL: reserve behind delayed jobs\n\n" + database_depth_table(depth),
+        "## (h), (i) Wake-up: idle latency and dispatch throughput\n\n" + wake_tables(wake),
         f"## Reference\n\nOne connection, one process, redis-py {ref.get('redis_py')} asyncio `PING` one after "
         f"another: {rate(ref.get('rate'))} round trips/s (median of {len(ref.get('rates') or [])} rounds of "
         f"{ref.get('pings', 0):,}).",
         "## Targets (issue 6, item 3)\n\n" + targets.render(data["targets"]),
+        "## Targets (issue 14, part 3)\n\n" + targets.render(data.get("targets_14") or []),
         "## Errors and targets not run\n\n" + ("\n".join(errors) if errors else "none"),
     ]) + "\n"

@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness, report  # noqa: E402
+from bench import harness, pg, report  # noqa: E402
 
 RESULTS = BENCH / "results"
 
@@ -59,6 +59,10 @@ RUNS = [
     _peer("arq", "arq"), _peer("saq", "saq"), _peer("rq", "rq"), _peer("dramatiq", "dramatiq"),
     _peer("celery", "celery"), _peer("taskiq (list)", "taskiq", "list"), _peer("taskiq (stream)", "taskiq", "stream"),
     _peer("routemq (redis)", "routemq", "redis"), _peer("routemq (mysql)", "routemq", "mysql", timeout=200),
+    _peer("asyncmq", "asyncmq"), _peer("dbjobq (sqlite)", "dbjobq"),
+    Run("ours (pgsql)", None, ("bench.harness", "bench.ours", "pgsql"), 150, harness.OUR_DB),
+    _peer("chancy (pgsql)", "chancy"), _peer("procrastinate (pgsql)", "procrastinate"),
+    Run("ours wake-up", None, ("bench.wake",), 600, harness.OUR_DB),
 ]
 
 
@@ -103,7 +107,7 @@ def _run_logged(run: Run, log: Any, log_path: Path) -> dict:
         return {"name": run.name, "missing": f"timed out after {run.timeout:.0f}s"}
     lines = out.strip().splitlines()
     try:
-        return json.loads(lines[-1])
+        return {"name": run.name, **json.loads(lines[-1])}
     except (IndexError, ValueError):
         log.flush()
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
@@ -164,7 +168,7 @@ def machine() -> dict[str, Any]:
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
             "python_routemq": routemq_python,
             "memory_gb": round(mem_kb / 2**20, 1), "os": platform.platform(), "python": platform.python_version(),
-            "redis": info.get("redis_version"), "mariadb": mariadb,
+            "redis": info.get("redis_version"), "mariadb": mariadb, "postgresql": pg.server_version(),
             "load_start": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -1,4 +1,5 @@
-"""Issue 6's targets (item 3), checked against one run: met or not, with the numbers behind it."""
+"""Issue 6's targets (item 3) and issue 14's (part 3), checked against one run: met or not, with the
+numbers behind it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,8 +16,14 @@ def _raw(data: Row, name: str) -> Row:
     return next((r for r in data["results"] if r["name"] == name and not r.get("missing")), {})
 
 
-def _peers(data: Row) -> list[Row]:
-    return [s for s in data["summary"] if not s["name"].startswith("ours")]
+def _store(name: str) -> str:
+    suffix = name.rpartition("(")[2].rstrip(")")
+    return suffix if suffix in ("sqlite", "mysql", "pgsql") else "redis"
+
+
+def _peers(data: Row, store: str = "redis") -> list[Row]:
+    """The peers on one store (ours on Redis is compared with the Redis peers)."""
+    return [s for s in data["summary"] if not s["name"].startswith("ours") and _store(s["name"]) == store]
 
 
 def _best(rows: Sequence[Row], key: str, higher: bool = True) -> tuple[str, float] | None:
@@ -107,6 +114,73 @@ def _depth_checks(depth: Row | None) -> list[Row]:
         out.append(_target(name, r >= 0.9, f"{row['rate']:,.0f} vs {base['rate']:,.0f} jobs/s: {r:.2f}x (needs 0.90x)"))
     if not rows:
         out.append(_target("(g) throughput with 1,000,000 waiting or delayed within 10% of 1,000", None, "not run"))
+    return out
+
+
+# -- issue 14, part 3 ------------------------------------------------------------------------------
+
+IDLE_P50_MS = {"pgsql": 10.0, "sqlite": 20.0, "mysql": 20.0}
+
+
+def check_issue_14(data: Row, wake: Row | None) -> list[Row]:
+    summary = _by_name(data)
+    pgsql = summary.get("ours (pgsql)")
+    ours_pg = (f"ours PostgreSQL `{pgsql['best_label']}`", pgsql["best"]) if pgsql and pgsql.get("best") else None
+    out = [_ratio_check("PostgreSQL processing >= 2x the faster of Chancy and procrastinate", ours_pg,
+                        _best(_peers(data, "pgsql"), "best"), 2),
+           _ratio_check("PostgreSQL processing >= 10x RouteMQ's database driver", ours_pg, _routemq_db(data), 10)]
+    out += _idle_checks(wake)
+    out += _dispatch_checks(wake)
+    redis_peers = _peers(data)
+    ours = summary.get("ours (redis)", {})
+    check = _ratio_check("Redis processing >= 2x the fastest peer, AsyncMQ among them",
+                         ("ours", ours["best"]) if ours.get("best") else None, _best(redis_peers, "best"), 2)
+    if "asyncmq" not in summary:
+        check = _target(check["target"], None, "AsyncMQ did not run: " + check["detail"])
+    out.append(check)
+    return out
+
+
+def _wake_rows(wake: Row | None, key: str) -> list[Row]:
+    """The rows of one scenario of bench/wake.py, with wake-up on (or the build as it is, without a switch)."""
+    return [r for r in (wake or {}).get(key) or [] if r["mode"] in ("on", "as built")]
+
+
+def _idle_checks(wake: Row | None) -> list[Row]:
+    from bench.report import percentile
+
+    rows = {r["connection"]: r for r in _wake_rows(wake, "idle")}
+    out = []
+    for connection, limit in IDLE_P50_MS.items():
+        name = f"idle dispatch-to-start p50 on {connection} < {limit:g} ms (from 1 s)"
+        row = rows.get(connection) or {}
+        p50 = percentile(row.get("samples") or [], 50)
+        if p50 is None:
+            out.append(_target(name, None, row.get("note") or "not measured"))
+            continue
+        mode = "wake-up on" if row["mode"] == "on" else "this build, no wake-up switch"
+        p99 = percentile(row["samples"], 99)
+        out.append(_target(name, p50 < limit, f"p50 {_fmt(p50, 'ms')}, p99 {_fmt(p99, 'ms')} "
+                                              f"over {len(row['samples'])} probes ({mode})"))
+    return out
+
+
+def _dispatch_checks(wake: Row | None) -> list[Row]:
+    rows = (wake or {}).get("dispatch") or []
+    out = []
+    for connection in ("pgsql", "sqlite", "mysql"):
+        dispatchers = (wake or {}).get("dispatchers", 16)
+        name = f"dispatch with wake-up on >= 90% of off, {dispatchers} dispatchers, {connection}"
+        modes = {r["mode"]: r for r in rows if r["connection"] == connection}
+        on, off = modes.get("on", {}).get("rate"), modes.get("off", {}).get("rate")
+        if on and off:
+            out.append(_target(name, on / off >= 0.9,
+                               f"on {_fmt(on)} vs off {_fmt(off)}: {on / off:.2f}x (needs 0.90x)"))
+        else:
+            note = next((r.get("note") for r in modes.values() if r.get("note")), None)
+            built = modes.get("as built", {}).get("rate")
+            out.append(_target(name, None, note or ("no wake-up switch in this build; as built " + _fmt(built)
+                                                    if built else "not measured")))
     return out
 
 

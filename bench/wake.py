@@ -1,154 +1,233 @@
-"""What wake-up (SPEC 17) costs a dispatcher: 16 concurrent dispatchers pushing no-op jobs, with
-wake-up on and off (DB_WAKE), interleaved in one run (on, off, on, off, ...) so the machine's swings
-fall on both alike. A PostgreSQL listener is connected, so the notifications are queued for real.
+"""Scenarios (h) and (i): what wake-up (SPEC 17) does for an idle worker, and what it costs dispatch.
 
-    .venv/bin/python -m bench.wake [pgsql|mysql|sqlite ...]      (default: pgsql mysql)
-    .venv/bin/python -m bench.wake latency [pgsql|mysql|sqlite ...]  (default: all three)
+(h) Idle latency on SQLite, MySQL, PostgreSQL, and Redis as the reference (as shipped only: the
+    switch is the databases'): one worker idle on an empty queue, `queue:work` with its defaults
+    (--sleep 1, --concurrency 1); one process dispatches a ProbeJob every 100-200 ms (a random gap,
+    so the dispatches fall at random phases of the worker's poll) IDLE_PROBES times, without
+    waiting for the jobs; each job records its dispatch-to-start time (bench.probe). p50 / p99.
+    A worker that polls every second shows about 500 ms at p50: the "from 1 s" of issue 14.
+(i) Dispatch throughput with wake-up on and off: the same idle worker runs (so every dispatch
+    that finds it idle wakes it); DISPATCHERS processes, each connected before the clock starts,
+    are started together and each pushes DISPATCH_JOBS no-op jobs one awaited `dispatch()` after
+    another; rate = all jobs / (last dispatcher's end - first one's start). Rounds alternate on,
+    off, off, on (ABBA: a drift of the machine over the run weighs on both alike); each mode's
+    figure is the median of its rounds. A fresh store for every round.
 
-`latency`: idle dispatch-to-start, a worker with the default --sleep 1 and wake-up on, then off:
-a job carrying time.time() is dispatched to the idle worker, its handler writes how late it
-started, and after a random pause of 20-200 ms the next; p50 and p99 of BENCH_WAKE_SAMPLES
-(default 200; 20 with wake-up off, each costing up to a second).
+Wake-up is switched off by the environment variables in WAKEUP_OFF, given to the worker and the
+dispatchers alike: the one constant to change if the switch is named otherwise. A build where
+that variable appears nowhere in config/ or core/ has no switch (its databases have no wake-up):
+then only the build as it is runs, labelled so, and the on/off ratio is not measured.
 
-BENCH_WAKE_JOBS (default 4000) jobs per round, BENCH_WAKE_ROUNDS (default 4) rounds per setting.
-Prints one line per database: jobs/s with wake-up on and off (median of the rounds) and on/off.
+`python -m bench.wake` prints the result as JSON on its last line (bench/run.py reads it);
+`python -m bench.wake dispatcher K` is one dispatcher of (i).
 """
 from __future__ import annotations
 
-import asyncio
+import json
 import os
+import random
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
+import traceback
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+from bench import harness
+from bench.procs import Workers
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-DISPATCHERS = int(os.environ.get("BENCH_WAKE_DISPATCHERS") or 16)
-JOBS = int(os.environ.get("BENCH_WAKE_JOBS") or 4000)
-ROUNDS = int(os.environ.get("BENCH_WAKE_ROUNDS") or 4)
-DATABASE = "bench_wake"
-
-
-def configure(kind: str, wake: bool, sqlite: Path) -> None:
-    os.environ.update({
-        "QUEUE_CONNECTION": "database", "DB_CONNECTION": kind, "DB_HOST": "127.0.0.1",
-        "DB_PORT": "5432" if kind == "pgsql" else "3306", "DB_USERNAME": "postgres" if kind == "pgsql" else "root",
-        "DB_PASSWORD": "", "DB_DATABASE": str(sqlite) if kind == "sqlite" else DATABASE, "APP_KEY": "",
-        "JOB_PACKAGES": "bench.jobs", "DB_WAKE": "on" if wake else "off", "LOG_FILE": "",
-    })
+WAKEUP_OFF = {"DB_WAKE": "off"}
+IDLE_CONNECTIONS = ("sqlite", "mysql", "pgsql", "redis")
+DISPATCH_CONNECTIONS = ("sqlite", "mysql", "pgsql")
+IDLE_PROBES = 50
+IDLE_GAP = (0.1, 0.2)             # seconds between two probes
+DISPATCHERS = 16
+DISPATCH_JOBS = int(os.environ.get("BENCH_WAKE_JOBS") or 100)     # per dispatcher
+ROUNDS = ("on", "off", "off", "on")
 
 
-async def fresh(kind: str) -> None:
-    if kind == "pgsql":
-        import asyncpg
-
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-        await conn.close()
-    elif kind == "mysql":
-        import aiomysql
-
-        conn = await aiomysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-            await cur.execute(f"CREATE DATABASE {DATABASE}")
-        conn.close()
+def has_switch() -> bool:
+    """Whether this build reads the wake-up switch (its name appears in config/ or core/)."""
+    name = next(iter(WAKEUP_OFF))
+    return any(f'"{name}"' in path.read_text(errors="replace")
+               for folder in ("config", "core") for path in (ROOT / folder).rglob("*.py"))
 
 
-async def one_round(kind: str) -> float:
-    """Jobs per second of DISPATCHERS tasks pushing JOBS jobs in all, one at a time each."""
+def modes() -> list[str]:
+    """"on" and "off" where the switch exists; else the build as it is ("as built")."""
+    return ["on", "off"] if has_switch() else ["as built"]
+
+
+def _mode_env(mode: str) -> dict[str, str]:
+    """Set (or clear) the switch in this process, whose application reads os.environ, and return it
+    for the worker and dispatcher processes."""
+    for key, value in WAKEUP_OFF.items():
+        if mode == "off":
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
+    return dict(WAKEUP_OFF) if mode == "off" else {}
+
+
+def _target(connection: str) -> Any:
+    from bench.ours import Ours
+
+    return Ours(connection)
+
+
+# -- (h) idle latency --------------------------------------------------------------------------------
+
+def idle_latency(connection: str, mode: str) -> dict[str, Any]:
+    import redis
+
+    from bench.probe import LATENCY_KEY
+
+    row: dict[str, Any] = {"connection": connection, "mode": mode, "samples": []}
+    extra = _mode_env(mode)
+    target = _target(connection)
+    target.setup()
+    client = redis.Redis.from_url(harness.redis_url(target.redis_db), socket_timeout=30)
+    worker = target.latency_worker()
+    row["worker"] = worker.label
+    target.connect()      # before the worker starts: both would create a fresh store's tables at once
+    workers = Workers(worker, {**target.env(), **extra, "BENCH_REDIS_URL": harness.redis_url(target.redis_db)})
+    try:
+        harness.warm_up(target, client, workers)
+        for _ in range(IDLE_PROBES):
+            time.sleep(random.uniform(*IDLE_GAP))
+            target.send_probe()
+        for _ in range(IDLE_PROBES):
+            popped = client.blpop([LATENCY_KEY], timeout=10)
+            if popped is None:
+                raise RuntimeError(f"{IDLE_PROBES - len(row['samples'])} probe jobs not run: {workers.tail()}")
+            row["samples"].append(float(popped[1]) * 1000)
+    finally:
+        workers.stop()
+        target.teardown()
+    row["samples"].sort()
+    return row
+
+
+# -- (i) dispatch throughput with wake-up on and off --------------------------------------------------
+
+def dispatch_round(connection: str, mode: str) -> float:
+    import redis
+
+    extra = _mode_env(mode)
+    target = _target(connection)
+    target.setup()
+    client = redis.Redis.from_url(harness.redis_url(target.redis_db), socket_timeout=30)
+    env = {**target.env(), **extra, "BENCH_REDIS_URL": harness.redis_url(target.redis_db)}
+    target.connect()
+    workers = Workers(target.latency_worker(), env)
+    dispatchers: list[subprocess.Popen] = []
+    try:
+        harness.warm_up(target, client, workers)          # the idle worker is up: the dispatches wake it
+        dispatchers = [subprocess.Popen([sys.executable, "-m", "bench.wake", "dispatcher", str(DISPATCH_JOBS)],
+                                        cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                       for _ in range(DISPATCHERS)]
+        for proc in dispatchers:                    # each one connected before any clock starts
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a dispatcher did not start (exit {proc.wait()})")
+        for proc in dispatchers:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        spans = []
+        for proc in dispatchers:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode:
+                raise RuntimeError(f"a dispatcher exited {proc.returncode}")
+            spans.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in dispatchers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        workers.stop()
+        target.teardown()
+    started, ended = min(s["start"] for s in spans), max(s["end"] for s in spans)
+    return DISPATCHERS * DISPATCH_JOBS / (ended - started)
+
+
+def dispatcher(jobs: int) -> None:
+    """One dispatcher of (i): connect, say "ready", wait for "go", push `jobs` jobs one after
+    another, print when it started and ended (time.time())."""
+    import asyncio
+
     from bench.jobs import NoopJob
     from bootstrap.app import create_app
 
-    listener = None
-    async with create_app() as app:
-        conn = await app.queue.connection()
-        if kind == "pgsql":
-            import asyncpg
-
-            listener = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database=DATABASE)
-            await listener.add_listener("queue_jobs", lambda *_: None)
-        await NoopJob.dispatch()          # statements prepared, pool warm
-
-        async def dispatcher(n: int) -> None:
-            for _ in range(n):
-                await NoopJob.dispatch()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(dispatcher(JOBS // DISPATCHERS) for _ in range(DISPATCHERS)))
-        rate = (JOBS // DISPATCHERS * DISPATCHERS) / (time.perf_counter() - started)
-        await conn.clear("default")
-    if listener is not None:
-        await listener.close()
-    return rate
-
-
-async def latencies(kind: str, wake: bool, samples: int, workdir: Path) -> list[float]:
-    import random
-    import subprocess
-
-    from bench.jobs import StampJob
-    from bootstrap.app import create_app
-
-    stamps = workdir / f"{kind}-{wake}.txt"
-    stamps.unlink(missing_ok=True)
-    worker = subprocess.Popen([sys.executable, "main.py", "queue:work"], cwd=ROOT, env=dict(os.environ),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    async def go() -> dict[str, float]:
         async with create_app() as app:
             await app.queue.connection()
-            for n in range(samples + 3):          # three to warm up
-                await StampJob.dispatch(path=str(stamps), sent=time.time())
-                while not stamps.exists() or len(stamps.read_text().split()) < n + 1:
-                    await asyncio.sleep(0.001)
-                await asyncio.sleep(random.uniform(0.02, 0.2))
-    finally:
-        worker.terminate()
-        worker.wait()
-    return [float(x) * 1000 for x in stamps.read_text().split()[3:]]
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            start = time.time()
+            for _ in range(jobs):
+                await NoopJob.dispatch()
+            return {"start": start, "end": time.time()}
+
+    print(json.dumps(asyncio.run(go())), flush=True)
 
 
-def latency(kinds: list[str]) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-wake-"))
-    samples = int(os.environ.get("BENCH_WAKE_SAMPLES") or 200)
-    for kind in kinds:
-        configure(kind, True, workdir / "wake.sqlite")
-        asyncio.run(fresh(kind))
-        line = []
-        for wake in (True, False):
-            configure(kind, wake, workdir / "wake.sqlite")
-            ms = sorted(asyncio.run(latencies(kind, wake, samples if wake else max(5, samples // 10), workdir)))
-            line.append(f"wake-up {'on' if wake else 'off'} p50 {statistics.median(ms):.1f} ms "
-                        f"p99 {ms[max(0, int(len(ms) * 0.99) - 1)]:.1f} ms ({len(ms)} samples)")
-        print(f"{kind}: idle dispatch-to-start, " + ", ".join(line), flush=True)
+# -- the scenario as a target of bench/run.py -------------------------------------------------------
+
+def _attempt(errors: list[str], what: str, fn: Any) -> Any:
+    try:
+        return fn()
+    except harness.NotRunnable as exc:
+        return {"note": f"not run: {exc}"}
+    except Exception as exc:
+        errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return None
 
 
-def main(kinds: list[str]) -> None:
-    if os.environ.get("BENCH_WAKE_RATE"):       # wake-ups a second per queue, to try another pace
-        import core.wake
+def run() -> dict[str, Any]:
+    errors: list[str] = []
+    switch = has_switch()
+    idle = []
+    for connection in IDLE_CONNECTIONS:
+        for mode in (modes() if connection != "redis" else modes()[:1]):     # the switch is the databases'
+            row = _attempt(errors, f"(h) {connection} {mode}", partial(idle_latency, connection, mode))
+            idle.append(row if row and "connection" in row else {"connection": connection, "mode": mode,
+                                                                  "samples": [], **(row or {})})
+    dispatch = []
+    for connection in DISPATCH_CONNECTIONS:
+        rates: dict[str, list[float]] = {}
+        note = None
+        for mode in (ROUNDS if switch else ("as built",) * 2):
+            rate = _attempt(errors, f"(i) {connection} {mode}", partial(dispatch_round, connection, mode))
+            if isinstance(rate, dict):
+                note = rate["note"]
+                break
+            if rate:
+                rates.setdefault(mode, []).append(rate)
+        for mode in modes():
+            got = rates.get(mode) or []
+            dispatch.append({"connection": connection, "mode": mode, "rates": got,
+                             "rate": statistics.median(got) if got else None, **({"note": note} if note else {})})
+    _mode_env("on")
+    return {"name": "ours wake-up", "switch": " ".join(f"{k}={v}" for k, v in WAKEUP_OFF.items()) if switch else None,
+            "dispatchers": DISPATCHERS, "dispatch_jobs": DISPATCH_JOBS, "idle_probes": IDLE_PROBES,
+            "idle": idle, "dispatch": dispatch, "errors": errors}
 
-        core.wake.RATE = float(os.environ["BENCH_WAKE_RATE"])
-    sqlite = Path(tempfile.mkdtemp(prefix="bench-wake-")) / "wake.sqlite"
-    for kind in kinds:
-        rates: dict[bool, list[float]] = {True: [], False: []}
-        configure(kind, True, sqlite)
-        asyncio.run(fresh(kind))
-        for _ in range(ROUNDS):
-            for wake in (True, False):
-                configure(kind, wake, sqlite)
-                rates[wake].append(asyncio.run(one_round(kind)))
-        on, off = statistics.median(rates[True]), statistics.median(rates[False])
-        print(f"{kind}: {DISPATCHERS} dispatchers, wake-up on {on:.0f} jobs/s, off {off:.0f} jobs/s, "
-              f"on/off {on / off:.2f} (rounds on {[round(r) for r in rates[True]]}, "
-              f"off {[round(r) for r in rates[False]]})", flush=True)
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["dispatcher"]:
+        dispatcher(int(argv[1]))
+        return
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # run.py's timeout: finally blocks stop workers
+    print(json.dumps(run()), flush=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["latency"]:
-        latency(sys.argv[2:] or ["sqlite", "mysql", "pgsql"])
-    else:
-        main(sys.argv[1:] or ["pgsql", "mysql"])
+    main(sys.argv[1:])

@@ -17,6 +17,16 @@ class Application:
         configure_logging(self.config)
         self.queue = QueueManager(self)
         self.router: Any = None
+        self._mqtt: Any = None
+
+    @property
+    def mqtt(self) -> Any:
+        """The process's MQTT publisher (core/mqtt_publisher.py): jobs' `self.publish()`; connects on first use."""
+        if self._mqtt is None:
+            from core.mqtt_publisher import MqttPublisher
+
+            self._mqtt = MqttPublisher(self.config.mqtt, self.config.app.name)
+        return self._mqtt
 
     async def __aenter__(self) -> "Application":
         set_current(self)
@@ -28,4 +38,8 @@ class Application:
             set_current(None)
 
     async def close(self) -> None:
-        await self.queue.close()
+        try:
+            await self.queue.close()
+        finally:
+            if self._mqtt is not None:
+                await self._mqtt.close()

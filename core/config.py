@@ -144,6 +144,11 @@ class MqttConfig:
     shared_group: str = "app"
     max_concurrent_messages: int = 100
     connect_timeout: float = 5.0     # seconds `run` keeps trying a broker it never reached (0: forever)
+    clean_session: bool = True       # false: a persistent session (needs a fixed client_id), SPEC 18
+    ca_file: str = ""                # TLS: the CA certificates that verify the broker (else the system's)
+    cert_file: str = ""              # TLS client certificate (PEM; may hold the key too)
+    key_file: str = ""               # its private key
+    protocol: str = "3.1.1"          # "3.1.1" or "5"
 
 
 @dataclass(frozen=True)

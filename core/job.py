@@ -185,6 +185,14 @@ class Job:
 
     # -- control from inside a job (SPEC 9) --------------------------------------------------
 
+    async def publish(self, topic: str, payload: Any = None, qos: int = 1, retain: bool = False) -> None:
+        """Publish an MQTT message from handle() (SPEC 18): dicts and lists go as JSON. One connection per
+        process, opened on first use; with qos 1 or 2 this returns once the broker has the message.
+        A broker that cannot be reached raises ConnectionFailed: the try fails and its retry publishes again."""
+        from core.context import current
+
+        await current().mqtt.publish(topic, payload, qos=qos, retain=retain)
+
     def release(self, delay: float = 0) -> None:
         """When handle() returns, put the job back to run again after `delay` seconds: a
         release, not a failed try (bounded by max_releases and retry_until)."""

@@ -1,24 +1,24 @@
 """The MQTT app runner over aiomqtt: connect, subscribe every route, handle messages concurrently,
-reconnect with backoff, stop cleanly on SIGTERM/SIGINT."""
+acknowledge each QoS 1/2 message after its handlers returned (SPEC 18), reconnect with backoff, stop
+cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import signal
-import ssl
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 
 from core.config import MqttConfig
-from core.errors import ConnectionFailed, FrameworkError
+from core.errors import ConfigError, ConnectionFailed, FrameworkError
 from core.log import one_line
-from core.router import MessageContext, PayloadError, Router, call_route
+from core.mqtt_connection import (REFUSED_CREDENTIALS, Connection, Received, encode_payload, reason, short_reason,
+                                  subscribe_properties, tls_context)
+from core.router import MessageContext, PayloadError, Route, Router, call_route
 
 log = logging.getLogger("core.mqtt")   # not "mqtt": aiomqtt holds that logger at WARNING
 
@@ -48,49 +48,56 @@ class Client:
         await self._mqtt.publish(topic, encode_payload(payload), qos=qos, retain=retain)
 
 
-def encode_payload(payload: Any) -> bytes | bytearray | str | None:
-    """dicts, lists, numbers and booleans go as JSON; text and bytes as they are."""
-    if payload is None or isinstance(payload, (str, bytes, bytearray)):
-        return payload
-    return json.dumps(payload)
-
-
-def reason(exc: aiomqtt.MqttError) -> str:
-    """The error with its cause: aiomqtt's "Disconnected during message iteration" hides the why."""
-    text = str(exc) or type(exc).__name__
-    return f"{text} ({exc.__cause__})" if exc.__cause__ else text
-
-
-# CONNACK codes for bad credentials / not authorized (MQTT 3.1.1: 4, 5; MQTT 5: 134, 135).
-REFUSED_CREDENTIALS = {4, 5, 134, 135}
-
-
-def short_reason(exc: aiomqtt.MqttError) -> str:
-    """'Connection refused', not '[Errno 111] Connection refused'."""
-    return re.sub(r"^\[Errno -?\d+\]\s*", "", reason(exc))
-
-
 def client_id(config: MqttConfig, app_name: str) -> str:
     return config.client_id or f"{app_name}-{uuid.uuid4().hex[:8]}"
 
 
+def _quiet_socket_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiomqtt registers a socket's writer from paho's thread; when the socket closed meanwhile (a broker
+    refusing the TLS handshake) the event loop would print EBADF's traceback: a debug line is enough."""
+    if isinstance(context.get("exception"), OSError):
+        log.debug("Ignored in the event loop: %s", one_line(str(context["exception"])))
+        return
+    loop.default_exception_handler(context)
+
+
 class MqttApp:
+    """Messages flow: the connection's reader -> a bounded inbox -> MQTT_MAX_CONCURRENT consumers, each
+    running a message's handlers and then acknowledging it. A full inbox pauses the reader, so memory
+    holds at most twice MQTT_MAX_CONCURRENT messages; the broker keeps the rest."""
+
     def __init__(self, router: Router, config: MqttConfig, *, app_name: str = "mqtt-app",
                  options: RunnerOptions | None = None) -> None:
+        if not config.clean_session and not config.client_id:
+            raise ConfigError("MQTT_CLEAN_SESSION=false needs a fixed MQTT_CLIENT_ID: the broker keeps the "
+                              "session under that id")
+        tls_context(config)     # a missing certificate file is a configuration error now, not at each retry
         self.router = router
         self.config = config
         self.options = options or RunnerOptions()
         self.client = Client()
         self.identifier = client_id(config, app_name)
+        self.capacity = max(1, config.max_concurrent_messages)
+        # MQTT 5 says through which subscription each copy came; MQTT 3.1.1 does not, so there each
+        # message is asked for once (narrower filters folded into wider ones) and reaches every route.
+        self.plan = router.subscription_plan(config.shared_group, covering=config.protocol != "5")
+        self._routes_of = {s.identifier: s.routes for s in self.plan}
         self._stop = asyncio.Event()
-        self._limit = asyncio.Semaphore(max(1, config.max_concurrent_messages))
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._inbox: asyncio.Queue[Received] = asyncio.Queue()
+        self._consumers: list[asyncio.Task[None]] = []
+        self._connection: Connection | None = None
+        self._held = 0
         self._session_connected = False
         self.connected = asyncio.Event()   # set while subscribed; lets tests and callers wait for readiness
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.config.port}"
+
+    @property
+    def buffered(self) -> int:
+        """Messages received and not yet finished: waiting in the inbox or with a running handler."""
+        return self._held
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,11 +110,20 @@ class MqttApp:
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
-        log.info("MQTT app starting: broker %s%s, client id %s, %d routes", self.address,
-                 " over TLS" if self.config.tls else "", self.identifier, len(self.router.routes))
+        session = "persistent session" if not self.config.clean_session else "clean session"
+        log.info("MQTT app starting: broker %s%s, MQTT %s, client id %s, %s, %d routes", self.address,
+                 " over TLS" if self.config.tls else "", self.config.protocol, self.identifier, session,
+                 len(self.router.routes))
+        self._consumers = [asyncio.create_task(self._consume()) for _ in range(self.capacity)]
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(_quiet_socket_errors)
         try:
             await self._connect_loop()
         finally:
+            loop.set_exception_handler(previous_handler)
+            for task in self._consumers:
+                task.cancel()
+            await asyncio.gather(*self._consumers, return_exceptions=True)
             for sig in signals:
                 loop.remove_signal_handler(sig)
         log.info("MQTT app stopped")
@@ -154,41 +170,31 @@ class MqttApp:
 
     async def _session(self) -> None:
         """One connection: subscribe, serve until stop or until the broker goes away (MqttError)."""
-        mqtt = self._new_client()
-        if not await self._until_stopped(mqtt.__aenter__()):
+        connection = Connection(self.config, self.identifier, self.options.keepalive, self._deliver,
+                                receive_maximum=2 * self.capacity)
+        self._connection = connection      # before CONNACK: a persistent session's messages follow it at once
+        if not await self._until_stopped(connection.connect()):
             return
         self._session_connected = True
+        self.client._mqtt = connection.client
         try:
-            subscriptions = self.router.subscriptions(self.config.shared_group)
-            for topic, qos in subscriptions:
-                granted = await mqtt.subscribe(topic, qos=qos)
+            for sub in self.plan:
+                granted = await connection.client.subscribe(
+                    sub.topic_filter, qos=sub.qos, properties=subscribe_properties(self.config, sub.identifier))
                 # A refusal (e.g. an ACL) comes back as code 128 in SUBACK, not as an error.
                 if any(getattr(code, "value", code) >= 128 for code in granted):
-                    log.error("The broker refused the subscription to %s (not allowed for this user?)", topic)
-            self.client._mqtt = mqtt
+                    log.error("The broker refused the subscription to %s (not allowed for this user?)",
+                              sub.topic_filter)
             self.connected.set()
-            log.info("Connected to MQTT broker at %s; subscribed to %d topics", self.address, len(subscriptions))
-            await self._serve(mqtt)
+            log.info("Connected to MQTT broker at %s; subscribed to %d topics", self.address, len(self.plan))
+            await self._until_stopped(connection.wait_closed())
         finally:
             self.connected.clear()
             if self._stop.is_set():
+                connection.pause()      # take nothing new; what was received is still handled and acked
                 await self._drain()     # handlers finishing now can still publish their replies
             self.client._mqtt = None
-            await self._close(mqtt)
-
-    def _new_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
-            self.config.host, self.config.port, identifier=self.identifier,
-            username=self.config.username or None, password=self.config.password or None,
-            tls_context=ssl.create_default_context() if self.config.tls else None,
-            keepalive=self.options.keepalive)
-
-    @staticmethod
-    async def _close(mqtt: aiomqtt.Client) -> None:
-        try:
-            await mqtt.__aexit__(None, None, None)
-        except aiomqtt.MqttError:
-            pass  # already gone; nothing left to close
+            await connection.close()
 
     async def _until_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await unless a stop comes first (then cancel it); True when it completed."""
@@ -204,46 +210,61 @@ class MqttApp:
 
     # -- messages --------------------------------------------------------------------------
 
-    async def _serve(self, mqtt: aiomqtt.Client) -> None:
-        reader = asyncio.ensure_future(self._read(mqtt))
-        if not await self._until_stopped(reader):
-            return
-        reader.result()
+    def _deliver(self, message: Received) -> bool:
+        """Called by the connection's reader for each message; True asks it to pause (the inbox is full)."""
+        self._inbox.put_nowait(message)
+        self._held += 1
+        return self._inbox.qsize() >= self.capacity
 
-    async def _read(self, mqtt: aiomqtt.Client) -> None:
-        async for message in mqtt.messages:
-            # Waiting here, not inside the task, is what bounds the work: reading pauses at the limit.
-            await self._limit.acquire()
-            task = asyncio.create_task(self._handle(message))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+    async def _consume(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                connection = self._connection
+                if connection is not None and connection.paused and self._inbox.qsize() <= self.capacity // 2 \
+                        and not self._stop.is_set():     # stopping: the reader stays paused
+                    connection.resume()
+                await self._process(message)
+            finally:
+                self._held -= 1
+                self._inbox.task_done()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._limit.release()
+    async def _process(self, message: Received) -> None:
+        """Run every route the message reaches, each once, then acknowledge it (QoS 1/2). A handler that
+        raises is logged and the message still acked: delivering it again would fail again."""
+        stale = message.connection is not self._connection
+        if stale and message.qos and not self.config.clean_session:
+            return   # its connection is gone unacked: the broker delivers it again on this session
+        try:
+            contexts = self.router.contexts_for(message.topic, message.payload, self._candidates(message),
+                                                client=self.client, qos=message.qos, retain=message.retain,
+                                                properties=message.properties)
+        except Exception as exc:  # a payload we cannot even decode must not stop the consumer
+            log.error("Cannot read message on topic %s: %s", one_line(message.topic), one_line(str(exc)))
+            contexts = []
+        if not contexts:
+            log.debug("No route for topic %s", one_line(message.topic))
+        for context in contexts:
+            await self._call(context)
+        message.connection.ack(message)
+
+    def _candidates(self, message: Received) -> Iterable[Route] | None:
+        """The routes of the subscriptions a copy came through (MQTT 5), else None: every route."""
+        if not message.subscription_ids:
+            return None
+        return [route for sid in message.subscription_ids for route in self._routes_of.get(sid, ())]
 
     async def _drain(self) -> None:
-        if not self._in_flight:
+        if not self._held:
             return
-        log.info("Waiting for %d in-flight messages", len(self._in_flight))
-        _, late = await asyncio.wait(set(self._in_flight), timeout=self.options.drain_timeout)
-        for task in late:
-            task.cancel()
-        if late:
-            log.warning("Cancelled %d handlers still running after %gs", len(late), self.options.drain_timeout)
-
-    async def _handle(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+        log.info("Waiting for %d in-flight messages", self._held)
         try:
-            context = self.router.context_for(topic, message.payload, client=self.client, qos=message.qos,
-                                              retain=message.retain)
-        except Exception as exc:  # a payload we cannot even decode must not reach the reader
-            log.error("Cannot read message on topic %s: %s", one_line(topic), one_line(str(exc)))
-            return
-        if context is None:
-            log.debug("No route for topic %s", one_line(topic))
-            return
-        await self._call(context)
+            await asyncio.wait_for(self._inbox.join(), self.options.drain_timeout)
+        except TimeoutError:
+            late = self._held
+            for task in self._consumers:
+                task.cancel()
+            log.warning("Cancelled %d handlers still running after %gs", late, self.options.drain_timeout)
 
     async def _call(self, context: MessageContext) -> None:
         # The topic comes from whoever published: escaped, so it cannot forge or split a log line.
@@ -256,10 +277,13 @@ class MqttApp:
             # A store or the broker is away (QueueConnectionError from a dispatch): the message says
             # which; a traceback would only repeat itself for every message of the outage.
             log.error("Handler failed on %s: %s: %s", where, type(exc).__name__, exc)
-        except asyncio.CancelledError:
-            log.warning("Handler cancelled on %s", where)
-            raise
-        except Exception as exc:
-            # Whatever a handler does, the app keeps serving; the traceback is for whoever fixes it.
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():     # the app is stopping: not acked, delivered again
+                log.warning("Handler cancelled on %s", where)
+                raise
+            log.error("Handler failed on %s: CancelledError: %s", where, exc)
+        except BaseException as exc:
+            # Whatever a handler does, sys.exit() included, the app keeps serving; the traceback is for
+            # whoever fixes it. (Ctrl-C and SIGTERM reach the app through its signal handlers, not here.)
             log.error("Handler failed on %s: %s: %s", where, type(exc).__name__, exc, exc_info=exc)
-

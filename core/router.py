@@ -6,7 +6,7 @@ import inspect
 import json
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ class MessageContext:
     qos: int = 0
     retain: bool = False
     state: dict[str, Any] = field(default_factory=dict)
+    properties: Any = None          # MQTT 5: the PUBLISH properties (ResponseTopic, CorrelationData, ...)
 
 
 Next = Callable[[MessageContext], Awaitable[Any]]
@@ -84,7 +85,9 @@ class Route:
 
     def match(self, topic: str) -> dict[str, str] | None:
         """The route parameters when `topic` is one this route handles, else None."""
-        levels = topic.split("/")
+        return self.match_levels(topic.split("/"))
+
+    def match_levels(self, levels: list[str]) -> dict[str, str] | None:
         params: dict[str, str] = {}
         for i, segment in enumerate(self.segments):
             if segment == "#":
@@ -244,31 +247,83 @@ class Router:
     def include(self, other: "Router") -> None:
         self.routes.extend(other.routes)
 
-    def match(self, topic: str) -> tuple[Route, dict[str, str]] | None:
-        """The first route, in definition order, that handles `topic`."""
-        for route in self.routes:
-            params = route.match(topic)
+    def matches(self, topic: str, routes: Iterable[Route] | None = None) -> list[tuple[Route, dict[str, str]]]:
+        """Every route (of `routes`, else all), in definition order, that handles `topic`, with its parameters."""
+        levels = topic.split("/")
+        found = []
+        for route in self.routes if routes is None else routes:
+            params = route.match_levels(levels)
             if params is not None:
-                return route, params
-        return None
+                found.append((route, params))
+        return found
 
     def subscriptions(self, shared_group: str) -> list[tuple[str, int]]:
         """One (filter, qos) per distinct subscription, at the highest qos any of its routes asks for."""
-        wanted: dict[str, int] = {}
-        for route in self.routes:
-            sub = route.subscription(shared_group)
-            wanted[sub] = max(wanted.get(sub, 0), route.qos)
-        return list(wanted.items())
+        return [(s.topic_filter, s.qos) for s in self.subscription_plan(shared_group)]
 
-    def context_for(self, topic: str, raw: bytes, client: Publisher | None = None, qos: int = 0,
-                    retain: bool = False) -> MessageContext | None:
-        """The context a message gets, or None when no route handles its topic."""
-        found = self.match(topic)
-        if found is None:
-            return None
-        route, params = found
-        return MessageContext(topic=topic, payload=decode_payload(raw), params=params, route=route,
-                              client=client, raw=bytes(raw), qos=qos, retain=retain)
+    def subscription_plan(self, shared_group: str, covering: bool = False) -> list["Subscription"]:
+        """The SUBSCRIBEs the app sends, numbered from 1 (their MQTT 5 subscription identifiers).
+
+        covering=True leaves out a filter that another of the same kind covers (`a/+/s` under `a/#`),
+        its routes and qos folded into the wider one: without subscription identifiers (MQTT 3.1.1)
+        the app cannot tell which subscription a copy came through, so it asks for each message once."""
+        wanted: dict[str, list[Route]] = {}
+        for route in self.routes:
+            wanted.setdefault(route.subscription(shared_group), []).append(route)
+        if covering:
+            for narrow in list(wanted):
+                wide = next((w for w in wanted if w != narrow and filter_covers(w, narrow)
+                             and not any(filter_covers(o, w) for o in wanted if o != w)), None)
+                if wide is not None:
+                    wanted[wide] += wanted.pop(narrow)
+        return [Subscription(f, max(r.qos for r in routes), n, tuple(routes))
+                for n, (f, routes) in enumerate(wanted.items(), 1)]
+
+    def contexts_for(self, topic: str, raw: bytes, routes: Iterable[Route] | None = None,
+                     client: Publisher | None = None, qos: int = 0, retain: bool = False,
+                     properties: Any = None) -> list[MessageContext]:
+        """One context per route that handles the message (of `routes`, else all); none when no route does.
+        The payload is decoded once; each handler gets its own context (and middleware state)."""
+        found = self.matches(topic, routes)
+        if not found:
+            return []
+        payload, raw = decode_payload(raw), bytes(raw)
+        return [MessageContext(topic=topic, payload=payload, params=params, route=route, client=client, raw=raw,
+                               qos=qos, retain=retain, properties=properties) for route, params in found]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One SUBSCRIBE: its filter (`$share/<group>/...` for shared routes), the highest qos its routes ask
+    for, its MQTT 5 subscription identifier, and the routes a copy delivered through it may reach."""
+    topic_filter: str
+    qos: int
+    identifier: int
+    routes: tuple[Route, ...]
+
+
+def filter_covers(wide: str, narrow: str) -> bool:
+    """Whether every topic `narrow` matches is matched by `wide` (both plain filters, or both shared in
+    one group: `$share/g/a/#` covers `$share/g/a/b`, never `a/b`)."""
+    w, n = wide.split("/"), narrow.split("/")
+    if (w[0] == "$share") != (n[0] == "$share"):
+        return False
+    if w[0] == "$share":
+        if w[:2] != n[:2]:
+            return False
+        w, n = w[2:], n[2:]
+    for i, level in enumerate(w):
+        if level == "#":
+            # a wildcard first level matches no `$SYS/...` topic
+            return not (i == 0 and n[0].startswith("$"))
+        if i >= len(n) or n[i] == "#":
+            return False
+        if level == "+":
+            if n[i].startswith("$") and i == 0:
+                return False
+        elif level != n[i]:
+            return False
+    return len(w) == len(n)
 
 
 def load_routes(directory: Path, package: str = "routes") -> Router:

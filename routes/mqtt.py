@@ -7,6 +7,7 @@ router = Router()
 
 router.on("devices/{device_id}/status", DeviceController.status, qos=1)   # dispatches ProcessDataJob
 router.on("devices/{device_id}/ping", DeviceController.ping)              # replies on devices/{device_id}/pong
+router.on("devices/{device_id}/summary", DeviceController.summary, qos=1)  # a job replies on .../summary/reply
 router.on("sensors/{sensor_id}/data", DeviceController.data, qos=1, shared=True)   # $share/<group>/sensors/+/data
 
 with router.group(prefix="fleet", middleware=[log_timing, require_json_object]) as fleet:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -21,7 +24,7 @@ from core.config import MqttConfig
 from core.mqtt import MqttApp, RunnerOptions, encode_payload
 from core.router import Router
 from tests.conftest import ROOT
-from tests.servers import MQTT
+from tests.servers import MQTT, free_port, reachable, stop_server
 
 # `main.py run` serves the app's own routes (devices/+/status, ...) on the shared broker, so two such
 # tests at once hear each other's messages: pytest-xdist (--dist loadgroup) runs them on one worker,
@@ -95,11 +98,11 @@ async def subscribed(topic_filter: str) -> AsyncIterator[asyncio.Queue[tuple[str
 class AppProcess:
     """`python main.py run` started as a user starts it, its output read line by line."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, argv: tuple[str, ...] = ("main.py", "run")) -> None:
         # A developer's .env must not point the app elsewhere or share a group with a running instance.
         defaults = {"MQTT_TLS": "false", "MQTT_SHARED_GROUP": f"g{uuid.uuid4().hex[:8]}", "MQTT_MAX_CONCURRENT": "100"}
         full_env = {**os.environ, **defaults, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "main.py", "run"], cwd=ROOT, env=full_env,
+        self.proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=full_env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
 
@@ -134,3 +137,49 @@ class AppProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class LocalMosquitto:
+    """A mosquitto of this test's own on a free port (tests/servers.py, free_port), for tests that stop
+    the broker, flood it or configure it (TLS, limits). `config` lines are added to its listener's."""
+
+    def __init__(self, *config: str, tls: bool = False) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
+        self.config = config
+        self.tls = tls
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LocalMosquitto":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start(self) -> "LocalMosquitto":
+        binary = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
+        if binary is None:
+            pytest.skip("mosquitto is not installed")
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join([f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                                   # as root it would drop to user mosquitto, who cannot read the test's files
+                                   "user root",
+                                   *self.config]) + "\n")
+        log = open(self.dir / "mosquitto.log", "ab")
+        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while not reachable(("127.0.0.1", self.port)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start on {self.port}: {self.log()[-1500:]}")
+            time.sleep(0.02)
+        return self
+
+    def log(self) -> str:
+        path = self.dir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        stop_server(self.process)
+        self.process = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_server
 
 READY = "Ready to accept connections"
 TAKEN = "Address already in use"
@@ -88,13 +88,7 @@ class LocalRedis:
 
     def stop(self) -> None:
         """Graceful shutdown (SIGTERM: an append-only file is flushed); SIGKILL if it hangs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_server(self.process)
         self.process = None
 
     def cleanup(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -129,3 +130,14 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
+
+
+def stop_server(process: "subprocess.Popen | None") -> None:
+    """SIGTERM a server the tests started (a graceful shutdown: files flushed), SIGKILL if it hangs."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

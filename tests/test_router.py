@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.router import PayloadError, Route, RouteError, Router, call_route, decode_payload, load_routes
+from core.router import (PayloadError, Route, RouteError, Router, call_route, decode_payload, filter_covers,
+                         load_routes)
 from tests.conftest import run_cli
 
 
@@ -22,9 +23,9 @@ class Controller:
 
 
 async def route_call(router: Router, topic: str, raw: bytes = b"{}"):
-    context = router.context_for(topic, raw)
-    assert context is not None, f"no route for {topic}"
-    return await call_route(context)
+    contexts = router.contexts_for(topic, raw)
+    assert contexts, f"no route for {topic}"
+    return [await call_route(c) for c in contexts] if len(contexts) > 1 else await call_route(contexts[0])
 
 
 @pytest.mark.parametrize("pattern, topic_filter", [
@@ -135,7 +136,7 @@ async def test_payload_of_the_wrong_kind_is_refused_before_the_handler_runs():
     assert calls == []
 
 
-async def test_first_matching_route_wins():
+async def test_every_matching_route_handles_the_message_in_definition_order():
     router = Router()
 
     async def specific():
@@ -144,11 +145,39 @@ async def test_first_matching_route_wins():
     async def catch_all():
         return "catch-all"
 
-    router.on("devices/{id}/status", specific)
     router.on("devices/#", catch_all)
-    assert await route_call(router, "devices/1/status") == "specific"
+    router.on("devices/{id}/status", specific)
+    assert await route_call(router, "devices/1/status") == ["catch-all", "specific"]
     assert await route_call(router, "devices/1/other") == "catch-all"
-    assert router.context_for("elsewhere", b"") is None
+    assert router.contexts_for("elsewhere", b"") == []
+
+
+def test_without_subscription_identifiers_narrower_filters_fold_into_wider_ones():
+    router = Router()
+    router.on("a/{x}/s", record, qos=1)
+    router.on("a/#", record, qos=0)
+    router.on("a/b/s", record, qos=2)
+    router.on("a/+/s", record, qos=0, shared=True)
+    router.on("a/b/s", record, qos=0, shared=True)
+    router.on("c/+/d", record)
+    router.on("c/e/+", record)          # overlaps c/+/d without covering it: both stay
+    plan = router.subscription_plan("g", covering=True)
+    assert [(s.topic_filter, s.qos, len(s.routes)) for s in plan] == [
+        ("a/#", 2, 3), ("$share/g/a/+/s", 0, 2), ("c/+/d", 0, 1), ("c/e/+", 0, 1)]
+    assert [s.identifier for s in plan] == [1, 2, 3, 4]
+    every = router.subscription_plan("g")
+    assert [s.topic_filter for s in every] == ["a/+/s", "a/#", "a/b/s", "$share/g/a/+/s", "$share/g/a/b/s",
+                                                "c/+/d", "c/e/+"]
+
+
+@pytest.mark.parametrize("wide, narrow, covers", [
+    ("a/#", "a", True), ("a/#", "a/b/c", True), ("a/+", "a/b", True), ("a/+", "a/+", True),
+    ("a/+", "a/#", False), ("a/b", "a/+", False), ("#", "$SYS/x", False), ("+/x", "$SYS/x", False),
+    ("$share/g/a/#", "$share/g/a/b", True), ("$share/g/a/#", "$share/h/a/b", False), ("a/#", "$share/g/a/b", False),
+    ("a/+/c", "a/b/+", False), ("a/+", "a/b/c", False),
+])
+def test_filter_covers(wide, narrow, covers):
+    assert filter_covers(wide, narrow) is covers
 
 
 def test_subscriptions_are_deduplicated_at_the_highest_qos():

@@ -137,6 +137,47 @@ HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
     for base in (Connection, SSLConnection, UnixDomainSocketConnection)} if HIREDIS_AVAILABLE else {}
 
 
+class FairConnectionPool(BlockingConnectionPool):
+    """A BlockingConnectionPool whose callers get connections in the order they asked.
+
+    redis-py's hands a freed connection to whoever asks next: a waiter it wakes (a Condition)
+    loses to callers arriving meanwhile, so under a burst beyond max_connections (100 concurrent
+    dispatches) some waited past QUEUE_DISPATCH_TIMEOUT and failed while others went through. A
+    turn (a FIFO semaphore of max_connections) is taken before the pool is asked and given back
+    with the connection, so the pool itself never makes anyone wait."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns: asyncio.Semaphore | None = None
+        self._turns_loop: asyncio.AbstractEventLoop | None = None
+
+    def _turn(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._turns is None or self._turns_loop is not loop:     # a semaphore serves one event loop
+            self._turns, self._turns_loop = asyncio.Semaphore(self.max_connections), loop
+        return self._turns
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        turns = self._turn()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await turns.acquire()
+        except TimeoutError:
+            raise redis_errors.ConnectionError("No connection available.") from None
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except BaseException:
+            turns.release()
+            raise
+
+    async def release(self, connection: Any) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            if self._turns is not None and self._turns_loop is asyncio.get_running_loop():
+                self._turns.release()
+
+
 def make_client(config: RedisConfig) -> Redis | RedisCluster:
     """A redis-py asyncio client from REDIS_URL (redis://, rediss://, redis+cluster://) or REDIS_*."""
     # A dropped connection is retried at once on a fresh one; a timeout is not: a server that does
@@ -162,9 +203,9 @@ def make_client(config: RedisConfig) -> Redis | RedisCluster:
     # connections" at its 100th concurrent call, so a burst of dispatches would fail.
     pool_options = dict(options, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT)
     if url:
-        pool = BlockingConnectionPool.from_url(url, db=config.db, **pool_options)  # the URL's own password and db win
+        pool = FairConnectionPool.from_url(url, db=config.db, **pool_options)  # the URL's own password and db win
     else:
-        pool = BlockingConnectionPool(host=config.host, port=config.port, db=config.db, **pool_options)
+        pool = FairConnectionPool(host=config.host, port=config.port, db=config.db, **pool_options)
     pool.connection_class = HIREDIS_PACKING.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)      # closes the pool with the client; connects at the first command
 
