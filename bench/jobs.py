@@ -55,3 +55,18 @@ class StampJob(Job):
         import time
 
         return time.time()
+
+
+class WakeStampJob(Job):
+    """Appends how long after its dispatch its handler started (seconds) to the file `path`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = ""
+        self.sent = 0.0
+
+    async def handle(self) -> None:
+        import time
+
+        with open(self.path, "a") as out:
+            out.write(f"{time.time() - self.sent}\n")

@@ -61,13 +61,17 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    driver: str = "sqlite"          # a key of core.dialects.DIALECTS: sqlite | mysql
+    driver: str = "sqlite"          # a key of core.dialects.DIALECTS: sqlite | mysql | pgsql
     database: str = "storage/database.sqlite"
     host: str = "127.0.0.1"
     port: int = 3306
     username: str = "root"
     password: str = field(default="", repr=False)
-    timeout: float = 30.0           # seconds a MySQL statement or transaction may take (0: no limit)
+    timeout: float = 30.0           # seconds a MySQL or PostgreSQL statement or transaction may take (0: no limit)
+    # DB_LISTEN_URL (pgsql): the server's own address for the wake-up listener where DB_HOST is a
+    # transaction pooler, which cannot LISTEN. It may hold a password.
+    listen_url: str = field(default="", repr=False)
+    wake: bool = True               # DB_WAKE=off: idle workers poll every --sleep, dispatchers send no wake-up
 
     def describe(self) -> str:
         dialect = DIALECTS.get(self.driver)
@@ -161,6 +165,9 @@ class Config:
         if self.redis.url:   # redis://:password@host/0 holds one too: as written, encoded and decoded
             password = split_url(self.redis.url)[1].partition(":")[2]
             values += [password, _encode_userinfo(password), unquote(_encode_userinfo(password))]
+        if self.database.listen_url:     # postgresql://user:password@host/db
+            password = split_url(self.database.listen_url)[1].partition(":")[2]
+            values += [password, unquote(password)]
         return [v for v in values if v]
 
 

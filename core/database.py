@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import socket
 import sqlite3
@@ -28,6 +29,9 @@ from typing import Any, NamedTuple, TypeVar
 from core.config import DatabaseConfig, project_path
 from core.dialects import DIALECTS, MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
+from core.wake import Announcer, DataVersionWaker, SocketBus, Waker, Wakeups
+
+log = logging.getLogger("worker")
 
 # Clean-up tasks of cut transactions, kept referenced until they end (the loop holds tasks weakly).
 _CLEANUPS: set["asyncio.Task[None]"] = set()
@@ -91,7 +95,8 @@ class Database:
     async def connect(config: DatabaseConfig) -> "Database":
         dialect = DIALECTS.get(config.driver)
         if dialect is None:
-            raise ConfigError(f"DB_CONNECTION must be {' or '.join(DIALECTS)}, got {config.driver!r}")
+            *others, last = DIALECTS
+            raise ConfigError(f"DB_CONNECTION must be {', '.join(others)} or {last}, got {config.driver!r}")
         module, _, name = dialect.database.partition(":")
         db: Database = getattr(importlib.import_module(module), name).from_config(config)
         await db.open()
@@ -110,6 +115,52 @@ class Database:
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+
+    # -- wake-up (SPEC 17; core/wake.py) -------------------------------------------------------
+
+    wake = True                  # DB_WAKE: off leaves idle workers polling every --sleep
+    _waker: Waker | None = None
+    _announcer: Announcer | None = None
+    _silent = False              # no announcer: DB_WAKE=off, or commits wake the workers themselves
+
+    def waker(self) -> Waker | None:
+        """The worker's side of wake-up, made on first use; None when this database has none."""
+        if self._waker is None and self.wake:
+            try:
+                self._waker = self._make_waker()
+            except OSError as exc:          # no socket, no descriptor: the worker polls, as with DB_WAKE=off
+                self.wake = False
+                log.warning("Wake-up is off for %s: %s; jobs are found every --sleep", self.describe(), exc)
+        return self._waker
+
+    def _make_waker(self) -> Waker | None:
+        return None
+
+    async def announce(self, queue: str) -> None:
+        """After a push of a due job committed (never inside its transaction): wake the workers
+        waiting for `queue`. Never raises: the job is stored, a lost wake-up costs at most --sleep."""
+        announcer = self._announcer
+        if announcer is None:
+            if self._silent:
+                return
+            send = self._wake_sender() if self.wake else None
+            if send is None:
+                self._silent = True
+                return
+            announcer = self._announcer = Announcer(send)
+        await announcer.announce(queue)
+
+    def _wake_sender(self) -> Callable[[str], Awaitable[None]] | None:
+        """How this database sends one wake-up for a queue; None: a commit wakes the workers itself."""
+        return None
+
+    async def _close_wake(self) -> None:
+        """Send what the announcer holds back, stop the waker: the first step of close()."""
+        if self._announcer is not None:
+            await self._announcer.flush()
+        if self._waker is not None:
+            waker, self._waker = self._waker, None
+            waker.close()
 
     def describe(self) -> str:
         """The database and where it is, for messages; never a password."""
@@ -148,6 +199,27 @@ class Database:
     def session(self) -> contextlib.AbstractAsyncContextManager[Session]:
         raise NotImplementedError
 
+    async def execute_ddl(self, ddl: str) -> bool:
+        """Run a CREATE or ALTER that another process migrating at the same moment may have run
+        first (on PostgreSQL two CREATE TABLE IF NOT EXISTS at once can both pass the check, the
+        second failing on a duplicate type); True if this call ran it."""
+        try:
+            await self.execute(ddl)
+            return True
+        except Exception as exc:
+            if self.connection_error(exc):
+                raise
+            text = str(exc).lower()
+            if "duplicate" in text or "already exists" in text or "check that" in text or "1091" in text:
+                return False
+            raise
+
+    async def run_statements(self, steps: Steps[T]) -> T:
+        """Run steps statement by statement on one connection, each statement atomic on its own:
+        for steps whose statements need no transaction around them."""
+        async with self.session() as s:
+            return await s.run(steps)
+
     async def run_transaction(self, steps: Steps[T]) -> T:
         """Run steps as one transaction: committed when they return, rolled back when they or a
         statement raise, or when the caller is cancelled before the commit."""
@@ -180,15 +252,16 @@ class SqliteDatabase(Database):
     dialect = SQLITE
     local_clock = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wake: bool = True) -> None:
         self.path = path
+        self.wake = wake
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._handed_off = False     # the current transaction was cut and its lock handed to a clean-up task
 
     @classmethod
     def from_config(cls, config: DatabaseConfig) -> "SqliteDatabase":
-        return cls(project_path(config.database))
+        return cls(project_path(config.database), config.wake)
 
     async def open(self) -> None:
         import aiosqlite
@@ -211,9 +284,13 @@ class SqliteDatabase(Database):
             raise ConnectionFailed(f"Cannot open SQLite database at {self.path}: {exc}") from None
 
     async def close(self) -> None:
+        await self._close_wake()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()
+
+    def _make_waker(self) -> Waker:
+        return DataVersionWaker(self.path)        # every commit, of any process, changes it
 
     def describe(self) -> str:
         return f"SQLite at {self.path}"
@@ -336,21 +413,86 @@ def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any], rows: bool) 
         cursor.close()
 
 
-class MysqlDatabase(Database):
+class ServerDatabase(Database):
+    """A database server reached through a pool (MySQL, PostgreSQL): each unit of work (a
+    statement, a transaction) takes a connection and must end within DB_TIMEOUT seconds. A
+    partitioned network never closes the socket, and neither driver has a read timeout: without
+    this bound a worker would wait for good. A connection whose work was cut is closed, not
+    pooled: an answer still on its way would reach the next user."""
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> "ServerDatabase":
+        return cls(config)
+
+    def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
+        self.config = config
+        self.wake = config.wake
+        self._maxsize = maxsize
+        self._pool: Any = None
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+    async def _open_pool(self, make: Callable[[], Awaitable[Any]], reason: Callable[[BaseException], str]) -> None:
+        """self._pool = await make(), within DB_TIMEOUT; a failure is ConnectionFailed, one line
+        with `reason(exc)`."""
+        c = self.config
+        where = f"{self.dialect.label} at {c.host}:{c.port}"
+        try:
+            async with asyncio.timeout(c.timeout or None):
+                self._pool = await make()
+        except TimeoutError:
+            raise ConnectionFailed(f"Cannot connect to {where}: no answer within {c.timeout:g}s (DB_TIMEOUT)") from None
+        except Exception as exc:
+            raise ConnectionFailed(f"Cannot connect to {where}: {reason(exc)}") from None
+
+    async def _acquire(self) -> Any:
+        return await self._pool.acquire()
+
+    async def _release(self, conn: Any) -> None:
+        await self._pool.release(conn)
+
+    def _abandon(self, conn: Any) -> None:
+        """Close a connection whose work was cut, at once (no round trip)."""
+        conn.close()
+
+    def _no_answer(self) -> TimeoutError:
+        return TimeoutError(f"no answer from {self.describe()} within {self.config.timeout:g}s (DB_TIMEOUT)")
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        timeout = self.config.timeout
+        try:
+            async with asyncio.timeout(timeout or None) as scope:
+                conn = await self._acquire()
+                try:
+                    yield conn
+                except asyncio.CancelledError:
+                    self._abandon(conn)
+                    raise
+                finally:
+                    await self._release(conn)
+        except TimeoutError:
+            if scope.expired():
+                raise self._no_answer() from None
+            raise
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        async with self._connection() as conn:
+            yield Session(self, conn)
+
+
+class MysqlDatabase(ServerDatabase):
     """An aiomysql pool in autocommit mode; transactions run at READ COMMITTED so that
     `FOR UPDATE SKIP LOCKED` locks only the rows it returns."""
 
     dialect = MYSQL
 
-    @classmethod
-    def from_config(cls, config: DatabaseConfig) -> "MysqlDatabase":
-        return cls(config)
-
     def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
-        self.config = config
-        self._maxsize = maxsize
-        self._pool: Any = None
+        super().__init__(config, maxsize)
         self._max_packet: int | None = None
+        self._bus = SocketBus(f"mysql://{config.host}:{config.port}/{config.database}")
 
     async def open(self) -> None:
         import aiomysql
@@ -361,28 +503,28 @@ class MysqlDatabase(Database):
         # client_flag FOUND_ROWS: an UPDATE counts the rows it matched, not only those it changed, so a
         # fenced update writing the values its row already holds (a repeated mark_failing) finds it.
         c = self.config
-        try:
-            async with asyncio.timeout(c.timeout or None):
-                self._pool = await aiomysql.create_pool(
-                    host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
-                    autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize,
-                    charset="utf8mb4", pool_recycle=3600,
-                    init_command="SET SESSION time_zone = '+00:00'")
-        except TimeoutError:
-            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: no answer within "
-                                   f"{c.timeout:g}s (DB_TIMEOUT)") from None
-        except Exception as exc:
-            raise ConnectionFailed(f"Cannot connect to MySQL at {c.host}:{c.port}: "
-                                   f"{describe_mysql_error(exc)}") from None
+        await self._open_pool(lambda: aiomysql.create_pool(
+            host=c.host, port=c.port, user=c.username, password=c.password, db=c.database,
+            autocommit=True, client_flag=pymysql.constants.CLIENT.FOUND_ROWS, minsize=1, maxsize=self._maxsize,
+            charset="utf8mb4", pool_recycle=3600, init_command="SET SESSION time_zone = '+00:00'"),
+            describe_mysql_error)
 
     async def close(self) -> None:
+        await self._close_wake()
+        self._bus.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.close()
             await pool.wait_closed()
 
-    def describe(self) -> str:
-        return self.config.describe()
+    def _make_waker(self) -> Waker:
+        """No change counter, no notifications: workers on this host listen on the socket bus."""
+        wakeups = Wakeups()
+        self._bus.listen(wakeups)
+        return wakeups
+
+    def _wake_sender(self) -> Callable[[str], Awaitable[None]]:
+        return self._bus.send
 
     async def max_packet(self) -> int:
         """The server's max_allowed_packet in bytes (read once): no statement may be longer."""
@@ -406,36 +548,6 @@ class MysqlDatabase(Database):
         if isinstance(exc, OSError):                         # TimeoutError from _connection, resets
             return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
         return None
-
-    def _no_answer(self) -> TimeoutError:
-        return TimeoutError(f"no answer from {self.describe()} within {self.config.timeout:g}s (DB_TIMEOUT)")
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection for one unit of work (a statement, a transaction), which must end
-        within DB_TIMEOUT seconds. A partitioned network never closes the socket and aiomysql has
-        no read timeout: without this bound a worker would wait for good. A connection whose work
-        was cut is closed, not pooled: an answer still on its way would reach the next user."""
-        timeout = self.config.timeout
-        try:
-            async with asyncio.timeout(timeout or None) as scope:
-                conn = await self._pool.acquire()
-                try:
-                    yield conn
-                except asyncio.CancelledError:
-                    conn.close()
-                    raise
-                finally:
-                    await self._pool.release(conn)
-        except TimeoutError:
-            if scope.expired():
-                raise self._no_answer() from None
-            raise
-
-    @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        async with self._connection() as conn:
-            yield Session(self, conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:

@@ -12,7 +12,9 @@ A leaf module: it imports nothing of ours.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -33,6 +35,13 @@ class Dialect:
     column_names: ClassVar[str] = ""  # one table's column names (parameter: the table's name)
     index_names: ClassVar[str] = ""   # one table's index names (parameter: the table's name)
     types: ClassVar[MappingProxyType[str, str]] = MappingProxyType({})   # the DDL placeholders
+    # UPDATE ... WHERE id IN (SELECT ... LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING ...: a reserve is
+    # one statement, which needs no transaction around it.
+    returning: ClassVar[bool] = False
+    # Begins a WHERE whose statement's commit need not wait for the disk (a reserve: if a server
+    # crash forgets it, its job runs again, at least once, never lost).
+    relaxed_commit: ClassVar[str] = ""
+    default_port: ClassVar[int] = 0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
@@ -73,6 +82,10 @@ class Dialect:
     def drop_index(self, table: str, index: str) -> str:
         return f"DROP INDEX IF EXISTS {index}"
 
+    def timestamp(self, value: datetime) -> Any:
+        """A TIMESTAMP parameter (UTC), as the driver takes it: text here, a datetime for asyncpg."""
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+
 
 class SqliteDialect(Dialect):
     name = "sqlite"
@@ -95,6 +108,7 @@ class MysqlDialect(Dialect):
 
     name = "mysql"
     label = "MySQL"
+    default_port = 3306
     database = "core.database:MysqlDatabase"
     now = "UNIX_TIMESTAMP()"
     due = "CEIL(UNIX_TIMESTAMP(NOW(6)) + ?)"
@@ -127,7 +141,40 @@ class MysqlDialect(Dialect):
         return f"DROP INDEX {index} ON {table}"
 
 
+class PgsqlDialect(Dialect):
+    """PostgreSQL. Its clock is clock_timestamp(): now() stays at the transaction's start. A
+    parameter added to the clock is cast to double precision: asyncpg types each parameter from
+    its place, and an integer one would refuse a fractional delay."""
+
+    name = "pgsql"
+    label = "PostgreSQL"
+    default_port = 5432
+    database = "core.pgsql:PgsqlDatabase"
+    now = "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)"
+    clock = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+    due = f"CAST(CEIL({clock} + CAST(? AS DOUBLE PRECISION)) AS BIGINT)"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
+    returning = True
+    relaxed_commit = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL AND "
+    column_names = ("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                    "AND table_name = ?")
+    index_names = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?"
+    # BIGINT for unix seconds (no unsigned types; INTEGER ends in 2038).
+    types = MappingProxyType({"id": "BIGSERIAL PRIMARY KEY", "uint": "BIGINT", "flag": "SMALLINT",
+                              "longtext": "TEXT", "double": "DOUBLE PRECISION", "table": "", "keyed_table": ""})
+
+    def placeholders(self, text: str) -> str:
+        """`?` -> $1, $2, ... in order (no statement of ours has a `?` inside a literal)."""
+        count = itertools.count(1)
+        return _MARK.sub(lambda _: f"${next(count)}", text)
+
+    def timestamp(self, value: datetime) -> Any:
+        return value.replace(tzinfo=None)
+
+
 _EXCLUDED = re.compile(r"\bexcluded\.(\w+)")
+_MARK = re.compile(r"\?")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -139,5 +186,6 @@ def translate(dialect: Dialect, text: str) -> str:
 
 SQLITE = SqliteDialect()
 MYSQL = MysqlDialect()
+PGSQL = PgsqlDialect()
 # DB_CONNECTION -> its dialect.
-DIALECTS = {"sqlite": SQLITE, "mysql": MYSQL}
+DIALECTS = {"sqlite": SQLITE, "mysql": MYSQL, "pgsql": PGSQL}

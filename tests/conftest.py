@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MYSQL, REDIS, redis_test_db, require, unique_name
+from tests.servers import MYSQL, PGSQL, PGSQL_USER, REDIS, pgsql_query, redis_test_db, require, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_PORT", "DB_USERNAME",
@@ -18,7 +18,7 @@ ENV_KEYS = ("QUEUE_CONNECTION", "DB_CONNECTION", "DB_DATABASE", "DB_HOST", "DB_P
             "QUEUE_REPLAY_WINDOW", "JOB_PACKAGES", "APP_LISTENERS", "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME",
             "MQTT_PASSWORD", "MQTT_CLIENT_ID",
             "MQTT_TLS", "MQTT_SHARED_GROUP", "MQTT_MAX_CONCURRENT", "MQTT_CONNECT_TIMEOUT", "MQTT_CLEAN_SESSION",
-            "MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE", "MQTT_PROTOCOL")
+            "MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE", "MQTT_PROTOCOL", "DB_LISTEN_URL", "DB_WAKE")
 
 
 @pytest.hookimpl(trylast=True)
@@ -73,6 +73,29 @@ def mysql_env(monkeypatch):
 
 
 @pytest.fixture
+def pgsql_env(monkeypatch):
+    """A fresh PostgreSQL database for this test, dropped afterwards (with the connections of
+    workers it left behind); env points DB_* at it. A database, not a schema: DB_* has no schema
+    setting, and CREATE DATABASE takes about 0.1 s."""
+    require(PGSQL)
+    name = unique_name("test_jobs")
+    pgsql_query(f'CREATE DATABASE "{name}"')
+    monkeypatch.setenv("DB_CONNECTION", "pgsql")
+    monkeypatch.setenv("DB_DATABASE", name)
+    monkeypatch.setenv("DB_HOST", PGSQL[0])
+    monkeypatch.setenv("DB_PORT", str(PGSQL[1]))
+    monkeypatch.setenv("DB_USERNAME", PGSQL_USER)
+    yield name
+    pgsql_query(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def store_env(request, kind: str) -> None:
+    """The server fixture a store kind needs (sqlite needs none: every test has its own file)."""
+    if kind in ("mysql", "pgsql", "redis"):
+        request.getfixturevalue(f"{kind}_env")
+
+
+@pytest.fixture
 def redis_env(monkeypatch):
     """This test process's own Redis db (tests/servers.py, redis_test_db), flushed before and after;
     env points at it."""
@@ -102,16 +125,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 60,
     return result
 
 
-@pytest.fixture(params=["sqlite", "mysql", "redis"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql", "redis"])
 async def store(request, monkeypatch, tmp_path):
     """The contract suite's Backend on each store, with a 30 s visibility timeout: a job seen pending
     right after a worker stopped was released by it, not expired."""
     from tests.contract.conftest import configure, open_backend
 
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
+    store_env(request, request.param)
     configure(monkeypatch, "redis" if request.param == "redis" else "database")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
     async for backend in open_backend(request.param, tmp_path):

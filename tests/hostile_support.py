@@ -11,7 +11,7 @@ import uuid
 import pymysql
 import redis
 
-from tests.servers import MYSQL, REDIS
+from tests.servers import MYSQL, REDIS, pgsql_query
 
 
 class RawStore:
@@ -24,6 +24,8 @@ class RawStore:
         elif backend == "mysql":
             self.db = pymysql.connect(host=MYSQL[0], port=MYSQL[1], user="root", password="",
                                       database=os.environ["DB_DATABASE"], autocommit=True, charset="utf8mb4")
+        elif backend == "pgsql":
+            self.db = None
         else:
             self.db = redis.Redis(host=REDIS[0], port=REDIS[1], db=int(os.environ["REDIS_DB"]))
 
@@ -39,6 +41,14 @@ class RawStore:
             with self.db.cursor() as cur:
                 cur.execute("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) "
                             "VALUES (%s, %s, 0, NULL, UNIX_TIMESTAMP(), UNIX_TIMESTAMP())", (queue, payload))
+        elif self.backend == "pgsql":
+            # TEXT holds no NUL and only UTF-8: an attacker can store only that.
+            if isinstance(payload, bytes):
+                payload = payload.decode("utf-8", "replace")
+            payload = payload.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
+            pgsql_query("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) VALUES "
+                        "($1, $2, 0, NULL, EXTRACT(EPOCH FROM now())::bigint, EXTRACT(EPOCH FROM now())::bigint)",
+                        queue, payload, database=os.environ["DB_DATABASE"])
         else:
             base = f"queues:{{{queue}}}"
             job_id = job_id or f"raw-{uuid.uuid4().hex}"
@@ -49,7 +59,8 @@ class RawStore:
             self.db.rpush(f"{base}:notify", 1)
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
 
 async def drain(app, limit: float = 90, **options):

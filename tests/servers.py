@@ -14,7 +14,9 @@ import pytest
 MYSQL = ("127.0.0.1", int(os.environ.get("TEST_MYSQL_PORT", "3306")))
 REDIS = ("127.0.0.1", int(os.environ.get("TEST_REDIS_PORT", "6379")))
 MQTT = ("127.0.0.1", int(os.environ.get("TEST_MQTT_PORT", "1883")))
-NAMES = {MYSQL: "MySQL/MariaDB", REDIS: "Redis", MQTT: "the MQTT broker"}
+PGSQL = ("127.0.0.1", int(os.environ.get("TEST_PGSQL_PORT", "5432")))
+PGSQL_USER = os.environ.get("TEST_PGSQL_USER", "postgres")
+NAMES = {MYSQL: "MySQL/MariaDB", REDIS: "Redis", MQTT: "the MQTT broker", PGSQL: "PostgreSQL"}
 
 
 def reachable(address: tuple[str, int]) -> bool:
@@ -33,6 +35,25 @@ def require(address: tuple[str, int]) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " (CI=true: required)")
     pytest.skip(message)
+
+
+def pgsql_query(statement: str, *args: object, database: str = "test") -> list[tuple]:
+    """One statement on the real PostgreSQL server (not through a proxy), its rows; run in a thread
+    of its own, as a test or fixture may call it from inside a running event loop."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import asyncpg
+
+    async def run() -> list[tuple]:
+        conn = await asyncpg.connect(host=PGSQL[0], port=PGSQL[1], user=PGSQL_USER, database=database)
+        try:
+            return [tuple(row) for row in await conn.fetch(statement, *args)]
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 def unique_name(prefix: str) -> str:

@@ -154,13 +154,41 @@ def test_bad_queue_name_is_one_clear_line():
     assert result.stderr.startswith("invalid queue name 'bad name;drop'")
 
 
+@pytest.mark.parametrize("driver, label", [("mysql", "MySQL"), ("pgsql", "PostgreSQL")])
 @pytest.mark.parametrize("command", [["queue:size"], ["queue:failed"], ["queue:work", "--once"], ["migrate"]])
-def test_unreachable_mysql_is_one_line_without_the_password(command):
-    env = {"DB_CONNECTION": "mysql", "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
+def test_an_unreachable_database_server_is_one_line_without_the_password(command, driver, label):
+    env = {"DB_CONNECTION": driver, "DB_PORT": "1", "DB_PASSWORD": "hunter2-secret", "DB_DATABASE": "x"}
     result = run_cli(*command, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip() == "Cannot connect to MySQL at 127.0.0.1:1: Connection refused"
+    assert result.stderr.strip() == f"Cannot connect to {label} at 127.0.0.1:1: Connection refused"
     assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_pgsql_takes_port_5432_by_default_and_a_missing_database_is_one_line(pgsql_env, monkeypatch):
+    monkeypatch.delenv("DB_PORT")
+    result = run_cli("queue:size", "--json", env={"DB_DATABASE": "no_such_database_here"})
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Cannot connect to PostgreSQL at 127.0.0.1:5432: ")
+    assert "no_such_database_here" in result.stderr
+
+
+def test_migrate_creates_the_tables_on_pgsql(pgsql_env):
+    from tests.servers import pgsql_query
+
+    run_cli("migrate", check=True)
+    tables = {name for (name,) in pgsql_query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                                              database=pgsql_env)}
+    assert {"jobs", "failed_jobs", "finished_jobs", "job_locks"} <= tables
+    run_cli("migrate", check=True)          # again: nothing to do, no error
+
+
+def test_workers_starting_together_on_a_fresh_pgsql_database_all_migrate_it(pgsql_env):
+    """Two CREATE TABLE IF NOT EXISTS at once on PostgreSQL can both pass the check, the second then
+    failing on a duplicate type: that failure means the table is there, as for an index or a column."""
+    processes = [subprocess.Popen([sys.executable, "main.py", "migrate"], cwd=ROOT, env=dict(os.environ),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, outputs
 
 
 def test_wrong_mysql_credentials_are_one_line_without_the_password(mysql_env):

@@ -21,15 +21,14 @@ from core.database import MysqlDatabase
 from core.queue import database as database_module
 from core.queue.database import DatabaseQueue
 from core.queue.failed import FailedJobStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, store_env
 from tests.contract.conftest import configure, payload
 from tests.servers import MYSQL
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql"])
 async def app(request, monkeypatch):
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
+    store_env(request, request.param)
     configure(monkeypatch, "database")
     async with create_app() as application:
         yield application

@@ -7,19 +7,19 @@ import pytest
 
 from core.config import DatabaseConfig, load_config
 from core.database import Database
-from core.dialects import MYSQL, SQLITE
+from core.dialects import MYSQL, PGSQL, SQLITE
 from core.errors import ConfigError
 from core.queue import database as queue_tables
 from core.queue import failed as failed_tables
+from tests.conftest import store_env
 
 SCRATCH = ("CREATE TABLE scratch (id {id}, k VARCHAR(64) NOT NULL, n {uint} NOT NULL, "
            "CONSTRAINT scratch_k UNIQUE (k)){table}")
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql"])
 async def db(request):
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
+    store_env(request, request.param)
     database = await Database.connect(load_config().database)
     await database.execute(database.dialect.ddl(SCRATCH))
     yield database
@@ -66,7 +66,7 @@ async def test_now_is_the_database_clock_and_due_is_never_early(db):
     assert int(due) >= int(now) + 3 and int(due) <= int(now) + 4
 
 
-@pytest.mark.parametrize("dialect", [SQLITE, MYSQL], ids=lambda d: d.name)
+@pytest.mark.parametrize("dialect", [SQLITE, MYSQL, PGSQL], ids=lambda d: d.name)
 def test_every_ddl_placeholder_is_filled_in(dialect):
     texts = [*queue_tables.TABLES, *queue_tables.COLUMNS.values(), failed_tables.SCHEMA, SCRATCH]
     for text in texts:
@@ -79,10 +79,13 @@ def test_statements_take_the_drivers_placeholders():
                                 "AS INTEGER) + 1) WHERE id = ? AND reserved_at < CAST(strftime('%s','now') AS INTEGER)")
     assert MYSQL.sql(text) == "UPDATE jobs SET available_at = CEIL(UNIX_TIMESTAMP(NOW(6)) + %s) WHERE id = %s " \
                               "AND reserved_at < UNIX_TIMESTAMP()"
+    assert PGSQL.sql(text) == ("UPDATE jobs SET available_at = CAST(CEIL(CAST(EXTRACT(EPOCH FROM clock_timestamp()) "
+                               "AS DOUBLE PRECISION) + CAST($1 AS DOUBLE PRECISION)) AS BIGINT) WHERE id = $2 AND "
+                               "reserved_at < CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)")
 
 
 async def test_an_unknown_database_driver_is_one_line_naming_the_known_ones():
-    with pytest.raises(ConfigError, match="^DB_CONNECTION must be sqlite or mysql, got 'oracle'$"):
+    with pytest.raises(ConfigError, match="^DB_CONNECTION must be sqlite, mysql or pgsql, got 'oracle'$"):
         await Database.connect(DatabaseConfig(driver="oracle"))
 
 
@@ -90,3 +93,5 @@ def test_a_database_config_names_its_database_without_the_password():
     assert DatabaseConfig(database="storage/x.sqlite").describe() == "SQLite at storage/x.sqlite"
     mysql = DatabaseConfig(driver="mysql", host="db.local", port=3307, password="s3cret")
     assert mysql.describe() == "MySQL at db.local:3307"
+    pgsql = DatabaseConfig(driver="pgsql", host="db.local", port=5433, password="s3cret")
+    assert pgsql.describe() == "PostgreSQL at db.local:5433"

@@ -14,6 +14,7 @@ from core import events
 from core.errors import FrameworkError, QueueConnectionError
 from core.events import JobEvent, JobFailed, JobQueued, JobReleased, listen
 from core.payload import Payload
+from tests.conftest import store_env
 from tests.jobs.sample_jobs import RecordingJob, read_events
 
 
@@ -186,14 +187,11 @@ async def test_a_broken_listeners_module_is_one_line_and_pushes_nothing(tmp_path
 
 # -- JobQueued, on every store -------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "mysql", "redis", "sync"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql", "redis", "sync"])
 def store(request, monkeypatch):
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
-    monkeypatch.setenv("QUEUE_CONNECTION", {"sqlite": "database", "mysql": "database"}.get(request.param,
-                                                                                           request.param))
+    store_env(request, request.param)
+    monkeypatch.setenv("QUEUE_CONNECTION", {"sqlite": "database", "mysql": "database", "pgsql": "database"}.get(
+        request.param, request.param))
     return request.param
 
 
@@ -215,7 +213,7 @@ async def test_job_queued_follows_each_stored_push(store, tmp_path):
         later = await RecordingJob.dispatch(log=log, value=2).delay(30)
         many = await RecordingJob.dispatch_many([{"log": log, "value": 3}, {"log": log, "value": 4}])
         other = await RecordingJob.dispatch(log=log, value=5).on_queue("other")
-    name = "database" if store in ("sqlite", "mysql") else store
+    name = "database" if store in ("sqlite", "mysql", "pgsql") else store
     assert [e.job_id for e, _, _ in heard] == [first, later, *many, other]
     assert {(e.connection, e.job_class, e.attempts) for e, _, _ in heard} == {
         (name, "tests.jobs.sample_jobs.RecordingJob", 0)}

@@ -14,7 +14,7 @@ from bootstrap.app import create_app
 from core.errors import InvalidQueueName
 from core.job import Job
 from core.payload import PayloadTooLarge, check_size
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, store_env
 from tests.jobs.hostile_jobs import DangerousJob
 from tests.jobs.sample_jobs import NotAJob, RecordingJob, read_events
 from tests.hostile_support import RawStore, drain
@@ -22,13 +22,11 @@ from tests.hostile_support import RawStore, drain
 RECORDING = "tests.jobs.sample_jobs.RecordingJob"
 
 
-@pytest.fixture(params=["sqlite", "mysql", "redis"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql", "redis"])
 def store(request, monkeypatch):
     """The queue connection under attack; failed_jobs stays in SQLite for Redis, as by default."""
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
+    store_env(request, request.param)
     if request.param == "redis":
-        request.getfixturevalue("redis_env")
         monkeypatch.setenv("QUEUE_CONNECTION", "redis")
     return request.param
 

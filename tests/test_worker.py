@@ -11,14 +11,14 @@ import pytest
 
 from bootstrap.app import create_app
 from core.worker import Worker, WorkerOptions
+from tests.conftest import store_env
 from tests.jobs.sample_jobs import (BackoffJob, BlockingJob, BusyLoopJob, FailedRaisesJob, FlakyJob, RecordingJob,
                                     SleepyJob, read_events)
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql"])
 def backend(request):
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
+    store_env(request, request.param)
     return request.param
 
 

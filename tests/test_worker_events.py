@@ -16,7 +16,7 @@ import time
 import pytest
 
 from bootstrap.app import create_app
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, store_env
 from tests.hostile_support import RawStore
 from tests.jobs.event_jobs import LastTryJob, TimedJob
 from tests.jobs.sample_jobs import FailedRaisesJob, FlakyJob, read_events
@@ -25,13 +25,10 @@ from tests.test_signing import resign
 JOB_FIELDS = ("connection", "queue", "job_id", "job_class", "attempts")
 
 
-@pytest.fixture(params=["sqlite", "mysql", "redis"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql", "redis"])
 def store(request, monkeypatch, tmp_path):
     """Workers and commands on this store, with the recording listener and a log of what it heard."""
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
+    store_env(request, request.param)
     monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
     return request.param
 

@@ -21,7 +21,7 @@ from core.worker import CANCEL_GRACE
 from tests.conftest import ROOT, run_cli
 from tests.jobs.sample_jobs import IgnoresCancelJob, RecordingJob, SlowFirstAttemptJob, read_events
 
-STORES = ["sqlite", "mysql", "redis"]
+STORES = ["sqlite", "mysql", "pgsql", "redis"]
 
 
 async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:

@@ -23,6 +23,7 @@ The middleware's own tables are state_database.py's.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -122,6 +123,25 @@ PICK = ("SELECT j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EX
         "ORDER BY j.available_at, j.priority_rank, j.id LIMIT ?")
 MARK_RESERVED = ("UPDATE jobs SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, "
                  "claim = ? WHERE id IN ")
+# Where UPDATE takes a subquery on its own table and answers with RETURNING (PostgreSQL), promote and
+# reserve are one statement each, which needs no transaction: the subquery's rows are locked (SKIP
+# LOCKED) and changed by the statement that picked them.
+PROMOTE_DUE = "UPDATE jobs SET state = 0, available_at = 0, reserved_at = NULL WHERE id IN ("
+TAKE = ("UPDATE jobs j SET state = 2, reserved_at = {now}, available_at = {due}, attempts = attempts + 1, claim = ? "
+        "WHERE {relaxed}j.id IN (SELECT id FROM jobs WHERE queue = ? AND state = 0 AND available_at <= {now} "
+        "AND (reserved_at IS NULL OR reserved_at < {now} - ?) "
+        "ORDER BY available_at, priority_rank, id LIMIT ?{skip_locked}) "
+        "RETURNING j.id, j.payload, j.attempts, j.failing, j.failed_ran, j.uuid, EXISTS (SELECT 1 FROM finished_jobs f "
+        "WHERE f.uuid = j.uuid AND f.finished_at + ? >= {now}), " + TIMING)
+# ... and an acknowledgement is one statement: the held rows deleted, their uuids remembered
+# (data-modifying CTEs). {rows}: one "(?, ?, ?, ?)" per job: id, attempts, claim, uuid (its payload's).
+ACKNOWLEDGE = ("WITH held (id, attempts, claim, uuid) AS (VALUES {rows}), "
+               "gone AS (DELETE FROM jobs j USING held h WHERE j.id = h.id AND j.attempts = h.attempts "
+               "AND j.claim = h.claim AND j.reserved_at IS NOT NULL RETURNING j.id, j.attempts, j.claim, "
+               "COALESCE(j.uuid, h.uuid) AS uuid), "
+               "kept AS (INSERT INTO finished_jobs (uuid, finished_at) SELECT DISTINCT uuid, {now} FROM gone "
+               "WHERE uuid IS NOT NULL{upsert}) SELECT id, attempts, claim FROM gone")
+ACKNOWLEDGE_ROW = "(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS VARCHAR(255)), CAST(? AS VARCHAR(255)))"
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
 DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
 RELEASE_HELD = ("UPDATE jobs SET state = 0, reserved_at = NULL, available_at = 0, claim = NULL, failing = NULL, "
@@ -195,6 +215,9 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         dialect = db.dialect
         self._pick = PICK + dialect.skip_locked
         self._due = DUE + dialect.skip_locked
+        self._one_statement = dialect.returning
+        self._take = TAKE.replace("{skip_locked}", dialect.skip_locked).replace("{relaxed}", dialect.relaxed_commit)
+        self._acknowledge = ACKNOWLEDGE.replace("{upsert}", dialect.upsert("uuid", REMEMBER_AGAIN))
         self._promoted_at: dict[tuple[str, ...], float] = {}
         self._lock_held = dialect.for_update
         self._renewable = RENEWABLE + "{marks}" + dialect.skip_locked if dialect.skip_locked else ""
@@ -219,7 +242,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         even those reserved or delayed, keep working."""
         dialect = self.db.dialect
         for statement in TABLES:
-            await self.db.execute(dialect.ddl(statement))
+            await self.db.execute_ddl(dialect.ddl(statement))
         added = [name for name, ddl in COLUMNS.items() if await self._ensure(
             "jobs", name, dialect.column_names, dialect.ddl(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}"))]
         for table, name, ddl in INDEXES:
@@ -232,7 +255,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         names = await self._names("jobs", dialect.index_names)
         for old in OLD_INDEXES:
             if old in names:
-                await self._ignore_race(dialect.drop_index("jobs", old))
+                await self.db.execute_ddl(dialect.drop_index("jobs", old))
         await self.failed.migrate()
         await self._state.migrate()
 
@@ -243,20 +266,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         """Run `ddl` unless `name` exists; True if this call created it."""
         if name in await self._names(table, query):
             return False
-        return await self._ignore_race(ddl) and name in await self._names(table, query)
-
-    async def _ignore_race(self, ddl: str) -> bool:
-        """Run DDL; another process migrating at the same moment may have run it first."""
-        try:
-            await self.db.execute(ddl)
-            return True
-        except Exception as exc:
-            if self.db.connection_error(exc):
-                raise
-            text = str(exc).lower()
-            if "duplicate" in text or "already exists" in text or "check that" in text or "1091" in text:
-                return False
-            raise
+        return await self.db.execute_ddl(ddl) and name in await self._names(table, query)
 
     def describe(self) -> str:
         return self.db.describe()
@@ -269,6 +279,8 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     async def push(self, queue: str, payload: str, delay: float = 0) -> None:
         statement = self._push(queue, payload, delay)
         await self.db.execute(statement.sql, statement.params)
+        if delay <= 0:
+            await self.db.announce(queue)
 
     def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
         on_duplicate = self._on_duplicate
@@ -286,6 +298,8 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         chunks = list(await self._chunks(payloads))
         await self.db.run_transaction(self._push_many_steps(queue, chunks, delay))
+        if delay <= 0:
+            await self.db.announce(queue)
 
     def _push_many_steps(self, queue: str, chunks: Sequence[Sequence[str]], delay: float) -> Steps[None]:
         on_duplicate = self._on_duplicate
@@ -332,6 +346,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
 
     async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
         await self.db.run_transaction(self._requeue_steps(queue, payload, delay))
+        await self.db.announce(queue)
 
     async def requeue_failed(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> bool:
         """The job is either still failed or back on its queue, never both or neither: one
@@ -339,8 +354,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         that is failing the same job (both lock its jobs row and failed row): it runs again then."""
         if store.db is not self.db:
             return await super().requeue_failed(store, job, delay)
-        return await self.db.retrying_conflicts(
+        done = await self.db.retrying_conflicts(
             lambda: self.db.run_transaction(self._requeue_failed_steps(store, job, delay)))
+        if done:
+            await self.db.announce(job.queue)
+        return done
 
     def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> Steps[bool]:
         if not (yield from store.forget_steps(job.uuid)):
@@ -368,7 +386,13 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
 
     async def reserve_many(self, queues: Sequence[str], limit: int, claim: str | None = None) -> list[ReservedJob]:
         claim = claim or secrets.token_hex(8)     # the fence needs one even when the caller has none
-        taken, dropped = await self.db.run_transaction(self._reserve_steps(queues, limit, claim))
+        return await self._run_reserve(self._reserve_steps(queues, limit, claim))
+
+    async def _run_reserve(self, steps: Steps[tuple[list[ReservedJob], list[str]]]) -> list[ReservedJob]:
+        if self._one_statement:
+            taken, dropped = await self.db.run_statements(steps)
+        else:
+            taken, dropped = await self.db.run_transaction(steps)
         for job_uuid in dropped:
             log.warning(ALREADY_RAN, job_uuid)
         return taken
@@ -394,14 +418,41 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
                 taken, dropped = taken + more, dropped + dropped_more
         return taken, dropped
 
+    async def reserve_wait(self, queues: Sequence[str], timeout: float,
+                           interrupt: asyncio.Event | None = None, claim: str | None = None) -> ReservedJob | None:
+        """Reserve; if nothing is due, wait up to `timeout` seconds for a wake-up (SPEC 17) and
+        reserve again on each. The mark is taken before the first look: a push between that look
+        and the wait still wakes it."""
+        waker = self.db.waker() if timeout > 0 else None
+        since = waker.mark() if waker is not None else 0
+        job = await self.reserve(queues, claim)
+        if job is not None or waker is None:
+            return job
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not await waker.wait(queues, since, left, interrupt):
+                return None
+            since = waker.mark()
+            # A wake-up is a push: READY rows to pick, nothing to promote (delayed and lapsed
+            # rows are promoted by the look every --sleep).
+            jobs = await self._run_reserve(self._pick_steps(queues, 1, claim or secrets.token_hex(8)))
+            if jobs:
+                return jobs[0]
+        return None
+
     def _promote_steps(self, queues: Sequence[str]) -> Steps[int]:
         """Due DELAYED rows and lapsed RESERVED ones become READY; how many."""
+        if self._one_statement:
+            due_rows = self._due.replace("{marks}", marks(len(queues)))
+            return (yield change(PROMOTE_DUE + due_rows + ")", [*queues, self.visibility_timeout]))
         due = yield fetch(self._due.replace("{marks}", marks(len(queues))), [*queues, self.visibility_timeout])
         if due:
             yield change(PROMOTE + marks(len(due)), [job_id for (job_id,) in due])
         return len(due)
 
     def _pick_steps(self, queues: Sequence[str], limit: int, claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
+        if self._one_statement:
+            return (yield from self._take_steps(queues, limit, claim))
         vt = self.visibility_timeout
         taken: list[ReservedJob] = []
         dropped: list[str] = []
@@ -415,6 +466,25 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             if fresh:
                 yield change(MARK_RESERVED + marks(len(fresh)), [vt, claim, *(row[0] for row in fresh)])
                 taken += [_reserved(queue, (*row[:5], *row[7:]), claim, counted=True) for row in fresh]
+            if len(taken) >= limit:
+                break
+        return taken, dropped
+
+    def _take_steps(self, queues: Sequence[str], limit: int, claim: str) -> Steps[tuple[list[ReservedJob], list[str]]]:
+        """_pick_steps in one statement per queue: the rows come reserved, in no order (sorted by id
+        here). A job that already ran is reserved, then deleted by the next statement: if that
+        never runs, its reservation lapses and the next reserve drops it."""
+        vt = self.visibility_timeout
+        taken: list[ReservedJob] = []
+        dropped: list[str] = []
+        for queue in queues:
+            rows = yield fetch(self._take, (vt, claim, queue, vt, limit - len(taken), self.replay_window))
+            rows.sort(key=lambda row: row[0])
+            ran = [(job_id, job_uuid) for job_id, _, _, _, _, job_uuid, finished, *_ in rows if finished]
+            if ran:
+                yield change(DELETE_IDS + marks(len(ran)), [job_id for job_id, _ in ran])
+                dropped += [job_uuid for _, job_uuid in ran]
+            taken += [_reserved(queue, (*row[:5], *row[7:]), claim, counted=False) for row in rows if not row[6]]
             if len(taken) >= limit:
                 break
         return taken, dropped
@@ -435,7 +505,21 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         remember their uuids."""
         if not jobs:
             return []
+        if self._one_statement:
+            return await self.db.run_statements(self._acknowledge_one_steps(jobs))
         return await self.db.run_transaction(self._acknowledge_steps(jobs))
+
+    def _acknowledge_one_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
+        params: list = []
+        for job in jobs:
+            params += (*_fence(job), peek_uuid(job.payload))
+        rows = yield fetch(self._acknowledge.replace("{rows}", ", ".join([ACKNOWLEDGE_ROW] * len(jobs))), params)
+        gone = {f"{job_id}:{attempts}:{claim}" for job_id, attempts, claim in rows}
+        self._finished_since_prune += len(gone)
+        if self._finished_since_prune >= PRUNE_EVERY:       # on its own: pruning needs no transaction
+            self._finished_since_prune = 0
+            yield change(self._prune, (self.replay_window, PRUNE_LIMIT))
+        return [f"{job.id}:{job.token}" in gone for job in jobs]
 
     def _acknowledge_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
         rows = yield fetch(HELD_OF + marks(len(jobs)) + self._lock_held, [int(job.id) for job in jobs])

@@ -68,7 +68,7 @@ class FailedJobStore:
         self._payload_of = PAYLOAD_OF + db.dialect.for_update
 
     async def migrate(self) -> None:
-        await self.db.execute(self.db.dialect.ddl(SCHEMA))
+        await self.db.execute_ddl(self.db.dialect.ddl(SCHEMA))
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
                      session: Session | None = None) -> str:
@@ -83,7 +83,7 @@ class FailedJobStore:
     def record_steps(self, connection: str, queue: str, payload: str, exception: str) -> Steps[str]:
         """record() as transaction steps (core.database), to run inside another transaction's."""
         stored = storable(payload)
-        row = (connection, queue, stored, storable(exception), datetime.now(timezone.utc).strftime(_TIME))
+        row = (connection, queue, stored, storable(exception), self.db.dialect.timestamp(datetime.now(timezone.utc)))
         # No readable id: a random one, as two such jobs may hold the same bytes and are two failures.
         job_uuid: str | None = peek_uuid(payload) or str(uuid_module.uuid4())
         for n in itertools.count():
@@ -122,7 +122,8 @@ class FailedJobStore:
         if older_than_hours is None:
             return await self.db.execute("DELETE FROM failed_jobs")
         cutoff = datetime.now(timezone.utc) - timedelta(hours=older_than_hours)
-        return await self.db.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (cutoff.strftime(_TIME),))
+        before = self.db.dialect.timestamp(cutoff)
+        return await self.db.execute("DELETE FROM failed_jobs WHERE failed_at < ?", (before,))
 
 
 def _derived_uuid(payload: str, n: int) -> str:

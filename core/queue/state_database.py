@@ -70,9 +70,9 @@ class DatabaseState(MiddlewareState):
     async def migrate(self) -> None:
         dialect = self.db.dialect
         for statement in TABLES:
-            await self.db.execute(dialect.ddl(statement))
+            await self.db.execute_ddl(dialect.ddl(statement))
         if HITS_INDEX not in {name for (name,) in await self.db.fetchall(dialect.index_names, ("job_limit_hits",))}:
-            await self.db.execute(CREATE_HITS_INDEX)
+            await self.db.execute_ddl(CREATE_HITS_INDEX)
 
     async def _transact(self, make_steps: Callable[[], Steps[T]]) -> T:
         """Run a fresh transaction of `make_steps()`, again if MySQL aborts it over a lock conflict."""

@@ -12,7 +12,7 @@ failed_jobs. Besides the kills, each switchable in ChaosPlan:
   that now and then forwards the pushes but drops the server's answers, then resets the
   connection, so dispatch retries a push that may have landed (workers consume directly);
 - racer: `queue:retry` of every failed job and `queue:clear` (their core functions) at random moments;
-- cuts: the failed-job store cut while jobs fail. On MySQL the workers reach the whole store
+- cuts: the failed-job store cut while jobs fail. On MySQL and PostgreSQL the workers reach the whole store
   through a proxy that drops answers a moment, then cuts; on Redis the failed store is MySQL behind
   a proxy, cut for about a visibility timeout, and the queue itself is cut briefly the same way;
   SQLite cannot be cut, so its write lock is held for a while instead.
@@ -220,7 +220,7 @@ class Faults:
     def open(self, config) -> dict[str, str]:
         """Start the proxies this plan needs; returns the environment changes for the workers."""
         env: dict[str, str] = {}
-        if self.plan.dropped_answers and self.store in ("mysql", "redis"):
+        if self.plan.dropped_answers and self.store in ("mysql", "pgsql", "redis"):
             port = config.redis.port if self.store == "redis" else config.database.port
             host = config.redis.host if self.store == "redis" else config.database.host
             self.dispatch_proxy = FaultProxy(port, host).start()
@@ -228,8 +228,8 @@ class Faults:
             if self.store == "sqlite":
                 self.sqlite_path = config.database.database
             else:
-                if config.database.driver != "mysql":
-                    raise RuntimeError("the failed-store cuts need DB_CONNECTION=mysql (the failed store of a "
+                if config.database.driver not in ("mysql", "pgsql"):
+                    raise RuntimeError("the failed-store cuts need a database server (the failed store of a "
                                        "Redis run is the database)")
                 self.store_proxy = FaultProxy(config.database.port, config.database.host).start()
                 env["DB_PORT"] = str(self.store_proxy.port)

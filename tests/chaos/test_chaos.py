@@ -21,11 +21,12 @@ VISIBILITY_TIMEOUT = 4
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 
-@pytest.fixture(params=["sqlite", "mysql", "redis"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql", "redis"])
 def store(request, monkeypatch) -> str:
-    if request.param in ("mysql", "redis"):
-        request.getfixturevalue("mysql_env")        # for Redis: the failed-job store, cut through a proxy
+    if request.param in ("mysql", "pgsql"):
+        request.getfixturevalue(f"{request.param}_env")
     if request.param == "redis":
+        request.getfixturevalue("mysql_env")        # the failed-job store, cut through a proxy
         request.getfixturevalue("redis_env")
     monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", str(VISIBILITY_TIMEOUT))
@@ -47,7 +48,7 @@ async def test_chaos_loses_nothing_and_repeats_only_what_a_kill_or_a_retry_expla
     assert report.outcomes.get("failed-planned", 0) >= 1, report.line()
     assert report.faults.get("blockers", 0) >= 10 and report.retried >= 1, report.line()
     assert report.faults.get("results kept", 0) >= 50, report.line()     # SPEC 11: half the jobs keep one
-    staged = ("write locks",) if store == "sqlite" else ("store cuts",) if store == "mysql" else \
+    staged = ("write locks",) if store == "sqlite" else ("store cuts",) if store in ("mysql", "pgsql") else \
         ("failed-store cuts", "queue cuts")
     assert all(report.faults.get(f, 0) >= 1 for f in staged), report.line()
     if store != "sqlite":

@@ -1,6 +1,6 @@
 """The `backend` fixture: one open queue connection per store, built through the real QueueManager.
 
-Every test in this folder runs unchanged against SQLite, MySQL/MariaDB and Redis.
+Every test in this folder runs unchanged against SQLite, MySQL/MariaDB, PostgreSQL and Redis.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 from bootstrap.app import create_app
 from core.app import Application
 from core.queue.contract import QueueConnection
+from tests.conftest import store_env
 
 ROOT = Path(__file__).resolve().parents[2]
 VISIBILITY_TIMEOUT = 2     # seconds; the database connection counts whole seconds, so allow ~1 s slack
@@ -27,7 +28,7 @@ APP_KEY = "contract-suite-key"
 
 @dataclass
 class Backend:
-    kind: str                  # sqlite | mysql | redis | redis-cluster
+    kind: str                  # sqlite | mysql | pgsql | redis | redis-cluster
     app: Application
     conn: QueueConnection
     tmp: Path
@@ -64,13 +65,10 @@ async def open_backend(kind: str, tmp: Path) -> AsyncIterator[Backend]:
         yield Backend(kind, app, await app.queue.connection(), tmp)
 
 
-@pytest.fixture(params=["sqlite", "mysql", "redis"])
+@pytest.fixture(params=["sqlite", "mysql", "pgsql", "redis"])
 async def backend(request, monkeypatch, tmp_path) -> AsyncIterator[Backend]:
     kind = request.param
-    if kind == "mysql":
-        request.getfixturevalue("mysql_env")
-    if kind == "redis":
-        request.getfixturevalue("redis_env")
+    store_env(request, kind)
     configure(monkeypatch, "redis" if kind == "redis" else "database")
     async for b in open_backend(kind, tmp_path):
         yield b

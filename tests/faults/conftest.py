@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.faults.proxy import FaultProxy
-from tests.servers import MQTT, MYSQL, REDIS, require
+from tests.servers import MQTT, MYSQL, PGSQL, REDIS, require
 
 
 @pytest.fixture
@@ -24,6 +24,16 @@ def redis_proxy(redis_env, monkeypatch) -> Iterator[FaultProxy]:
 def mysql_proxy(mysql_env, monkeypatch) -> Iterator[FaultProxy]:
     """A fresh MySQL database reached through a proxy: DB_PORT is the proxy's; it is also the queue."""
     with FaultProxy(MYSQL[1]) as proxy:
+        monkeypatch.setenv("DB_PORT", str(proxy.port))
+        monkeypatch.setenv("QUEUE_CONNECTION", "database")
+        yield proxy
+
+
+@pytest.fixture
+def pgsql_proxy(pgsql_env, monkeypatch) -> Iterator[FaultProxy]:
+    """A fresh PostgreSQL database reached through a proxy: DB_PORT is the proxy's (the wake-up
+    listener's too); it is also the queue."""
+    with FaultProxy(PGSQL[1]) as proxy:
         monkeypatch.setenv("DB_PORT", str(proxy.port))
         monkeypatch.setenv("QUEUE_CONNECTION", "database")
         yield proxy

@@ -1,4 +1,4 @@
-"""Workers on Redis and on MySQL while their connection is cut, or silently partitioned, then restored:
+"""Workers on Redis, MySQL and PostgreSQL while their connection is cut, or silently partitioned, then restored:
 the outage is logged once, the worker reconnects with backoff and goes on, and every job runs once."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.jobs.outage_jobs import OutageJob
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["redis", "mysql"])
+@pytest.fixture(params=["redis", "mysql", "pgsql"])
 def store(request, monkeypatch) -> tuple[FaultProxy, str]:
     """The queue's store behind a proxy, and how the worker names it in its log."""
     # Reservations outlast an outage with room to spare (a blackholed Redis call takes its 10s
@@ -31,7 +31,7 @@ def store(request, monkeypatch) -> tuple[FaultProxy, str]:
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
     monkeypatch.setenv("DB_TIMEOUT", "2")
     proxy = request.getfixturevalue(f"{request.param}_proxy")
-    name = "Redis" if request.param == "redis" else "MySQL"
+    name = {"redis": "Redis", "mysql": "MySQL", "pgsql": "PostgreSQL"}[request.param]
     return proxy, f"{name} at 127.0.0.1:{proxy.port}"
 
 

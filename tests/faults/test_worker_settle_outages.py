@@ -17,7 +17,7 @@ import core.worker.settle
 from bootstrap.app import create_app
 from core.dispatch import _encode
 from core.worker import Worker, WorkerOptions
-from tests.conftest import ROOT
+from tests.conftest import ROOT, store_env
 from tests.faults.conftest import eventually
 from tests.jobs.sample_jobs import read_events
 from tests.jobs.worker_audit_jobs import FailsJob, FailsOnceJob, SucceedsJob
@@ -51,16 +51,13 @@ async def test_an_acknowledgement_that_gave_up_is_not_logged_as_done(redis_proxy
 
 # -- the failing mark: failed() once, the job's own exception, no row for a job that then succeeded -----------
 
-STORES = ["sqlite", "mysql", "redis"]
+STORES = ["sqlite", "mysql", "pgsql", "redis"]
 
 
 @pytest.fixture(params=STORES)
 def failing_store(request, monkeypatch) -> str:
     """The queue on this store with a 2 s visibility timeout, so a stalled worker's reservation lapses soon."""
-    if request.param == "mysql":
-        request.getfixturevalue("mysql_env")
-    if request.param == "redis":
-        request.getfixturevalue("redis_env")
+    store_env(request, request.param)
     monkeypatch.setenv("QUEUE_CONNECTION", "redis" if request.param == "redis" else "database")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
     return request.param
@@ -184,15 +181,14 @@ async def test_a_reserve_answer_lost_on_redis_does_not_cost_the_job_its_only_try
     assert rows == []
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "mysql"])
+@pytest.mark.parametrize("kind", ["sqlite", "mysql", "pgsql"])
 async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_only_try(kind, request, monkeypatch,
                                                                                         tmp_path, caplog):
     """The worker's reserve commits on the server, then its answer is lost on the way back (the connection
     resets: a database reserve is several round trips, so the proxy cannot drop just the last answer; the
     loss is staged where the answer reaches the worker). The worker recovers the call's claim once the
     store answers again: the job runs at attempt 1, not as 'a worker died' after the visibility timeout."""
-    if kind == "mysql":
-        request.getfixturevalue("mysql_env")
+    store_env(request, kind)
     monkeypatch.setenv("QUEUE_CONNECTION", "database")
     monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "30")
     log = str(tmp_path / "events")

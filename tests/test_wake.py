@@ -1,0 +1,241 @@
+"""Wake-up (SPEC 17): an idle worker on a database starts a newly dispatched job long before its
+--sleep, through the database's own mechanism (core/wake.py, core/pgsql.py); a lost wake-up costs
+at most --sleep. Workers here sleep 30 s between polls, so a job that runs within a few seconds was
+woken, never polled."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from core.wake import ANY, Announcer, DataVersionWaker, SocketBus, Wakeups
+from tests.conftest import store_env
+from tests.contract.conftest import configure, open_backend
+from tests.jobs.sample_jobs import RecordingJob
+from tests.servers import PGSQL, PGSQL_USER, pgsql_query
+from tests.worker_support import events, stop, until
+
+SLEEP = "30"        # the workers' --sleep: polling would start a job this late
+WOKEN = 10.0        # seconds within which a woken worker has started it, with room for a slow machine
+
+
+@pytest.fixture(params=["sqlite", "mysql", "pgsql"])
+async def db_store(request, monkeypatch, tmp_path):
+    store_env(request, request.param)
+    configure(monkeypatch, "database")
+    async for backend in open_backend(request.param, tmp_path):
+        yield backend
+
+
+async def idle_worker(store, log: str, *args: str):
+    """A worker that ran one job and went back to waiting (a second of grace so it is in its wait,
+    not in the look that follows the job: a job found by that look proves nothing, but passes)."""
+    worker = store.start_worker("--sleep", SLEEP, *args)
+    await RecordingJob.dispatch(log=log, value="first")
+    await until(lambda: len(events(log, "handle")) == 1, 20, "the first job", store)
+    await asyncio.sleep(1)
+    return worker
+
+
+async def test_an_idle_worker_starts_a_new_job_long_before_its_sleep(db_store, tmp_path):
+    log = str(tmp_path / "events")
+    worker = await idle_worker(db_store, log)
+    try:
+        for n in range(3):
+            await RecordingJob.dispatch(log=log, value=n)
+            await until(lambda n=n: len(events(log, "handle")) == n + 2, WOKEN, f"job {n} to be woken for", db_store)
+    finally:
+        await stop(db_store, worker)
+
+
+async def test_with_wake_up_off_an_idle_worker_waits_for_its_sleep(db_store, tmp_path, monkeypatch):
+    """The control: the same worker with DB_WAKE=off does not start the job until it polls again."""
+    monkeypatch.setenv("DB_WAKE", "off")
+    log = str(tmp_path / "events")
+    worker = await idle_worker(db_store, log)
+    try:
+        await RecordingJob.dispatch(log=log, value="late")
+        await asyncio.sleep(3)
+        assert len(events(log, "handle")) == 1, "the job started without a wake-up and long before --sleep"
+    finally:
+        await stop(db_store, worker)
+
+
+@pytest.fixture
+async def pgsql_store(request, monkeypatch, tmp_path):
+    store_env(request, "pgsql")
+    configure(monkeypatch, "database")
+    async for backend in open_backend("pgsql", tmp_path):
+        yield backend
+
+
+LISTENERS = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'"
+
+
+def listeners(database: str) -> list[int]:
+    return [pid for (pid,) in pgsql_query(LISTENERS, database)]
+
+
+async def test_a_dropped_listener_reconnects_and_the_worker_reserves_what_came_in_the_gap(pgsql_store, tmp_path):
+    log = str(tmp_path / "events")
+    database = os.environ["DB_DATABASE"]
+    worker = await idle_worker(pgsql_store, log)
+    try:
+        (pid,) = listeners(database)
+        pgsql_query("SELECT pg_terminate_backend($1)", pid)
+        await RecordingJob.dispatch(log=log, value="in the gap")     # its notification reaches no one
+        await until(lambda: len(events(log, "handle")) == 2, WOKEN, "the job dispatched in the gap", pgsql_store)
+        await until(lambda: "Wake-up listener reconnected" in pgsql_store.worker_logs(), WOKEN, "the reconnect line",
+                    pgsql_store)
+        await RecordingJob.dispatch(log=log, value="after")           # and the new listener is woken
+        await until(lambda: len(events(log, "handle")) == 3, WOKEN, "the job after the reconnect", pgsql_store)
+        assert listeners(database) not in ([], [pid])
+    finally:
+        await stop(pgsql_store, worker)
+    output = pgsql_store.worker_logs()
+    assert output.count("Wake-up listener lost") == 1 and output.count("Wake-up listener reconnected") == 1, output
+    assert "Traceback" not in output, output
+
+
+async def test_db_listen_url_is_where_the_listener_connects(pgsql_store, tmp_path, monkeypatch):
+    """DB_LISTEN_URL, not DB_HOST: pointed at a port where nothing listens, the listener says so
+    once and the worker still finds jobs by polling; pointed at the server, it is woken."""
+    log = str(tmp_path / "events")
+    database = os.environ["DB_DATABASE"]
+    monkeypatch.setenv("DB_LISTEN_URL", f"postgresql://{PGSQL_USER}:no-such-secret@{PGSQL[0]}:1/{database}")
+    worker = pgsql_store.start_worker("--sleep", "1")
+    try:
+        await RecordingJob.dispatch(log=log, value="polled")
+        await until(lambda: len(events(log, "handle")) == 1, 20, "the job, found by polling", pgsql_store)
+        await until(lambda: "Wake-up listener lost PostgreSQL at DB_LISTEN_URL" in pgsql_store.worker_logs(), 20,
+                    "the listener's line", pgsql_store)
+    finally:
+        await stop(pgsql_store, worker)
+    assert "no-such-secret" not in pgsql_store.worker_logs()
+    monkeypatch.setenv("DB_LISTEN_URL", f"postgresql://{PGSQL_USER}@{PGSQL[0]}:{PGSQL[1]}/{database}")
+    worker = await idle_worker(pgsql_store, log)
+    try:
+        await RecordingJob.dispatch(log=log, value="woken")
+        await until(lambda: len(events(log, "handle")) == 3, WOKEN, "the woken job", pgsql_store)
+    finally:
+        await stop(pgsql_store, worker)
+
+
+async def test_the_notification_is_sent_after_the_push_committed(pgsql_store):
+    """NOTIFY inside the push's transaction would serialize commits: it comes after, so whoever
+    hears it already sees the job."""
+    import asyncpg
+
+    database = os.environ["DB_DATABASE"]
+    conn = await asyncpg.connect(host=PGSQL[0], port=PGSQL[1], user=PGSQL_USER, database=database)
+    seen: list[int] = []
+    heard = asyncio.Event()
+
+    async def look() -> None:
+        seen.append(await conn.fetchval("SELECT COUNT(*) FROM jobs WHERE queue = 'default'"))
+        heard.set()
+
+    try:
+        await conn.add_listener("queue_jobs", lambda *_: asyncio.ensure_future(look()))
+        await RecordingJob.dispatch(log="-")
+        await asyncio.wait_for(heard.wait(), 10)
+    finally:
+        await conn.close()
+    assert seen == [1]
+
+
+# -- the pieces, in one process --------------------------------------------------------------------
+
+async def test_the_announcer_sends_a_burst_at_once_then_folds_the_rest_into_paced_wake_ups():
+    sent: list[tuple[str, float]] = []
+
+    async def send(queue: str) -> None:
+        sent.append((queue, time.monotonic()))
+
+    announcer = Announcer(send, rate=20, burst=2)
+    started = time.monotonic()
+    await announcer.announce("a")
+    await announcer.announce("a")
+    assert [q for q, _ in sent] == ["a", "a"]             # the burst: before announce returned
+    for _ in range(200):
+        await announcer.announce("a")
+    last = time.monotonic()
+    elapsed = last - started
+    await asyncio.sleep(0.2)
+    assert sent[-1][1] >= last, "the last push of the burst was followed by no wake-up"
+    assert len(sent) <= 2 + elapsed * 20 + 1, (len(sent), elapsed)
+    await announcer.announce("b")                         # another queue has its own window
+    assert sent[-1][0] == "b"
+
+
+async def test_a_wake_up_held_back_is_sent_when_the_announcer_closes():
+    sent: list[str] = []
+
+    async def send(queue: str) -> None:
+        sent.append(queue)
+
+    announcer = Announcer(send, rate=1 / 60, burst=1)
+    await announcer.announce("a")
+    await announcer.announce("a")
+    await announcer.flush()
+    assert sent == ["a", "a"]
+
+
+async def test_a_waker_wakes_only_for_its_queues_or_for_all():
+    wakeups = Wakeups()
+    since = wakeups.mark()
+    waiting = asyncio.ensure_future(wakeups.wait(["a"], since, 10))
+    await asyncio.sleep(0)
+    wakeups.wake("b")
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    wakeups.wake("a")
+    assert await asyncio.wait_for(waiting, 1) is True
+    since = wakeups.mark()
+    wakeups.wake(ANY)
+    assert await wakeups.wait(["c"], since, 1) is True
+    stopping = asyncio.Event()
+    stopping.set()
+    assert await wakeups.wait(["c"], wakeups.mark(), 10, stopping) is False
+
+
+async def test_sqlite_change_counter_wakes_on_another_connections_commit(tmp_path):
+    path = tmp_path / "db.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("CREATE TABLE t (x)")
+    waker = DataVersionWaker(path)
+    try:
+        since = waker.mark()
+        assert await waker.wait(["default"], since, 0.1) is False
+        waiting = asyncio.ensure_future(waker.wait(["default"], since, 10))
+        await asyncio.sleep(0.02)
+        writer.execute("INSERT INTO t VALUES (1)")
+        assert await asyncio.wait_for(waiting, 2) is True
+    finally:
+        waker.close()
+        writer.close()
+
+
+async def test_the_socket_bus_reaches_each_worker_and_forgets_one_that_is_gone(tmp_path):
+    bus = SocketBus(f"test://{tmp_path}")
+    wakeups = Wakeups()
+    bus.listen(wakeups)
+    stale = bus.directory / "999999999-dead.sock"
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(str(stale))
+    gone.close()                                          # bound, then its process died
+    dispatcher = SocketBus(f"test://{tmp_path}")
+    try:
+        since = wakeups.mark()
+        await dispatcher.send("emails")
+        assert await wakeups.wait(["emails"], since, 5) is True
+        assert not stale.exists()
+    finally:
+        dispatcher.close()
+        bus.close()
+    assert not bus.directory.exists(), "the last worker out leaves no directory behind"
