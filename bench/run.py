@@ -60,7 +60,6 @@ RUNS = [
     _peer("celery", "celery"), _peer("taskiq (list)", "taskiq", "list"), _peer("taskiq (stream)", "taskiq", "stream"),
     _peer("routemq (redis)", "routemq", "redis"), _peer("routemq (mysql)", "routemq", "mysql", timeout=200),
     _peer("asyncmq", "asyncmq"), _peer("dbjobq (sqlite)", "dbjobq"),
-    Run("ours (pgsql)", None, ("bench.harness", "bench.ours", "pgsql"), 150, harness.OUR_DB),
     _peer("chancy (pgsql)", "chancy"), _peer("procrastinate (pgsql)", "procrastinate"),
     Run("ours wake-up", None, ("bench.wake",), 600, harness.OUR_DB),
 ]
