@@ -446,10 +446,8 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         Each script keeps its own atomic step, as when they are sent apart."""
         if self.cluster or any(job.queue != queue for job in jobs):
             return await self.acknowledge_many(jobs), (await self._reserve([queue], 1, claim))[0]
-        k = self.keys(queue)
-        ack_keys = [k.reserved, k.jobs, k.seq, k.state, k.done]
-        ack_args = [self.replay_window, *(part for job in jobs for part in (job.id, job.token))]
-        keys = k.for_reserve(claim)
+        ack_keys, ack_args = self._acknowledge_call(queue, jobs)
+        keys = self.keys(queue).for_reserve(claim)
         reserve_args = [self.visibility_timeout, claim, BATCH, 1]
         flags, result = await self._run_many([("acknowledge", ack_keys, ack_args), ("reserve", keys, reserve_args)])
         # A script the server lost (a restart) did not run: run it again through its Script object,
@@ -520,10 +518,14 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     async def acknowledge_many(self, jobs: Sequence[ReservedJob]) -> list[bool]:
         """One script call per queue; the answers come back in the order of `jobs`."""
         def acknowledge(queue: str, indexes: list[int]) -> Awaitable[list]:
-            k = self.keys(queue)
-            args = [self.replay_window, *(part for i in indexes for part in (jobs[i].id, jobs[i].token))]
-            return self._run("acknowledge", [k.reserved, k.jobs, k.seq, k.state, k.done], args)
+            return self._run("acknowledge", *self._acknowledge_call(queue, [jobs[i] for i in indexes]))
         return await self.each_queue(jobs, acknowledge)
+
+    def _acknowledge_call(self, queue: str, jobs: Sequence[ReservedJob]) -> tuple[list[str], list[Any]]:
+        """acknowledge.lua's keys and arguments for finished jobs of one queue."""
+        k = self.keys(queue)
+        return ([k.reserved, k.jobs, k.seq, k.state, k.done],
+                [self.replay_window, *(part for job in jobs for part in (job.id, job.token))])
 
     async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False,
                       error: str | None = None) -> bool:
