@@ -42,7 +42,8 @@ from typing import Any
 
 from bench.procs import WorkerConfig, Workers, clear_stamps, read_stamps
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# BENCH_REDIS_PORT: a private redis-server for the bench (two benches on one machine never share dbs).
+REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("BENCH_REDIS_PORT") or 6379)
 OUR_DB, PEER_DB = 11, 12          # never 9: the test suite's
 N = int(os.environ.get("BENCH_N") or 20_000)
 # Time budgets (seconds) that keep the default run near ten minutes; slow targets are measured
