@@ -22,7 +22,7 @@ import importlib.util
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -194,6 +194,14 @@ def forget(listener: Listener) -> None:
         _listeners[event_class] = [f for f in _listeners[event_class] if f is not listener]
         if not _listeners[event_class]:
             del _listeners[event_class]
+
+
+def listening() -> Mapping[type, list[Listener]]:
+    """The live map of the event classes someone listens for (listeners discovered first): a hot path
+    keeps it and asks `cls in it`, as wants() does, without a call per event."""
+    if not _discovered:
+        discover(_configured_module())
+    return _listeners
 
 
 def wants(event_class: type[Event]) -> bool:

@@ -38,8 +38,9 @@ def check_size(raw: str, limit: int, job_class: str) -> None:
                               f"({limit:,}); nothing was pushed")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Payload:
+    """A job's stored form. Never changed once made; not frozen, for the cost of a frozen __init__ per job."""
     uuid: str
     job: str                       # "package.module.ClassName"
     queue: str

@@ -619,7 +619,7 @@ def _reserved(queue: str, stem: str, now: float, row: Sequence) -> ReservedJob:
     """A ReservedJob from a reserve answer's row: id, payload, attempts, failing, n, <id>:seq, releases."""
     job_id, payload, attempts, failing, n, pushed, releases = row
     _, sec, usec, *due = pushed.split(" ")
-    pushed_at = _seconds(sec, usec)
+    pushed_at = int(sec) + int(usec) / 1_000_000      # _seconds(), inlined: once per job reserved
     return ReservedJob(id=job_id, queue=queue, payload=payload, attempts=int(attempts), token=f"{stem}:{n}",
                        failing=_text(failing), failed_ran=(failing or "")[:1] == "1", releases=int(releases or 0),
                        pushed_at=pushed_at, due_at=float(due[0]) if due else pushed_at, now=now)

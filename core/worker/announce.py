@@ -12,7 +12,7 @@ import json
 import time
 
 from core.events import (Announcer, Event, JobExpired, JobFailed, JobProcessed, JobProcessing,
-                         JobReleased, JobTimedOut, WorkerStarting, WorkerStopping, wants)
+                         JobReleased, JobTimedOut, WorkerStarting, WorkerStopping, listening, wants)
 from core.log import one_line, redact
 from core.payload import peek_uuid
 from core.worker.attempt import Attempt
@@ -33,17 +33,18 @@ class WorkerEvents:
         self.connection = connection
         self.secrets = secrets or []
         self.announcer = announcer or Announcer()
+        self._heard = listening()     # wants(), without a call: asked twice per job
 
     # -- an attempt ------------------------------------------------------------------------
 
     def processing(self, attempt: Attempt) -> None:
         """Before the middleware and handle()."""
-        if wants(JobProcessing):
+        if JobProcessing in self._heard:
             self._announce(JobProcessing(**self._job(attempt)))
 
     def processed(self, attempt: Attempt, outcome: str = "succeeded") -> None:
         """Acknowledged: handle() returned ("succeeded"), or the job deleted itself ("skipped")."""
-        if wants(JobProcessed):
+        if JobProcessed in self._heard:
             self._announce(JobProcessed(**self._job(attempt), duration=_took(attempt), outcome=outcome))
 
     def released(self, attempt: Attempt, delay: float, reason: str, exc: BaseException | None = None) -> None:

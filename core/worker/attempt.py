@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from core.job import Intent, Job, intent_of, resolve_job_class
 from core.log import one_line
-from core.options import exception_matches
+from core.options import DEFAULT_MAX_RELEASES, exception_matches
 from core.payload import Payload, restore_middleware
 from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
 from core.queue.middleware.context import AttemptContext, enter, leave
 from core.worker.limits import Tries, refusal, tries
 from core.worker.options import WorkerOptions
-from core.worker.outcome import Delete, Done, Fail, Outcome, Release, Retry, first_line
+from core.worker.outcome import DONE, Delete, Done, Fail, Outcome, Release, Retry, first_line
 from core.worker.timeouts import JobInterrupted, LongTimeouts, Timeouts
 
 if TYPE_CHECKING:
@@ -49,9 +49,10 @@ class RecordedFailure(Exception):
         self.text = text
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Attempt:
-    """A reserved job being worked on, and what settling its outcome needs to know."""
+    """A reserved job being worked on, and what settling its outcome needs to know. Never changed once
+    made (not frozen: one is made per job, and a frozen __init__ costs three times a plain one's)."""
     reserved: ReservedJob
     slot: int                      # the job's key in Worker._running
     started: float                 # time.monotonic() when the worker took it up
@@ -100,29 +101,48 @@ class Attempts:
         started = time.monotonic()
         try:
             payload = Payload.decode(reserved.payload, self.key, self.max_payload)
-            job = self._job_class(payload.job).from_payload(payload, reserved.attempts)
+            cls = self._classes.get(payload.job) or self._job_class(payload.job)
+            job = cls.from_payload(payload, reserved.attempts)
             through = tuple(restore_middleware(payload, self.packages)) if payload.options else ()
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
             return Attempt(reserved, slot, started, f"job {one_line(reserved.id)} on {reserved.queue}"), Fail(exc)
         o = self.options
         max_tries = payload.max_tries if o.tries is None else o.tries
+        timeout = payload.timeout if o.timeout is None else o.timeout
+        # Without options (the common case) no limit of SPEC 9 but max_tries and the default
+        # max_releases applies: judged here without building what the options need.
+        plain = not payload.options
+        used = reserved.attempts - reserved.releases
+        tried = Tries(used, max_tries) if plain else tries(reserved, payload, max_tries)
         attempt = Attempt(reserved, slot, started, f"{payload.display_name} [{payload.uuid}]", job, payload,
-                          max_tries, payload.timeout if o.timeout is None else o.timeout,
-                          tries(reserved, payload, max_tries), through)
-        self.long_timeouts.check(payload.job, attempt.timeout)
+                          max_tries, timeout, tried, through)
+        if timeout > self.long_timeouts.max_timeout:
+            self.long_timeouts.check(payload.job, timeout)
+        if (plain and reserved.failing is None and used <= max_tries
+                and reserved.releases <= DEFAULT_MAX_RELEASES):
+            return attempt, None
         return attempt, self._refusal(attempt, payload)
 
     async def run(self, attempt: Attempt, settle: Callable[[Attempt, Outcome], Coroutine[Any, Any, None]]) -> Outcome:
         """Run the pipeline and handle() under the attempt's timeout. If the code ignores cancellation,
         the attempt's outcome goes to `settle` from a task of its own, and this call raises CancelledError."""
-        label, timeout = attempt.label, attempt.timeout
-        log.info("RUNNING %s %s", label, attempt.tries.describe(attempt.reserved))   # type: ignore[union-attr]
-        context = AttemptContext(self.conn, attempt.reserved, self.visibility_timeout,  # type: ignore[arg-type]
+        label, timeout, reserved, tried = attempt.label, attempt.timeout, attempt.reserved, attempt.tries
+        if reserved.releases == 0 and tried.limit is not None:     # type: ignore[union-attr]
+            log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, tried.limit)   # type: ignore[union-attr]
+        else:
+            log.info("RUNNING %s %s", label, tried.describe(reserved))   # type: ignore[union-attr]
+        try:
+            chain = self._chain(attempt)
+        except Exception as exc:      # a middleware() that does not return a list: a failed try
+            return self.outcome_of(attempt, exc)
+        job: Job = attempt.job      # type: ignore[assignment]
+        code = job.run_handle if chain is None else (lambda: run_pipeline(chain, job, invoke))
+        context = AttemptContext(self.conn, reserved, self.visibility_timeout,  # type: ignore[arg-type]
                                  on_lock=self._keep)
         token = enter(context)
         try:
             result = await self.timeouts.run_limited(
-                lambda: self._pipeline(attempt), timeout, f"{label} exceeded its timeout of {timeout:g}s", label,
+                code, timeout, f"{label} exceeded its timeout of {timeout:g}s", label,
                 attempt.slot, lambda exc: settle(attempt, self.outcome_of(attempt, exc)))
         except Exception as exc:
             return self.outcome_of(attempt, exc)
@@ -134,24 +154,27 @@ class Attempts:
             leave(token)
         return self.finished(attempt, result)
 
-    def _pipeline(self, attempt: Attempt) -> Coroutine[Any, Any, object]:
-        """The chain around handle(): configured, job.middleware(), .through(). Without any, handle()
-        alone (the common case pays for no chain)."""
+    def _chain(self, attempt: Attempt) -> list[Any] | None:
+        """The middleware around handle(): configured, job.middleware(), .through(); None without any
+        (the common case pays for no chain)."""
         job: Job = attempt.job      # type: ignore[assignment]
-        own = job.middleware()
-        if not isinstance(own, (list, tuple)):
-            raise TypeError(f"{type(job).__name__}.middleware() must return a list, got {type(own).__name__}")
+        if type(job).middleware is Job.middleware:     # not overridden: no middleware of its own
+            own: Any = ()
+        else:
+            own = job.middleware()
+            if not isinstance(own, (list, tuple)):
+                raise TypeError(f"{type(job).__name__}.middleware() must return a list, got {type(own).__name__}")
         if not (own or self.configured or attempt.middleware):
-            return invoke(job)
-        return run_pipeline([*self.configured, *own, *attempt.middleware], job, invoke)
+            return None
+        return [*self.configured, *own, *attempt.middleware]
 
     # -- how the attempt ended ----------------------------------------------------------------
 
     def finished(self, attempt: Attempt, result: object) -> Outcome:
         """The pipeline returned: what the job or a middleware intended, else done."""
-        intent = intent_of(attempt.job)     # type: ignore[arg-type]
+        intent: Intent | None = attempt.job.__dict__.get("_intent")     # intent_of(), inlined: once per job
         if intent is None:
-            return Done(result)
+            return DONE if result is None else Done(result)
         if intent.kind == "release":
             return Release(intent.delay, "release" if intent.by == "job" else "middleware")
         if intent.kind == "delete":

@@ -30,7 +30,7 @@ class TooManyReleases(Exception):
     __module__ = "core.worker"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Tries:
     """The failed tries of one attempt: how many are used (this attempt included) and allowed."""
     used: int

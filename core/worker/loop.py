@@ -29,7 +29,7 @@ from core.worker.announce import WorkerEvents
 from core.worker.attempt import Attempt, Attempts, discover_job_classes
 from core.worker.heartbeat import Heartbeat, heartbeat_interval
 from core.worker.options import WorkerOptions
-from core.worker.outcome import Cancelled, Outcome
+from core.worker.outcome import Cancelled, Done
 from core.worker.settle import Settler
 from core.worker.timeouts import EXIT_BLOCKED, LeftBehind, LongTimeouts, Timeouts, Watchdog, max_blocking_timeout
 
@@ -465,7 +465,10 @@ class Worker:
             self._running.pop(slot, None)
         self.processed += 1
         self._changed.set()
-        self._stop_if_necessary()
+        o = self.options     # after a job only these limits can be reached (reason_to_stop): ask only then
+        if (o.max_time or o.max_jobs or self._restart_asked
+                or (o.memory and time.monotonic() >= self._next_memory_check)):
+            self._stop_if_necessary()
 
     def _hand_over(self, task: asyncio.Task, slot: int, ending: Coroutine[Any, Any, None]) -> None:
         """Timeouts left `task` behind: its attempt ends in a new task, which holds the slot."""
@@ -479,7 +482,7 @@ class Worker:
         return cancel
 
     def _cancel_jobs(self, ids: list[str]) -> None:
-        """SPEC 11: cancel the tasks of running jobs someone cancelled; _run settles them as Cancelled."""
+        """SPEC 11: cancel the tasks of running jobs someone cancelled; _process settles them as Cancelled."""
         with self._held_lock:
             slots = [slot for slot, job in self._running.items()
                      if job.id in ids and job.id not in self._cancelled and slot in self._in_run]
@@ -504,24 +507,25 @@ class Worker:
         attempt, outcome = self.attempts.begin(reserved, slot)
         if outcome is None:
             self._events.processing(attempt)      # JobProcessing: before the middleware, in attempts.run
-            outcome = await self._run(attempt)
-        await self._settler.settle(attempt, outcome)
-
-    async def _run(self, attempt: Attempt) -> Outcome:
-        self._in_run.add(attempt.slot)
-        try:
-            return await self.attempts.run(attempt, self._settler.settle)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if attempt.reserved.id in self._cancelled and task in self._tasks and not self.timeouts.interrupted:
-                self._cancelled.discard(attempt.reserved.id)
-                task.uncancel()      # cancelled by a user: settled as such
-                return Cancelled()
-            if task in self._tasks:   # not left behind: the job is still ours to release
-                await self._settler.put_back(attempt)
-            raise
-        finally:
-            self._in_run.discard(attempt.slot)
+            self._in_run.add(slot)
+            try:
+                outcome = await self.attempts.run(attempt, self._settler.settle)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if reserved.id in self._cancelled and task in self._tasks and not self.timeouts.interrupted:
+                    self._cancelled.discard(reserved.id)
+                    task.uncancel()      # cancelled by a user: settled as such
+                    outcome = Cancelled()
+                else:
+                    if task in self._tasks:   # not left behind: the job is still ours to release
+                        await self._settler.put_back(attempt)
+                    raise
+            finally:
+                self._in_run.discard(slot)
+        if type(outcome) is Done:       # the common outcome: no coroutine for it (settle() awaits nothing then)
+            self._settler.done(attempt, outcome.result)
+        else:
+            await self._settler.settle(attempt, outcome)
 
     def _warn_long_timeouts(self) -> None:
         if self.options.timeout is not None:

@@ -48,6 +48,8 @@ class Cancelled:
     """Someone cancelled the running job (SPEC 11): remove it, record it cancelled; no retry, no failed()."""
 
 
+DONE = Done()      # handle() returned None: the common outcome, made once
+
 Outcome = Done | Retry | Release | Fail | Delete | Cancelled
 
 

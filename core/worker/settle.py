@@ -70,7 +70,7 @@ class Settler:
     async def settle(self, attempt: Attempt, outcome: Outcome) -> None:
         match outcome:
             case Done(result):
-                self._done(attempt, result)
+                self.done(attempt, result)
             case Retry(delay, exception):
                 await self._retry(attempt, delay, exception)
             case Release(delay, reason):
@@ -130,9 +130,10 @@ class Settler:
 
     # -- one function per outcome -----------------------------------------------------------
 
-    def _done(self, attempt: Attempt, result: object = None) -> None:
+    def done(self, attempt: Attempt, result: object = None) -> None:
+        """handle() returned: acknowledged in the next batch (or by the next reserve, deferred)."""
         payload = attempt.payload
-        if payload is not None and payload.keep_result:     # SPEC 11: stored with the acknowledgement
+        if payload is not None and payload.options and payload.keep_result:   # SPEC 11: stored with the ack
             record = completed_record(payload, attempt.reserved.attempts, result)
             self._kept[id(attempt)] = KeptResult(record, payload.keep_result)
         with self._held_lock:
