@@ -152,7 +152,8 @@ class Payload:
         return cls(uuid=_job_id(body), job=_field(body, "job", str), queue=_field(body, "queue", str, "default"),
                    max_tries=_field(body, "maxTries", int), timeout=_field(body, "timeout", float),
                    retry_after=_retry_after(body), data=_field(body, "data", dict, {}),
-                   pushed_at=_field(body, "pushedAt", float, 0.0), options=_options(body))
+                   pushed_at=_field(body, "pushedAt", float, 0.0),
+                   options=_options(body) if "options" in body else {})
 
 
 _MISSING = object()

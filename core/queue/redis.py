@@ -263,6 +263,7 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         self.client = client
         # Registered once; redis-py sends EVALSHA and reloads a script the server forgot (a restart).
         self._scripts = {name: client.register_script((LUA / f"{name}.lua").read_text()) for name in SCRIPTS}
+        self._scripts["acknowledge_reserve"] = client.register_script(in_sequence("acknowledge", "reserve"))
         if not isinstance(client, RedisCluster):   # a cluster client routes each call to its node: no single one
             self._lane = Lane(client)
         self._state = RedisState(client, self.config.prefix)
@@ -312,18 +313,6 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         if self._lane is not None:
             return await self._lane.run(self._scripts[script], keys, args)
         return await self._scripts[script](keys=list(keys), args=list(args))
-
-    async def _run_many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Script calls sent together, their answers (or the errors the server answered) in order."""
-        scripts = [(self._scripts[name], keys, args) for name, keys, args in calls]
-        answers = await self._lane.run_many(scripts) if self._lane is not None else None
-        if answers is None:
-            pipe = self._redis.pipeline(transaction=False)
-            for script, keys, args in scripts:
-                # EVALSHA directly: through the Script object the pipeline would ask SCRIPT EXISTS first.
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
-        return answers
 
     # -- pushing ---------------------------------------------------------------------------------
 
@@ -440,25 +429,17 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
 
     async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
                                       claim: str) -> tuple[list[bool], list[ReservedJob]]:
-        """Acknowledge finished jobs of `queue` and reserve its next job, in one round trip: the
-        acknowledge and reserve scripts pipelined (a worker at concurrency 1 spends a round trip on
-        each otherwise). Never blocks: [] when no job is due (the caller then waits as it would).
-        Each script keeps its own atomic step, as when they are sent apart."""
+        """Acknowledge finished jobs of `queue` and reserve its next job, in one round trip and one
+        script call (a worker at concurrency 1 spends a round trip on each otherwise): acknowledge.lua
+        then reserve.lua, run in sequence by one script (in_sequence). Never blocks: [] when no job is
+        due (the caller then waits as it would)."""
         if self.cluster or any(job.queue != queue for job in jobs):
             return await self.acknowledge_many(jobs), (await self._reserve([queue], 1, claim))[0]
         ack_keys, ack_args = self._acknowledge_call(queue, jobs)
         keys = self.keys(queue).for_reserve(claim)
-        reserve_args = [self.visibility_timeout, claim, BATCH, 1]
-        flags, result = await self._run_many([("acknowledge", ack_keys, ack_args), ("reserve", keys, reserve_args)])
-        # A script the server lost (a restart) did not run: run it again through its Script object,
-        # which loads it. Any other error is the call's.
-        if isinstance(flags, redis_errors.NoScriptError):
-            flags = await self._run("acknowledge", ack_keys, ack_args)
-        if isinstance(result, redis_errors.NoScriptError):
-            result = await self._run("reserve", keys, reserve_args)
-        for answer in (flags, result):
-            if isinstance(answer, Exception):
-                raise answer
+        flags, result = await self._run("acknowledge_reserve", [*ack_keys, *keys],
+                                        [len(ack_keys), len(ack_args), *ack_args,
+                                         self.visibility_timeout, claim, BATCH, 1])
         return [flag == 1 for flag in flags], self._rows(queue, claim, result)
 
     def _answer(self, queue: str, stem: str, result: list) -> tuple[list[ReservedJob], float | None]:
@@ -613,6 +594,35 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
 
     async def restart_signal(self) -> str:
         return cast(str, await self._redis.get(f"{self.config.prefix}restart") or "")   # decode_responses
+
+
+def in_sequence(*names: str) -> str:
+    """One script that runs the named scripts (lua/<name>.lua) one after the other, each as it is,
+    and answers {answer1, answer2, ...}: one EVALSHA instead of one per script.
+
+    Each script's text becomes the body of a function whose parameters are named KEYS and ARGV, so
+    it reads its own keys and arguments as it would alone. The call gives, for each script but the
+    last, how many keys and arguments are its (ARGV[1], ARGV[2] for the first, and so on), then the
+    arguments themselves; the last takes the rest.
+    """
+    parts = [f"local function {name}(KEYS, ARGV)\n{(LUA / f'{name}.lua').read_text()}\nend\n" for name in names]
+    glue = f"""
+local counts, key_at, arg_at, answers = {len(names) - 1}, 0, 2 * {len(names) - 1}, {{}}
+local function slice(list, from, to)
+    local part = {{}}
+    for i = from, to do part[#part + 1] = list[i] end
+    return part
+end
+local scripts = {{{", ".join(names)}}}
+for n = 1, #scripts do
+    local nk, na = #KEYS - key_at, #ARGV - arg_at
+    if n <= counts then nk, na = tonumber(ARGV[2 * n - 1]), tonumber(ARGV[2 * n]) end
+    answers[n] = scripts[n](slice(KEYS, key_at + 1, key_at + nk), slice(ARGV, arg_at + 1, arg_at + na))
+    key_at, arg_at = key_at + nk, arg_at + na
+end
+return answers
+"""
+    return "".join(parts) + glue
 
 
 def _reserved(queue: str, stem: str, now: float, row: Sequence) -> ReservedJob:

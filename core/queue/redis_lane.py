@@ -65,38 +65,6 @@ class Lane:
             self.busy, self._since, self._expired = False, None, False
         return await script(keys=list(keys), args=list(args))   # reloads the script; retries the connection
 
-    async def run_many(self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]) -> list[Any] | None:
-        """Several script calls written at once and their answers read in order: one round trip.
-        An answer is the script's result, or the error the server answered with (NoScriptError for
-        a script it lost). None when the lane cannot take them now (busy, not connected yet, no
-        timeout to keep): the caller sends them its own way. A dropped connection raises, and
-        nothing is sent again: the caller cannot know which calls ran."""
-        conn = self._conn
-        writer = getattr(conn, "_writer", None) if conn.is_connected else None
-        if self.busy or writer is None or not self._limit:
-            return None
-        self.busy = True
-        try:
-            command = [part for script, keys, args in calls
-                       for part in _pack(conn, ("EVALSHA", script.sha, len(keys), *keys, *args))]
-            self._since = self._watched().time()
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size():
-                await _drain(conn, writer)
-            answers: list[Any] = []
-            for _ in calls:
-                try:
-                    answers.append(await conn.read_response(timeout=math.inf))
-                except redis_errors.ResponseError as exc:    # the server's answer: the next one follows
-                    answers.append(exc)
-            return answers
-        except redis_errors.ConnectionError:
-            if self._expired:
-                raise redis_errors.TimeoutError(f"Timeout reading from Redis after {self._limit:g}s") from None
-            raise
-        finally:
-            self.busy, self._since, self._expired = False, None, False
-
     def _watched(self) -> asyncio.AbstractEventLoop:
         """The running loop, with the watch started on it (at the first call)."""
         loop = asyncio.get_running_loop()

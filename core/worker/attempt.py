@@ -131,11 +131,13 @@ class Attempts:
             log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, tried.limit)   # type: ignore[union-attr]
         else:
             log.info("RUNNING %s %s", label, tried.describe(reserved))   # type: ignore[union-attr]
-        try:
-            chain = self._chain(attempt)
-        except Exception as exc:      # a middleware() that does not return a list: a failed try
-            return self.outcome_of(attempt, exc)
         job: Job = attempt.job      # type: ignore[assignment]
+        chain = None
+        if type(job).middleware is not Job.middleware or self.configured or attempt.middleware:
+            try:
+                chain = self._chain(attempt)
+            except Exception as exc:      # a middleware() that does not return a list: a failed try
+                return self.outcome_of(attempt, exc)
         code = job.run_handle if chain is None else (lambda: run_pipeline(chain, job, invoke))
         context = AttemptContext(self.conn, reserved, self.visibility_timeout,  # type: ignore[arg-type]
                                  on_lock=self._keep)
@@ -149,7 +151,7 @@ class Attempts:
         finally:     # the job's code has ended (here, or long after its attempt if it was left behind)
             if context.locks:     # a shielded task costs a loop pass: only for locks to free
                 await asyncio.shield(self._end(context))
-            elif id(context) in self._contexts:     # it held locks, all freed already
+            elif self._contexts and id(context) in self._contexts:     # it held locks, all freed already
                 self._forget(context)
             leave(token)
         return self.finished(attempt, result)

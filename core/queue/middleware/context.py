@@ -92,14 +92,11 @@ def current_attempt() -> AttemptContext:
     return attempt
 
 
-def enter(context: AttemptContext) -> Token[AttemptContext | None]:
-    """Make `context` the current attempt's (of this task, and of tasks it creates); `leave` undoes it.
-    The worker's per-job form of attempt_context: a generator-based context manager costs more."""
-    return _current.set(context)
-
-
-def leave(token: Token[AttemptContext | None]) -> None:
-    _current.reset(token)
+# The worker's per-job form of attempt_context (a generator-based context manager costs more):
+# enter(context) makes `context` the current attempt's (of this task, and of tasks it creates) and
+# returns a token; leave(token) undoes it. The ContextVar's own methods: no Python call between.
+enter: Callable[[AttemptContext], Token[AttemptContext | None]] = _current.set
+leave: Callable[[Token[AttemptContext | None]], None] = _current.reset
 
 
 @contextlib.contextmanager
