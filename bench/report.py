@@ -113,6 +113,7 @@ def build(results: Sequence[Row], reference: Row, info: Row, n: int) -> Row:
                  "not_run": [{"name": r["name"], "reason": r["missing"]} for r in results if r.get("missing")]}
     data["targets"] = targets.check(data, depth)
     data["targets_14"] = targets.check_issue_14(data, wake)
+    data["targets_12"] = targets.check_issue_12(data)
     return data
 
 
@@ -294,5 +295,6 @@ def render(data: Row) -> str:
         f"{ref.get('pings', 0):,}).",
         "## Targets (issue 6, item 3)\n\n" + targets.render(data["targets"]),
         "## Targets (issue 14, part 3)\n\n" + targets.render(data.get("targets_14") or []),
+        "## Targets (issue 12: no middleware, no listener)\n\n" + targets.render(data.get("targets_12") or []),
         "## Errors and targets not run\n\n" + ("\n".join(errors) if errors else "none"),
     ]) + "\n"

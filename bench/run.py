@@ -40,6 +40,7 @@ class Run:
     args: tuple[str, ...]   # python -m ARGS
     timeout: float
     redis_db: int
+    baseline: bool = False   # run from the build before issue 12 (bench/baseline.py), not from this tree
 
     @property
     def python(self) -> Path:
@@ -52,6 +53,8 @@ def _peer(name: str, venv: str, *args: str, timeout: float = 170) -> Run:
 
 RUNS = [
     Run("ours (redis)", None, ("bench.harness", "bench.ours", "redis"), 170, harness.OUR_DB),
+    Run("ours before issue 12 (redis)", None, ("bench.harness", "bench.ours", "redis"), 170, harness.OUR_DB,
+        baseline=True),
     Run("ours (sqlite)", None, ("bench.harness", "bench.ours", "sqlite"), 150, harness.OUR_DB),
     Run("ours (mysql)", None, ("bench.harness", "bench.ours", "mysql"), 150, harness.OUR_DB),
     Run("ours (pgsql)", None, ("bench.harness", "bench.ours", "pgsql"), 150, harness.OUR_DB),
@@ -90,8 +93,16 @@ def _install_failure(venv: str | None) -> str:
 
 
 def _run_logged(run: Run, log: Any, log_path: Path) -> dict:
-    proc = subprocess.Popen([str(run.python), "-m", *run.args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+    tree = ROOT
+    if run.baseline:
+        from bench import baseline
+
+        got = baseline.prepare()
+        if isinstance(got, str):
+            return {"name": run.name, "missing": got}
+        tree = got
+    proc = subprocess.Popen([str(run.python), "-m", *run.args], cwd=tree,
+                            env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.PIPE,
                             stderr=log, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=run.timeout)

@@ -187,3 +187,28 @@ def _dispatch_checks(wake: Row | None) -> list[Row]:
 def render(rows: Sequence[Row]) -> str:
     mark = {True: "met", False: "NOT MET", None: "not measured"}
     return "\n".join(f"- **{mark[r['met']]}**: {r['target']}: {r['detail']}" for r in rows)
+
+
+# -- issue 12: the build before it, in the same run -------------------------------------------------
+
+BEFORE_12 = "ours before issue 12 (redis)"
+
+
+def check_issue_12(data: Row) -> list[Row]:
+    """With no middleware and no listener, processing at c=1, 10 and 100 and dispatch within 3% of the
+    build before issue 12 (bench/baseline.py), and c=1 at least 1.5x the best peer's own c=1."""
+    summary = _by_name(data)
+    ours, before = summary.get("ours (redis)", {}), summary.get(BEFORE_12)
+    out = []
+    for key, what in (("c1", "processing, concurrency 1"), ("c10", "processing, concurrency 10"),
+                      ("c100", "processing, concurrency 100"), ("enqueue", "dispatch (sequential)")):
+        name = f"{what} within 3% of the build before issue 12"
+        if not before:
+            reason = next((r["reason"] for r in data.get("not_run") or [] if r["name"] == BEFORE_12), "not run")
+            out.append(_target(name, None, reason))
+            continue
+        out.append(_ratio_check(name, ("ours", ours[key]) if ours.get(key) else None,
+                                ("before", before[key]) if before.get(key) else None, 0.97))
+    out.append(_ratio_check("Redis processing at concurrency 1 >= 1.5x the best peer at its own concurrency 1",
+                            ("ours", ours["c1"]) if ours.get("c1") else None, _best(_peers(data), "c1"), 1.5))
+    return out
