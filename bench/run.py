@@ -78,6 +78,10 @@ def run_target(run: Run) -> dict:
     with open(log_path, "w") as log:
         result = _run_logged(run, log, log_path)
     result["wall_s"] = round(time.monotonic() - started, 1)
+    if run.baseline and not result.get("missing"):     # its own git lookup finds this checkout's commit
+        from bench import baseline
+
+        result["version"] = baseline.COMMIT
     print(f"  {run.name}: {result.get('missing') or 'done'} in {result['wall_s']:.0f}s", file=sys.stderr, flush=True)
     return result
 
@@ -117,7 +121,7 @@ def _run_logged(run: Run, log: Any, log_path: Path) -> dict:
         return {"name": run.name, "missing": f"timed out after {run.timeout:.0f}s"}
     lines = out.strip().splitlines()
     try:
-        return {"name": run.name, **json.loads(lines[-1])}
+        return {**json.loads(lines[-1]), "name": run.name}
     except (IndexError, ValueError):
         log.flush()
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
@@ -187,13 +191,56 @@ def selected(runs: list[Run]) -> list[Run]:
     return [r for r in runs if not only or any(w in r.name for w in only)]
 
 
+def run_all(runs: list[Run]) -> list[dict]:
+    """Every target once, but ours on Redis and the build before issue 12 (when both are selected)
+    twice each, in the order ours, before, before, ours (ABBA: a drift of the machine over the run
+    weighs on both alike), each pair's figures averaged (merge)."""
+    pair = [r for r in runs if r.name == "ours (redis)" or r.baseline]
+    if len(pair) != 2:
+        return [run_target(r) for r in runs]
+    results: list[dict] = []
+    for run in runs:
+        if run is pair[0]:
+            rounds = {r.name: [] for r in pair}      # type: dict[str, list[dict]]
+            for r in (*pair, *reversed(pair)):
+                rounds[r.name].append(run_target(r))
+            results += [merge(rounds[r.name]) for r in pair]
+        elif run is not pair[1]:
+            results.append(run_target(run))
+    return results
+
+
+def merge(rounds: list[dict]) -> dict:
+    """One target's rounds as one result: rates averaged per scenario, latency samples pooled. A round
+    that did not run leaves the other alone; none ran: the first round's reason."""
+    ran = [r for r in rounds if not r.get("missing")]
+    if len(ran) < 2:
+        return ran[0] if ran else rounds[0]
+    out = dict(ran[0])
+    for key in ("enqueue", "bulk"):
+        values = [r[key] for r in ran if r.get(key)]
+        out[key] = sum(values) / len(values) if values else None
+    by_label: dict[str, list[float]] = {}
+    for r in ran:
+        for t in r.get("throughput") or []:
+            if t.get("rate"):
+                by_label.setdefault(t["label"], []).append(t["rate"])
+    out["throughput"] = [{**t, "rate": sum(by_label[t["label"]]) / len(by_label[t["label"]]),
+                          "rounds": by_label[t["label"]]} if t.get("label") in by_label else t
+                         for t in ran[0].get("throughput") or []]
+    for key in ("latency_ms", "long_idle_ms"):
+        out[key] = [v for r in ran for v in r.get(key) or []]
+    out["rounds"] = len(ran)
+    return out
+
+
 def main() -> None:
     started = time.monotonic()
     runs = selected(RUNS)
     print(f"bench: N={harness.N:,}; reference, then {', '.join(r.name for r in runs)}", file=sys.stderr, flush=True)
     info = machine()
     reference = ping_rate()
-    results = [run_target(r) for r in runs]
+    results = run_all(runs)
     info["load_end"] = [round(x, 2) for x in os.getloadavg()]
     info["seconds"] = round(time.monotonic() - started)
     data = report.build(results, reference, info, harness.N)
