@@ -27,8 +27,13 @@ reserve's own cost shows. Flat means the two rates are alike. Both again with mi
 (due and delayed jobs at a random priority 0..9), run A B B A with the priority-0 case, each the
 mean of its two runs.
 
-Run: `python -m bench.depth` (`--database`: only the database cases); the last line printed is the
-result as JSON (bench/run.py reads it).
+Each Redis drain also records the redis-server's CPU time per job (INFO cpu, user + system, over
+the drain) and its commands per job (INFO commandstats), steadier than a rate on a busy machine;
+they mean what they say only when the Redis serves nothing else (BENCH_REDIS_PORT: a private
+redis-server).
+
+Run: `python -m bench.depth` (`--database`: only the database cases, `--redis`: only Redis's); the
+last line printed is the result as JSON (bench/run.py reads it).
 """
 from __future__ import annotations
 
@@ -102,6 +107,17 @@ def _used_memory_mb() -> float:
     return round(_redis(OUR_DB).info("memory")["used_memory"] / 2**20, 1)
 
 
+def _server_cpu() -> float:
+    """The redis-server process's CPU seconds so far (INFO cpu: its rusage, user + system): a drain's
+    cost to the server, which a busy machine's preemption does not inflate as it does a rate."""
+    cpu = _redis(OUR_DB).info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def _calls() -> int:
+    return sum(v["calls"] for v in _redis(OUR_DB).info("commandstats").values())
+
+
 def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> list[dict[str, Any]]:
     """One case at priority 0 and with mixed priorities, each built once and parked in a db of its
     own; then ROUNDS drains of n jobs from each, interleaved A B B A A B (SWAPDB moves a build in
@@ -126,7 +142,14 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
         for mixed in ORDER:
             _redis(OUR_DB).swapdb(OUR_DB, PARKED[mixed])
             try:
-                rounds[mixed].append(drain(target, worker, n, budget=DRAIN_BUDGET))
+                _redis(OUR_DB).config_resetstat()
+                cpu = _server_cpu()
+                result = drain(target, worker, n, budget=DRAIN_BUDGET)
+                cpu, calls = _server_cpu() - cpu, _calls()
+                if result.get("jobs"):
+                    result["server_us"] = round(cpu * 1e6 / result["jobs"], 2)
+                    result["server_calls"] = round(calls / result["jobs"], 2)
+                rounds[mixed].append(result)
             finally:
                 _redis(OUR_DB).swapdb(OUR_DB, PARKED[mixed])
     finally:
@@ -138,6 +161,9 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
         else:
             row.update(next(r for r in rounds[mixed] if not r["rate"]))
         row["rates"] = [round(rate) for rate in rates]
+        server = sorted(r["server_us"] for r in rounds[mixed] if r.get("server_us"))
+        row["server_us"] = server[len(server) // 2] if server else None
+        row["server_us_rounds"] = server
     return [rows[False], rows[True]]
 
 
@@ -200,6 +226,7 @@ def database_rows(n: int) -> tuple[list[dict[str, Any]], list[str]]:
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     n = min(N, 20_000)
+    only_redis = "--redis" in sys.argv[1:]
     if "--database" in sys.argv[1:]:
         rows, errors = database_rows(n)
         print(json.dumps({"name": "ours depth (redis)", "jobs": n, "depth": DEPTH, "rows": [], "db_depth": DB_DEPTH,
@@ -222,7 +249,7 @@ def main() -> None:
         _flush(OUR_DB, *PARKED.values())
         target._close_app()
         target._runner.close()
-    database, db_errors = database_rows(n)
+    database, db_errors = ([], []) if only_redis else database_rows(n)
     print(json.dumps({"name": "ours depth (redis)", "jobs": n, "depth": DEPTH, "rows": rows, "db_depth": DB_DEPTH,
                       "database": database, "errors": errors + db_errors}), flush=True)
 
