@@ -28,7 +28,8 @@ reserve's own cost shows. Flat means the two rates are alike. Both again with mi
 mean of its two runs.
 
 Each Redis drain also records the redis-server's CPU time per job (INFO cpu, user + system, over
-the drain) and its commands per job (INFO commandstats), steadier than a rate on a busy machine;
+the drain), its commands per job (INFO commandstats) and the worker process's CPU time per job
+(/proc, its start-up included), steadier than a rate on a busy machine;
 they mean what they say only when the Redis serves nothing else (BENCH_REDIS_PORT: a private
 redis-server).
 
@@ -149,6 +150,8 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
                 if result.get("jobs"):
                     result["server_us"] = round(cpu * 1e6 / result["jobs"], 2)
                     result["server_calls"] = round(calls / result["jobs"], 2)
+                    if result.get("cpu_s"):     # the worker's own CPU (its start-up included) per job
+                        result["worker_us"] = round(result["cpu_s"] * 1e6 / result["jobs"], 1)
                 rounds[mixed].append(result)
             finally:
                 _redis(OUR_DB).swapdb(OUR_DB, PARKED[mixed])
@@ -164,6 +167,9 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
         server = sorted(r["server_us"] for r in rounds[mixed] if r.get("server_us"))
         row["server_us"] = server[len(server) // 2] if server else None
         row["server_us_rounds"] = server
+        worker_cpu = sorted(r["worker_us"] for r in rounds[mixed] if r.get("worker_us"))
+        row["worker_us"] = worker_cpu[len(worker_cpu) // 2] if worker_cpu else None
+        row["worker_us_rounds"] = worker_cpu
     return [rows[False], rows[True]]
 
 
