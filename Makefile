@@ -61,7 +61,7 @@ bench-events: venv
 	$(PY) bench/events.py
 
 # Workers SIGKILLed at random while they run jobs, on SQLite, MySQL and Redis: nothing may be lost.
-# The chaos test, longer: SOAK_JOBS, SOAK_SECONDS, SOAK_WORKERS, ... (README, "Chaos").
+# The chaos test, longer: SOAK_JOBS, SOAK_SECONDS, SOAK_WORKERS, ... (docs/RELIABILITY.md).
 soak: venv
 	$(PY) bench/soak.py
 

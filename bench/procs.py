@@ -39,6 +39,7 @@ class Workers:
                                        stderr=subprocess.STDOUT, start_new_session=True)
                       for _ in range(config.copies)]
         self.peak_kb: dict[int, int] = {}
+        self.cpu_ticks: dict[int, int] = {}     # utime + stime per process, the last sample
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
@@ -60,12 +61,16 @@ class Workers:
                 kb = _vm_hwm(pid)
                 if kb:
                     self.peak_kb[pid] = max(kb, self.peak_kb.get(pid, 0))
+                ticks = _cpu_ticks(pid)
+                if ticks is not None:
+                    self.cpu_ticks[pid] = max(ticks, self.cpu_ticks.get(pid, 0))
 
     def memory(self) -> dict[str, int]:
         """Largest single process, the sum over all of them (MB of VmHWM), and how many there were."""
         values = list(self.peak_kb.values()) or [0]
         return {"rss_mb": round(max(values) / 1024, 1), "rss_total_mb": round(sum(values) / 1024, 1),
-                "processes": len(self.peak_kb)}
+                "processes": len(self.peak_kb),
+                "cpu_s": round(sum(self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK"), 2)}
 
     def stop(self, grace: float = 1.0) -> None:
         """SIGTERM, then SIGKILL after `grace` s: the figures are taken by then, a clean exit adds nothing."""
@@ -102,6 +107,16 @@ def _tree(pid: int) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """CPU time the process has used so far (utime + stime, clock ticks), from /proc/<pid>/stat;
+    its start-up (imports, connecting) included."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
 
 
 def _vm_hwm(pid: int) -> int:

@@ -201,33 +201,51 @@ def database_table(data: Row) -> str:
     return table(["connection", "worker(s)", "processes", "jobs", "jobs/s"], lines)
 
 
+def _same_case(rows: list[Row], row: Row, **match: Any) -> Any:
+    """The rate of the row like `row` but for the fields given (a depth table's ratio base)."""
+    want = {k: row.get(k) for k in ("store", "case", "priorities")} | match
+    found = next((r for r in rows if all(r.get(k, "0" if k == "priorities" else None) == v
+                                         for k, v in want.items())), None)
+    return found.get("rate") if found else None
+
+
 def depth_table(depth: Row | None) -> str:
     if not depth:
         return "not run"
     if depth.get("missing"):
         return f"not run: {depth['missing']}"
     rows = depth.get("rows") or []
-    base = rows[0].get("rate") if rows else None
-    lines = [[r["case"], f"{r.get('ready', 0):,}", f"{r.get('delayed', 0):,}", f"{r.get('build_s', '-')}",
-              rate(r.get("rate")) + (PARTIAL if r.get("partial") else ""),
-              ", ".join(rate(x) for x in r.get("rates") or []) or "-", ratio(r.get("rate"), base)] for r in rows]
+    first = rows[0]["case"] if rows else ""
+    lines = [[r["case"], r.get("priorities", "0"), f"{r.get('ready', 0):,}", f"{r.get('delayed', 0):,}",
+              f"{r.get('build_s', '-')}", rate(r.get("rate")) + (PARTIAL if r.get("partial") else ""),
+              ", ".join(rate(x) for x in r.get("rates") or []) or "-",
+              ratio(r.get("rate"), _same_case(rows, r, case=first)),
+              ratio(r.get("rate"), _same_case(rows, r, priorities="0")),
+              f"{r['server_us']:.1f}" if r.get("server_us") else "-",
+              f"{r['worker_us']:.0f}" if r.get("worker_us") else "-"] for r in rows]
     return (f"N = {depth.get('jobs', 0):,} jobs a round, processed by `queue:work --concurrency 10`; three rounds "
-            "from one build, the median reported.\n\n"
-            + table(["case", "ready at start", "delayed (+1 h)", "build s", "jobs/s (median)", "rounds",
-                     "vs 1,000 waiting"], lines))
+            "from one build, the median reported. Priorities `0..9`: every queued job at a random priority "
+            "(seeded); the ratios are to the 1,000-waiting case of the same priorities and to the same case "
+            "at priority 0. Redis CPU µs/job: the redis-server's CPU time (user + system) over a "
+            "drain per job, the median round; worker CPU µs/job: the worker process's (its start-up included).\n\n"
+            + table(["case", "priorities", "ready at start", "delayed (+1 h)", "build s", "jobs/s (median)", "rounds",
+                     "vs 1,000 waiting", "vs priority 0", "Redis CPU µs/job",
+                     "worker CPU µs/job"], lines))
 
 
 def database_depth_table(depth: Row | None) -> str:
     rows = (depth or {}).get("database") or []
     if not rows:
         return "not run"
-    base = {r["store"]: r.get("rate") for r in rows if r.get("delayed") == 0}
-    lines = [[r["store"], r["case"], f"{r.get('ready', 0):,}", rate(r.get("rate")),
-              ratio(r.get("rate"), base.get(r["store"]))]
+    first = next((r["case"] for r in rows if r.get("delayed") == 0), "")
+    lines = [[r["store"], r["case"], r.get("priorities", "0"), f"{r.get('ready', 0):,}", rate(r.get("rate")),
+              ratio(r.get("rate"), _same_case(rows, r, case=first)),
+              ratio(r.get("rate"), _same_case(rows, r, priorities="0"))]
              for r in rows]
     return ("N due jobs reserved 10 at a time and acknowledged, straight on the store, behind no delayed jobs "
-            "and behind many (delayed an hour): a flat reserve costs the same.\n\n"
-            + table(["store", "case", "due jobs", "jobs/s", "vs none delayed"], lines))
+            "and behind many (delayed an hour): a flat reserve costs the same. Priorities `0..9`: due and delayed "
+            "jobs at a random priority (seeded).\n\n"
+            + table(["store", "case", "priorities", "due jobs", "jobs/s", "vs none delayed", "vs priority 0"], lines))
 
 
 def wake_tables(wake: Row | None) -> str:

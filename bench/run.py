@@ -58,7 +58,7 @@ RUNS = [
     Run("ours (sqlite)", None, ("bench.harness", "bench.ours", "sqlite"), 150, harness.OUR_DB),
     Run("ours (mysql)", None, ("bench.harness", "bench.ours", "mysql"), 150, harness.OUR_DB),
     Run("ours (pgsql)", None, ("bench.harness", "bench.ours", "pgsql"), 150, harness.OUR_DB),
-    Run("ours depth (redis)", None, ("bench.depth",), 300, harness.OUR_DB),
+    Run("ours depth (redis)", None, ("bench.depth",), 1200, harness.OUR_DB),
     _peer("arq", "arq"), _peer("saq", "saq"), _peer("rq", "rq"), _peer("dramatiq", "dramatiq"),
     _peer("celery", "celery"), _peer("taskiq (list)", "taskiq", "list"), _peer("taskiq (stream)", "taskiq", "stream"),
     _peer("routemq (redis)", "routemq", "redis"), _peer("routemq (mysql)", "routemq", "mysql", timeout=200),

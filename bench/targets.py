@@ -102,11 +102,17 @@ def check(data: Row, depth: Row | None) -> list[Row]:
 
 
 def _depth_checks(depth: Row | None) -> list[Row]:
+    """Each deep case within 10% of the 1,000-waiting case of the same priorities (priority 0, and the
+    mixed priorities 0..9 of issue 13)."""
     rows = (depth or {}).get("rows") or []
-    base = rows[0] if rows else {}
     out = []
-    for row in rows[1:]:
-        name = f"(g) throughput with {row['case']} within 10% of that with {base.get('case')}"
+    for row in rows:
+        mix = row.get("priorities", "0")
+        base = next(r for r in rows if r.get("priorities", "0") == mix)
+        if row is base:
+            continue
+        label = "" if mix == "0" else f", priorities {mix},"
+        name = f"(g) throughput with {row['case']}{label} within 10% of that with {base.get('case')}"
         if not row.get("rate") or not base.get("rate"):
             out.append(_target(name, None, "not measured"))
             continue

@@ -60,7 +60,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-# -- what this pytest process owns (pytest-xdist runs several; README, "Tests") -------------------------
+# -- what this pytest process owns (pytest-xdist runs several; docs/development.md) -------------------------
 
 # Dbs no tool of the project uses: 1-8 are left to development tools, 10-13 are the benchmarks'.
 DEFAULT_REDIS_DBS = (9, 14, 15)
