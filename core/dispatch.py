@@ -423,6 +423,11 @@ async def _push_waiting(conn: "QueueConnection", pushing: dict[tuple[str, float]
     """One push of a group, retried as a whole (a retry pushes only what is missing, so no job is
     stored twice); each waiting dispatch gets the outcome, a QueueConnectionError in its own words."""
     group = [entry for entry in group if not entry.done.done()]     # a cancelled one is not pushed
+    now = asyncio.get_running_loop().time()
+    late = [entry for entry in group if entry.retrying.limit and entry.retrying.deadline <= now]
+    if late:        # out of time while waiting (the push before did not answer): not sent at all
+        _answer(late, lambda entry: entry.retrying.gave_up(f"{conn.describe()} is unreachable (no answer)"))
+        group = [entry for entry in group if not entry.done.done()]
     try:
         if group:
             retrying = _Retrying.joined([entry.retrying for entry in group])
