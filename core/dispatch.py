@@ -342,7 +342,10 @@ async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], dela
             await retrying.after(problem)
 
 
-GROUP_LIMIT = 500       # jobs per group push: one script call or statement never grows without bound
+# A group push's bounds: one script call or statement never grows without bound (large payloads
+# go in smaller groups; a payload over GROUP_BYTES by itself goes alone).
+GROUP_LIMIT = 500
+GROUP_BYTES = 1 << 20
 
 
 class _Waiting:
@@ -357,13 +360,30 @@ class _Waiting:
 
 
 class _InFlight:
-    """One connection's pushes of one (queue, delay) on the wire, and the dispatches waiting for them."""
+    """One connection's pushes of one (queue, delay) on the wire, and the dispatches waiting for them.
+    Kept while idle (a sequential dispatcher makes none per dispatch), up to KEPT_IDLE of them."""
 
-    __slots__ = ("pushes", "waiting")
+    __slots__ = ("queue", "delay", "pushes", "waiting")
+    KEPT_IDLE = 64
 
-    def __init__(self) -> None:
+    def __init__(self, queue: str, delay: float) -> None:
+        self.queue = queue
+        self.delay = delay
         self.pushes = 0
         self.waiting: list[_Waiting] = []
+
+    @classmethod
+    def of(cls, conn: "QueueConnection", queue: str, delay: float) -> "_InFlight":
+        pushing = conn.pushing
+        if pushing is None:
+            pushing = conn.pushing = {}
+        flight = pushing.get((queue, delay))
+        if flight is None:
+            if len(pushing) >= cls.KEPT_IDLE:     # many delays (datetimes): forget the idle ones
+                for key in [key for key, idle in pushing.items() if not idle.pushes and not idle.waiting]:
+                    del pushing[key]
+            flight = pushing[(queue, delay)] = cls(queue, delay)
+        return flight
 
 
 _group_tasks: set[asyncio.Task[None]] = set()      # running group pushes (a task needs a reference)
@@ -374,21 +394,15 @@ async def _push_grouped(conn: "QueueConnection", queue: str, raw: str, delay: fl
     the wire pushes at once, alone (nothing waits for a timer); those that arrive while they are
     wait, and go together as one push of many as soon as one is answered. Each returns once its
     own job is stored, or raises its group's error."""
-    pushing = conn.pushing
-    if pushing is None:
-        pushing = conn.pushing = {}
-    key = (queue, delay)
-    flight = pushing.get(key)
-    if flight is None:
-        flight = pushing[key] = _InFlight()
-    elif flight.pushes >= conn.pushes_in_flight:
+    flight = _InFlight.of(conn, queue, delay)
+    if flight.pushes >= conn.pushes_in_flight:
         await _wait_for_group(flight.waiting, raw, retrying)
         return
     flight.pushes += 1
     try:
         await _push_group(conn, queue, [raw], delay, retrying)
     finally:
-        _pushed(conn, pushing, key, flight)
+        _pushed(conn, flight)
 
 
 async def _wait_for_group(waiting: list[_Waiting], raw: str, retrying: _Retrying) -> None:
@@ -402,24 +416,26 @@ async def _wait_for_group(waiting: list[_Waiting], raw: str, retrying: _Retrying
         raise
 
 
-def _pushed(conn: "QueueConnection", pushing: dict[tuple[str, float], Any], key: tuple[str, float],
-            flight: _InFlight) -> None:
-    """A push of `key` is answered: send what waited meanwhile (up to GROUP_LIMIT) as one push."""
+def _pushed(conn: "QueueConnection", flight: _InFlight) -> None:
+    """A push of the flight's queue is answered: send what waited meanwhile (within the bounds) as one push."""
     flight.pushes -= 1
     if not flight.waiting:
-        if not flight.pushes:
-            del pushing[key]
         return
-    group = flight.waiting[:GROUP_LIMIT]
-    del flight.waiting[:GROUP_LIMIT]
+    taken, size = 0, 0
+    for entry in flight.waiting[:GROUP_LIMIT]:
+        size += len(entry.raw)
+        if taken and size > GROUP_BYTES:
+            break
+        taken += 1
+    group = flight.waiting[:taken]
+    del flight.waiting[:taken]
     flight.pushes += 1
-    task = asyncio.get_running_loop().create_task(_push_waiting(conn, pushing, key, flight, group))
+    task = asyncio.get_running_loop().create_task(_push_waiting(conn, flight, group))
     _group_tasks.add(task)
     task.add_done_callback(_group_tasks.discard)
 
 
-async def _push_waiting(conn: "QueueConnection", pushing: dict[tuple[str, float], Any], key: tuple[str, float],
-                        flight: _InFlight, group: list[_Waiting]) -> None:
+async def _push_waiting(conn: "QueueConnection", flight: _InFlight, group: list[_Waiting]) -> None:
     """One push of a group, retried as a whole (a retry pushes only what is missing, so no job is
     stored twice); each waiting dispatch gets the outcome, a QueueConnectionError in its own words."""
     group = [entry for entry in group if not entry.done.done()]     # a cancelled one is not pushed
@@ -432,7 +448,7 @@ async def _push_waiting(conn: "QueueConnection", pushing: dict[tuple[str, float]
         if group:
             retrying = _Retrying.joined([entry.retrying for entry in group])
             try:
-                await _push_group(conn, key[0], [entry.raw for entry in group], key[1], retrying)
+                await _push_group(conn, flight.queue, [entry.raw for entry in group], flight.delay, retrying)
             except QueueConnectionError:
                 _answer(group, lambda entry: entry.retrying.gave_up(retrying.problem))
             except asyncio.CancelledError:      # the loop is closing
@@ -445,7 +461,7 @@ async def _push_waiting(conn: "QueueConnection", pushing: dict[tuple[str, float]
             else:
                 _answer(group, lambda entry: None)
     finally:
-        _pushed(conn, pushing, key, flight)
+        _pushed(conn, flight)
 
 
 def _answer(group: list[_Waiting], error: Callable[[_Waiting], BaseException | None]) -> None:

@@ -96,3 +96,12 @@ async def test_a_lone_dispatch_after_a_group_is_stored_at_once(store, n):
     for _ in range(n):
         await asyncio.wait_for(RecordingJob.dispatch(log="-"), 10)
     assert (await store.conn.sizes(["default"]))["default"].pending == 30 + n
+
+
+async def test_large_payloads_go_in_smaller_groups_and_are_all_stored_once(store):
+    """A group is bounded in bytes too (1 MiB): 30 dispatches of ~200 kB each still store 30 jobs."""
+    big = "x" * 200_000
+    ids = await asyncio.gather(*(RecordingJob.dispatch(log="-", value=f"{n}{big}") for n in range(30)))
+    stored = await drain(store, "default")
+    assert Counter(payload.uuid for payload in stored) == Counter(ids)
+    assert sorted(int(payload.data["value"][:-len(big)]) for payload in stored) == list(range(30))
