@@ -216,6 +216,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         # Group commit (core.dispatch): SQLite writes through one connection, one push at a time;
         # a server takes several at once (its commits overlap), so four go before dispatches group.
         self.pushes_in_flight = 1 if dialect.embedded else 4
+        # A server's push of many in one chunk is one INSERT, atomic by itself, without a
+        # transaction's round trips (BEGIN, the clock, COMMIT): a dispatch group costs what one
+        # push does. SQLite runs a transaction in one hop to its thread, and one that is cut
+        # before it began stores nothing (a cut statement would still run).
+        self._one_insert = not dialect.embedded
         self._pick = PICK + dialect.skip_locked
         self._due = DUE + dialect.skip_locked
         self._one_statement = dialect.returning
@@ -300,7 +305,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         chunks = list(await self._chunks(payloads))
-        if len(chunks) == 1:    # one INSERT is atomic by itself: no transaction's round trips (a dispatch group)
+        if len(chunks) == 1 and self._one_insert:
             statement = self._push_rows(queue, chunks[0], delay)
             await self.db.execute(statement.sql, statement.params)
         else:
