@@ -1,5 +1,7 @@
 """Dispatch throughput at concurrency C: C coroutines each `await NoopJob.dispatch()` in a loop,
-no MQTT, on Redis (BENCH_REDIS_PORT, db 0, flushed) or a database (BENCH_DISPATCH_STORE=sqlite|mysql|pgsql).
+no MQTT, on Redis (BENCH_REDIS_PORT, db 0; its `default` queue cleared before and after) or a database
+(BENCH_DISPATCH_STORE=sqlite|mysql|pgsql: a temporary SQLite file, or the database `bench_dispatch`,
+made when missing).
 
     .venv/bin/python bench/dispatch_concurrent.py 1 10 100       jobs/s and CPU us/job per concurrency
     BENCH_PROFILE=1 .venv/bin/python bench/dispatch_concurrent.py 20     cProfile of the run, top 30
