@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,8 @@ async def push(job: Job, *, queue: str | None = None, connection: str | None = N
     inline = None
     if conn.runs_inline:
         inline = await _run_inline(job, payload)
+    elif conn.pushes_in_flight:
+        await _push_grouped(conn, payload.queue, raw, delay, retrying)
     else:
         await _push_group(conn, payload.queue, [raw], delay, retrying)
     if announce:
@@ -182,10 +185,21 @@ class _Retrying:
         self.problem = ""               # what the last attempt that failed by itself ran into
         self._scope: _Cut | None = None
 
+    @classmethod
+    def joined(cls, each: "list[_Retrying]") -> "_Retrying":
+        """A group's: every dispatch's items, within the earliest deadline (none waits longer)."""
+        retrying = copy.copy(min(each, key=lambda r: r.deadline))
+        retrying.items = [item for r in each for item in r.items]
+        return retrying
+
     @property
     def what(self) -> str:
         payload = self.items[0][0]
         return f"{payload.display_name} [{payload.uuid}]" if len(self.items) == 1 else f"{len(self.items)} jobs"
+
+    def gave_up(self, problem: str) -> QueueConnectionError:
+        given = f"gave up after {self.limit:g}s" if self.limit else "not retried"
+        return QueueConnectionError(f"Cannot dispatch {self.what}: {problem}; {given} (QUEUE_DISPATCH_TIMEOUT)")
 
     def attempt(self) -> contextlib.AbstractAsyncContextManager[Any]:
         if not self.limit:
@@ -202,9 +216,7 @@ class _Retrying:
         self.problem = problem
         remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
-            given = f"gave up after {self.limit:g}s" if self.limit else "not retried"
-            raise QueueConnectionError(f"Cannot dispatch {self.what}: {problem}; {given} "
-                                       "(QUEUE_DISPATCH_TIMEOUT)") from None
+            raise self.gave_up(problem) from None
         log.debug("dispatch of %s: %s; retrying", self.what, problem)
         await asyncio.sleep(min(self.pause, remaining))
         self.pause = min(1.0, self.pause * 2)
@@ -328,6 +340,138 @@ async def _push_group(conn: "QueueConnection", queue: str, raws: list[str], dela
                 problem = f"{conn.describe()} is unreachable ({reason})"
             failed_before = True
             await retrying.after(problem)
+
+
+# A group push's bounds: one script call or statement never grows without bound (large payloads
+# go in smaller groups; a payload over GROUP_BYTES by itself goes alone).
+GROUP_LIMIT = 500
+GROUP_BYTES = 1 << 20
+
+
+class _Waiting:
+    """A dispatch waiting to go with the next group: its payload, its own deadline, its answer."""
+
+    __slots__ = ("raw", "retrying", "done")
+
+    def __init__(self, raw: str, retrying: _Retrying) -> None:
+        self.raw = raw
+        self.retrying = retrying
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _InFlight:
+    """One connection's pushes of one (queue, delay) on the wire, and the dispatches waiting for them.
+    Kept while idle (a sequential dispatcher makes none per dispatch), up to KEPT_IDLE of them."""
+
+    __slots__ = ("queue", "delay", "pushes", "waiting")
+    KEPT_IDLE = 64
+
+    def __init__(self, queue: str, delay: float) -> None:
+        self.queue = queue
+        self.delay = delay
+        self.pushes = 0
+        self.waiting: list[_Waiting] = []
+
+    @classmethod
+    def of(cls, conn: "QueueConnection", queue: str, delay: float) -> "_InFlight":
+        pushing = conn.pushing
+        if pushing is None:
+            pushing = conn.pushing = {}
+        flight = pushing.get((queue, delay))
+        if flight is None:
+            if len(pushing) >= cls.KEPT_IDLE:     # many delays (datetimes): forget the idle ones
+                for key in [key for key, idle in pushing.items() if not idle.pushes and not idle.waiting]:
+                    del pushing[key]
+            flight = pushing[(queue, delay)] = cls(queue, delay)
+        return flight
+
+
+_group_tasks: set[asyncio.Task[None]] = set()      # running group pushes (a task needs a reference)
+
+
+async def _push_grouped(conn: "QueueConnection", queue: str, raw: str, delay: float, retrying: _Retrying) -> None:
+    """Group commit: a dispatch that finds fewer than conn.pushes_in_flight pushes of its queue on
+    the wire pushes at once, alone (nothing waits for a timer); those that arrive while they are
+    wait, and go together as one push of many as soon as one is answered. Each returns once its
+    own job is stored, or raises its group's error."""
+    flight = _InFlight.of(conn, queue, delay)
+    if flight.pushes >= conn.pushes_in_flight:
+        await _wait_for_group(flight.waiting, raw, retrying)
+        return
+    flight.pushes += 1
+    try:
+        await _push_group(conn, queue, [raw], delay, retrying)
+    finally:
+        _pushed(conn, flight)
+
+
+async def _wait_for_group(waiting: list[_Waiting], raw: str, retrying: _Retrying) -> None:
+    entry = _Waiting(raw, retrying)
+    waiting.append(entry)
+    try:
+        await entry.done
+    except asyncio.CancelledError:
+        with contextlib.suppress(ValueError):   # not taken into a group yet: it never will be
+            waiting.remove(entry)
+        raise
+
+
+def _pushed(conn: "QueueConnection", flight: _InFlight) -> None:
+    """A push of the flight's queue is answered: send what waited meanwhile (within the bounds) as one push."""
+    flight.pushes -= 1
+    if not flight.waiting:
+        return
+    taken, size = 0, 0
+    for entry in flight.waiting[:GROUP_LIMIT]:
+        size += len(entry.raw)
+        if taken and size > GROUP_BYTES:
+            break
+        taken += 1
+    group = flight.waiting[:taken]
+    del flight.waiting[:taken]
+    flight.pushes += 1
+    task = asyncio.get_running_loop().create_task(_push_waiting(conn, flight, group))
+    _group_tasks.add(task)
+    task.add_done_callback(_group_tasks.discard)
+
+
+async def _push_waiting(conn: "QueueConnection", flight: _InFlight, group: list[_Waiting]) -> None:
+    """One push of a group, retried as a whole (a retry pushes only what is missing, so no job is
+    stored twice); each waiting dispatch gets the outcome, a QueueConnectionError in its own words."""
+    group = [entry for entry in group if not entry.done.done()]     # a cancelled one is not pushed
+    now = asyncio.get_running_loop().time()
+    late = [entry for entry in group if entry.retrying.limit and entry.retrying.deadline <= now]
+    if late:        # out of time while waiting (the push before did not answer): not sent at all
+        _answer(late, lambda entry: entry.retrying.gave_up(f"{conn.describe()} is unreachable (no answer)"))
+        group = [entry for entry in group if not entry.done.done()]
+    try:
+        if group:
+            retrying = _Retrying.joined([entry.retrying for entry in group])
+            try:
+                await _push_group(conn, flight.queue, [entry.raw for entry in group], flight.delay, retrying)
+            except QueueConnectionError:
+                _answer(group, lambda entry: entry.retrying.gave_up(retrying.problem))
+            except asyncio.CancelledError:      # the loop is closing
+                for entry in group:
+                    entry.done.cancel()
+                raise
+            except Exception as exc:
+                failure = exc
+                _answer(group, lambda entry: failure)
+            else:
+                _answer(group, lambda entry: None)
+    finally:
+        _pushed(conn, flight)
+
+
+def _answer(group: list[_Waiting], error: Callable[[_Waiting], BaseException | None]) -> None:
+    for entry in group:
+        if not entry.done.done():           # its caller gave up waiting (cancelled)
+            problem = error(entry)
+            if problem is None:
+                entry.done.set_result(None)
+            else:
+                entry.done.set_exception(problem)
 
 
 async def run_now(job: Job, payload: Payload | None = None) -> Any:

@@ -8,7 +8,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import NotSupported
 
@@ -81,6 +81,14 @@ class QueueConnection(ABC):
     # True for a connection that stores nothing and runs a pushed job at once, in the dispatching
     # process (sync): dispatch then runs the job object it holds instead of pushing a payload.
     runs_inline: bool = False
+    # Group commit (core.dispatch): how many pushes of one queue concurrent dispatches put on the
+    # wire at once; those that find them all busy wait and go together as one push of many when
+    # one is answered. For a store where a push of many costs about what one push does (one script
+    # call, one statement); its push_missing must not store a job twice, as a group is retried as
+    # a whole. 0: no grouping, every dispatch pushes by itself.
+    pushes_in_flight: int = 0
+    # core.dispatch's record of them, per (queue, delay) (made at the first dispatch).
+    pushing: "dict[tuple[str, float], Any] | None" = None
 
     async def open(self) -> None:
         """Connect and create what the store needs; raises ConnectionFailed with a clear message."""

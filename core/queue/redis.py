@@ -232,6 +232,7 @@ def reason(exc: BaseException) -> str:
 
 class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     name = "redis"
+    pushes_in_flight = 1        # one push.lua call at a time per queue, carrying what came meanwhile
 
     def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90,
                  replay_window: int = 900) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 
 import pytest
 
 from bootstrap.app import create_app
-from core.dispatch import dispatch_many
+from core.dispatch import dispatch, dispatch_many
 from core.errors import ConnectionFailed, QueueConnectionError
+from core import events
+from core.events import JobQueued, listen
+from core.payload import Payload
 from tests.faults.conftest import eventually
 from tests.faults.proxy import FaultProxy
 from tests.jobs.outage_jobs import OutageJob
@@ -162,3 +166,69 @@ async def test_no_retry_with_a_zero_timeout_and_a_store_down_from_the_start(stor
     message = str(caught.value)
     assert f"Cannot connect to {label}: Connection refused; not retried (QUEUE_DISPATCH_TIMEOUT)" in message, message
     assert "s3cret-pass" not in message
+
+
+# -- group commit: concurrent dispatches pushed together ------------------------------------------
+
+async def stored_ids(app) -> Counter[str]:
+    """How many times each job id is stored on the outage queue (reserving every job)."""
+    conn = await app.queue.connection()
+    seen: Counter[str] = Counter()
+    while jobs := await conn.reserve_many(["outage"], 200):
+        seen.update(Payload.decode(job.payload, app.config.app.key).uuid for job in jobs)
+    return seen
+
+
+async def test_a_group_whose_answer_is_lost_is_stored_once_when_the_connection_drops(store, monkeypatch):
+    """Dispatches waiting behind the pushes on the wire go as one push the moment the first of those
+    is answered; the store takes the group, its answer never comes back, the connection drops: the
+    group is retried as a whole and each job is stored once, each caller getting its own id."""
+    proxy, _ = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "30")
+    monkeypatch.setattr(events, "_listeners", {})        # this test's listener only, gone after it
+    armed = []
+
+    @listen(JobQueued)
+    def lose_what_follows(event: JobQueued) -> None:
+        # Heard right after the first push is answered, before the group it let go is sent.
+        if armed and not armed[0]:
+            armed[0] = True
+            proxy.lose_replies()
+
+    async with create_app() as app:
+        conn = await app.queue.connection()
+        warm = await asyncio.gather(*(OutageJob.dispatch(path="-") for _ in range(20)))  # statements prepared
+        armed.append(False)
+        lone = [asyncio.ensure_future(OutageJob.dispatch(path="-")) for _ in range(conn.pushes_in_flight)]
+        grouped = [asyncio.ensure_future(OutageJob.dispatch(path="-")) for _ in range(50)]
+        if os.environ["QUEUE_CONNECTION"] == "database" and os.environ["DB_CONNECTION"] == "pgsql":
+            # PostgreSQL prepares the group's statement in a round trip of its own, whose answer is
+            # lost too: the insert itself goes with the retry.
+            await asyncio.sleep(1.0)
+        else:
+            await eventually(lambda: stored_on_the_server() == len(warm) + len(lone) + 50, 10,
+                             "the group to be stored")
+        assert armed == [True] and not any(task.done() for task in grouped)   # waiting for their answer
+        proxy.cut()
+        proxy.restore()
+        ids = await asyncio.wait_for(asyncio.gather(*lone, *grouped), 30)
+        seen = await stored_ids(app)
+    assert len(set(ids)) == len(lone) + 50
+    assert seen == Counter([*warm, *ids])                   # each stored once, none missing
+
+
+async def test_each_dispatch_of_a_group_that_fails_gets_its_own_error(store, monkeypatch):
+    proxy, label = store
+    monkeypatch.setenv("QUEUE_DISPATCH_TIMEOUT", "1")
+    async with create_app() as app:
+        await app.queue.connection()
+        proxy.blackhole()
+        jobs = [OutageJob() for _ in range(12)]
+        outcomes = await asyncio.gather(*(dispatch(job) for job in jobs), return_exceptions=True)
+        proxy.restore()
+        assert await stored(app) == 0
+    for job, outcome in zip(jobs, outcomes):
+        assert isinstance(outcome, QueueConnectionError), outcome
+        message = str(outcome)
+        assert message.startswith(f"Cannot dispatch OutageJob [{job.job_id}]: {label} is unreachable ("), message
+        assert message.endswith("gave up after 1s (QUEUE_DISPATCH_TIMEOUT)"), message
