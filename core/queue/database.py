@@ -538,6 +538,27 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             return await self.db.run_statements(self._acknowledge_one_steps(jobs))
         return await self.db.run_transaction(self._acknowledge_steps(jobs))
 
+    async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
+                                      claim: str) -> tuple[list[bool], list[ReservedJob]]:
+        """A worker at concurrency 1: the finished jobs' acknowledgement, then the next reserve of
+        `queue`, never side by side. Sent beside the reserve (its own transaction on another
+        connection), the acknowledgement's locks made MariaDB's SKIP LOCKED pass over the next ready
+        row now and then, so one worker ran two jobs of a priority out of dispatch order. On MySQL and
+        SQLite both are one transaction (a commit per job saved); where a statement is its own step
+        (PostgreSQL) they run one after the other."""
+        if self._one_statement:
+            return await self.acknowledge_many(jobs), await self.reserve_many([queue], 1, claim)
+
+        def steps() -> Steps[tuple[list[bool], tuple[list[ReservedJob], list[str]]]]:
+            done = yield from self._acknowledge_steps(jobs)
+            taken = yield from self._reserve_steps([queue], 1, claim)
+            return done, taken
+
+        done, (taken, dropped) = await self.db.run_transaction(steps())
+        for job_uuid in dropped:
+            log.warning(ALREADY_RAN, job_uuid)
+        return done, taken
+
     def _acknowledge_one_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
         params: list = []
         for job in jobs:

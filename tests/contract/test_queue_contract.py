@@ -50,6 +50,23 @@ async def test_jobs_of_one_queue_come_out_in_dispatch_order(backend):
     assert taken == pushed
 
 
+async def test_acknowledge_and_reserve_acknowledges_then_takes_the_next_in_order(backend):
+    """A worker at concurrency 1 hands its finished job's acknowledgement to the next reserve: done
+    flags for the acknowledged, the next job in dispatch order, and nothing for a reservation no
+    longer held."""
+    conn = backend.conn
+    pushed = [payload(n) for n in range(3)]
+    await conn.push_many("contract", pushed)
+    first = await conn.reserve(["contract"])
+    done, [second] = await conn.acknowledge_and_reserve([first], "contract", "claimone")
+    assert done == [True] and (second.payload, second.attempts) == (pushed[1], 1)
+    done, [third] = await conn.acknowledge_and_reserve([second], "contract", "claimtwo")
+    assert done == [True] and third.payload == pushed[2]
+    assert await conn.acknowledge_and_reserve([third], "contract", "claimthree") == ([True], [])
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert await conn.acknowledge_and_reserve([third], "contract", "claimfour") == ([False], [])   # not held
+
+
 async def test_the_first_queue_with_a_due_job_wins(backend):
     conn = backend.conn
     low, high = payload(1), payload(2)
