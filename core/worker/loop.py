@@ -40,6 +40,8 @@ log = logging.getLogger("worker")
 KEPT_CLAIMS = 32          # reserve calls whose answers were lost, kept for recover() once the store is back
 RESTART_POLL = 1.0        # seconds between reads of the queue:restart signal
 MEMORY_POLL = 1.0         # seconds between reads of the resident memory, at most
+EMPTY_CHECKS = 20         # --stop-when-empty: second looks at the sizes when a reserve found nothing due
+EMPTY_RECHECK = 0.05      # seconds between them (a row held by another transaction is free again by then)
 
 
 def memory_mb() -> float:
@@ -85,6 +87,7 @@ class Worker:
         self._restart_asked = False
         self._next_restart_check = 0.0
         self._next_memory_check = 0.0
+        self._empty_checks = 0         # --stop-when-empty's second looks (_due_yet)
         self._outage: OutageLog       # set by run(), once the connection is open
         self._settler: Settler        # likewise
         self._events: WorkerEvents    # likewise
@@ -230,10 +233,32 @@ class Worker:
     async def _loop(self, conn: QueueConnection) -> None:
         while not self._stopping.is_set():
             taken = await self._pass(conn)
+            if taken == 0 and await self._due_yet(conn):
+                taken = None       # not empty: a due job was passed over a moment; look again
             if self._stop_if_necessary(taken):
                 return
             if taken == 0:
                 await self._wait_after_empty()
+
+    async def _due_yet(self, conn: QueueConnection) -> bool:
+        """--stop-when-empty found nothing to reserve, with nothing running: whether the store still
+        counts due jobs. A database reserve skips rows another transaction holds a moment (SKIP
+        LOCKED: a heartbeat's renewal, another worker's acknowledgement), and "empty" must mean no
+        due job, not none free this instant. Asked EMPTY_CHECKS times at most, EMPTY_RECHECK apart;
+        with no sizes (the admin interface is optional) the reserve's word stands."""
+        if not (self.options.stop_when_empty and not self._running and not self.options.once
+                and self._empty_checks < EMPTY_CHECKS and callable(getattr(conn, "sizes", None))):
+            return False
+        self._empty_checks += 1
+        try:
+            sizes = await conn.sizes(list(self.options.queues))   # type: ignore[attr-defined]
+        except Exception as exc:  # the reserve reports the store's trouble; this look is only a second opinion
+            log.debug("sizes not read before stopping when empty: %s", exc)
+            return False
+        if not any(size.pending for size in sizes.values()):
+            return False
+        await self._idle(EMPTY_RECHECK)
+        return True
 
     async def _pass(self, conn: QueueConnection) -> int | None:
         """One look for work: how many jobs it reserved and started, or None when it reserved
