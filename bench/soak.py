@@ -57,7 +57,8 @@ def environment(store: str, tmp: Path, mysql_db: str, redis_prefix: str) -> dict
            "QUEUE_VISIBILITY_TIMEOUT": setting("SOAK_VISIBILITY_TIMEOUT", "4"),
            "QUEUE_CONNECTION": "redis" if store == "redis" else "database",
            "DB_CONNECTION": "sqlite", "DB_DATABASE": str(tmp / "soak.sqlite"),
-           "REDIS_URL": "", "REDIS_CLUSTER": "", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": os.environ.get("BENCH_REDIS_PORT") or "6379",
+           "REDIS_URL": "", "REDIS_CLUSTER": "", "REDIS_HOST": "127.0.0.1",
+           "REDIS_PORT": os.environ.get("BENCH_REDIS_PORT") or "6379",
            "REDIS_PASSWORD": "",
            "REDIS_DB": setting("SOAK_REDIS_DB", setting("TEST_REDIS_DB", "13").replace("-", ",").split(",")[0]),
            "REDIS_PREFIX": redis_prefix}

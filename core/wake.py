@@ -20,17 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import logging
+import math
 import os
 import secrets
 import socket
 import sqlite3
+import struct
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 log = logging.getLogger("worker")
 
 RATE = 40.0            # wake-ups a second per queue from one process, sustained (a NOTIFY costs a commit)...
@@ -38,6 +43,10 @@ BURST = 8.0            # ... after a burst of this many at once
 SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits (no inotify)
 SQLITE_SAFETY_POLL = 0.25   # with inotify: a read this often all the same (a write it may not report)
 ANY = ""               # a wake-up for every queue (not a queue name: those are 1-100 characters)
+LOCK_TRIES = 50        # non-blocking tries at a shared pace's lock before pacing alone for that wake-up
+DEBT = 1000.0          # the most tokens a shared bucket may owe (trailing wake-ups of many processes at once)
+NEVER = -1.0           # no wake-up sent yet (time.monotonic() counts from the boot, >= 0)
+Bucket = tuple[float, float, float]     # tokens, when they were counted, when a wake-up was last sent (monotonic)
 
 
 class Waker:
@@ -198,43 +207,73 @@ class Announcer:
     paced by a token bucket: up to BURST are sent at once, before announce returns (a script that
     dispatches and exits still wakes the worker), then RATE a second; a push that finds the bucket
     empty is covered by one wake-up sent when the next token comes (every push in between too).
-    Dispatches a few milliseconds apart each wake at once; sixteen dispatchers pushing at full
-    speed send RATE wake-ups a second, not thousands (a NOTIFY is a commit of its own)."""
+
+    With `shared` (a Pace), the bucket is the host's, not the process's: every process on this
+    host that dispatches to the same database takes from one bucket per queue, so sixteen
+    dispatcher processes pushing at full speed send about RATE wake-ups a second between them,
+    not sixteen times that (each at under RATE pushes a second would otherwise send one per push:
+    a NOTIFY is one more statement, and commit, per dispatch). A held-back push is covered by a
+    wake-up any process sends after it committed: a process whose trailing wake-up comes due sends
+    it only if no process has sent one since its last push (every such wake-up comes after the
+    push's commit, so the worker it wakes sees the job)."""
 
     def __init__(self, send: Callable[[str], Awaitable[None]], rate: float | None = None,
-                 burst: float | None = None) -> None:
+                 burst: float | None = None, shared: Pace | None = None) -> None:
         self._send = send
         self._rate = RATE if rate is None else rate
         self._burst = BURST if burst is None else burst
-        self._bucket: dict[str, tuple[float, float]] = {}     # queue -> (tokens, when counted)
+        self._shared = shared
+        self._bucket: dict[str, Bucket] = {}          # queue -> this process's bucket (no `shared`)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
+        self._pending: dict[str, float] = {}          # queue -> when its last held-back push committed
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def announce(self, queue: str) -> None:
+        now = time.monotonic()
         if queue in self._trailing:
-            return                                   # the pending wake-up covers this push too
-        wait = self._take(queue)
+            self._pending[queue] = now               # the pending wake-up covers this push too
+            return
+        wait = self._update(queue, lambda bucket: self._take(bucket, now))
         if wait > 0:
+            self._pending[queue] = now
             self._trailing[queue] = asyncio.get_running_loop().call_later(wait, self._fire, queue)
             return
         await self._deliver(queue)
 
-    def _take(self, queue: str) -> float:
-        """Take a token: 0 if there was one, else how long until the next (then taken by _fire)."""
-        now = time.monotonic()
-        tokens, counted = self._bucket.get(queue, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - counted) * self._rate)
+    def _refill(self, bucket: Bucket, now: float) -> float:
+        tokens, counted, _ = bucket
+        return min(self._burst, tokens + max(0.0, now - counted) * self._rate)
+
+    def _take(self, bucket: Bucket, now: float) -> tuple[Bucket, float]:
+        """Take a token: wait 0 if there was one (the wake-up goes now), else how long until the next."""
+        tokens = self._refill(bucket, now)
         if tokens >= 1:
-            self._bucket[queue] = (tokens - 1, now)
-            return 0.0
-        self._bucket[queue] = (tokens - 1, now)       # owed: the trailing wake-up's token
-        return (1 - tokens) / self._rate
+            return (tokens - 1, now, now), 0.0
+        return (tokens, now, bucket[2]), (1 - tokens) / self._rate
 
     def _fire(self, queue: str) -> None:
         self._trailing.pop(queue, None)
-        task = asyncio.get_running_loop().create_task(self._deliver(queue))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        pushed = self._pending.pop(queue, 0.0)
+        now = time.monotonic()
+
+        def due(bucket: Bucket) -> tuple[Bucket, bool]:
+            if bucket[2] >= pushed:
+                return bucket, False                 # another process's wake-up came after our push
+            return (self._refill(bucket, now) - 1, now, now), True
+
+        if self._update(queue, due):
+            task = asyncio.get_running_loop().create_task(self._deliver(queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _update(self, queue: str, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
+        if self._shared is not None:
+            done = self._shared.update(queue, self._burst, change)
+            if done is not None:
+                return done[1]
+        bucket, result = change(self._bucket.get(queue) or (self._burst, time.monotonic(), NEVER))
+        self._bucket[queue] = bucket
+        return result
 
     async def _deliver(self, queue: str) -> None:
         try:
@@ -245,11 +284,112 @@ class Announcer:
     async def flush(self) -> None:
         """Send the wake-ups still waiting for their window, and wait for those on their way (closing)."""
         pending, self._trailing = list(self._trailing.items()), {}
+        self._pending.clear()
         for queue, handle in pending:
             handle.cancel()
             await self._deliver(queue)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+
+
+class Pace:
+    """The token buckets of one database, shared by every process on this host through a small
+    file under the system's temporary directory: SLOTS records, one per queue by a hash of its name
+    (a record holds the name's digest: a queue whose slot another one holds starts from a full
+    bucket, which can send more wake-ups, never fewer). time.monotonic() is the system's boot
+    clock on Linux, the same in every process of the host.
+
+    A record is read and written under flock, taken without blocking (LOCK_TRIES tries, yielding
+    the CPU in between): a process that still finds it taken (its holder was stopped inside its
+    few microseconds) never waits for it, and paces that wake-up on its own instead. Any failure
+    to open the file (no temporary directory, another user's directory) leaves the process pacing
+    on its own."""
+
+    SLOTS = 64
+    RECORD = struct.Struct("<16sddd")
+
+    def __init__(self, database: str) -> None:
+        key = hashlib.sha256(database.encode()).hexdigest()[:16]
+        self.path = wake_root() / f"{key}.pace"
+        self._fd: int | None = None
+        self._failed = False
+
+    def update(self, queue: str, burst: float,
+               change: Callable[[Bucket], tuple[Bucket, T]]) -> tuple[Bucket, T] | None:
+        """`change` applied to the queue's shared bucket, written back; None when it cannot be had."""
+        fd = self._open()
+        if fd is None:
+            return None
+        digest = hashlib.blake2b(queue.encode(), digest_size=16).digest()
+        offset = (int.from_bytes(digest[:4], "little") % self.SLOTS) * self.RECORD.size
+        if not _lock(fd):
+            return None
+        try:
+            data = os.pread(fd, self.RECORD.size, offset)
+            now = time.monotonic()
+            bucket: Bucket = (burst, now, NEVER)
+            if len(data) == self.RECORD.size:
+                held, tokens, counted, sent = self.RECORD.unpack(data)
+                if held == digest and _plausible(tokens, counted, sent, burst, now):
+                    bucket = (tokens, counted, sent)
+            bucket, result = change(bucket)
+            os.pwrite(fd, self.RECORD.pack(digest, *bucket), offset)
+            return bucket, result
+        except OSError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open(self) -> int | None:
+        if self._fd is None and not self._failed:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if os.fstat(self._fd).st_uid != os.getuid():
+                    raise PermissionError(f"{self.path} belongs to another user")
+            except OSError as exc:
+                log.debug("wake-ups paced per process: %s", exc)
+                self._failed = True
+                self.close()
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """flock without waiting for long: a few tries, yielding the CPU to the holder in between."""
+    for _ in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            os.sched_yield()
+        except OSError:
+            return False
+    return False
+
+
+def _plausible(tokens: float, counted: float, sent: float, burst: float, now: float) -> bool:
+    """A record a process of this boot wrote (a file left from before a reboot holds times ahead of now)."""
+    return (all(math.isfinite(value) for value in (tokens, counted, sent))
+            and -DEBT <= tokens <= burst and counted <= now + 1 and sent <= now + 1)
+
+
+def wake_root() -> Path:
+    """This user's directory for wake-up files, under the system's temporary directory (every
+    checkout of the project on the host meets there); made if missing, only the user's."""
+    root = Path(tempfile.gettempdir()) / f"queue-wake-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.stat().st_uid != os.getuid():
+        raise PermissionError(f"{root} belongs to another user")
+    return root
 
 
 class SocketBus:
