@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import os
 import secrets
 import socket
@@ -31,6 +31,7 @@ import sqlite3
 import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -43,7 +44,6 @@ BURST = 8.0            # ... after a burst of this many at once
 SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits (no inotify)
 SQLITE_SAFETY_POLL = 0.25   # with inotify: a read this often all the same (a write it may not report)
 ANY = ""               # a wake-up for every queue (not a queue name: those are 1-100 characters)
-LOCK_TRIES = 50        # non-blocking tries at a shared pace's lock before pacing alone for that wake-up
 DEBT = 1000.0          # the most tokens a shared bucket may owe (trailing wake-ups of many processes at once)
 NEVER = -1.0           # no wake-up sent yet (time.monotonic() counts from the boot, >= 0)
 Bucket = tuple[float, float, float]     # tokens, when they were counted, when a wake-up was last sent (monotonic)
@@ -298,82 +298,75 @@ class Announcer:
 
 class Pace:
     """The token buckets of one database, shared by every process on this host through a small
-    file under the system's temporary directory: SLOTS records, one per queue by a hash of its name
-    (a record holds the name's digest: a queue whose slot another one holds starts from a full
-    bucket, which can send more wake-ups, never fewer). time.monotonic() is the system's boot
-    clock on Linux, the same in every process of the host.
+    file under the system's temporary directory, mapped into each process's memory: SLOTS records,
+    one per queue by a hash of its name. time.monotonic() is the system's boot clock on Linux, the
+    same in every process of the host.
 
-    A record is read and written under flock, taken without blocking (LOCK_TRIES tries, yielding
-    the CPU in between): a process that still finds it taken (its holder was stopped inside its
-    few microseconds) never waits for it, and paces that wake-up on its own instead. Any failure
-    to open the file (no temporary directory, another user's directory) leaves the process pacing
-    on its own."""
+    No lock: a record is read, changed and written back by plain memory copies, so no process ever
+    waits for another (a process stopped halfway through holds nothing up). What a race can do:
+    two processes that read one record at once both take its last token, or one writes back a
+    "last sent" older than the other's; either sends a wake-up more, never one fewer, since a
+    record only ever holds the times at which some process decided to send. A record torn by a
+    concurrent write fails its checksum, as does one of another queue on the same slot or one
+    from before a reboot (times ahead of now): each counts as a full bucket with nothing sent,
+    which again can only send more. Any failure to open or map the file (no temporary directory,
+    another user's directory) leaves the process pacing on its own."""
 
     SLOTS = 64
-    RECORD = struct.Struct("<16sddd")
+    RECORD = struct.Struct("<16sdddI")     # the queue's digest, tokens, counted, sent; a CRC-32 of the rest
 
     def __init__(self, database: str) -> None:
-        key = hashlib.sha256(database.encode()).hexdigest()[:16]
-        self.path = wake_root() / f"{key}.pace"
-        self._fd: int | None = None
+        self.key = hashlib.sha256(database.encode()).hexdigest()[:16]
+        self.path: Path | None = None          # where it is, once opened (or set before that, in a test)
+        self._map: mmap.mmap | None = None
         self._failed = False
 
     def update(self, queue: str, burst: float,
                change: Callable[[Bucket], tuple[Bucket, T]]) -> tuple[Bucket, T] | None:
         """`change` applied to the queue's shared bucket, written back; None when it cannot be had."""
-        fd = self._open()
-        if fd is None:
+        shared = self._open()
+        if shared is None:
             return None
+        size = self.RECORD.size
         digest = hashlib.blake2b(queue.encode(), digest_size=16).digest()
-        offset = (int.from_bytes(digest[:4], "little") % self.SLOTS) * self.RECORD.size
-        if not _lock(fd):
-            return None
-        try:
-            data = os.pread(fd, self.RECORD.size, offset)
-            now = time.monotonic()
-            bucket: Bucket = (burst, now, NEVER)
-            if len(data) == self.RECORD.size:
-                held, tokens, counted, sent = self.RECORD.unpack(data)
-                if held == digest and _plausible(tokens, counted, sent, burst, now):
-                    bucket = (tokens, counted, sent)
-            bucket, result = change(bucket)
-            os.pwrite(fd, self.RECORD.pack(digest, *bucket), offset)
-            return bucket, result
-        except OSError:
-            return None
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        offset = (int.from_bytes(digest[:4], "little") % self.SLOTS) * size
+        data = shared[offset:offset + size]              # one copy: the checksum is of what was read
+        held, tokens, counted, sent, check = self.RECORD.unpack(data)
+        now = time.monotonic()
+        bucket: Bucket = (burst, now, NEVER)
+        if held == digest and check == zlib.crc32(data[:-4]) and _plausible(tokens, counted, sent, burst, now):
+            bucket = (tokens, counted, sent)
+        bucket, result = change(bucket)
+        record = self.RECORD.pack(digest, *bucket, 0)[:-4]
+        shared[offset:offset + size] = record + zlib.crc32(record).to_bytes(4, "little")
+        return bucket, result
 
-    def _open(self) -> int | None:
-        if self._fd is None and not self._failed:
+    def _open(self) -> mmap.mmap | None:
+        if self._map is None and not self._failed:
+            fd = -1
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                if os.fstat(self._fd).st_uid != os.getuid():
+                if self.path is None:
+                    self.path = wake_root() / f"{self.key}.pace"
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                stat = os.fstat(fd)
+                if stat.st_uid != os.getuid():
                     raise PermissionError(f"{self.path} belongs to another user")
-            except OSError as exc:
+                length = self.SLOTS * self.RECORD.size
+                if stat.st_size < length:      # only ever grown: a racing process grows it to the same size
+                    os.ftruncate(fd, length)
+                self._map = mmap.mmap(fd, length)
+            except (OSError, ValueError) as exc:
                 log.debug("wake-ups paced per process: %s", exc)
                 self._failed = True
-                self.close()
-        return self._fd
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        return self._map
 
     def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def _lock(fd: int) -> bool:
-    """flock without waiting for long: a few tries, yielding the CPU to the holder in between."""
-    for _ in range(LOCK_TRIES):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            os.sched_yield()
-        except OSError:
-            return False
-    return False
+        if self._map is not None:
+            shared, self._map = self._map, None
+            shared.close()
 
 
 def _plausible(tokens: float, counted: float, sent: float, burst: float, now: float) -> bool:

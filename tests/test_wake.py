@@ -365,7 +365,7 @@ async def test_a_shared_pace_that_cannot_be_had_leaves_each_process_pacing_alone
         sent.append(queue)
 
     pace = Pace(f"test://{tmp_path}")
-    pace.path = tmp_path / "missing" / "x.pace"                 # cannot be opened
+    pace.path = tmp_path / "missing" / "x.pace"                 # cannot be opened: no such directory
     announcer = Announcer(send, rate=1 / 60, burst=2, shared=pace)
     await announcer.announce("q")
     await announcer.announce("q")
