@@ -215,7 +215,13 @@ class Announcer:
     a NOTIFY is one more statement, and commit, per dispatch). A held-back push is covered by a
     wake-up any process sends after it committed: a process whose trailing wake-up comes due sends
     it only if no process has sent one since its last push (every such wake-up comes after the
-    push's commit, so the worker it wakes sees the job)."""
+    push's commit, so the worker it wakes sees the job).
+
+    A trailing wake-up that comes due is sent by the process's next push, right after it (on the
+    connection that push used), or after a grace of one more interval (1 / RATE) if none comes: a
+    wake-up sent beside a push in flight would take a second pooled connection, which a dispatcher
+    otherwise never needs (on PostgreSQL a new server process: 16 short-lived dispatchers paid
+    more for those than for the notifications)."""
 
     def __init__(self, send: Callable[[str], Awaitable[None]], rate: float | None = None,
                  burst: float | None = None, shared: Pace | None = None) -> None:
@@ -226,10 +232,19 @@ class Announcer:
         self._bucket: dict[str, Bucket] = {}          # queue -> this process's bucket (no `shared`)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._pending: dict[str, float] = {}          # queue -> when its last held-back push committed
+        self._due: dict[str, asyncio.TimerHandle] = {}    # queue -> a wake-up due, waiting for the next push
+        self._grace = 1 / self._rate
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def announce(self, queue: str) -> None:
         now = time.monotonic()
+        if queue in self._due:
+            # A held-back wake-up came due since the last push: it goes now, on the connection this
+            # push has just given back, not on one more opened for it beside the next push.
+            self._due.pop(queue).cancel()
+            self._update(queue, lambda bucket: ((bucket[0], bucket[1], max(bucket[2], now)), None))
+            await self._deliver(queue)
+            return
         if queue in self._trailing:
             self._pending[queue] = now               # the pending wake-up covers this push too
             return
@@ -262,9 +277,14 @@ class Announcer:
             return (self._refill(bucket, now) - 1, now, now), True
 
         if self._update(queue, due):
-            task = asyncio.get_running_loop().create_task(self._deliver(queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._due[queue] = asyncio.get_running_loop().call_later(self._grace, self._send_due, queue)
+
+    def _send_due(self, queue: str) -> None:
+        """No push came to carry the wake-up within the grace: it goes on its own."""
+        self._due.pop(queue, None)
+        task = asyncio.get_running_loop().create_task(self._deliver(queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _update(self, queue: str, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
         if self._shared is not None:
@@ -283,7 +303,8 @@ class Announcer:
 
     async def flush(self) -> None:
         """Send the wake-ups still waiting for their window, and wait for those on their way (closing)."""
-        pending, self._trailing = list(self._trailing.items()), {}
+        pending = [*self._trailing.items(), *self._due.items()]
+        self._trailing, self._due = {}, {}
         self._pending.clear()
         for queue, handle in pending:
             handle.cancel()
