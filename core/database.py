@@ -122,6 +122,7 @@ class Database:
     _waker: Waker | None = None
     _announcer: Announcer | None = None
     _silent = False              # no announcer: DB_WAKE=off, or commits wake the workers themselves
+    _wake_carried = False        # a wake-up takes a pooled connection: one due rides on the next push (Announcer)
 
     def waker(self) -> Waker | None:
         """The worker's side of wake-up, made on first use; None when this database has none."""
@@ -147,7 +148,7 @@ class Database:
             if send is None:
                 self._silent = True
                 return
-            announcer = self._announcer = Announcer(send, shared=self._wake_pace())
+            announcer = self._announcer = Announcer(send, shared=self._wake_pace(), carried=self._wake_carried)
         await announcer.announce(queue)
 
     def _wake_sender(self) -> Callable[[str], Awaitable[None]] | None:

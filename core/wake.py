@@ -32,7 +32,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,6 +41,7 @@ log = logging.getLogger("worker")
 
 RATE = 40.0            # wake-ups a second per queue from one process, sustained (a NOTIFY costs a commit)...
 BURST = 8.0            # ... after a burst of this many at once
+GRACE = 0.1            # seconds a due wake-up waits for the process's next push to carry it (Announcer's carried)
 SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits (no inotify)
 SQLITE_SAFETY_POLL = 0.25   # with inotify: a read this often all the same (a write it may not report)
 ANY = ""               # a wake-up for every queue (not a queue name: those are 1-100 characters)
@@ -217,15 +218,18 @@ class Announcer:
     it only if no process has sent one since its last push (every such wake-up comes after the
     push's commit, so the worker it wakes sees the job).
 
-    A trailing wake-up that comes due is sent by the process's next push, right after it (on the
-    connection that push used), or after a grace of one more interval (1 / RATE) if none comes: a
-    wake-up sent beside a push in flight would take a second pooled connection, which a dispatcher
-    otherwise never needs (on PostgreSQL a new server process: 16 short-lived dispatchers paid
-    more for those than for the notifications)."""
+    `carried`: a wake-up's sending takes a pooled connection (PostgreSQL's NOTIFY). Then a
+    trailing wake-up that comes due is carried by the process's next push, sent right after it
+    on the connection that push used, or sent on its own after GRACE seconds if no push comes. A
+    wake-up sent as soon as it is due, beside the pushes, would hold the connection the next push
+    wants, which then opens a second one, which a dispatcher otherwise never needs (on PostgreSQL
+    a server process; 16 short-lived dispatchers paid more for those than for the notifications).
+    Without `carried` (a datagram), it goes as soon as it is due."""
 
     def __init__(self, send: Callable[[str], Awaitable[None]], rate: float | None = None,
-                 burst: float | None = None, shared: Pace | None = None) -> None:
+                 burst: float | None = None, shared: Pace | None = None, carried: bool = False) -> None:
         self._send = send
+        self._carried = carried
         self._rate = RATE if rate is None else rate
         self._burst = BURST if burst is None else burst
         self._shared = shared
@@ -233,7 +237,6 @@ class Announcer:
         self._trailing: dict[str, asyncio.TimerHandle] = {}
         self._pending: dict[str, float] = {}          # queue -> when its last held-back push committed
         self._due: dict[str, asyncio.TimerHandle] = {}    # queue -> a wake-up due, waiting for the next push
-        self._grace = 1 / self._rate
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def announce(self, queue: str) -> None:
@@ -276,13 +279,20 @@ class Announcer:
                 return bucket, False                 # another process's wake-up came after our push
             return (self._refill(bucket, now) - 1, now, now), True
 
-        if self._update(queue, due):
-            self._due[queue] = asyncio.get_running_loop().call_later(self._grace, self._send_due, queue)
+        if not self._update(queue, due):
+            return
+        if self._carried:
+            self._due[queue] = asyncio.get_running_loop().call_later(GRACE, self._send_due, queue)
+        else:
+            self._send_due(queue)
 
     def _send_due(self, queue: str) -> None:
-        """No push came to carry the wake-up within the grace: it goes on its own."""
+        """No push came to carry the wake-up within GRACE: it goes on its own."""
         self._due.pop(queue, None)
-        task = asyncio.get_running_loop().create_task(self._deliver(queue))
+        self._spawn(self._deliver(queue))
+
+    def _spawn(self, job: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
