@@ -374,3 +374,30 @@ async def test_a_shared_pace_that_cannot_be_had_leaves_each_process_pacing_alone
     await announcer.flush()
     announcer.close()
     assert sent == ["q", "q", "q"]
+
+
+async def test_a_wake_up_that_takes_a_connection_rides_on_the_next_push(monkeypatch):
+    """PostgreSQL's NOTIFY takes a pooled connection: a trailing wake-up that comes due is sent
+    right after the process's next push (on the connection it used), not beside it; with no push
+    it goes on its own after GRACE (here a minute: it waits), and closing sends it."""
+    import core.wake
+
+    monkeypatch.setattr(core.wake, "GRACE", 60.0)
+    sent: list[str] = []
+
+    async def send(queue: str) -> None:
+        sent.append(queue)
+
+    announcer = Announcer(send, rate=20, burst=1, carried=True)
+    await announcer.announce("q")
+    await announcer.announce("q")                 # held back: due in 50 ms
+    await asyncio.sleep(0.2)
+    assert sent == ["q"], "a due wake-up went beside the pushes instead of after the next one"
+    await announcer.announce("q")
+    assert sent == ["q", "q"]                     # carried: sent before this push's announce returned
+    await announcer.announce("q")                 # a token came back meanwhile: sent at once
+    await announcer.announce("q")                 # held back again
+    await asyncio.sleep(0.2)
+    assert sent == ["q", "q", "q"]
+    await announcer.flush()
+    assert sent == ["q", "q", "q", "q"]
