@@ -7,8 +7,10 @@ caller's timeout (the worker's --sleep), so a wake-up that never comes costs at 
 - `Wakeups`, a Waker fed by events (PostgreSQL's LISTEN connection, the same-host socket bus).
 - `DataVersionWaker`, SQLite's: `PRAGMA data_version` changes when another connection commits.
 - `Announcer`, the dispatcher's side: after a push committed, a wake-up for its queue, paced by a
-  token bucket (BURST at once, then RATE a second; a trailing one covers the pushes in between),
-  so sixteen dispatchers pushing at full speed send RATE wake-ups a second, not thousands.
+  token bucket (BURST at once, then RATE a second; a trailing one covers the pushes in between).
+- `Pace`, the buckets shared by every process of the host that dispatches to one database, so
+  sixteen dispatcher processes pushing at full speed send about RATE wake-ups a second between
+  them, not one per dispatch.
 - `SocketBus`, MySQL/MariaDB's (no change counter, no notifications): each worker process binds a
   UNIX datagram socket in a directory of its database; a dispatcher on the same host sends the
   queue's name to each. Dispatchers on other hosts reach no socket: their jobs wait for --sleep.
@@ -39,7 +41,7 @@ from typing import TypeVar
 T = TypeVar("T")
 log = logging.getLogger("worker")
 
-RATE = 40.0            # wake-ups a second per queue from one process, sustained (a NOTIFY costs a commit)...
+RATE = 40.0            # wake-ups a second per queue from one host (Pace), sustained (a NOTIFY costs a commit)...
 BURST = 8.0            # ... after a burst of this many at once
 GRACE = 0.1            # seconds a due wake-up waits for the process's next push to carry it (Announcer's carried)
 SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits (no inotify)
