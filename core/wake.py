@@ -353,6 +353,7 @@ class Pace:
         self.path: Path | None = None          # where it is, once opened (or set before that, in a test)
         self._map: mmap.mmap | None = None
         self._failed = False
+        self._slots: dict[str, tuple[bytes, int]] = {}     # queue -> its digest and its record's offset
 
     def update(self, queue: str, burst: float,
                change: Callable[[Bucket], tuple[Bucket, T]]) -> tuple[Bucket, T] | None:
@@ -361,8 +362,13 @@ class Pace:
         if shared is None:
             return None
         size = self.RECORD.size
-        digest = hashlib.blake2b(queue.encode(), digest_size=16).digest()
-        offset = (int.from_bytes(digest[:4], "little") % self.SLOTS) * size
+        slot = self._slots.get(queue)
+        if slot is None:
+            digest = hashlib.blake2b(queue.encode(), digest_size=16).digest()
+            slot = self._slots[queue] = (digest, (int.from_bytes(digest[:4], "little") % self.SLOTS) * size)
+            if len(self._slots) > 4 * self.SLOTS:
+                self._slots.clear()             # queue names made up on the fly: keep none for long
+        digest, offset = slot
         data = shared[offset:offset + size]              # one copy: the checksum is of what was read
         held, tokens, counted, sent, check = self.RECORD.unpack(data)
         now = time.monotonic()
