@@ -24,8 +24,11 @@ from typing import Any
 from bench import pg
 from bench.harness import N, OUR_DB, REDIS_HOST, REDIS_PORT, NotRunnable, Target, WorkerConfig
 
-MYSQL_DATABASE = "bench_jobs"
-PGSQL_DATABASE = "bench_ours"
+# BENCH_DB_SUFFIX (letters, digits, _): appended to both database names, so two benches on one
+# server (two checkouts) never drop each other's tables mid-run, as BENCH_REDIS_PORT for Redis.
+DB_SUFFIX = "".join(c for c in os.environ.get("BENCH_DB_SUFFIX", "") if c.isalnum() or c == "_")
+MYSQL_DATABASE = "bench_jobs" + DB_SUFFIX
+PGSQL_DATABASE = "bench_ours" + DB_SUFFIX
 # Without wake-up the database workers poll (--sleep 1): a few samples say it all.
 LATENCY_BUDGET = {"redis": 8.0, "sqlite": 4.0, "mysql": 4.0, "pgsql": 4.0}
 NO_PGSQL = "this build has no pgsql connection (DB_CONNECTION=pgsql)"

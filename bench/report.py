@@ -262,9 +262,12 @@ def wake_tables(wake: Row | None) -> str:
              str(len(r.get("samples") or [])), ms(percentile(r.get("samples") or [], 50)),
              ms(percentile(r.get("samples") or [], 99)), ms(max(r.get("samples") or [0]) or None),
              r.get("note", "")] for r in wake.get("idle") or []]
-    off = {r["connection"]: r.get("rate") for r in wake.get("dispatch") or [] if r["mode"] == "off"}
+    off = {r["connection"]: r for r in wake.get("dispatch") or [] if r["mode"] == "off"}
     dispatch = [[r["connection"], r["mode"], ", ".join(rate(x) for x in r.get("rates") or []) or "-",
-                 rate(r.get("rate")), ratio(r.get("rate"), off.get(r["connection"])) if r["mode"] == "on" else "",
+                 rate(r.get("rate")),
+                 ratio(r.get("rate"), off.get(r["connection"], {}).get("rate")) if r["mode"] == "on" else "",
+                 rate(r.get("run_rate")),
+                 ratio(r.get("run_rate"), off.get(r["connection"], {}).get("run_rate")) if r["mode"] == "on" else "",
                  r.get("note", "")]
                 for r in wake.get("dispatch") or []]
     return "\n\n".join([
@@ -274,8 +277,10 @@ def wake_tables(wake: Row | None) -> str:
         + table(["connection", "wake-up", "worker", "n", "p50 ms", "p99 ms", "max ms", "note"], idle),
         f"### (i) Dispatch throughput, wake-up on and off\n\n{wake.get('dispatchers')} dispatcher processes, each "
         f"pushing {wake.get('dispatch_jobs')} jobs one `await NoopJob.dispatch()` after another, started together, "
-        "with one idle worker running; rounds on, off, off, on (a fresh store each), the median per mode.\n\n"
-        + table(["connection", "wake-up", "rounds jobs/s", "jobs/s (median)", "on / off", "note"], dispatch),
+        "with one idle worker running; rounds on, off, off, on (a fresh store each), the median per mode. "
+        "\"run\": until the worker has also run every job (both modes then do the same work; bench/wake.py).\n\n"
+        + table(["connection", "wake-up", "rounds jobs/s", "jobs/s (median)", "on / off", "run jobs/s", "run on / off",
+                 "note"], dispatch),
     ])
 
 

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 from core.config import DatabaseConfig, project_path
 from core.dialects import DIALECTS, MYSQL, SQLITE, Dialect, translate
 from core.errors import ConfigError, ConnectionFailed
-from core.wake import Announcer, DataVersionWaker, SocketBus, Waker, Wakeups
+from core.wake import Announcer, DataVersionWaker, Pace, SocketBus, Waker, Wakeups
 
 log = logging.getLogger("worker")
 
@@ -122,6 +122,7 @@ class Database:
     _waker: Waker | None = None
     _announcer: Announcer | None = None
     _silent = False              # no announcer: DB_WAKE=off, or commits wake the workers themselves
+    _wake_carried = False        # a wake-up takes a pooled connection: one due rides on the next push (Announcer)
 
     def waker(self) -> Waker | None:
         """The worker's side of wake-up, made on first use; None when this database has none."""
@@ -147,17 +148,23 @@ class Database:
             if send is None:
                 self._silent = True
                 return
-            announcer = self._announcer = Announcer(send)
+            announcer = self._announcer = Announcer(send, shared=self._wake_pace(), carried=self._wake_carried)
         await announcer.announce(queue)
 
     def _wake_sender(self) -> Callable[[str], Awaitable[None]] | None:
         """How this database sends one wake-up for a queue; None: a commit wakes the workers itself."""
         return None
 
+    def _wake_pace(self) -> Pace | None:
+        """The token buckets this host's processes share for this database's wake-ups (None: per process)."""
+        return None
+
     async def _close_wake(self) -> None:
         """Send what the announcer holds back, stop the waker: the first step of close()."""
         if self._announcer is not None:
-            await self._announcer.flush()
+            announcer, self._announcer = self._announcer, None
+            await announcer.flush()
+            announcer.close()
         if self._waker is not None:
             waker, self._waker = self._waker, None
             waker.close()
@@ -432,6 +439,10 @@ class ServerDatabase(Database):
 
     def describe(self) -> str:
         return self.config.describe()
+
+    def _wake_pace(self) -> Pace:
+        c = self.config
+        return Pace(f"{self.dialect.name}://{c.host}:{c.port}/{c.database}")
 
     async def _open_pool(self, make: Callable[[], Awaitable[Any]], reason: Callable[[BaseException], str]) -> None:
         """self._pool = await make(), within DB_TIMEOUT; a failure is ConnectionFailed, one line

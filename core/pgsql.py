@@ -42,6 +42,7 @@ DISCONNECTED = {"57P01", "57P02", "57P03", "53300"}
 
 class PgsqlDatabase(ServerDatabase):
     dialect = PGSQL
+    _wake_carried = True          # a NOTIFY takes a pooled connection
 
     def __init__(self, config: DatabaseConfig, maxsize: int = 10) -> None:
         super().__init__(config, maxsize)

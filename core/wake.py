@@ -7,8 +7,10 @@ caller's timeout (the worker's --sleep), so a wake-up that never comes costs at 
 - `Wakeups`, a Waker fed by events (PostgreSQL's LISTEN connection, the same-host socket bus).
 - `DataVersionWaker`, SQLite's: `PRAGMA data_version` changes when another connection commits.
 - `Announcer`, the dispatcher's side: after a push committed, a wake-up for its queue, paced by a
-  token bucket (BURST at once, then RATE a second; a trailing one covers the pushes in between),
-  so sixteen dispatchers pushing at full speed send RATE wake-ups a second, not thousands.
+  token bucket (BURST at once, then RATE a second; a trailing one covers the pushes in between).
+- `Pace`, the buckets shared by every process of the host that dispatches to one database, so
+  sixteen dispatcher processes pushing at full speed send about RATE wake-ups a second between
+  them, not one per dispatch.
 - `SocketBus`, MySQL/MariaDB's (no change counter, no notifications): each worker process binds a
   UNIX datagram socket in a directory of its database; a dispatcher on the same host sends the
   queue's name to each. Dispatchers on other hosts reach no socket: their jobs wait for --sleep.
@@ -22,22 +24,32 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import math
+import mmap
 import os
 import secrets
 import socket
 import sqlite3
+import struct
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 log = logging.getLogger("worker")
 
-RATE = 40.0            # wake-ups a second per queue from one process, sustained (a NOTIFY costs a commit)...
+RATE = 40.0            # wake-ups a second per queue from one host (Pace), sustained (a NOTIFY costs a commit)...
 BURST = 8.0            # ... after a burst of this many at once
+GRACE = 0.1            # seconds a due wake-up waits for the process's next push to carry it (Announcer's carried)
 SQLITE_POLL = 0.005    # seconds between two reads of SQLite's change counter while a worker waits (no inotify)
 SQLITE_SAFETY_POLL = 0.25   # with inotify: a read this often all the same (a write it may not report)
 ANY = ""               # a wake-up for every queue (not a queue name: those are 1-100 characters)
+DEBT = 1000.0          # the most tokens a shared bucket may owe (trailing wake-ups of many processes at once)
+NEVER = -1.0           # no wake-up sent yet (time.monotonic() counts from the boot, >= 0)
+Bucket = tuple[float, float, float]     # tokens, when they were counted, when a wake-up was last sent (monotonic)
 
 
 class Waker:
@@ -198,43 +210,102 @@ class Announcer:
     paced by a token bucket: up to BURST are sent at once, before announce returns (a script that
     dispatches and exits still wakes the worker), then RATE a second; a push that finds the bucket
     empty is covered by one wake-up sent when the next token comes (every push in between too).
-    Dispatches a few milliseconds apart each wake at once; sixteen dispatchers pushing at full
-    speed send RATE wake-ups a second, not thousands (a NOTIFY is a commit of its own)."""
+
+    With `shared` (a Pace), the bucket is the host's, not the process's: every process on this
+    host that dispatches to the same database takes from one bucket per queue, so sixteen
+    dispatcher processes pushing at full speed send about RATE wake-ups a second between them,
+    not sixteen times that (each at under RATE pushes a second would otherwise send one per push:
+    a NOTIFY is one more statement, and commit, per dispatch). A held-back push is covered by a
+    wake-up any process sends after it committed: a process whose trailing wake-up comes due sends
+    it only if no process has sent one since its last push (every such wake-up comes after the
+    push's commit, so the worker it wakes sees the job).
+
+    `carried`: a wake-up's sending takes a pooled connection (PostgreSQL's NOTIFY). Then a
+    trailing wake-up that comes due is carried by the process's next push, sent right after it
+    on the connection that push used, or sent on its own after GRACE seconds if no push comes. A
+    wake-up sent as soon as it is due, beside the pushes, would hold the connection the next push
+    wants, which then opens a second one, which a dispatcher otherwise never needs (on PostgreSQL
+    a server process; 16 short-lived dispatchers paid more for those than for the notifications).
+    Without `carried` (a datagram), it goes as soon as it is due."""
 
     def __init__(self, send: Callable[[str], Awaitable[None]], rate: float | None = None,
-                 burst: float | None = None) -> None:
+                 burst: float | None = None, shared: Pace | None = None, carried: bool = False) -> None:
         self._send = send
+        self._carried = carried
         self._rate = RATE if rate is None else rate
         self._burst = BURST if burst is None else burst
-        self._bucket: dict[str, tuple[float, float]] = {}     # queue -> (tokens, when counted)
+        self._shared = shared
+        self._bucket: dict[str, Bucket] = {}          # queue -> this process's bucket (no `shared`)
         self._trailing: dict[str, asyncio.TimerHandle] = {}
+        self._pending: dict[str, float] = {}          # queue -> when its last held-back push committed
+        self._due: dict[str, asyncio.TimerHandle] = {}    # queue -> a wake-up due, waiting for the next push
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def announce(self, queue: str) -> None:
+        now = time.monotonic()
+        if queue in self._due:
+            # A held-back wake-up came due since the last push: it goes now, on the connection this
+            # push has just given back, not on one more opened for it beside the next push.
+            self._due.pop(queue).cancel()
+            self._update(queue, lambda bucket: ((bucket[0], bucket[1], max(bucket[2], now)), None))
+            await self._deliver(queue)
+            return
         if queue in self._trailing:
-            return                                   # the pending wake-up covers this push too
-        wait = self._take(queue)
+            self._pending[queue] = now               # the pending wake-up covers this push too
+            return
+        wait = self._update(queue, lambda bucket: self._take(bucket, now))
         if wait > 0:
+            self._pending[queue] = now
             self._trailing[queue] = asyncio.get_running_loop().call_later(wait, self._fire, queue)
             return
         await self._deliver(queue)
 
-    def _take(self, queue: str) -> float:
-        """Take a token: 0 if there was one, else how long until the next (then taken by _fire)."""
-        now = time.monotonic()
-        tokens, counted = self._bucket.get(queue, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - counted) * self._rate)
+    def _refill(self, bucket: Bucket, now: float) -> float:
+        tokens, counted, _ = bucket
+        return min(self._burst, tokens + max(0.0, now - counted) * self._rate)
+
+    def _take(self, bucket: Bucket, now: float) -> tuple[Bucket, float]:
+        """Take a token: wait 0 if there was one (the wake-up goes now), else how long until the next."""
+        tokens = self._refill(bucket, now)
         if tokens >= 1:
-            self._bucket[queue] = (tokens - 1, now)
-            return 0.0
-        self._bucket[queue] = (tokens - 1, now)       # owed: the trailing wake-up's token
-        return (1 - tokens) / self._rate
+            return (tokens - 1, now, now), 0.0
+        return (tokens, now, bucket[2]), (1 - tokens) / self._rate
 
     def _fire(self, queue: str) -> None:
         self._trailing.pop(queue, None)
-        task = asyncio.get_running_loop().create_task(self._deliver(queue))
+        pushed = self._pending.pop(queue, 0.0)
+        now = time.monotonic()
+
+        def due(bucket: Bucket) -> tuple[Bucket, bool]:
+            if bucket[2] >= pushed:
+                return bucket, False                 # another process's wake-up came after our push
+            return (self._refill(bucket, now) - 1, now, now), True
+
+        if not self._update(queue, due):
+            return
+        if self._carried:
+            self._due[queue] = asyncio.get_running_loop().call_later(GRACE, self._send_due, queue)
+        else:
+            self._send_due(queue)
+
+    def _send_due(self, queue: str) -> None:
+        """No push came to carry the wake-up within GRACE: it goes on its own."""
+        self._due.pop(queue, None)
+        self._spawn(self._deliver(queue))
+
+    def _spawn(self, job: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _update(self, queue: str, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
+        if self._shared is not None:
+            done = self._shared.update(queue, self._burst, change)
+            if done is not None:
+                return done[1]
+        bucket, result = change(self._bucket.get(queue) or (self._burst, time.monotonic(), NEVER))
+        self._bucket[queue] = bucket
+        return result
 
     async def _deliver(self, queue: str) -> None:
         try:
@@ -244,12 +315,113 @@ class Announcer:
 
     async def flush(self) -> None:
         """Send the wake-ups still waiting for their window, and wait for those on their way (closing)."""
-        pending, self._trailing = list(self._trailing.items()), {}
+        pending = [*self._trailing.items(), *self._due.items()]
+        self._trailing, self._due = {}, {}
+        self._pending.clear()
         for queue, handle in pending:
             handle.cancel()
             await self._deliver(queue)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+
+
+class Pace:
+    """The token buckets of one database, shared by every process on this host through a small
+    file under the system's temporary directory, mapped into each process's memory: SLOTS records,
+    one per queue by a hash of its name. time.monotonic() is the system's boot clock on Linux, the
+    same in every process of the host.
+
+    No lock: a record is read, changed and written back by plain memory copies, so no process ever
+    waits for another (a process stopped halfway through holds nothing up). What a race can do:
+    two processes that read one record at once both take its last token, or one writes back a
+    "last sent" older than the other's; either sends a wake-up more, never one fewer, since a
+    record only ever holds the times at which some process decided to send. A record torn by a
+    concurrent write fails its checksum, as does one of another queue on the same slot or one
+    from before a reboot (times ahead of now): each counts as a full bucket with nothing sent,
+    which again can only send more. Any failure to open or map the file (no temporary directory,
+    another user's directory) leaves the process pacing on its own."""
+
+    SLOTS = 64
+    RECORD = struct.Struct("<16sdddI")     # the queue's digest, tokens, counted, sent; a CRC-32 of the rest
+
+    def __init__(self, database: str) -> None:
+        self.key = hashlib.sha256(database.encode()).hexdigest()[:16]
+        self.path: Path | None = None          # where it is, once opened (or set before that, in a test)
+        self._map: mmap.mmap | None = None
+        self._failed = False
+        self._slots: dict[str, tuple[bytes, int]] = {}     # queue -> its digest and its record's offset
+
+    def update(self, queue: str, burst: float,
+               change: Callable[[Bucket], tuple[Bucket, T]]) -> tuple[Bucket, T] | None:
+        """`change` applied to the queue's shared bucket, written back; None when it cannot be had."""
+        shared = self._open()
+        if shared is None:
+            return None
+        size = self.RECORD.size
+        slot = self._slots.get(queue)
+        if slot is None:
+            digest = hashlib.blake2b(queue.encode(), digest_size=16).digest()
+            slot = self._slots[queue] = (digest, (int.from_bytes(digest[:4], "little") % self.SLOTS) * size)
+            if len(self._slots) > 4 * self.SLOTS:
+                self._slots.clear()             # queue names made up on the fly: keep none for long
+        digest, offset = slot
+        data = shared[offset:offset + size]              # one copy: the checksum is of what was read
+        held, tokens, counted, sent, check = self.RECORD.unpack(data)
+        now = time.monotonic()
+        bucket: Bucket = (burst, now, NEVER)
+        if held == digest and check == zlib.crc32(data[:-4]) and _plausible(tokens, counted, sent, burst, now):
+            bucket = (tokens, counted, sent)
+        bucket, result = change(bucket)
+        record = self.RECORD.pack(digest, *bucket, 0)[:-4]
+        shared[offset:offset + size] = record + zlib.crc32(record).to_bytes(4, "little")
+        return bucket, result
+
+    def _open(self) -> mmap.mmap | None:
+        if self._map is None and not self._failed:
+            fd = -1
+            try:
+                if self.path is None:
+                    self.path = wake_root() / f"{self.key}.pace"
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                stat = os.fstat(fd)
+                if stat.st_uid != os.getuid():
+                    raise PermissionError(f"{self.path} belongs to another user")
+                length = self.SLOTS * self.RECORD.size
+                if stat.st_size < length:      # only ever grown: a racing process grows it to the same size
+                    os.ftruncate(fd, length)
+                self._map = mmap.mmap(fd, length)
+            except (OSError, ValueError) as exc:
+                log.debug("wake-ups paced per process: %s", exc)
+                self._failed = True
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        return self._map
+
+    def close(self) -> None:
+        if self._map is not None:
+            shared, self._map = self._map, None
+            shared.close()
+
+
+def _plausible(tokens: float, counted: float, sent: float, burst: float, now: float) -> bool:
+    """A record a process of this boot wrote (a file left from before a reboot holds times ahead of now)."""
+    return (all(math.isfinite(value) for value in (tokens, counted, sent))
+            and -DEBT <= tokens <= burst and counted <= now + 1 and sent <= now + 1)
+
+
+def wake_root() -> Path:
+    """This user's directory for wake-up files, under the system's temporary directory (every
+    checkout of the project on the host meets there); made if missing, only the user's."""
+    root = Path(tempfile.gettempdir()) / f"queue-wake-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.stat().st_uid != os.getuid():
+        raise PermissionError(f"{root} belongs to another user")
+    return root
 
 
 class SocketBus:

@@ -8,11 +8,14 @@ import asyncio
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from core.wake import ANY, Announcer, DataVersionWaker, SocketBus, Wakeups
+from core.wake import ANY, BURST, RATE, Announcer, DataVersionWaker, Pace, SocketBus, Wakeups
 from tests.conftest import store_env
 from tests.contract.conftest import configure, open_backend
 from tests.jobs.sample_jobs import RecordingJob
@@ -148,6 +151,89 @@ async def test_the_notification_is_sent_after_the_push_committed(pgsql_store):
     assert seen == [1]
 
 
+DISPATCHERS = 16
+DISPATCH_EACH = 40
+ROOT = Path(__file__).resolve().parent.parent
+DISPATCHER = """
+import asyncio, sys, time
+from bootstrap.app import create_app
+from tests.jobs.sample_jobs import RecordingJob
+
+async def main(log, each):
+    async with create_app() as app:
+        await app.queue.connection()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        for n in range(each):
+            await RecordingJob.dispatch(log=log, value=n)
+        print(time.monotonic(), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_sixteen_dispatcher_processes_share_one_pace_and_still_wake_the_idle_worker(pgsql_store, tmp_path):
+    """16 processes dispatching at once send about RATE notifications a second between them, not
+    one per dispatch (each process alone, dispatching under RATE a second, would notify every
+    push); the worker, idle and woken for the first, busy for the rest, still starts every job
+    long before its --sleep (30 s), and is woken again for the jobs that come once it is idle."""
+    import asyncpg
+
+    log = str(tmp_path / "events")
+    database = os.environ["DB_DATABASE"]
+    worker = await idle_worker(pgsql_store, log)
+    heard: list[str] = []
+    conn = await asyncpg.connect(host=PGSQL[0], port=PGSQL[1], user=PGSQL_USER, database=database)
+    await conn.add_listener("queue_jobs", lambda _c, _pid, _channel, queue: heard.append(queue))
+    procs = [subprocess.Popen([sys.executable, "-c", DISPATCHER, log, str(DISPATCH_EACH)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(DISPATCHERS)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        ends = [float((await asyncio.to_thread(proc.communicate, timeout=120))[0].split()[-1]) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0] * DISPATCHERS
+        jobs = 1 + DISPATCHERS * DISPATCH_EACH
+        await until(lambda: len(events(log, "handle")) == jobs, WOKEN, "every dispatched job", pgsql_store)
+        elapsed = max(ends) - started
+        await asyncio.sleep(0.5)                      # the trailing notifications, heard
+        assert 1 <= len(heard) <= BURST + RATE * (elapsed + 0.5) + DISPATCHERS, (len(heard), elapsed)
+        assert len(heard) < DISPATCHERS * DISPATCH_EACH / 2, (len(heard), elapsed)
+        await asyncio.sleep(1)                        # idle again: the next dispatch wakes it at once
+        await RecordingJob.dispatch(log=log, value="after")
+        await until(lambda: len(events(log, "handle")) == jobs + 1, WOKEN, "the job after the flood", pgsql_store)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        await conn.close()
+        await stop(pgsql_store, worker)
+
+
+async def test_a_job_whose_wake_up_is_lost_is_still_found_by_the_next_poll(pgsql_store, tmp_path):
+    """The host's pace says a wake-up was just sent (by a process that then died before sending it,
+    say): the dispatch sends none, and the idle worker finds the job at its next --sleep poll."""
+    log = str(tmp_path / "events")
+    worker = pgsql_store.start_worker("--sleep", "1")
+    try:
+        await RecordingJob.dispatch(log=log, value="first")
+        await until(lambda: len(events(log, "handle")) == 1, 20, "the first job", pgsql_store)
+        c = pgsql_store.app.config.database
+        pace = Pace(f"pgsql://{c.host}:{c.port}/{c.database}")
+        ahead = time.monotonic() + 0.9                 # within what a record may hold (now + 1 s)
+        pace.update("default", BURST, lambda bucket: ((-BURST, ahead, ahead), None))
+        pace.close()
+        await RecordingJob.dispatch(log=log, value="unannounced")
+        await until(lambda: len(events(log, "handle")) == 2, 5, "the job, at the next poll", pgsql_store)
+    finally:
+        await stop(pgsql_store, worker)
+
+
 # -- the pieces, in one process --------------------------------------------------------------------
 
 async def test_the_announcer_sends_a_burst_at_once_then_folds_the_rest_into_paced_wake_ups():
@@ -239,3 +325,79 @@ async def test_the_socket_bus_reaches_each_worker_and_forgets_one_that_is_gone(t
         dispatcher.close()
         bus.close()
     assert not bus.directory.exists(), "the last worker out leaves no directory behind"
+
+
+async def test_announcers_sharing_a_pace_send_one_wake_up_for_pushes_a_sent_one_covers(tmp_path):
+    """Two processes' announcers on one host's pace: one bucket between them; a push held back by
+    one is covered by the other's later wake-up, and its own trailing one is not sent."""
+    sent: list[tuple[str, str, float]] = []
+
+    def sender(who: str):
+        async def send(queue: str) -> None:
+            sent.append((who, queue, time.monotonic()))
+        return send
+
+    key = f"test://{tmp_path}"
+    a = Announcer(sender("a"), rate=10, burst=2, shared=Pace(key))
+    b = Announcer(sender("b"), rate=10, burst=2, shared=Pace(key))
+    try:
+        await a.announce("q")
+        await b.announce("q")
+        assert [who for who, _, _ in sent] == ["a", "b"]          # the burst, between both
+        await a.announce("q")                                     # the bucket is empty: held back
+        await b.announce("q")
+        pushed = time.monotonic()
+        assert len(sent) == 2
+        await asyncio.sleep(0.3)                                  # both trailing ones came due
+        assert len(sent) == 3 and sent[2][2] >= pushed, sent      # one wake-up, after both pushes
+        await a.announce("other")                                 # another queue: its own bucket
+        assert sent[-1][:2] == ("a", "other")
+    finally:
+        for announcer in (a, b):
+            await announcer.flush()
+            announcer.close()
+
+
+async def test_a_shared_pace_that_cannot_be_had_leaves_each_process_pacing_alone(tmp_path):
+    sent: list[str] = []
+
+    async def send(queue: str) -> None:
+        sent.append(queue)
+
+    pace = Pace(f"test://{tmp_path}")
+    pace.path = tmp_path / "missing" / "x.pace"                 # cannot be opened: no such directory
+    announcer = Announcer(send, rate=1 / 60, burst=2, shared=pace)
+    await announcer.announce("q")
+    await announcer.announce("q")
+    await announcer.announce("q")
+    assert sent == ["q", "q"]
+    await announcer.flush()
+    announcer.close()
+    assert sent == ["q", "q", "q"]
+
+
+async def test_a_wake_up_that_takes_a_connection_rides_on_the_next_push(monkeypatch):
+    """PostgreSQL's NOTIFY takes a pooled connection: a trailing wake-up that comes due is sent
+    right after the process's next push (on the connection it used), not beside it; with no push
+    it goes on its own after GRACE (here a minute: it waits), and closing sends it."""
+    import core.wake
+
+    monkeypatch.setattr(core.wake, "GRACE", 60.0)
+    sent: list[str] = []
+
+    async def send(queue: str) -> None:
+        sent.append(queue)
+
+    announcer = Announcer(send, rate=20, burst=1, carried=True)
+    await announcer.announce("q")
+    await announcer.announce("q")                 # held back: due in 50 ms
+    await asyncio.sleep(0.2)
+    assert sent == ["q"], "a due wake-up went beside the pushes instead of after the next one"
+    await announcer.announce("q")
+    assert sent == ["q", "q"]                     # carried: sent before this push's announce returned
+    await announcer.announce("q")                 # a token came back meanwhile: sent at once
+    await announcer.announce("q")                 # held back again
+    await asyncio.sleep(0.2)
+    assert sent == ["q", "q", "q"]
+    await announcer.flush()
+    assert sent == ["q", "q", "q", "q"]
