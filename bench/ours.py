@@ -88,10 +88,7 @@ class Ours(Target):
         """A fresh store: Redis db flushed, SQLite file, MySQL or PostgreSQL database made anew."""
         self._close_app()
         super().clear()
-        if self.connection == "mysql":
-            _mysql(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}", f"CREATE DATABASE {MYSQL_DATABASE}")
-        if self.connection == "pgsql":
-            pg.recreate(PGSQL_DATABASE)
+        fresh_database(self.connection, PGSQL_DATABASE if self.connection == "pgsql" else MYSQL_DATABASE)
         for path in self.sqlite.parent.glob("*"):
             path.unlink()
 
@@ -183,6 +180,15 @@ def has_processes_option() -> bool:
     out = subprocess.run([sys.executable, "main.py", "queue:work", "--help"], cwd=root, capture_output=True,
                          text=True, timeout=60)
     return "--processes" in out.stdout
+
+
+def fresh_database(connection: str, name: str) -> None:
+    """The MySQL or PostgreSQL database `name` dropped (PostgreSQL: whatever is still connected to it
+    closed) and made anew; nothing for the other stores."""
+    if connection == "mysql":
+        _mysql(f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    elif connection == "pgsql":
+        pg.recreate(name)
 
 
 def _mysql(*statements: str) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ours import fresh_database  # noqa: E402
+
 DISPATCHERS = int(os.environ.get("BENCH_WAKE_DISPATCHERS") or 16)
 JOBS = int(os.environ.get("BENCH_WAKE_JOBS") or 4000)
 ROUNDS = int(os.environ.get("BENCH_WAKE_ROUNDS") or 4)
@@ -39,24 +41,6 @@ def configure(kind: str, wake: bool, sqlite: Path) -> None:
         "DB_PASSWORD": "", "DB_DATABASE": str(sqlite) if kind == "sqlite" else DATABASE, "APP_KEY": "",
         "JOB_PACKAGES": "bench.jobs", "DB_WAKE": "on" if wake else "off", "LOG_FILE": "",
     })
-
-
-async def fresh(kind: str) -> None:
-    if kind == "pgsql":
-        import asyncpg
-
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-        await conn.close()
-    elif kind == "mysql":
-        import aiomysql
-
-        conn = await aiomysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-            await cur.execute(f"CREATE DATABASE {DATABASE}")
-        conn.close()
 
 
 async def one_round(kind: str) -> float:
@@ -117,7 +101,7 @@ def latency(kinds: list[str]) -> None:
     samples = int(os.environ.get("BENCH_WAKE_SAMPLES") or 200)
     for kind in kinds:
         configure(kind, True, workdir / "wake.sqlite")
-        asyncio.run(fresh(kind))
+        fresh_database(kind, DATABASE)
         line = []
         for wake in (True, False):
             configure(kind, wake, workdir / "wake.sqlite")
@@ -136,7 +120,7 @@ def main(kinds: list[str]) -> None:
     for kind in kinds:
         rates: dict[bool, list[float]] = {True: [], False: []}
         configure(kind, True, sqlite)
-        asyncio.run(fresh(kind))
+        fresh_database(kind, DATABASE)
         for _ in range(ROUNDS):
             for wake in (True, False):
                 configure(kind, wake, sqlite)
