@@ -157,15 +157,12 @@ class Attempts:
         return self.finished(attempt, result)
 
     def _chain(self, attempt: Attempt) -> list[Any] | None:
-        """The middleware around handle(): configured, job.middleware(), .through(); None without any
-        (the common case pays for no chain)."""
+        """The middleware around handle(): configured, job.middleware(), .through(); None without any.
+        run() asks only when one of the three may be there (the common case pays for no call)."""
         job: Job = attempt.job      # type: ignore[assignment]
-        if type(job).middleware is Job.middleware:     # not overridden: no middleware of its own
-            own: Any = ()
-        else:
-            own = job.middleware()
-            if not isinstance(own, (list, tuple)):
-                raise TypeError(f"{type(job).__name__}.middleware() must return a list, got {type(own).__name__}")
+        own = job.middleware()
+        if not isinstance(own, (list, tuple)):
+            raise TypeError(f"{type(job).__name__}.middleware() must return a list, got {type(own).__name__}")
         if not (own or self.configured or attempt.middleware):
             return None
         return [*self.configured, *own, *attempt.middleware]
