@@ -19,7 +19,7 @@ from bootstrap.app import create_app
 from core.worker.loop import RESTART_POLL
 from core.worker import CANCEL_GRACE
 from tests.conftest import ROOT, run_cli
-from tests.jobs.sample_jobs import IgnoresCancelJob, RecordingJob, SlowFirstAttemptJob, read_events
+from tests.jobs.sample_jobs import IgnoresCancelJob, RecordingJob, SlowFirstAttemptJob, StopsItsWorkerJob, read_events
 
 STORES = ["sqlite", "mysql", "pgsql", "redis"]
 
@@ -85,6 +85,29 @@ async def test_a_polite_stop_waits_for_the_running_job_and_exits_zero(store, sto
     if stop == "queue:restart":
         assert read_events(log)[1]["t"] > asked_at                             # the restart came inside the job
     assert await queue_size(store) == {"pending": 1, "delayed": 0, "reserved": 0}   # acknowledged: gone
+    assert await (await store.app.queue.failed_store()).all() == []
+
+
+async def test_a_job_reserved_as_the_stop_came_goes_back_untried(store, tmp_path):
+    """The stop lands just after a job ended: a worker at concurrency 1 may have asked for the next job
+    already (on Redis it asks in the same step as the acknowledgement). That job is not started, is
+    back on the queue, not reserved, and its first real run is attempt 1: a stop burns no try."""
+    log = str(tmp_path / "events")
+    first = await StopsItsWorkerJob.dispatch(log=log)
+    behind = [await RecordingJob.dispatch(log=log, value=n) for n in range(3)]
+    worker = store.start_worker("--sleep", "0.05")
+    try:
+        code = await asyncio.to_thread(worker.wait, 30)
+    finally:
+        store.kill(worker)
+    out = store.worker_logs()
+    assert code == 0, out
+    assert f"DONE    StopsItsWorkerJob [{first}]" in out and "Traceback" not in out
+    assert [e["job_id"] for e in read_events(log)] == [first]                  # nothing started after the stop
+    assert await queue_size(store) == {"pending": 3, "delayed": 0, "reserved": 0}
+    again = await asyncio.to_thread(run_cli, "queue:work", store.connection, "--stop-when-empty", "--sleep", "0.05")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [(e["job_id"], e["attempts"]) for e in read_events(log)[1:]] == [(job_id, 1) for job_id in behind]
     assert await (await store.app.queue.failed_store()).all() == []
 
 

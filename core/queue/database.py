@@ -151,6 +151,8 @@ RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, availabl
 # A release that is not a failed try (SPEC 9) counts itself in the same statement.
 RELEASE_FREE = RELEASE_HELD.replace("SET ", "SET releases = releases + 1, ", 1)
 RELEASE_FREE_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET releases = releases + 1, ", 1)
+# A job reserved but never started (its worker was stopping) takes its attempt back.
+UNRESERVE = RELEASE_HELD.replace("SET ", "SET attempts = attempts - 1, ", 1)
 # A failed try's release notes its exception's first line (SPEC 11: status shows last_error).
 RELEASE_ERROR = RELEASE_HELD.replace("SET ", "SET last_error = ?, ", 1)
 RELEASE_ERROR_DELAYED = RELEASE_HELD_DELAYED.replace("SET ", "SET last_error = ?, ", 1)
@@ -600,6 +602,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             sql = RELEASE_FREE_DELAYED if free else RELEASE_HELD_DELAYED
             return await self.db.execute(sql, (float(delay), *_fence(job))) == 1
         return await self.db.execute(RELEASE_FREE if free else RELEASE_HELD, _fence(job)) == 1
+
+    async def unreserve(self, job: ReservedJob) -> bool:
+        """Put back a job this worker reserved but never started (it was stopping): it waits at its
+        place again with its attempt taken back, as if never reserved. False if the reservation was lost."""
+        return await self.db.execute(UNRESERVE, _fence(job)) == 1
 
     async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
         error = storable(error)[:1000]

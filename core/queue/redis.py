@@ -40,7 +40,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -443,6 +443,25 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
                                          self.visibility_timeout, claim, BATCH, 1])
         return [flag == 1 for flag in flags], self._rows(queue, claim, result)
 
+    def send_acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str, claim: str
+                                     ) -> Callable[[], Awaitable[tuple[list[bool], list[ReservedJob]]]] | None:
+        """acknowledge_and_reserve's call written to the store now, its answer read when the caller
+        awaits what this returns: a worker at concurrency 1 sends it the moment a job finished and
+        winds the job down while the call is on its way. None (nothing sent) when it cannot go out at
+        once: then call acknowledge_and_reserve."""
+        if self._lane is None or any(job.queue != queue for job in jobs):
+            return None
+        ack_keys, ack_args = self._acknowledge_call(queue, jobs)
+        sent = self._lane.send(self._scripts["acknowledge_reserve"], [*ack_keys, *self.keys(queue).for_reserve(claim)],
+                               [len(ack_keys), len(ack_args), *ack_args, self.visibility_timeout, claim, BATCH, 1])
+        if sent is None:
+            return None
+
+        async def answer() -> tuple[list[bool], list[ReservedJob]]:
+            flags, result = await sent.answer()
+            return [flag == 1 for flag in flags], self._rows(queue, claim, result)
+        return answer
+
     def _answer(self, queue: str, stem: str, result: list) -> tuple[list[ReservedJob], float | None]:
         """A reserve script's answer: the jobs it took, else the seconds until one may come due."""
         jobs = self._rows(queue, stem, result)
@@ -519,6 +538,13 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
 
     async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
         return await self.release(job, delay, error=error)
+
+    async def unreserve(self, job: ReservedJob) -> bool:
+        """Put back a job this worker reserved but never started (it was stopping): it waits at its
+        place again with its attempt taken back, as if never reserved. False if the reservation was lost."""
+        k = self.keys(job.queue)
+        return await self._run("release", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.state],
+                               [job.id, job.token, 0, -1]) == 1
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
         k = self.keys(job.queue)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import hiredis
@@ -44,19 +44,51 @@ class Lane:
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if self.busy:
             return await script(keys=list(keys), args=list(args))
-        self.busy = True
         conn = self._conn
-        try:
-            command = _pack(conn, ("EVALSHA", script.sha, len(keys), *keys, *args))
-            writer = getattr(conn, "_writer", None) if conn.is_connected else None
-            if writer is None or not self._limit:   # not connected yet, or no timeout to keep: redis-py's way
-                await conn.send_packed_command(command, check_health=False)
+        if not self._write(script, keys, args):     # not connected yet, or no timeout to keep: redis-py's way
+            self.busy = True
+            try:
+                await conn.send_packed_command(_pack(conn, ("EVALSHA", script.sha, len(keys), *keys, *args)),
+                                               check_health=False)
                 return await conn.read_response()
-            self._since = self._watched().time()
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size():    # the socket did not take it whole
-                await _drain(conn, writer)
-            return await conn.read_response(timeout=math.inf)   # the watch keeps the timeout
+            except (redis_errors.NoScriptError, redis_errors.ConnectionError):
+                pass        # the server lost its scripts (a restart), or the connection dropped: below
+            finally:
+                self.busy = False
+            return await script(keys=list(keys), args=list(args))   # reloads the script; retries the connection
+        return await self._answer(script, keys, args, drain=True)
+
+    def send(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Sent | None:
+        """Write a call now and read its answer later (`await sent.answer()`), so that the caller's own
+        work overlaps the round trip; None when the lane cannot write at once (busy, not connected,
+        no timeout to keep): then nothing was sent. Until the answer is read the lane is busy (other
+        calls go through the client); the caller must read it."""
+        if self.busy or not self._write(script, keys, args):
+            return None
+        return Sent(self, script, keys, args)
+
+    def _write(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> bool:
+        """Write the call to the lane's connection, leaving the lane busy with it; False (lane left as
+        it was) when it is not connected or keeps no timeout. A part the socket did not take goes
+        out as it can (the transport writes it when the socket drains)."""
+        conn = self._conn
+        writer = getattr(conn, "_writer", None) if conn.is_connected else None
+        if writer is None or not self._limit:
+            return False
+        command = _pack(conn, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        self.busy = True
+        self._since = self._watched().time()
+        writer.writelines(command)
+        return True
+
+    async def _answer(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], drain: bool = False) -> Any:
+        """Read the answer of the call _write sent (first, with `drain`, wait until the socket took a
+        large write); what the client's retry did is kept (below)."""
+        try:
+            writer = getattr(self._conn, "_writer", None)
+            if drain and writer is not None and writer.transport.get_write_buffer_size():
+                await _drain(self._conn, writer)
+            return await self._conn.read_response(timeout=math.inf)   # the watch keeps the timeout
         except (redis_errors.NoScriptError, redis_errors.ConnectionError):
             if self._expired:
                 raise redis_errors.TimeoutError(f"Timeout reading from Redis after {self._limit:g}s") from None
@@ -88,6 +120,18 @@ class Lane:
             self._watch.cancel()
             self._watch = None
         await self._conn.disconnect()
+
+
+class Sent:
+    """A call Lane.send wrote; `answer()` reads what the store answered (once)."""
+
+    __slots__ = ("_lane", "_script", "_keys", "_args")
+
+    def __init__(self, lane: Lane, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+        self._lane, self._script, self._keys, self._args = lane, script, keys, args
+
+    def answer(self) -> Coroutine[Any, Any, Any]:
+        return self._lane._answer(self._script, self._keys, self._args)
 
 
 def _pack(conn: AbstractConnection, command: tuple[Any, ...]) -> list[bytes]:

@@ -91,6 +91,11 @@ class Worker:
         self._outage: OutageLog       # set by run(), once the connection is open
         self._settler: Settler        # likewise
         self._events: WorkerEvents    # likewise
+        self._conn: QueueConnection   # likewise
+        # Concurrency 1: the next reserve, sent with the acknowledgement by the job that just finished
+        # (_reserve_ahead): how to send one, and the one on its way (its answer, jobs it carries, claim, when).
+        self._send_ahead: Callable[..., Callable[[], Any] | None] | None = None
+        self._ahead: tuple[Callable[[], Any], list[Attempt], str, float] | None = None
 
     @property
     def watchdog(self) -> Watchdog:
@@ -113,6 +118,8 @@ class Worker:
         # (one round trip for both) where the store can do that.
         self._settler.deferred = (self.options.concurrency == 1 and len(self.options.queues) == 1
                                   and callable(getattr(conn, "acknowledge_and_reserve", None)))
+        self._conn = conn
+        self._send_ahead = getattr(conn, "send_acknowledge_and_reserve", None) if self._settler.deferred else None
         self._handle_signals(True)
         self._warn_long_timeouts()
         self.timeouts.start()
@@ -236,9 +243,11 @@ class Worker:
             if taken == 0 and await self._due_yet(conn):
                 taken = None       # not empty: a due job was passed over a moment; look again
             if self._stop_if_necessary(taken):
-                return
+                break
             if taken == 0:
                 await self._wait_after_empty()
+        if self._ahead is not None:     # told to stop while a reserve ahead was on its way: its answer is
+            await self._pass(conn)      # read (the acknowledgement it carried), its job put back
 
     async def _due_yet(self, conn: QueueConnection) -> bool:
         """--stop-when-empty found nothing to reserve, with nothing running: whether the store still
@@ -262,14 +271,18 @@ class Worker:
 
     async def _pass(self, conn: QueueConnection) -> int | None:
         """One look for work: how many jobs it reserved and started, or None when it reserved
-        nothing (every slot busy, the store away, or queue:restart called)."""
-        if not await self._check_restart(conn) or self._restart_asked:
-            self._settler.flush()
-            return None
-        if self._lost_claims and not await self._recover(conn):
-            self._settler.flush()
-            return None
+        nothing (every slot busy, the store away, or queue:restart called). A reserve ahead on its
+        way (_reserve_ahead) is answered first: it was sent only when nothing below stood in its way."""
+        if self._ahead is None:
+            if not await self._check_restart(conn) or self._restart_asked:
+                self._settler.flush()
+                return None
+            if self._lost_claims and not await self._recover(conn):
+                self._settler.flush()
+                return None
         free = self.options.concurrency - len(self._running)
+        if self._ahead is not None:     # sent by the job that finished, perhaps while the checks above waited
+            free = 1
         if self.options.max_jobs:
             free = min(free, self.options.max_jobs - self.processed - len(self._running))
         if free <= 0:
@@ -354,7 +367,11 @@ class Worker:
             # Busy: as many jobs as there are free slots in one round trip. Idle: block for one.
             # Each call names its reservation (claim): if its answer is lost, recover() finds it.
             jobs: list[ReservedJob] = []
-            if free > 1 and not o.once:
+            if self._ahead is not None:
+                answer, riding, claim, self._polled_at = self._ahead
+                self._ahead = None
+                jobs = await self._acknowledge_and_reserve(conn, riding, claim, answer)
+            elif free > 1 and not o.once:
                 claim = token_hex(8)
                 jobs = await conn.reserve_many(o.queues, free, claim=claim)
             elif riding := self._settler.take():
@@ -377,12 +394,13 @@ class Worker:
             jobs = await self._still_held(conn, jobs, claim)
         return jobs
 
-    async def _acknowledge_and_reserve(self, conn: QueueConnection, riding: list[Attempt],
-                                       claim: str) -> list[ReservedJob]:
-        """The finished jobs' acknowledgements and the next reserve in one call (Settler.deferred)."""
+    async def _acknowledge_and_reserve(self, conn: QueueConnection, riding: list[Attempt], claim: str,
+                                       answer: Callable[[], Any] | None = None) -> list[ReservedJob]:
+        """The finished jobs' acknowledgements and the next reserve in one call (Settler.deferred);
+        `answer` reads that of a call already sent (_reserve_ahead)."""
         try:
-            done, jobs = await conn.acknowledge_and_reserve(   # type: ignore[attr-defined]
-                [attempt.reserved for attempt in riding], self.options.queues[0], claim)
+            done, jobs = await (answer() if answer is not None else conn.acknowledge_and_reserve(  # type: ignore[attr-defined]
+                [attempt.reserved for attempt in riding], self.options.queues[0], claim))
         except BaseException:
             self._settler.give_back(riding)     # acknowledged the usual way, retried while the store is away
             raise
@@ -405,7 +423,7 @@ class Worker:
             kept = {(job.queue, job.id) for job in held}
             for job in jobs:
                 if (job.queue, job.id) not in kept:
-                    released = await conn.release(job, 0)
+                    released = await _unreserve(conn, job)
                     log.warning("%s on %s: its reservation lapsed before the worker read it (the event loop was "
                                 "blocked); not started, %s", one_line(job.id), job.queue,
                                 "released to the queue" if released else "it is another reservation's now")
@@ -445,7 +463,7 @@ class Worker:
         take back now come back by themselves after the visibility timeout."""
         for job in jobs:
             try:
-                await conn.release(job, 0)
+                await _unreserve(conn, job)
             except Exception as exc:  # noqa: BLE001  (an outage: the reservation lapses)
                 log.warning("%s: stopping, not started; it runs after the visibility timeout (%s)", one_line(job.id),
                             redact(str(exc) or type(exc).__name__, self.secrets))
@@ -460,7 +478,7 @@ class Worker:
                 continue
             try:
                 for job in await conn.recover(self.options.queues, claim):
-                    await conn.release(job, 0)
+                    await _unreserve(conn, job)
             except Exception as exc:
                 log.debug("could not recover claim %s while stopping: %s", claim, exc)
                 return
@@ -549,11 +567,41 @@ class Worker:
                 self._in_run.discard(slot)
         if type(outcome) is Done:       # the common outcome: no coroutine for it (settle() awaits nothing then)
             self._settler.done(attempt, outcome.result)
+            if self._send_ahead is not None:
+                self._reserve_ahead()
         else:
             await self._settler.settle(attempt, outcome)
+
+    def _reserve_ahead(self) -> None:
+        """Concurrency 1: send the finished job's acknowledgement with the next reserve now, from the
+        job's own task, instead of once the task has ended and the loop came round to it: winding
+        the job down and the loop's turns then overlap the round trip (the loop reads the answer).
+        Only when the loop's next pass would surely make that call: no stop, limit or check due."""
+        o = self.options
+        now = time.monotonic()
+        if (self._ahead is not None or self._stopping.is_set() or self._restart_asked or self._lost_claims
+                or o.once or o.max_time or (o.max_jobs and self.processed + 1 >= o.max_jobs)
+                or now >= self._next_restart_check or (o.memory and now >= self._next_memory_check)):
+            return
+        riding = self._settler.take()
+        if not riding:
+            return
+        claim = token_hex(8)
+        answer = self._send_ahead([attempt.reserved for attempt in riding], o.queues[0], claim)  # type: ignore[misc]
+        if answer is None:          # the store could not send it at once: the loop makes the call as usual
+            self._settler.untake(riding)
+            return
+        self._ahead = (answer, riding, claim, now)
 
     def _warn_long_timeouts(self) -> None:
         if self.options.timeout is not None:
             return
         for cls in discover_job_classes(self.packages):
             self.attempts.long_timeouts.check(cls.class_path(), float(cls.timeout))
+
+
+async def _unreserve(conn: QueueConnection, job: ReservedJob) -> bool:
+    """A job reserved but never started goes back with its attempt taken back where the store can
+    (`unreserve`, optional); else released as it is, the attempt counted."""
+    unreserve = getattr(conn, "unreserve", None)
+    return await (unreserve(job) if unreserve is not None else conn.release(job, 0))

@@ -118,10 +118,14 @@ class Settler:
 
     def give_back(self, batch: list[Attempt]) -> None:
         """The call that carried a batch from `take` failed: acknowledge it the usual way (retried)."""
+        self.untake(batch)
+        self.flush()
+
+    def untake(self, batch: list[Attempt]) -> None:
+        """A batch from `take` that was not sent after all: it waits for the next call again."""
         with self._held_lock:
             self._riding = []
             self._acks[:0] = batch
-        self.flush()
 
     def flush(self) -> None:
         """Send waiting acknowledgements now (the worker will not reserve soon)."""

@@ -222,3 +222,18 @@ class SlowFirstAttemptJob(SleepyJob):
             while time.monotonic() < deadline and not (self.until and os.path.exists(self.until)):
                 await asyncio.sleep(min(0.05, self.seconds))
         record(self.log, event="end", job_id=self.job_id, attempts=self.attempts, t=time.time())
+
+
+class StopsItsWorkerJob(Job):
+    """Sends its own worker SIGTERM and returns at once: the stop arrives just after the job ended,
+    when a worker at concurrency 1 may already have asked for the next job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ""
+
+    async def handle(self) -> None:
+        import signal
+
+        record(self.log, event="handle", job_id=self.job_id, attempts=self.attempts)
+        os.kill(os.getpid(), signal.SIGTERM)

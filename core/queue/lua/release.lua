@@ -8,6 +8,8 @@
 -- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- ARGV[1] job id; ARGV[2] the reservation token the worker holds; ARGV[3] delay in seconds;
 -- ARGV[4] '1' for a release that is not a failed try (SPEC 9): <id>:releases goes up by one;
+-- '-1' for a job the worker reserved but never started (it was stopping): <id>:attempts goes back
+-- down by one, as if it had not been reserved;
 -- ARGV[5], optional: the failed try's exception, first line (SPEC 11: <id>:error, status's last_error)
 -- Returns 1 if released, 0 if the reservation is no longer this worker's.
 --
@@ -21,6 +23,7 @@ local delay = tonumber(ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1] .. ':token', ARGV[1] .. ':failing')
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[6], ARGV[1] .. ':releases', 1) end
+if ARGV[4] == '-1' then redis.call('HINCRBY', KEYS[6], ARGV[1] .. ':attempts', -1) end
 if ARGV[5] then redis.call('HSET', KEYS[6], ARGV[1] .. ':error', ARGV[5]) end
 if delay > 0 then
     local t = redis.call('TIME')
