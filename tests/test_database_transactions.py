@@ -91,3 +91,56 @@ async def test_steps_run_inside_a_callers_async_transaction_too(conn):
         await tx.run(conn._requeue_steps("inside", payload(1)))
         assert await tx.fetchone("SELECT COUNT(*) FROM jobs WHERE queue = 'inside'") == (1,)
     assert (await conn.sizes(["inside"]))["inside"].pending == 1
+
+
+def hold_write_lock(seconds: float) -> threading.Thread:
+    """Another connection takes SQLite's write lock for `seconds`, in a thread; started once it holds it."""
+    held = threading.Event()
+
+    def hold() -> None:
+        other = sqlite3.connect(os.environ["DB_DATABASE"], isolation_level=None, timeout=5)
+        other.execute("BEGIN IMMEDIATE")
+        held.set()
+        threading.Event().wait(seconds)
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    return thread
+
+
+async def test_a_push_a_transaction_and_an_async_transaction_wait_for_another_process_write_lock(conn):
+    # SQLite's busy timeout is 0 on our connection: the waits are _run's own (core.database._busy_wait).
+    for operation in (lambda: conn.push("busy", payload(1)),
+                      lambda: conn.reserve_many(["busy"], 1),
+                      lambda: conn.db.execute("INSERT INTO queue_signals (name, value) VALUES ('busy', 1)")):
+        holder = hold_write_lock(0.3)
+        started = asyncio.get_running_loop().time()
+        await operation()
+        assert asyncio.get_running_loop().time() - started >= 0.25
+        await asyncio.to_thread(holder.join)
+    holder = hold_write_lock(0.3)
+    started = asyncio.get_running_loop().time()
+    async with conn.db.transaction() as tx:      # its BEGIN IMMEDIATE (through _control) waits too
+        await tx.execute("UPDATE queue_signals SET value = 3 WHERE name = 'busy'")
+    assert asyncio.get_running_loop().time() - started >= 0.25
+    await asyncio.to_thread(holder.join)
+    assert await conn.db.fetchall("SELECT value FROM queue_signals WHERE name = 'busy'") == [(3.0,)]
+    assert (await conn.sizes(["busy"]))["busy"].reserved == 1
+
+
+async def test_a_write_lock_held_past_the_busy_timeout_is_an_error_and_nothing_is_stored(conn, monkeypatch):
+    import core.database
+
+    monkeypatch.setattr(core.database, "BUSY_TIMEOUT", 0.2)
+    holder = hold_write_lock(1.0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        await conn.db.run_transaction(conn._push_many_steps("late", [[payload(1)]], 0))
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        await conn.db.execute("INSERT INTO queue_signals (name, value) VALUES ('late', 1)")
+    await asyncio.to_thread(holder.join)
+    assert not conn.db._conn.in_transaction
+    assert (await conn.sizes(["late"]))["late"].pending == 0
+    assert await conn.db.fetchall("SELECT value FROM queue_signals WHERE name = 'late'") == []
