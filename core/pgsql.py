@@ -226,18 +226,10 @@ def _storable(params: Sequence[Any]) -> Sequence[Any]:
     """Text PostgreSQL takes: it has no NUL character, and UTF-8 has no lone surrogate (a JSON
     payload may spell either, and a job's uuid, exception or class path read from it may hold
     one). Each becomes U+FFFD, as storable() does for failed rows on every database; the same
-    value always becomes the same text, so a uuid found this way still finds its row. The same
-    for the text in a list (an array parameter)."""
-    if not any(_unstorable(value) for value in params):
+    value always becomes the same text, so a uuid found this way still finds its row."""
+    if not any(type(value) is str and (not value.isascii() or "\x00" in value) for value in params):
         return params
-    return [_text(value) if type(value) is str else _storable(value) if type(value) is list else value
-            for value in params]
-
-
-def _unstorable(value: Any) -> bool:
-    if type(value) is str:
-        return not value.isascii() or "\x00" in value
-    return type(value) is list and any(_unstorable(item) for item in value)
+    return [_text(value) if type(value) is str else value for value in params]
 
 
 def _text(value: str) -> str:
