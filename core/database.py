@@ -18,11 +18,9 @@ import functools
 import importlib
 import logging
 import os
-import random
 import socket
 import sqlite3
 import threading
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from pathlib import Path
@@ -289,9 +287,6 @@ class SqliteDatabase(Database):
             await self._conn.execute("PRAGMA busy_timeout = 60000")
             await self._conn.execute("PRAGMA journal_mode = WAL")
             await self._conn.execute("PRAGMA synchronous = NORMAL")
-            # From here a statement that finds the write lock taken waits in _run's loop, not in
-            # SQLite's busy handler (see _busy_wait).
-            await self._conn.execute("PRAGMA busy_timeout = 0")
         except Exception as exc:  # sqlite3.OperationalError, OSError
             raise ConnectionFailed(f"Cannot open SQLite database at {self.path}: {exc}") from None
 
@@ -339,7 +334,7 @@ class SqliteDatabase(Database):
         would open a transaction later that nobody closes (every later write invisible to other
         processes, their writes "database is locked"). On a cut, a task takes the lock over, waits
         for the statement and rolls back what is left open; the caller's CancelledError goes on."""
-        step = asyncio.ensure_future(self._in_thread(_run, statement, (), False))
+        step = asyncio.ensure_future(self._conn.execute(statement))
         try:
             await asyncio.shield(step)
         except asyncio.CancelledError:
@@ -379,7 +374,7 @@ class SqliteDatabase(Database):
         """In aiosqlite's thread: run steps between BEGIN IMMEDIATE and COMMIT."""
         if cut.is_set():
             raise asyncio.CancelledError()      # cut before it began: nothing to do
-        _run(conn, "BEGIN IMMEDIATE", (), False)
+        conn.execute("BEGIN IMMEDIATE")
         try:
             answer: Any = None
             while True:
@@ -393,7 +388,7 @@ class SqliteDatabase(Database):
                 answer = _run(conn, self.sql(statement.sql), statement.params, statement.rows)
             if cut.is_set():
                 raise asyncio.CancelledError()
-            _run(conn, "COMMIT", (), False)
+            conn.execute("COMMIT")
             return result
         except BaseException:
             if conn.in_transaction:         # also a COMMIT that failed (busy): it leaves the transaction open
@@ -416,60 +411,13 @@ class SqliteDatabase(Database):
         return await self._in_thread(_run, self.sql(sql), tuple(params), True)
 
 
-# SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between two tries of a lock that
-# its holder keeps about 0.1-0.3 ms (a push, a worker's acknowledge and reserve): with 16 processes
-# pushing and a woken worker taking the lock for each job, most of a dispatcher's wait was sleep
-# after the lock had been released. So the connection's busy timeout is 0 and _run tries again
-# itself: first after BUSY_FIRST seconds, doubling to BUSY_CAP (BUSY_SLOW once the statement has
-# waited BUSY_PATIENCE: a lock held for long, a big delete, is not polled for), each with jitter,
-# until BUSY_TIMEOUT as before.
-BUSY_FIRST = 0.0001
-BUSY_CAP = 0.002
-BUSY_PATIENCE = 0.1
-BUSY_SLOW = 0.025
-BUSY_TIMEOUT = 60.0
-BUSY_SNAPSHOT = 517      # a read transaction's snapshot is stale: trying the statement again cannot help
-
-
 def _run(conn: sqlite3.Connection, sql: str, params: Sequence[Any], rows: bool) -> Any:
     """One statement on a plain sqlite3 connection: its rows, or the count of rows it changed."""
-    try:
-        cursor = conn.execute(sql, params)
-    except sqlite3.OperationalError as exc:
-        if not _busy(conn, sql, exc):
-            raise
-        cursor = _busy_wait(conn, sql, params)
+    cursor = conn.execute(sql, params)
     try:
         return cursor.fetchall() if rows else cursor.rowcount
     finally:
         cursor.close()
-
-
-def _busy(conn: sqlite3.Connection, sql: str, exc: sqlite3.OperationalError) -> bool:
-    """Whether `exc` is a lock another connection holds, met where running the statement again is
-    what SQLite's busy handler would do: outside a transaction (the statement left nothing behind:
-    an autocommit statement, a BEGIN) or at a COMMIT."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None or code & 0xFF != sqlite3.SQLITE_BUSY or code == BUSY_SNAPSHOT:
-        return False
-    return not conn.in_transaction or sql == "COMMIT"
-
-
-def _busy_wait(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
-    """Run the statement again until the lock is had (in aiosqlite's thread: time.sleep frees the GIL)."""
-    started = time.monotonic()
-    delay = BUSY_FIRST
-    while True:
-        waited = time.monotonic() - started
-        if waited > BUSY_TIMEOUT:
-            raise sqlite3.OperationalError("database is locked")
-        time.sleep(delay * random.uniform(0.5, 1.5))
-        delay = min(delay * 2, BUSY_CAP if waited < BUSY_PATIENCE else BUSY_SLOW)
-        try:
-            return conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            if not _busy(conn, sql, exc):
-                raise
 
 
 class ServerDatabase(Database):
