@@ -268,7 +268,7 @@ def wake_tables(wake: Row | None) -> str:
                  ratio(r.get("rate"), off.get(r["connection"], {}).get("rate")) if r["mode"] == "on" else "",
                  rate(r.get("run_rate")),
                  ratio(r.get("run_rate"), off.get(r["connection"], {}).get("run_rate")) if r["mode"] == "on" else "",
-                 r.get("note", "")]
+                 ", ".join(f"{x:.2f}" for x in r.get("worker_cpu") or []) or "-", r.get("note", "")]
                 for r in wake.get("dispatch") or []]
     return "\n\n".join([
         f"### (h) Idle dispatch-to-start latency\n\nOne idle `queue:work` (defaults: --sleep 1); one process "
@@ -278,9 +278,10 @@ def wake_tables(wake: Row | None) -> str:
         f"### (i) Dispatch throughput, wake-up on and off\n\n{wake.get('dispatchers')} dispatcher processes, each "
         f"pushing {wake.get('dispatch_jobs')} jobs one `await NoopJob.dispatch()` after another, started together, "
         "with one idle worker running; rounds on, off, off, on (a fresh store each), the median per mode. "
-        "\"run\": until the worker has also run every job (both modes then do the same work; bench/wake.py).\n\n"
+        "\"run\": until the worker has also run every job (both modes then do the same work; bench/wake.py). "
+        "\"worker CPU s\": the worker's CPU time inside each round's dispatch window.\n\n"
         + table(["connection", "wake-up", "rounds jobs/s", "jobs/s (median)", "on / off", "run jobs/s", "run on / off",
-                 "note"], dispatch),
+                 "worker CPU s", "note"], dispatch),
     ])
 
 

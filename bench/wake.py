@@ -22,6 +22,10 @@
     is reported beside the dispatch rate, not instead: issue 14's target stays on the dispatch
     rate. (Nor is the run rate neutral: the off worker's last poll may leave up to --sleep between
     the last dispatch and the last run, which it charges to the off mode.)
+    And the worker's CPU time inside the dispatch window (/proc, from "go" to the last dispatcher's
+    end): on SQLite, 16 rounds of both modes and two builds gave dispatch rate = 2,560 - 1,270 x
+    that time (r = -0.95), whichever the mode: the dispatchers are CPU-bound on 2 cores and lose what
+    the worker runs beside them, and a worker that polls now and then falls inside the window too.
 
 Wake-up is switched off by the environment variables in WAKEUP_OFF, given to the worker and the
 dispatchers alike: the one constant to change if the switch is named otherwise. A build where
@@ -47,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.procs import Workers, clear_stamps, read_stamps
+from bench.procs import Workers, _cpu_ticks, _tree, clear_stamps, read_stamps
 
 ROOT = Path(__file__).resolve().parent.parent
 WAKEUP_OFF = {"DB_WAKE": "off"}
@@ -152,6 +156,7 @@ def dispatch_round(connection: str, mode: str) -> dict[str, float]:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a dispatcher did not start (exit {proc.wait()})")
+        worker_cpu = _cpu_seconds(workers)
         for proc in dispatchers:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -162,6 +167,7 @@ def dispatch_round(connection: str, mode: str) -> dict[str, float]:
             if proc.returncode:
                 raise RuntimeError(f"a dispatcher exited {proc.returncode}")
             spans.append(json.loads(out.strip().splitlines()[-1]))
+        worker_cpu = _cpu_seconds(workers) - worker_cpu
         deadline = time.monotonic() + RUN_WAIT
         while (stamps := read_stamps(stamp)) is None or stamps[2] < total:
             if not workers.running() or time.monotonic() > deadline:
@@ -176,7 +182,14 @@ def dispatch_round(connection: str, mode: str) -> dict[str, float]:
         workers.stop()
         target.teardown()
     started, ended = min(s["start"] for s in spans), max(s["end"] for s in spans)
-    return {"dispatch": total / (ended - started), "run": total / (max(ended, stamps[1]) - started)}
+    return {"dispatch": total / (ended - started), "run": total / (max(ended, stamps[1]) - started),
+            "worker_cpu": worker_cpu}
+
+
+def _cpu_seconds(workers: Workers) -> float:
+    """CPU time the worker processes (and theirs) have used so far, in seconds."""
+    ticks = [_cpu_ticks(pid) for proc in workers.procs for pid in _tree(proc.pid)]
+    return sum(t for t in ticks if t is not None) / os.sysconf("SC_CLK_TCK")
 
 
 def dispatcher(jobs: int) -> None:
@@ -226,6 +239,7 @@ def run() -> dict[str, Any]:
     for connection in DISPATCH_CONNECTIONS:
         rates: dict[str, list[float]] = {}
         run_rates: dict[str, list[float]] = {}
+        worker_cpu: dict[str, list[float]] = {}
         note = None
         for mode in (ROUNDS if switch else ("as built",) * 2):
             got = _attempt(errors, f"(i) {connection} {mode}", partial(dispatch_round, connection, mode))
@@ -235,11 +249,14 @@ def run() -> dict[str, Any]:
             if got:
                 rates.setdefault(mode, []).append(got["dispatch"])
                 run_rates.setdefault(mode, []).append(got["run"])
+                worker_cpu.setdefault(mode, []).append(got["worker_cpu"])
         for mode in modes():
             dispatched, ran = rates.get(mode) or [], run_rates.get(mode) or []
             dispatch.append({"connection": connection, "mode": mode, "rates": dispatched,
                              "rate": statistics.median(dispatched) if dispatched else None, "run_rates": ran,
-                             "run_rate": statistics.median(ran) if ran else None, **({"note": note} if note else {})})
+                             "run_rate": statistics.median(ran) if ran else None,
+                             "worker_cpu": [round(x, 2) for x in worker_cpu.get(mode) or []],
+                             **({"note": note} if note else {})})
     _mode_env("on")
     return {"name": "ours wake-up", "switch": " ".join(f"{k}={v}" for k, v in WAKEUP_OFF.items()) if switch else None,
             "dispatchers": DISPATCHERS, "dispatch_jobs": DISPATCH_JOBS, "idle_probes": IDLE_PROBES,

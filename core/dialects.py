@@ -41,6 +41,9 @@ class Dialect:
     # Begins a WHERE whose statement's commit need not wait for the disk (a reserve: if a server
     # crash forgets it, its job runs again, at least once, never lost).
     relaxed_commit: ClassVar[str] = ""
+    # A secondary index's entries end with the primary key, in its order (InnoDB; SQLite's rowid), so
+    # an index (a, b) serves "ORDER BY a, b, id".
+    index_ends_with_key: ClassVar[bool] = True
     default_port: ClassVar[int] = 0
 
     def __repr__(self) -> str:
@@ -156,6 +159,7 @@ class PgsqlDialect(Dialect):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     returning = True
+    index_ends_with_key = False    # they end with the row's place in the table
     relaxed_commit = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL AND "
     column_names = ("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
                     "AND table_name = ?")

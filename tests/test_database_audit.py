@@ -218,6 +218,19 @@ async def test_an_acknowledged_job_pushed_again_is_dropped_at_reserve(app, caplo
     assert await pending(conn, "audit") == {"pending": 0, "delayed": 0, "reserved": 0}
 
 
+async def test_an_acknowledgement_remembers_a_uuid_of_any_printable_text(app):
+    # On PostgreSQL the acknowledgement's uuids go as one array parameter, not a VALUES row each.
+    conn = await queue_of(app)
+    raw, plain = payload(1), payload(2)
+    odd = raw.replace(uuid_of(raw), "odd-é-✓-ü", 1)
+    await conn.push_many("odd", [odd, plain])
+    jobs = await conn.reserve_many(["odd"], 2)
+    assert await conn.acknowledge_many(jobs) == [True, True]
+    await conn.push_many("odd", [odd, plain])        # repeated pushes of both: both dropped
+    assert await conn.reserve_many(["odd"], 2) == []
+    assert await pending(conn, "odd") == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
 async def test_a_failed_job_pushed_again_is_dropped_and_a_fresh_one_still_runs(app):
     conn, raw, fresh = await queue_of(app), payload(1), payload(2)
     await conn.push("audit", raw)

@@ -10,7 +10,7 @@ import pytest
 
 from bootstrap.app import create_app
 from core.payload import peek_uuid
-from tests.contract.conftest import configure
+from tests.contract.conftest import configure, payload
 from tests.jobs.sample_jobs import read_events
 from tests.jobs.status_jobs import FlakyOrderJob, OrderJob
 
@@ -106,3 +106,21 @@ async def test_migrate_brings_a_database_without_priority_up_to_date(kind, reque
         taken = await (await app.queue.connection()).reserve_many(["default"], 2)
         assert [peek_uuid(job.payload) for job in taken] == [ref, old]
         assert (await ref.status()).state == "reserved"
+
+
+async def test_migrate_on_postgresql_gives_the_reserve_index_the_id_it_orders_by(pgsql_env, monkeypatch):
+    # PostgreSQL's index entries do not end with the id: the index of the release before has none, and
+    # every reserve sorted the queue's whole READY range. migrate replaces it.
+    configure(monkeypatch, "database")
+    async with create_app() as app:
+        conn = await app.queue.connection()
+        db = conn.db
+        await db.execute("DROP INDEX jobs_reserve_order_index")
+        await db.execute("CREATE INDEX jobs_reserve_priority_index ON jobs (queue, state, available_at, priority_rank)")
+        await conn.migrate()
+        indexes = {str(i) for (i,) in await db.fetchall(db.dialect.index_names, ("jobs",))}
+        assert "jobs_reserve_order_index" in indexes and "jobs_reserve_priority_index" not in indexes
+        await conn.push_many("default", [payload(n) for n in range(3)])
+        plan = "\n".join(row[0] for row in await db.fetchall(
+            "EXPLAIN " + conn._take.replace("{marks}", ""), (90, "c", "default", 90, 2, 900)))
+        assert "jobs_reserve_order_index" in plan and "Sort" not in plan
