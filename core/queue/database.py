@@ -202,6 +202,11 @@ SIZES = ("SELECT queue, "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END), "
          "SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END) FROM jobs")
 CLEAR = "DELETE FROM jobs WHERE queue = ? AND reserved_at IS NULL"
+# queue:clear remembers, in the same transaction, the uuids of the jobs it deletes that were pushed
+# within the replay window: a dispatch whose answer was lost may retry its push (push_missing)
+# after the clear, and must not store the cleared job again.
+REMEMBER_CLEARED = ("INSERT INTO finished_jobs (uuid, finished_at) SELECT uuid, {now} FROM jobs "
+                    "WHERE queue = ? AND reserved_at IS NULL AND uuid IS NOT NULL AND created_at + ? >= {now}")
 SIGNAL_GET = "SELECT value FROM queue_signals WHERE name = ?"
 # A counter, bumped in one statement: no clock is read, so workers on skewed hosts agree.
 SIGNAL_BUMP = "INSERT INTO queue_signals (name, value) VALUES (?, 1)"
@@ -245,6 +250,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         # A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
         self._on_duplicate = dialect.ignore_duplicate("uuid")
         self._remember = REMEMBER + dialect.upsert("uuid", REMEMBER_AGAIN)
+        self._remember_cleared = REMEMBER_CLEARED + dialect.upsert("uuid", REMEMBER_AGAIN)
         self._prune = dialect.delete_first("finished_jobs", "uuid", PRUNE_WHERE, "finished_at")
         self._signal_bump = SIGNAL_BUMP + dialect.upsert("name", SIGNAL_BUMP_AGAIN)
         self._state = DatabaseState(db)
@@ -671,8 +677,12 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return {q: found.get(q, QueueSize()) for q in queues} if queues else found
 
     async def clear(self, queue: str) -> int:
-        # One statement over many rows: it may deadlock with the workers' acknowledgements.
-        return await self.db.retrying_conflicts(lambda: self.db.execute(CLEAR, (queue,)))
+        # One transaction over many rows: it may deadlock with the workers' acknowledgements.
+        return await self.db.retrying_conflicts(lambda: self.db.run_transaction(self._clear_steps(queue)))
+
+    def _clear_steps(self, queue: str) -> Steps[int]:
+        yield change(self._remember_cleared, (queue, self.replay_window))
+        return int((yield change(CLEAR, (queue,))))
 
     async def request_restart(self) -> None:
         await self.db.execute(self._signal_bump, ("restart",))

@@ -245,6 +245,23 @@ async def test_size_and_clear(backend):
     assert await conn.clear("contract") == 0
 
 
+async def test_a_retried_push_does_not_bring_back_a_job_cleared_since(backend):
+    """A dispatch whose answer was lost retries its push (push_missing). If queue:clear deleted the
+    job in between, the retry must not store it again: a cleared job would come back and run."""
+    conn = backend.conn
+    ready, delayed, other = payload(1), payload(2), payload(3)
+    await conn.push("contract", ready)
+    await conn.push("contract", delayed, delay=60)
+    assert await conn.clear("contract") == 2
+
+    await conn.push_missing("contract", [ready, other])
+    await conn.push_missing("contract", [delayed], delay=60)
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 1, "delayed": 0, "reserved": 0}
+    job = await conn.reserve(["contract"])
+    assert job is not None and job.payload == other       # only the job never cleared
+    assert await conn.acknowledge(job)
+
+
 async def test_dispatch_many_pushes_every_job_in_order(backend, tmp_path):
     ids = await RecordRun.dispatch_many([{"path": str(tmp_path / "runs"), "n": n} for n in range(1200)])
     instances = []
