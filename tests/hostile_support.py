@@ -46,8 +46,12 @@ class RawStore:
             if isinstance(payload, bytes):
                 payload = payload.decode("utf-8", "replace")
             payload = payload.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "\ufffd")
+            # Whole seconds rounded down, as the queue's own clock (PgsqlDialect.now): a cast to bigint
+            # rounds to the nearest, up to half a second ahead, and a worker started within it finds
+            # the job not due yet and stops "queue empty" without it.
             pgsql_query("INSERT INTO jobs (queue, payload, attempts, reserved_at, available_at, created_at) VALUES "
-                        "($1, $2, 0, NULL, EXTRACT(EPOCH FROM now())::bigint, EXTRACT(EPOCH FROM now())::bigint)",
+                        "($1, $2, 0, NULL, FLOOR(EXTRACT(EPOCH FROM now()))::bigint, "
+                        "FLOOR(EXTRACT(EPOCH FROM now()))::bigint)",
                         queue, payload, database=os.environ["DB_DATABASE"])
         else:
             base = f"queues:{{{queue}}}"
