@@ -152,10 +152,11 @@ def test_a_persistent_session_without_a_fixed_client_id_is_one_line_and_exit_1()
 
 # -- a crash in the middle of a flood ------------------------------------------------------------------
 
-def ingested(database: Path) -> Counter:
-    """How many MessageJob were stored per message number."""
+def ingested(database: Path, recover: bool = False) -> Counter:
+    """How many MessageJob were stored per message number. `recover`: open the file writable, as the
+    app's next start would, to roll back what a killed app left half written."""
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as db:
+        with sqlite3.connect(f"file:{database}" + ("" if recover else "?mode=ro"), uri=True, timeout=30) as db:
             rows = db.execute("SELECT payload FROM jobs WHERE queue = 'ingest'").fetchall()
     except sqlite3.OperationalError:     # no database or no table yet: no job yet
         return Counter()
@@ -166,11 +167,16 @@ def ingested(database: Path) -> Counter:
 async def test_sigkill_in_a_flood_of_qos1_messages_loses_none_of_them(tmp_path, monkeypatch):
     """`run` (an app whose route dispatches one job per message) is SIGKILLed while 2,000 QoS 1 messages
     arrive, then started again: every message published is a job. A message is stored twice only when
-    its handler had dispatched but not yet acknowledged it at the kill, so the duplicates are bounded
-    by the broker's in-flight window (max_inflight_messages, 20), whatever the timing."""
+    its handler had dispatched but its acknowledgement had not reached the broker at the kill: then the
+    first run stored it and the broker delivers it again to the second, which stores it once more.
+
+    How many that is has no bound to assert: Mosquitto 2.0.11 (Debian 12's) does not hold QoS 1
+    deliveries to max_inflight_messages (a subscriber acking late saw 106 to 220 unacknowledged at
+    once with the limit at 20), and the acknowledgements lost with the kill are those still in either
+    socket's buffers. What must hold, whatever the timing, is below."""
     total = 2000
     database = tmp_path / "database.sqlite"
-    with LocalMosquitto(HOLD_A_FLOOD, "max_inflight_messages 20") as broker:
+    with LocalMosquitto(HOLD_A_FLOOD) as broker:
         env = {"MQTT_PORT": str(broker.port), "MQTT_CLIENT_ID": f"ingest-{uuid.uuid4().hex[:8]}",
                "MQTT_CLEAN_SESSION": "false", "MQTT_MAX_CONCURRENT": "8", "DB_DATABASE": str(database)}
         first = AppProcess(env, argv=("-m", "tests.mqtt_ingest_app"))
@@ -181,6 +187,7 @@ async def test_sigkill_in_a_flood_of_qos1_messages_loses_none_of_them(tmp_path, 
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait(10)
             assert not flood.done(), "the kill should land in the middle of the flood"
+            before = ingested(database, recover=True)       # what the first run stored
             await flood
         finally:
             first.kill()
@@ -193,10 +200,12 @@ async def test_sigkill_in_a_flood_of_qos1_messages_loses_none_of_them(tmp_path, 
             second.kill()
     jobs = ingested(database)
     assert set(jobs) == set(range(total))
-    duplicates = sum(jobs.values()) - total
-    print(f"{total} messages, {sum(jobs.values())} jobs: {duplicates} duplicates")
-    assert all(count <= 2 for count in jobs.values())
-    assert duplicates <= 20, f"{duplicates} duplicates: more than the messages in flight at the kill"
+    twice = {n for n, count in jobs.items() if count > 1}
+    print(f"{total} messages, {sum(jobs.values())} jobs: {len(twice)} stored twice; the first run stored "
+          f"{sum(before.values())}")
+    assert before and all(count == 1 for count in before.values())     # one run stores a message once
+    assert all(count <= 2 for count in jobs.values())                   # at most once per run
+    assert twice <= set(before), "a message stored twice that the killed run had not stored"
 
 
 # -- bounded memory -------------------------------------------------------------------------------------
