@@ -13,6 +13,13 @@ ahead of what stays behind), and the median round is reported: one round is abou
 and single rounds of the same case differed by 10%. A case's two builds (priority 0, mixed) wait
 in dbs 10 and 13 and take turns in db 11 (SWAPDB), drained A B B A A B, so load on a shared
 machine falls on both alike.
+Each build also holds a baseline beside it: queue `base`, the same jobs (same priorities) with
+only 1,000 behind them. Every round drains N from the deep queue and N from `base` in turn (which
+goes first alternates), with the deep queue's memory in Redis either way. The ratio that judges
+(g) is the median of the rounds' deep/base ratios ("pair_ratio"): what depth itself costs a
+reserve, apart from what a bigger Redis or a busier machine costs every drain in that minute (the
+1,000-waiting case, run minutes earlier with little in Redis, was 10-20% faster on both sides
+alike: worker CPU per job rose with depth although the worker never sees it).
 The queue is built with `NoopJob.dispatch_many` in chunks of 10,000; the delayed jobs with the
 call dispatch_many makes, given a delay (dispatch_many itself takes none). Then one worker,
 `queue:work --concurrency 10` (no --stop-when-empty: it is stopped after the N-th job), runs;
@@ -42,6 +49,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
 import time
 import traceback
@@ -62,7 +70,7 @@ MIXED = (0, 9)            # the priorities of the mixed cases, drawn uniformly
 SEED = 12
 
 
-async def _build(ready: int, delayed: int, mixed: bool = False) -> None:
+async def _build(ready: int, delayed: int, mixed: bool = False, queue: str | None = None) -> None:
     from bench.jobs import NoopJob
     # dispatch_many has no delay; this is the push it makes, with one (not a public API).
     from core.dispatch import _push_all
@@ -77,10 +85,10 @@ async def _build(ready: int, delayed: int, mixed: bool = False) -> None:
         return made
 
     for start in range(0, delayed, CHUNK):
-        await _push_all(jobs(min(CHUNK, delayed - start)), queue=None, connection=None, delay=DELAY)
+        await _push_all(jobs(min(CHUNK, delayed - start)), queue=queue, connection=None, delay=DELAY)
     for start in range(0, ready, CHUNK):
-        if mixed:
-            await _push_all(jobs(min(CHUNK, ready - start)), queue=None, connection=None)
+        if mixed or queue:
+            await _push_all(jobs(min(CHUNK, ready - start)), queue=queue, connection=None)
         else:
             await NoopJob.dispatch_many([{} for _ in range(min(CHUNK, ready - start))])
 
@@ -89,6 +97,7 @@ def priorities(mixed: bool) -> str:
     return f"{MIXED[0]}..{MIXED[1]}" if mixed else "0"
 
 
+BASE_QUEUE = "base"       # the baseline drained in turn with each deep case, 1,000 behind its rounds' jobs
 PARKED = {False: 10, True: 13}   # where each build of a pair waits while the other drains (bench dbs, never 9/14/15)
 ORDER = (False, True, True, False, False, True)   # A B B A A B: ROUNDS drains each, interleaved
 
@@ -132,26 +141,25 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
         before = _used_memory_mb()
         started = time.perf_counter()
         target._call(_build, ready, delayed, mixed)
+        memory = _used_memory_mb() - before
+        target._call(_build, ROUNDS * n + SPARE + BEHIND, 0, mixed, BASE_QUEUE)
         target._close_app()
         rows[mixed] = {"case": label, "priorities": priorities(mixed), "ready": ready, "delayed": delayed,
-                       "build_s": round(time.perf_counter() - started, 1),
-                       "redis_mb": round(_used_memory_mb() - before, 1)}
+                       "build_s": round(time.perf_counter() - started, 1), "redis_mb": round(memory, 1)}
         _redis(OUR_DB).swapdb(OUR_DB, PARKED[mixed])
-    worker = WorkerConfig("--concurrency 10", target._work("--concurrency", "10"), concurrency=10)
+    deep = WorkerConfig("--concurrency 10", target._work("--concurrency", "10"), concurrency=10)
+    base = WorkerConfig("--concurrency 10 --queue base",
+                        target._work("--concurrency", "10", "--queue", BASE_QUEUE), concurrency=10)
     rounds: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     try:
-        for mixed in ORDER:
+        for turn, mixed in enumerate(ORDER):
             _redis(OUR_DB).swapdb(OUR_DB, PARKED[mixed])
             try:
-                _redis(OUR_DB).config_resetstat()
-                cpu = _server_cpu()
-                result = drain(target, worker, n, budget=DRAIN_BUDGET)
-                cpu, calls = _server_cpu() - cpu, _calls()
-                if result.get("jobs"):
-                    result["server_us"] = round(cpu * 1e6 / result["jobs"], 2)
-                    result["server_calls"] = round(calls / result["jobs"], 2)
-                    if result.get("cpu_s"):     # the worker's own CPU (its start-up included) per job
-                        result["worker_us"] = round(result["cpu_s"] * 1e6 / result["jobs"], 1)
+                pair = {}
+                for worker in ((deep, base) if turn % 2 == 0 else (base, deep)):
+                    pair[worker is deep] = _measured_drain(target, worker, n)
+                result, baseline = pair[True], pair[False]
+                result["base_rate"] = baseline["rate"]
                 rounds[mixed].append(result)
             finally:
                 _redis(OUR_DB).swapdb(OUR_DB, PARKED[mixed])
@@ -164,6 +172,11 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
         else:
             row.update(next(r for r in rounds[mixed] if not r["rate"]))
         row["rates"] = [round(rate) for rate in rates]
+        base_rates = [r["base_rate"] for r in rounds[mixed] if r.get("base_rate")]
+        row["base_rates"] = [round(rate) for rate in base_rates]
+        row["base_rate"] = round(statistics.median(base_rates)) if len(base_rates) == ROUNDS else None
+        ratios = [r["rate"] / r["base_rate"] for r in rounds[mixed] if r["rate"] and r.get("base_rate")]
+        row["pair_ratio"] = round(statistics.median(ratios), 3) if len(ratios) == ROUNDS else None
         server = sorted(r["server_us"] for r in rounds[mixed] if r.get("server_us"))
         row["server_us"] = server[len(server) // 2] if server else None
         row["server_us_rounds"] = server
@@ -171,6 +184,20 @@ def run_pair(target: Ours, label: str, behind: int, delayed: int, n: int) -> lis
         row["worker_us"] = worker_cpu[len(worker_cpu) // 2] if worker_cpu else None
         row["worker_us_rounds"] = worker_cpu
     return [rows[False], rows[True]]
+
+
+def _measured_drain(target: Ours, worker: WorkerConfig, n: int) -> dict[str, Any]:
+    """drain() with the redis-server's CPU and commands per job and the worker's CPU per job."""
+    _redis(OUR_DB).config_resetstat()
+    cpu = _server_cpu()
+    result = drain(target, worker, n, budget=DRAIN_BUDGET)
+    cpu, calls = _server_cpu() - cpu, _calls()
+    if result.get("jobs"):
+        result["server_us"] = round(cpu * 1e6 / result["jobs"], 2)
+        result["server_calls"] = round(calls / result["jobs"], 2)
+        if result.get("cpu_s"):     # the worker's own CPU (its start-up included) per job
+            result["worker_us"] = round(result["cpu_s"] * 1e6 / result["jobs"], 1)
+    return result
 
 
 async def _reserve_all(n: int) -> dict[str, Any]:

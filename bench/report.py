@@ -221,15 +221,18 @@ def depth_table(depth: Row | None) -> str:
               ", ".join(rate(x) for x in r.get("rates") or []) or "-",
               ratio(r.get("rate"), _same_case(rows, r, case=first)),
               ratio(r.get("rate"), _same_case(rows, r, priorities="0")),
+              f"{r['pair_ratio']:.2f}x" if r.get("pair_ratio") else "-",
               f"{r['server_us']:.1f}" if r.get("server_us") else "-",
               f"{r['worker_us']:.0f}" if r.get("worker_us") else "-"] for r in rows]
     return (f"N = {depth.get('jobs', 0):,} jobs a round, processed by `queue:work --concurrency 10`; three rounds "
             "from one build, the median reported. Priorities `0..9`: every queued job at a random priority "
             "(seeded); the ratios are to the 1,000-waiting case of the same priorities and to the same case "
-            "at priority 0. Redis CPU µs/job: the redis-server's CPU time (user + system) over a "
+            "at priority 0. \"1,000 waiting beside it\": each round also drains N jobs of a queue with only 1,000 "
+            "behind them, same priorities, in the same Redis, in turn with the case; the median of the rounds' "
+            "ratios (what (g) is judged by). Redis CPU µs/job: the redis-server's CPU time (user + system) over a "
             "drain per job, the median round; worker CPU µs/job: the worker process's (its start-up included).\n\n"
             + table(["case", "priorities", "ready at start", "delayed (+1 h)", "build s", "jobs/s (median)", "rounds",
-                     "vs 1,000 waiting", "vs priority 0", "Redis CPU µs/job",
+                     "vs 1,000 waiting", "vs priority 0", "vs 1,000 waiting beside it", "Redis CPU µs/job",
                      "worker CPU µs/job"], lines))
 
 

@@ -81,6 +81,36 @@ def test_issue_14_targets_are_checked_against_one_run() -> None:
     assert "## Targets (issue 14, part 3)" in text and "| pgsql | off | 400 | 400 |" in text
 
 
+def test_a_deep_case_is_judged_against_the_baseline_drained_in_turn_with_it() -> None:
+    """(g): a deep queue's rounds each drained beside a 1,000-waiting queue in the same Redis; the median
+    of the rounds' ratios judges it, not the first case's rate from minutes earlier. A result without
+    that baseline (an older run) is still judged by the first case."""
+    def row(case: str, rate: float, **extra: Any) -> dict[str, Any]:
+        return {"case": case, "priorities": "0", "ready": 61_000, "delayed": 0, "build_s": 1.0, "rate": rate,
+                "rates": [rate] * 3, **extra}
+
+    depth = {"name": "ours depth (redis)", "jobs": 20_000, "depth": 1_000_000, "db_depth": 0, "database": [],
+             "errors": [], "rows": [
+                 row("1,000 waiting", 10_000.0, base_rate=10_100.0, pair_ratio=0.99),
+                 row("1,000,000 waiting", 7_000.0, base_rate=7_400.0, pair_ratio=0.95),
+                 row("1,000,000 delayed", 8_000.0, base_rate=10_000.0, pair_ratio=0.8),
+                 row("1,000,000 delayed", 9_500.0, priorities="0..9")]}
+    # the mixed-priority row has no 1,000-waiting row of its own: it is the first of its priorities
+    data = build([target("ours (redis)", 10_000), depth])
+    checks = {t["target"]: t for t in data["targets"] if t["target"].startswith("(g)")}
+
+    waiting = checks["(g) throughput with 1,000,000 waiting within 10% of 1,000 waiting drained in turn with it"]
+    assert waiting["met"] is True and "0.95x" in waiting["detail"]            # 0.70x of the first case's rate
+    delayed = checks["(g) throughput with 1,000,000 delayed within 10% of 1,000 waiting drained in turn with it"]
+    assert delayed["met"] is False and "0.80x" in delayed["detail"]
+    assert len(checks) == 2
+    older = dict(depth, rows=[row("1,000 waiting", 10_000.0), row("1,000,000 waiting", 8_500.0)])
+    [old] = [t for t in build([target("ours (redis)", 10_000), older])["targets"] if t["target"].startswith("(g)")]
+    assert old["target"] == "(g) throughput with 1,000,000 waiting within 10% of that with 1,000 waiting"
+    assert old["met"] is False and "0.85x" in old["detail"]
+    assert "| 0.95x |" in report.render(data)
+
+
 def test_without_asyncmq_or_a_wake_up_switch_nothing_is_called_met() -> None:
     no_switch = {"name": "ours wake-up", "switch": None, "dispatchers": 16, "dispatch_jobs": 100, "idle_probes": 10,
                  "idle": [{"connection": "sqlite", "mode": "as built", "samples": [500.0] * 10}],

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from core.database import Database, Statement, Steps, change, fetch
+from core.errors import ConnectionFailed
 from core.payload import peek_priority, peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
 from core.queue.database_status import DatabaseJobs
@@ -256,7 +257,16 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         self._state = DatabaseState(db)
 
     async def open(self) -> None:
-        await self.migrate()
+        """Make or update the tables. A connection lost meanwhile is ConnectionFailed, as a refused
+        connect is: a dispatch or a worker opening the queue waits it out instead of failing on the
+        driver's own error."""
+        try:
+            await self.migrate()
+        except Exception as exc:
+            reason = self.connection_error(exc)
+            if reason is None:
+                raise
+            raise ConnectionFailed(f"Cannot connect to {self.describe()}: {reason}") from None
 
     @property
     def state(self) -> DatabaseState:
