@@ -109,8 +109,13 @@ def _redis(db: int) -> Any:
 
 
 def _flush(*dbs: int) -> None:
+    """Empty the dbs without blocking Redis (a 1M-job db), then wait until it has freed them: a
+    build's memory is read as used_memory after minus before."""
     for db in dbs or (OUR_DB,):
-        _redis(db).flushdb(asynchronous=True)   # a 1M-job db: do not block Redis
+        _redis(db).flushdb(asynchronous=True)
+    deadline = time.monotonic() + 60
+    while _redis(OUR_DB).info("memory").get("lazyfree_pending_objects", 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _used_memory_mb() -> float:
