@@ -175,6 +175,39 @@ async def test_queue_jobs_lists_jobs_by_state_bounded_by_limit(store):
     assert "NoResultJob" in table and len([line for line in table.splitlines() if "NoResultJob" in line]) == 2
 
 
+async def test_queue_jobs_lists_a_delayed_job_that_came_due_as_pending_and_no_other_state(store):
+    """pending is due and not reserved: a delayed job whose time came is listed under pending (no worker
+    has taken it yet), not under delayed; a state the queue holds no job in lists none."""
+    import asyncio
+
+    due = await NoResultJob.dispatch().delay(1)
+    later = await NoResultJob.dispatch().delay(60)
+    waiting = await NoResultJob.dispatch()
+    await asyncio.sleep(2.2)
+
+    def listed(state: str) -> list[str]:
+        shown = run_cli("queue:jobs", "--queue", "default", "--state", state, "--json", check=True).stdout
+        return [job["id"] for job in json.loads(shown)]
+
+    assert sorted(listed("pending")) == sorted([due, waiting])
+    assert listed("delayed") == [later]
+    for state in ("skipped", "superseded", "waiting", "reserved", "completed"):
+        assert listed(state) == [], state
+
+
+async def test_queue_cancel_takes_ids_with_or_without_a_connection(store):
+    first, second, third = [await AddJob.dispatch(a=n, b=n) for n in range(3)]
+    alone = run_cli("queue:cancel", first)
+    assert alone.returncode == 0 and f"Cancelled {first}." in alone.stdout, alone.stderr
+    with_queue = run_cli("queue:cancel", second, "--queue", "default")
+    assert with_queue.returncode == 0 and f"Cancelled {second}." in with_queue.stdout, with_queue.stderr
+    both = run_cli("queue:cancel", third, second, store.connection)
+    assert both.returncode == 0 and f"Cancelled {third}." in both.stdout, both.stderr   # and second again: done
+    assert [(await ref.status()).state for ref in (first, second, third)] == ["cancelled"] * 3
+    unknown = run_cli("queue:cancel", "no-such-job", first)
+    assert unknown.returncode == 1 and "No job with id no-such-job" in unknown.stderr
+
+
 async def test_queue_size_json_counts_waiting(store):
     await NoResultJob.dispatch()
     sizes = json.loads(run_cli("queue:size", store.connection, "--json", check=True).stdout)

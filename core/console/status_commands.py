@@ -63,14 +63,16 @@ async def jobs(app, connection, queue, state, limit, as_json) -> None:
 
 
 @command("queue:cancel")
-@click.argument("ids", nargs=-1, required=True)
-@click.argument("connection", required=False)
+@click.argument("ids", nargs=-1, required=True, metavar="ID... [CONNECTION]")
 @click.option("--queue", default=None, help="The jobs' queue.")
-async def cancel(app, ids, connection, queue) -> int:
-    """Cancel jobs: pending, delayed and waiting ones are removed; running ones are cancelled at their next await."""
+async def cancel(app, ids, queue) -> int:
+    """Cancel jobs: pending, delayed and waiting ones are removed; running ones are cancelled at their next await.
+
+    The last word names the connection when it is a configured one (default: QUEUE_CONNECTION)."""
+    # One variadic argument: click gives an optional CONNECTION after ID... the last word even when
+    # it is an id, so `queue:cancel ID` failed with "Missing argument 'IDS...'".
     ids = list(ids)
-    if connection is None and len(ids) > 1 and ids[-1] in app.config.queue.connections:
-        connection = ids.pop()
+    connection = ids.pop() if len(ids) > 1 and ids[-1] in app.config.queue.connections else None
     conn = await app.queue.connection(connection)
     code = 0
     for job_id in ids:

@@ -30,8 +30,13 @@ PRUNE_RESULTS_EVERY = 256     # results stored between two bounded prunes, per p
 JOB_BY_UUID = ("SELECT id, queue, payload, attempts, state, available_at, last_error, progress, {now} "
                "FROM jobs WHERE uuid = ?")
 LIST = "SELECT id, queue, payload, attempts, state, available_at, last_error, progress, {now} FROM jobs"
-# state column -> name; a DELAYED row already due is pending (SPEC: pending is due, not reserved).
-STATE_CODES = {"pending": 0, "delayed": 1, "reserved": 2}
+# A state's rows, by the state column and the clock: a DELAYED row already due is pending (SPEC: pending
+# is due, not reserved), until a reserve makes it READY. Each is one range of an index on (queue, state,
+# available_at); pending is two, each read with the LIMIT.
+STATE_WHERE = {"pending": ("state = 0", "state = 1 AND available_at <= {now}"),
+               "delayed": ("state = 1 AND available_at > {now}",), "reserved": ("state = 2",)}
+# States this store keeps records of (job_results); the rest of SPEC's (waiting, superseded) it never holds.
+RECORDED = ("completed", "cancelled", "skipped")
 FLAG_CANCEL = "UPDATE jobs SET cancelled = 1 WHERE id = ?"
 CANCELLED_OF = "SELECT id FROM jobs WHERE cancelled = 1 AND id IN "
 DELETE_ONE = "DELETE FROM jobs WHERE id = ?"
@@ -94,23 +99,23 @@ class DatabaseJobs:
         """One indexed query, LIMIT `limit`: jobs in reserve order within a queue, else by id."""
         if state == "failed":
             return [from_failed(f) for f in await self.failed.latest(limit, queue)]
-        if state in ("completed", "cancelled"):
+        if state in RECORDED:
             where, kept = " AND state = ?", [state]
             if queue:
                 where, kept = where + " AND queue = ?", [state, queue]
-            rows = await self.db.fetchall(RESULTS + where + " ORDER BY expires_at DESC LIMIT ?", [*kept, limit])
-            return [from_record(job_uuid, record, float(at)) for job_uuid, record, at in rows]
-        clauses: list[str] = []
-        params: list[Any] = []
-        if queue:
-            clauses.append("queue = ?")
-            params.append(queue)
-        if state in STATE_CODES:
-            clauses.append("state = ?")
-            params.append(STATE_CODES[state])
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+            records = await self.db.fetchall(RESULTS + where + " ORDER BY expires_at DESC LIMIT ?", [*kept, limit])
+            return [from_record(job_uuid, record, float(at)) for job_uuid, record, at in records]
+        if state is not None and state not in STATE_WHERE:
+            return []
         order = " ORDER BY available_at, priority_rank, id" if queue and state else " ORDER BY id"
-        rows = await self.db.fetchall(LIST + where + order + " LIMIT ?", [*params, limit])
+        rows: list[tuple] = []
+        for condition in STATE_WHERE[state] if state else ("",):
+            clauses = [c for c in ("queue = ?" if queue else "", condition) if c]
+            where = " WHERE " + " AND ".join(clauses) if clauses else ""
+            rows += await self.db.fetchall(LIST + where + order + " LIMIT ?",
+                                           [*([queue] if queue else []), limit - len(rows)])
+            if len(rows) >= limit:
+                break
         return [_queued(None, row) for row in rows]
 
     async def prune_results(self) -> int:

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from core.queue.failed import FailedJobStore
     from core.queue.redis import QueueKeys
 
-LISTED = {"pending": "ready", "delayed": "delayed", "reserved": "reserved"}
+# The states queue:jobs lists from the queue's sorted sets, and those it lists from the kept records;
+# the rest of SPEC's (waiting, superseded) this store never holds.
+QUEUED = ("reserved", "pending", "delayed")
+RECORDED = ("completed", "cancelled", "skipped")
 
 
 class RedisJobs:
@@ -121,20 +124,35 @@ class RedisJobs:
     async def jobs(self, queue: str | None, state: str | None, limit: int) -> list[JobStatus]:
         """ZRANGE on the state's sorted set (the results' by expiry): cost bounded by `limit`."""
         found: list[JobStatus] = []
-        states = [state] if state else ["reserved", "pending", "delayed"]
-        if "failed" in states:
+        if state == "failed":
             return [from_failed(f) for f in await self.failed.latest(limit, queue)]
+        if state is not None and state not in QUEUED + RECORDED:
+            return []
+        states = [state] if state else list(QUEUED)
         for name in await self._queues(queue):
             k = self.keys(name)
             for wanted in states:
-                key = k.results_exp if wanted in ("completed", "cancelled") else getattr(k, LISTED.get(wanted, "ready"))
-                for job_id in await self.client.zrange(key, 0, max(0, limit - len(found)) * 2):
+                for job_id in await self._listed(k, wanted, max(1, limit - len(found)) * 2):
                     status = await self._status_in(name, job_id)
                     if status is not None and (state is None or status.state == wanted):
                         found.append(status)
                     if len(found) >= limit:
                         return found
         return found
+
+    async def _listed(self, k: Any, state: str, count: int) -> list[str]:
+        """Up to about `count` ids to look at for `state`. A delayed job whose time came is pending
+        (status.lua says so) until a reserve moves it to the ready set: pending reads both."""
+        if state in RECORDED:
+            return list(await self.client.zrange(k.results_exp, 0, count))
+        if state == "reserved":
+            return list(await self.client.zrange(k.reserved, 0, count))
+        seconds, micros = await self.client.time()
+        now = seconds + micros / 1e6
+        if state == "delayed":
+            return list(await self.client.zrangebyscore(k.delayed, f"({now}", "+inf", start=0, num=count))
+        return [*await self.client.zrange(k.ready, 0, count),
+                *await self.client.zrangebyscore(k.delayed, "-inf", now, start=0, num=count)]
 
     async def prune_results(self) -> int:
         import time
