@@ -13,7 +13,8 @@ from core.job_settings import InvalidPriority
 from core.queue import (JobCancelled, JobFailed, JobNotFound, JobRef, ResultNotKept, ResultNotSerializable,
                         WaitTimeout, job_ref)
 from tests.conftest import run_cli
-from tests.jobs.status_jobs import AddJob, AlwaysFailsJob, LongJob, NoResultJob, RetryLaterJob, UnkeepableResultJob
+from tests.jobs.status_jobs import (AddJob, AlwaysFailsJob, LongJob, NoResultJob, RetryLaterJob, SkipsItselfJob,
+                                   UnkeepableResultJob)
 from tests.worker_support import events, failed_rows, stop, until
 
 
@@ -105,6 +106,24 @@ async def test_a_result_that_cannot_be_kept_completes_the_job_and_wait_says_so(s
     assert ref not in await failed_rows(store)
 
 
+async def test_a_job_that_deletes_itself_and_keeps_results_is_recorded_skipped(store):
+    """SPEC 9: delete() acknowledges without success, state skipped; with keep_result the record says so,
+    and wait() ends on it instead of calling the job unknown."""
+    ref = await SkipsItselfJob.dispatch()
+    worker = store.start_worker("--stop-when-empty")
+    try:
+        with pytest.raises(JobCancelled, match="skipped"):
+            await ref.wait(timeout=20)
+    finally:
+        await finish(store, worker)
+    assert (await ref.status()).state == "skipped"
+    shown = json.loads(run_cli("queue:status", ref, "--json", check=True).stdout)
+    assert (shown["state"], shown["job"]) == ("skipped", "tests.jobs.status_jobs.SkipsItselfJob")
+    listed = json.loads(run_cli("queue:jobs", "--state", "skipped", "--json", check=True).stdout)
+    assert [job["id"] for job in listed] == [ref]
+    assert ref not in await failed_rows(store)
+
+
 async def test_cancelling_pending_and_delayed_jobs_removes_them_and_they_never_run(store, tmp_path):
     pending = await AddJob.dispatch(a=1, b=2)
     delayed = await AddJob.dispatch(a=3, b=4).delay(60)
@@ -152,6 +171,8 @@ async def test_a_running_job_is_cancelled_at_its_next_await_not_retried_and_fail
     assert ref not in await failed_rows(store)
     sizes = (await store.conn.sizes(["default"]))["default"]
     assert (sizes.pending, sizes.delayed, sizes.reserved) == (0, 0, 0)
+    listed = json.loads(run_cli("queue:jobs", "--state", "cancelled", "--json", check=True).stdout)
+    assert [job["id"] for job in listed] == [ref]
 
 
 async def test_an_invalid_priority_is_refused_at_dispatch_and_nothing_is_pushed(store):

@@ -58,9 +58,11 @@ class QueueSize:
 
 @dataclass(frozen=True)
 class KeptResult:
-    """A finished job's record to store with its acknowledgement (SPEC 11): JSON, kept `keep` seconds."""
+    """A finished job's record to store with its acknowledgement (SPEC 11): JSON, kept `keep` seconds;
+    `state` is the record's own (completed, or cancelled or skipped), which a store may index."""
     record: str
     keep: float
+    state: str = "completed"
 
 
 class QueueConnection(ABC):

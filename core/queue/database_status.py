@@ -69,7 +69,7 @@ class DatabaseJobs:
         done = yield from self._acknowledge_steps(jobs)
         for job, kept, ok in zip(jobs, results, done):
             if ok:
-                yield from self._result_steps(peek_uuid(job.payload) or job.id, job.queue, "completed", kept)
+                yield from self._result_steps(peek_uuid(job.payload) or job.id, job.queue, kept.state, kept)
         return done
 
     def _result_steps(self, job_uuid: str, queue: str, state: str, kept: KeptResult) -> Steps[None]:

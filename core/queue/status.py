@@ -120,9 +120,10 @@ def completed_record(payload: Any, attempts: int, value: Any) -> str:
     return text
 
 
-def cancelled_record(payload: Any, attempts: int) -> str:
-    """The record of a job cancelled while it ran (settle.py)."""
-    record: dict[str, Any] = {"state": "cancelled", "attempts": attempts}
+def cancelled_record(payload: Any, attempts: int, state: str = "cancelled") -> str:
+    """The record of a job cancelled while it ran, or (`state` "skipped") deleted without success by
+    delete(), Skip or a quiet expiry (settle.py)."""
+    record: dict[str, Any] = {"state": state, "attempts": attempts}
     if payload is not None:
         record.update(job=payload.job, queue=payload.queue, max_tries=payload.max_tries,
                       dispatched_at=payload.pushed_at, keep_result=payload.keep_result)

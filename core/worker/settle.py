@@ -164,8 +164,18 @@ class Settler:
             self.events.released(attempt, delay, reason)
 
     async def _delete(self, attempt: Attempt, reason: str) -> None:
-        """Acknowledged without success (state skipped): reason "skipped" (delete(), Skip) or "expired"."""
-        held = await self._store(attempt.label, "delete", lambda: self.conn.acknowledge(attempt.reserved))
+        """Acknowledged without success (state skipped): reason "skipped" (delete(), Skip) or "expired".
+        A job that keeps results keeps a `skipped` record, written with the acknowledgement."""
+        payload = attempt.payload
+        held: bool | None
+        if payload is not None and payload.keep_result > 0:
+            record = KeptResult(cancelled_record(payload, attempt.reserved.attempts, "skipped"), payload.keep_result,
+                                "skipped")
+            answers = await self._store(attempt.label, "delete",
+                                        lambda: self.conn.complete_many([attempt.reserved], [record]))
+            held = None if answers is None else bool(answers[0])
+        else:
+            held = await self._store(attempt.label, "delete", lambda: self.conn.acknowledge(attempt.reserved))
         if held is not None:
             log.info("SKIP    %s %s (%s)%s", attempt.label, _took(attempt.started), reason,
                      " [reservation lost]" if held is False else "")
@@ -176,7 +186,7 @@ class Settler:
         """Cancelled while running: removed and recorded cancelled in one step; no retry, no failed()."""
         payload = attempt.payload
         keep = max(CANCEL_KEEP, payload.keep_result if payload is not None else 0.0)
-        record = KeptResult(cancelled_record(payload, attempt.reserved.attempts), keep)
+        record = KeptResult(cancelled_record(payload, attempt.reserved.attempts), keep, "cancelled")
         held = await self._store(attempt.label, "record as cancelled",
                                  lambda: self.conn.complete_many([attempt.reserved], [record]))
         log.info("CANCEL  %s %s%s", attempt.label, _took(attempt.started),

@@ -126,3 +126,11 @@ class IntentJob(Job):
         elif self.action == "raise":
             raise ValueError(f"attempt {self.attempts} broke")
         return self.value
+
+
+class SkipsItselfJob(Job):
+    """Keeps results, and deletes itself without success (SPEC 9: state skipped)."""
+    keep_result = 60
+
+    async def handle(self) -> None:
+        self.delete()
