@@ -223,7 +223,8 @@ async def test_queue_cancel_takes_ids_with_or_without_a_connection(store):
     with_queue = run_cli("queue:cancel", second, "--queue", "default")
     assert with_queue.returncode == 0 and f"Cancelled {second}." in with_queue.stdout, with_queue.stderr
     both = run_cli("queue:cancel", third, second, store.connection)
-    assert both.returncode == 0 and f"Cancelled {third}." in both.stdout, both.stderr   # and second again: done
+    assert both.returncode == 0 and f"Cancelled {third}." in both.stdout, both.stderr
+    assert f"Job {second} is already cancelled; nothing changed." in both.stdout
     assert [(await ref.status()).state for ref in (first, second, third)] == ["cancelled"] * 3
     unknown = run_cli("queue:cancel", "no-such-job", first)
     assert unknown.returncode == 1 and "No job with id no-such-job" in unknown.stderr

@@ -9,7 +9,7 @@ import click
 from core.console.base import command, print_table
 from core.job import validate_queue_name
 from core.queue.contract import admin
-from core.queue.status import STATES, JobStatus
+from core.queue.status import FINAL, STATES, JobStatus
 
 
 def _when(at: float | None) -> str:
@@ -76,6 +76,12 @@ async def cancel(app, ids, queue) -> int:
     conn = await app.queue.connection(connection)
     code = 0
     for job_id in ids:
+        # A job already finished keeps its state; cancel_job answers that state too, and "cancelled"
+        # would read as if this call had cancelled it.
+        before = await conn.job_status(_queue(queue), job_id)
+        if before is not None and before.state in FINAL:
+            click.echo(f"Job {job_id} is already {before.state}; nothing changed.")
+            continue
         state = await conn.cancel_job(_queue(queue), job_id)
         if state == "cancelled":
             click.echo(f"Cancelled {job_id}.")
