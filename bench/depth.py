@@ -18,8 +18,8 @@ only 1,000 behind them. Every round drains N from the deep queue and N from `bas
 goes first alternates), with the deep queue's memory in Redis either way. The ratio that judges
 (g) is the median of the rounds' deep/base ratios ("pair_ratio"): what depth itself costs a
 reserve, apart from what a bigger Redis or a busier machine costs every drain in that minute (the
-1,000-waiting case, run minutes earlier with little in Redis, was 10-20% faster on both sides
-alike: worker CPU per job rose with depth although the worker never sees it).
+1,000-waiting case, run minutes earlier with little in Redis, read up to 2x faster, and the
+worker's CPU per job rose with depth although the worker never sees it).
 The queue is built with `NoopJob.dispatch_many` in chunks of 10,000; the delayed jobs with the
 call dispatch_many makes, given a delay (dispatch_many itself takes none). Then one worker,
 `queue:work --concurrency 10` (no --stop-when-empty: it is stopped after the N-th job), runs;
