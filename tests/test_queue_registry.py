@@ -201,12 +201,37 @@ def test_admin_commands_on_a_connection_without_the_admin_interface_say_so_in_on
                                      "it keeps no jobs (they run when dispatched)")
 
 
-def test_queue_restart_without_a_name_signals_the_connections_that_take_it():
+def test_queue_restart_without_a_name_signals_the_connections_that_take_it(redis_env):
     result = run_cli("queue:restart", env={"QUEUE_CONNECTION": "sync"})
-    assert result.returncode == 0 and result.stdout.strip() == "Restart signal sent to workers on database."
+    assert result.returncode == 0 and result.stdout.strip() == "Restart signal sent to workers on database, redis."
 
-    async def signal() -> str:
+    async def signals() -> list[str]:
         async with create_app() as app:
-            return await (await app.queue.connection("database")).restart_signal()
+            return [await (await app.queue.connection(name)).restart_signal() for name in ("database", "redis")]
 
-    assert asyncio.run(signal()) != ""
+    assert "" not in asyncio.run(signals())
+
+
+def test_queue_restart_without_a_name_skips_a_connection_it_cannot_reach_but_not_the_default(redis_env):
+    result = run_cli("queue:restart", env={"REDIS_PORT": "1"})      # nothing listens on port 1
+    assert result.returncode == 0 and result.stdout.strip() == "Restart signal sent to workers on database."
+    assert result.stderr.strip().startswith("queue:restart: skipped redis: Cannot connect to Redis at 127.0.0.1:1")
+    down = run_cli("queue:restart", env={"QUEUE_CONNECTION": "redis", "REDIS_PORT": "1"})
+    assert down.returncode == 1 and "Cannot connect to Redis at 127.0.0.1:1" in down.stderr
+
+
+def test_queue_restart_stops_a_redis_worker_when_the_default_connection_is_the_database(redis_env):
+    """SPEC 4: every running worker finishes its jobs and exits. Each connection keeps its own signal,
+    where its workers read it: signalling only QUEUE_CONNECTION missed the Redis workers."""
+    worker = subprocess.Popen([sys.executable, "main.py", "queue:work", "redis", "--sleep", "0.1"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in worker.stdout:          # once this line is out, the worker has read the signal it started with
+            if "Worker started" in line:
+                break
+        result = run_cli("queue:restart", env={"QUEUE_CONNECTION": "database"})
+        assert result.returncode == 0 and "redis" in result.stdout, result.stderr
+        out, _ = worker.communicate(timeout=20)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0 and "queue:restart" in out

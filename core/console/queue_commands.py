@@ -6,6 +6,7 @@ import json
 import click
 
 from core.console.base import command, print_table
+from core.errors import ConnectionFailed
 from core.job import validate_queue_name
 from core.queue.contract import QueueAdmin, admin
 from core.queue.failed import FailedJob
@@ -123,7 +124,9 @@ async def size(app, connection, queue, as_json) -> None:
 async def restart(app, connection) -> None:
     """Tell every running worker to finish its current jobs and exit (a supervisor starts new ones).
 
-    CONNECTION defaults to QUEUE_CONNECTION and, when configured, the database connection."""
+    Without CONNECTION: every configured connection that keeps jobs (each keeps its own signal, where
+    its workers read it). QUEUE_CONNECTION and database must be reachable; another that is not is
+    skipped with a line on stderr."""
     if connection:
         await admin(await app.queue.connection(connection), "queue:restart").request_restart()
         signalled = [connection]
@@ -133,12 +136,19 @@ async def restart(app, connection) -> None:
 
 
 async def _restart_defaults(app) -> list[str]:
-    """queue:restart without a name: the default connection and "database", those that take a
-    signal (a sync connection runs no workers)."""
-    names = [app.config.queue.default, "database"]
+    """queue:restart without a name: every configured connection that takes a signal (a sync one runs
+    no workers). A worker reads the signal from its own connection's store, so signalling only the
+    default missed, say, Redis workers of an app whose QUEUE_CONNECTION is database."""
+    required = {app.config.queue.default, "database"}
     signalled = []
-    for name in sorted({n for n in names if n in app.config.queue.connections}):
-        conn = await app.queue.connection(name)
+    for name in app.config.queue.connections:
+        try:
+            conn = await app.queue.connection(name)
+        except ConnectionFailed as exc:
+            if name in required:
+                raise
+            click.echo(f"queue:restart: skipped {name}: {exc}", err=True)
+            continue
         if isinstance(conn, QueueAdmin):
             await conn.request_restart()
             signalled.append(name)

@@ -128,11 +128,12 @@ class Worker:
                               self._held, self._outage, self.secrets, self.attempts.held_locks,
                               self.visibility_timeout, self._cancel_from_thread(asyncio.get_running_loop()))
         heartbeat.start()
-        log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
-                 ",".join(self.options.queues), self.options.concurrency, os.getpid())
-        self._events.starting(self.options.queues, self.options.concurrency)
         try:
+            # Read before "Worker started": a queue:restart sent once that line is out is one it sees.
             self._restart = await self._read_restart_signal(conn)
+            log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,
+                     ",".join(self.options.queues), self.options.concurrency, os.getpid())
+            self._events.starting(self.options.queues, self.options.concurrency)
             await self._loop(conn)
             await self._release_lost_claims(conn)
             await self._wind_down()
