@@ -35,6 +35,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -139,16 +140,18 @@ class Workers:
         self.procs.append(proc)
         return proc
 
-    async def kill_random(self, rng: random.Random, replace_now: bool = True) -> None:
+    async def kill_random(self, rng: random.Random, replace_now: Callable[[], bool] = lambda: True) -> None:
         """SIGKILL one worker; start another in its place now, or (its store being cut, where it
-        could not start) once start_owed() is called."""
+        could not start) once start_owed() is called. `replace_now` is asked once the victim is gone:
+        a cut may have begun while this waited for it (asked before, a replacement started into a
+        cut and exited, 'Connection refused', and so did the next ones replace_exited() started)."""
         victim = rng.choice(self.procs)
         self.procs.remove(victim)
         sent = time.time()
         os.killpg(victim.pid, signal.SIGKILL)
         await asyncio.to_thread(victim.wait)
         self.kills.append(Kill(victim.pid, sent, time.time()))
-        if replace_now:
+        if replace_now():       # no await between this and start(): a cut waits for a starting worker
             self.start()
         else:
             self.owed += 1
@@ -449,7 +452,7 @@ async def run_chaos(store: str, plan: ChaosPlan, workdir: Path) -> ChaosReport:
             while True:
                 now = time.monotonic()
                 if now >= next_kill and (len(workers.procs) > 1 or not faults.cutting):
-                    await workers.kill_random(rng, replace_now=not faults.cutting)
+                    await workers.kill_random(rng, replace_now=lambda: not faults.cutting)
                     next_kill = time.monotonic() + plan.kill_every * rng.uniform(0.5, 1.5)
                 workers.replace_exited()
                 if dispatched.is_set() and (now >= end or await queue_left(conn) == 0):
