@@ -129,10 +129,12 @@ class RedisJobs:
         if state is not None and state not in QUEUED + RECORDED:
             return []
         states = [state] if state else list(QUEUED)
+        seconds, micros = await self.client.time()      # the server's clock: due or not, as status.lua judges
+        now = seconds + micros / 1e6
         for name in await self._queues(queue):
             k = self.keys(name)
             for wanted in states:
-                for job_id in await self._listed(k, wanted, max(1, limit - len(found)) * 2):
+                for job_id in await self._listed(k, wanted, max(1, limit - len(found)) * 2, now):
                     status = await self._status_in(name, job_id)
                     if status is not None and (state is None or status.state == wanted):
                         found.append(status)
@@ -140,15 +142,13 @@ class RedisJobs:
                         return found
         return found
 
-    async def _listed(self, k: Any, state: str, count: int) -> list[str]:
-        """Up to about `count` ids to look at for `state`. A delayed job whose time came is pending
-        (status.lua says so) until a reserve moves it to the ready set: pending reads both."""
+    async def _listed(self, k: Any, state: str, count: int, now: float) -> list[str]:
+        """Up to about `count` ids to look at for `state`. A delayed job whose time came (by `now`) is
+        pending (status.lua says so) until a reserve moves it to the ready set: pending reads both."""
         if state in RECORDED:
             return list(await self.client.zrange(k.results_exp, 0, count))
         if state == "reserved":
             return list(await self.client.zrange(k.reserved, 0, count))
-        seconds, micros = await self.client.time()
-        now = seconds + micros / 1e6
         if state == "delayed":
             return list(await self.client.zrangebyscore(k.delayed, f"({now}", "+inf", start=0, num=count))
         return [*await self.client.zrange(k.ready, 0, count),

@@ -120,9 +120,9 @@ def completed_record(payload: Any, attempts: int, value: Any) -> str:
     return text
 
 
-def cancelled_record(payload: Any, attempts: int, state: str = "cancelled") -> str:
-    """The record of a job cancelled while it ran, or (`state` "skipped") deleted without success by
-    delete(), Skip or a quiet expiry (settle.py)."""
+def ended_record(state: str, payload: Any, attempts: int) -> str:
+    """The record of a job that ended without a result (settle.py): "cancelled" while it ran, or
+    "skipped", deleted without success by delete(), Skip or a quiet expiry."""
     record: dict[str, Any] = {"state": state, "attempts": attempts}
     if payload is not None:
         record.update(job=payload.job, queue=payload.queue, max_tries=payload.max_tries,

@@ -21,7 +21,7 @@ from core.job import Job
 from core.log import redact
 from core.outage import OutageLog
 from core.queue.contract import KeptResult, QueueConnection, ReservedJob
-from core.queue.status import CANCEL_KEEP, cancelled_record, completed_record
+from core.queue.status import CANCEL_KEEP, completed_record, ended_record
 from core.worker.announce import WorkerEvents
 from core.worker.attempt import Attempt
 from core.worker.outcome import Cancelled, Delete, Done, Fail, Outcome, Release, Retry, exception_text, first_line
@@ -169,8 +169,7 @@ class Settler:
         payload = attempt.payload
         held: bool | None
         if payload is not None and payload.keep_result > 0:
-            record = KeptResult(cancelled_record(payload, attempt.reserved.attempts, "skipped"), payload.keep_result,
-                                "skipped")
+            record = _ended("skipped", attempt, payload.keep_result)
             answers = await self._store(attempt.label, "delete",
                                         lambda: self.conn.complete_many([attempt.reserved], [record]))
             held = None if answers is None else bool(answers[0])
@@ -186,7 +185,7 @@ class Settler:
         """Cancelled while running: removed and recorded cancelled in one step; no retry, no failed()."""
         payload = attempt.payload
         keep = max(CANCEL_KEEP, payload.keep_result if payload is not None else 0.0)
-        record = KeptResult(cancelled_record(payload, attempt.reserved.attempts), keep, "cancelled")
+        record = _ended("cancelled", attempt, keep)
         held = await self._store(attempt.label, "record as cancelled",
                                  lambda: self.conn.complete_many([attempt.reserved], [record]))
         log.info("CANCEL  %s %s%s", attempt.label, _took(attempt.started),
@@ -344,6 +343,11 @@ class Settler:
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         return None  # not reached: itertools.count never ends
+
+
+def _ended(state: str, attempt: Attempt, keep: float) -> KeptResult:
+    """The record of a job ended without a result, and the state a store files it under: one value."""
+    return KeptResult(ended_record(state, attempt.payload, attempt.reserved.attempts), keep, state)
 
 
 def _took(started: float) -> str:
