@@ -202,12 +202,14 @@ SIZES = ("SELECT queue, "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END), "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END), "
          "SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END) FROM jobs")
-CLEAR = "DELETE FROM jobs WHERE queue = ? AND reserved_at IS NULL"
-# queue:clear remembers, in the same transaction, the uuids of the jobs it deletes that were pushed
-# within the replay window: a dispatch whose answer was lost may retry its push (push_missing)
-# after the clear, and must not store the cleared job again.
-REMEMBER_CLEARED = ("INSERT INTO finished_jobs (uuid, finished_at) SELECT uuid, {now} FROM jobs "
-                    "WHERE queue = ? AND reserved_at IS NULL AND uuid IS NOT NULL AND created_at + ? >= {now}")
+# queue:clear, a batch per transaction: the waiting rows locked (FOR UPDATE where rows lock), deleted by
+# id, and the uuids of those pushed within the replay window remembered, so a dispatch whose answer was
+# lost and retries its push (push_missing) after the clear does not store the cleared job again. Read
+# with a lock, not by an INSERT ... SELECT beside the DELETE: MySQL's INSERT ... SELECT read a snapshot
+# in which a row a worker had just reserved was still waiting, remembered it without deleting it, and
+# the job, back after its worker died, was dropped as "already ran".
+CLEARABLE = ("SELECT id, uuid, created_at + ? >= {now} FROM jobs WHERE queue = ? AND reserved_at IS NULL "
+             "ORDER BY id LIMIT ?")
 SIGNAL_GET = "SELECT value FROM queue_signals WHERE name = ?"
 # A counter, bumped in one statement: no clock is read, so workers on skewed hosts agree.
 SIGNAL_BUMP = "INSERT INTO queue_signals (name, value) VALUES (?, 1)"
@@ -251,7 +253,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         # A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
         self._on_duplicate = dialect.ignore_duplicate("uuid")
         self._remember = REMEMBER + dialect.upsert("uuid", REMEMBER_AGAIN)
-        self._remember_cleared = REMEMBER_CLEARED + dialect.upsert("uuid", REMEMBER_AGAIN)
+        self._clearable = CLEARABLE + dialect.for_update
         self._prune = dialect.delete_first("finished_jobs", "uuid", PRUNE_WHERE, "finished_at")
         self._signal_bump = SIGNAL_BUMP + dialect.upsert("name", SIGNAL_BUMP_AGAIN)
         self._state = DatabaseState(db)
@@ -687,12 +689,21 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return {q: found.get(q, QueueSize()) for q in queues} if queues else found
 
     async def clear(self, queue: str) -> int:
-        # One transaction over many rows: it may deadlock with the workers' acknowledgements.
-        return await self.db.retrying_conflicts(lambda: self.db.run_transaction(self._clear_steps(queue)))
+        total = 0
+        while True:
+            # Each batch's transaction may deadlock with the workers' acknowledgements: run it again.
+            count = await self.db.retrying_conflicts(lambda: self.db.run_transaction(self._clear_steps(queue)))
+            total += count
+            if count < BULK_ROWS:
+                return total
 
     def _clear_steps(self, queue: str) -> Steps[int]:
-        yield change(self._remember_cleared, (queue, self.replay_window))
-        return int((yield change(CLEAR, (queue,))))
+        rows = yield fetch(self._clearable, (self.replay_window, queue, BULK_ROWS))
+        if not rows:
+            return 0
+        deleted = yield change(DELETE_IDS + marks(len(rows)), [int(row_id) for row_id, _, _ in rows])
+        yield from self._remember_steps([job_uuid for _, job_uuid, recent in rows if recent])
+        return int(deleted)
 
     async def request_restart(self) -> None:
         await self.db.execute(self._signal_bump, ("restart",))
