@@ -57,6 +57,7 @@ class QueueManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()         # both replaced by _check_loop for each event loop
         self._opening = asyncio.Lock()
+        self._failing = asyncio.Lock()      # the failed store's first callers at once migrate it once
         self._closer: AsyncGenerator[None, None] | None = None
 
     def _check_loop(self) -> None:
@@ -64,7 +65,7 @@ class QueueManager:
         # asyncio.run in a script or test) gets fresh ones.
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._lock, self._opening = loop, asyncio.Lock(), asyncio.Lock()
+            self._loop, self._lock, self._opening, self._failing = loop, asyncio.Lock(), asyncio.Lock(), asyncio.Lock()
             self._connections, self._database, self._failed, self._closer = {}, None, None, None
 
     async def _enter_loop(self) -> None:
@@ -95,11 +96,12 @@ class QueueManager:
 
     async def failed_store(self) -> FailedJobStore:
         await self._enter_loop()     # a store of an earlier loop is no longer usable
-        if self._failed is None:
-            store = FailedJobStore(await self.database())
-            await store.migrate()
-            self._failed = store
-        return self._failed
+        async with self._failing:
+            if self._failed is None:
+                store = FailedJobStore(await self.database())
+                await store.migrate()
+                self._failed = store
+            return self._failed
 
     def opened(self, name: str | None = None) -> QueueConnection | None:
         """The connection if it is open already (no waiting, so a dispatch needs no timeout for it)."""
@@ -179,7 +181,7 @@ async def _redis(manager: QueueManager, name: str, settings: Mapping[str, Any]) 
 
     _no_settings(name, settings)
     queue = manager.config.queue
-    return RedisQueue(manager.config.redis, await manager.failed_store(), queue.visibility_timeout,
+    return RedisQueue(manager.config.redis, manager.failed_store, queue.visibility_timeout,
                       replay_window=queue.replay_window)
 
 

@@ -234,9 +234,11 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     name = "redis"
     pushes_in_flight = 1        # one push.lua call at a time per queue, carrying what came meanwhile
 
-    def __init__(self, config: RedisConfig, failed: FailedJobStore, visibility_timeout: int = 90,
-                 replay_window: int = 900) -> None:
+    def __init__(self, config: RedisConfig, failed: FailedJobStore | Callable[[], Awaitable[FailedJobStore]],
+                 visibility_timeout: int = 90, replay_window: int = 900) -> None:
         self.config = config
+        # The store, or how to open it: a connection opened for pushes and renewals (a dispatcher, a
+        # worker's heartbeat) does not wait for the database that keeps failed_jobs (failed_store()).
         self.failed = failed
         self.visibility_timeout = visibility_timeout
         self.replay_window = max(0, int(replay_window))
@@ -248,6 +250,13 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         self._state: RedisState | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    async def failed_store(self) -> FailedJobStore:
+        """failed_jobs, opened on first need: a heartbeat that opened its connection while that database
+        was away could renew nothing until it came back, and the jobs it held lapsed and ran twice."""
+        if isinstance(self.failed, FailedJobStore):
+            return self.failed
+        return await self.failed()
 
     async def open(self) -> None:
         client = make_client(self.config)
@@ -561,7 +570,7 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         """
         if not (await self._extend_queue(job.queue, [job]))[0]:
             return False
-        await self.failed.record(self.name, job.queue, job.payload, exception)
+        await (await self.failed_store()).record(self.name, job.queue, job.payload, exception)
         return await self.acknowledge(job)
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:

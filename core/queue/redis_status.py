@@ -26,9 +26,11 @@ RECORDED = ("completed", "cancelled", "skipped")
 
 
 class RedisJobs:
-    failed: "FailedJobStore"
     replay_window: int
     client: Any
+
+    async def failed_store(self) -> "FailedJobStore":
+        raise NotImplementedError
 
     def keys(self, queue: str) -> "QueueKeys":
         raise NotImplementedError
@@ -72,7 +74,7 @@ class RedisJobs:
             status = await self._status_in(name, job_id)
             if status is not None:
                 return status
-        failed = await self.failed.find(job_id)
+        failed = await (await self.failed_store()).find(job_id)
         return from_failed(failed) if failed is not None else None
 
     async def _status_in(self, queue: str, job_id: str) -> JobStatus | None:
@@ -125,7 +127,7 @@ class RedisJobs:
         """ZRANGE on the state's sorted set (the results' by expiry): cost bounded by `limit`."""
         found: list[JobStatus] = []
         if state == "failed":
-            return [from_failed(f) for f in await self.failed.latest(limit, queue)]
+            return [from_failed(f) for f in await (await self.failed_store()).latest(limit, queue)]
         if state is not None and state not in QUEUED + RECORDED:
             return []
         states = [state] if state else list(QUEUED)

@@ -11,7 +11,11 @@ that each block within their own timeout run one after another in one pass of th
 only job code holding the GIL in C code delays a renewal; the watchdog's hard limit ends that.
 
 The thread opens its own QueueManager, so each store's `extend` serves unchanged (SQLite: a second
-connection to the same file, which WAL and busy_timeout share out).
+connection to the same file, which WAL and busy_timeout share out). The worker reserves nothing until
+that connection is open (`until_open`), which it tries again every beat. On Redis it opens without the
+failed-job database (RedisQueue.failed_store): when opening it opened that too, a heartbeat that started
+as that database went away renewed nothing until it came back, and the jobs its worker reserved
+meanwhile lapsed and ran twice (a chaos run, its failed store cut for 6 s).
 """
 from __future__ import annotations
 
@@ -67,10 +71,27 @@ class Heartbeat:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._opened: asyncio.Event | None = None      # on the worker's loop: set once the connection is open
+        self._owner: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._main, name="heartbeat", daemon=True)
 
     def start(self) -> None:
+        """From the worker's loop."""
+        self._opened = asyncio.Event()
+        self._owner = asyncio.get_running_loop()
         self._thread.start()
+
+    async def until_open(self, stopping: asyncio.Event) -> None:
+        """Until the heartbeat can renew (its connection is open), or the worker is told to stop."""
+        assert self._opened is not None, "start() first"
+        if self._opened.is_set():
+            return
+        waits = [asyncio.ensure_future(self._opened.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def stop(self) -> None:
         """Stop renewing and close the thread's connection. A renewal in flight finishes first (cut
@@ -99,13 +120,15 @@ class Heartbeat:
             self._loop, self._wake, self._task = asyncio.get_running_loop(), asyncio.Event(), asyncio.current_task()
         manager = QueueManager(self.app)
         try:
-            # Open at once, while the store is known up: on Redis opening also opens the failed-job store.
-            await self._open(manager)
+            # Opened again every interval until it opens: the worker waits for it (until_open).
+            conn = None
             while not self._stop.is_set():
                 began = time.monotonic()
+                if conn is None:
+                    conn = await self._open(manager)
                 held, locks = self.held(), self.locks()
-                if held or locks:
-                    await self._renew(manager, held, locks)
+                if conn is not None and (held or locks):
+                    await self._renew(conn, held, locks)
                 await self._pause(max(0.0, began + self.interval - time.monotonic()))
         finally:
             with self._lock:
@@ -119,16 +142,16 @@ class Heartbeat:
 
     async def _open(self, manager: QueueManager) -> QueueConnection | None:
         try:
-            return await manager.connection(self.connection)
-        except Exception as exc:     # tried again at the first renewal
+            conn = await manager.connection(self.connection)
+        except Exception as exc:     # tried again at the next beat
             self._report(exc, "open a connection for renewals")
             return None
+        if self._owner is not None and self._opened is not None:
+            self._owner.call_soon_threadsafe(self._opened.set)
+        return conn
 
-    async def _renew(self, manager: QueueManager, held: Sequence[ReservedJob],
+    async def _renew(self, conn: QueueConnection, held: Sequence[ReservedJob],
                      locks: Sequence[tuple[str, str]]) -> None:
-        conn = await self._open(manager)
-        if conn is None:
-            return
         try:
             if held:
                 cancelled = await conn.extend(held)      # SPEC 11: cancel requests come with the renewal

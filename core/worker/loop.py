@@ -109,6 +109,9 @@ class Worker:
 
     async def run(self) -> int:
         conn = await self.app.queue.connection(self.options.connection)
+        # Every worker writes failed_jobs: one that cannot reach it says so now (a Redis connection opens it
+        # only on first need), not once per failing job.
+        await self.app.queue.failed_store()
         self._outage = OutageLog(log, conn, self.secrets)
         self._events = WorkerEvents(conn.name, self.secrets)
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
@@ -129,6 +132,8 @@ class Worker:
                               self.visibility_timeout, self._cancel_from_thread(asyncio.get_running_loop()))
         heartbeat.start()
         try:
+            # No job before its reservation can be renewed: one that outlasts the visibility timeout would run twice.
+            await heartbeat.until_open(self._stopping)
             # Read before "Worker started": a queue:restart sent once that line is out is one it sees.
             self._restart = await self._read_restart_signal(conn)
             log.info("Worker started: connection %s, queues %s, concurrency %d (pid %d)", conn.name,

@@ -119,3 +119,34 @@ async def test_a_queue_work_process_rides_out_a_cut_and_a_partition(store, tmp_p
     output = log.read_text()
     assert count(lost) == 2 and count(back) == 2, output
     assert "Traceback" not in output and "Queue connection error" not in output, output
+
+
+async def test_a_redis_workers_heartbeat_renews_while_the_failed_store_is_away(redis_env, mysql_proxy, monkeypatch, tmp_path):
+    """Redis queue, failed-job store on MySQL. A worker's heartbeat opens a connection of its own; that
+    opened the failed store too, so a worker whose failed store went away just as it started had a
+    heartbeat that could renew nothing, and a job longer than the visibility timeout ran twice. Two
+    workers start during such a cut (the failed store already open in their own connections): the
+    job runs once, renewed all along."""
+    monkeypatch.setenv("QUEUE_CONNECTION", "redis")
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "2")
+    runs = str(tmp_path / "runs")
+    async with create_app() as first, create_app() as second:
+        for app in (first, second):
+            await app.queue.connection()
+            await app.queue.failed_store()             # open: only the heartbeats' opens meet the cut
+        job_id = await OutageJob.dispatch(path=runs, seconds=4.0)
+        mysql_proxy.cut()
+        workers = [Worker(app, WorkerOptions(queues=("outage",), sleep=0.2)) for app in (first, second)]
+        tasks = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            await eventually(lambda: len(read_runs(runs)) >= 1, 15, "the job to start")
+            await asyncio.sleep(5)                     # it runs 4 s, twice the visibility timeout, the store still cut
+            mysql_proxy.restore()
+            await eventually(lambda: not any(w._running for w in workers), 15, "the job to finish")
+            sizes = (await (await first.queue.connection()).sizes(["outage"]))["outage"].as_dict()
+        finally:
+            for worker in workers:
+                worker.stop("test over")
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert read_runs(runs) == [(job_id, 1)], "the job ran twice: its reservation lapsed while it ran"
+        assert sizes == {"pending": 0, "delayed": 0, "reserved": 0}
