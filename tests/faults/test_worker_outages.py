@@ -121,7 +121,8 @@ async def test_a_queue_work_process_rides_out_a_cut_and_a_partition(store, tmp_p
     assert "Traceback" not in output and "Queue connection error" not in output, output
 
 
-async def test_a_redis_workers_heartbeat_renews_while_the_failed_store_is_away(redis_env, mysql_proxy, monkeypatch, tmp_path):
+async def test_a_redis_workers_heartbeat_renews_while_the_failed_store_is_away(redis_env, mysql_proxy, monkeypatch,
+                                                                                 tmp_path):
     """Redis queue, failed-job store on MySQL. A worker's heartbeat opens a connection of its own; that
     opened the failed store too, so a worker whose failed store went away just as it started had a
     heartbeat that could renew nothing, and a job longer than the visibility timeout ran twice. Two
