@@ -1,7 +1,7 @@
 """`make soak`: the chaos test, longer. Workers are SIGKILLed at random while they run jobs, beside
 the other fault classes; nothing may be lost, run twice unexplained, or failed twice.
 
-For each store (sqlite, mysql, redis) the chaos driver (tests/chaos/driver.py, the same one the
+For each store (sqlite, mysql, pgsql, redis) the chaos driver (tests/chaos/driver.py, the same one the
 test suite runs for about 30 s per store) dispatches SOAK_JOBS jobs of mixed length over
 SOAK_SECONDS while SOAK_WORKERS `queue:work` processes run them; every SOAK_KILL_EVERY seconds
 or so one worker is SIGKILLed and replaced. QUEUE_VISIBILITY_TIMEOUT is SOAK_VISIBILITY_TIMEOUT (4).
@@ -14,19 +14,19 @@ The other fault classes, each 0 to switch it off:
     SOAK_RETRY_EVERY (0.5)     mean seconds between `queue:retry all` calls while workers run
     SOAK_CLEARS (3)            `queue:clear` calls, at random moments, while workers run
     SOAK_CUT_EVERY (5)         mean seconds between cuts of the failed-job store while jobs fail:
-                               MySQL's whole store; Redis's failed store (MySQL) and, every other
-                               time, Redis itself; SQLite's write lock held instead
+                               MySQL's and PostgreSQL's whole store; Redis's failed store (MySQL)
+                               and, every other time, Redis itself; SQLite's write lock instead
 
 At the end every job must have succeeded, be in failed_jobs, or be accounted for by the counts
 queue:clear reported; the queue must be empty; a job may have run twice only where a killed worker
 was running it or queue:retry put it back; failed() runs once per failure (unless a kill cut it
-short) and no failed row is stale. Prints one line per store (and the problems, if any); exits 1 if
-any store failed.
+short) and no failed row is stale. Prints one line per store (and the problems, if any, with where
+the run's logs were kept); exits 1 if any store failed.
 
-    python bench/soak.py [--jobs 3000] [--seconds 60] [--workers 4] [sqlite mysql redis]
+    python bench/soak.py [--jobs 3000] [--seconds 60] [--workers 4] [sqlite mysql pgsql redis]
 
-MySQL gets a database of its own (dropped afterwards; the Redis run keeps its failed jobs there
-too); Redis a key prefix of its own on SOAK_REDIS_DB (default: the first db of TEST_REDIS_DB, else 13), its keys
+MySQL and PostgreSQL get a database of their own (dropped afterwards; the Redis run keeps its failed
+jobs in MySQL's); Redis a key prefix of its own on SOAK_REDIS_DB (default: the first db of TEST_REDIS_DB, else 13), its keys
 deleted afterwards.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -43,8 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.chaos.driver import ChaosPlan, evidence, run_chaos  # noqa: E402
+from tests.servers import PGSQL_USER, pgsql_query  # noqa: E402
 
-STORES = ("sqlite", "mysql", "redis")
+STORES = ("sqlite", "mysql", "pgsql", "redis")
 
 
 def setting(name: str, default: str) -> str:
@@ -65,6 +67,9 @@ def environment(store: str, tmp: Path, mysql_db: str, redis_prefix: str) -> dict
     if store in ("mysql", "redis"):      # Redis keeps its failed jobs in MySQL, which the cuts need
         env.update(DB_CONNECTION="mysql", DB_DATABASE=mysql_db, DB_HOST="127.0.0.1", DB_PORT="3306",
                    DB_USERNAME="root", DB_PASSWORD="")
+    if store == "pgsql":
+        env.update(DB_CONNECTION="pgsql", DB_DATABASE=mysql_db, DB_HOST="127.0.0.1", DB_PORT="5432",
+                   DB_USERNAME=PGSQL_USER, DB_PASSWORD="")
     return env
 
 
@@ -99,10 +104,14 @@ def soak(store: str, plan: ChaosPlan) -> bool:
         try:
             if store in ("mysql", "redis"):
                 mysql(f"CREATE DATABASE `{mysql_db}`")
+            elif store == "pgsql":
+                pgsql_query(f'CREATE DATABASE "{mysql_db}"')
             report = asyncio.run(run_chaos(store, plan, tmp))
         finally:
             if store in ("mysql", "redis"):
                 mysql(f"DROP DATABASE IF EXISTS `{mysql_db}`")
+            elif store == "pgsql":
+                pgsql_query(f'DROP DATABASE IF EXISTS "{mysql_db}" WITH (FORCE)')
             if store == "redis":
                 delete_redis_keys(env["REDIS_DB"], redis_prefix)
             for key, value in saved.items():
@@ -112,13 +121,16 @@ def soak(store: str, plan: ChaosPlan) -> bool:
                     os.environ[key] = value
         print(report.line(), flush=True)
         if not report.ok:
-            print("\n".join(["  " + p for p in report.problems[:40]] + [evidence(tmp, report)]), flush=True)
+            kept = Path(tempfile.mkdtemp(prefix=f"soak-{store}-failed-"))
+            shutil.copytree(tmp, kept, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sqlite*"))
+            print("\n".join(["  " + p for p in report.problems[:40]] + [evidence(tmp, report),
+                                                                         f"  logs kept in {kept}"]), flush=True)
     return report.ok
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stores", nargs="*", metavar="STORE", help="sqlite, mysql, redis (default: all three)")
+    parser.add_argument("stores", nargs="*", metavar="STORE", help="sqlite, mysql, pgsql, redis (default: all four)")
     parser.add_argument("--jobs", type=int, default=int(setting("SOAK_JOBS", "3000")))
     parser.add_argument("--seconds", type=float, default=float(setting("SOAK_SECONDS", "60")),
                         help="length of the chaos phase per store (dispatching and killing)")
