@@ -26,8 +26,8 @@ the run's logs were kept); exits 1 if any store failed.
     python bench/soak.py [--jobs 3000] [--seconds 60] [--workers 4] [sqlite mysql pgsql redis]
 
 MySQL and PostgreSQL get a database of their own (dropped afterwards; the Redis run keeps its failed
-jobs in MySQL's); Redis a key prefix of its own on SOAK_REDIS_DB (default: the first db of TEST_REDIS_DB, else 13), its keys
-deleted afterwards.
+jobs in MySQL's); Redis a key prefix of its own on SOAK_REDIS_DB (default: the first db of
+TEST_REDIS_DB, else 13), its keys deleted afterwards.
 """
 from __future__ import annotations
 
