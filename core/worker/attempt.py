@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.job import Intent, Job, intent_of, resolve_job_class
-from core.log import one_line
+from core.log import info, one_line
 from core.options import DEFAULT_MAX_RELEASES, exception_matches
 from core.payload import Payload, restore_middleware
 from core.pipeline import run_pipeline
@@ -128,9 +128,9 @@ class Attempts:
         the attempt's outcome goes to `settle` from a task of its own, and this call raises CancelledError."""
         label, timeout, reserved, tried = attempt.label, attempt.timeout, attempt.reserved, attempt.tries
         if reserved.releases == 0 and tried.limit is not None:     # type: ignore[union-attr]
-            log.info("RUNNING %s attempt %d/%d", label, reserved.attempts, tried.limit)   # type: ignore[union-attr]
+            info(log, f"RUNNING {label} attempt {reserved.attempts}/{tried.limit}")   # type: ignore[union-attr]
         else:
-            log.info("RUNNING %s %s", label, tried.describe(reserved))   # type: ignore[union-attr]
+            info(log, f"RUNNING {label} {tried.describe(reserved)}")   # type: ignore[union-attr]
         job: Job = attempt.job      # type: ignore[assignment]
         chain = None
         if type(job).middleware is not Job.middleware or self.configured or attempt.middleware:

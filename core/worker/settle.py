@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from core.job import Job
-from core.log import redact
+from core.log import info, redact
 from core.outage import OutageLog
 from core.queue.contract import KeptResult, QueueConnection, ReservedJob
 from core.queue.status import CANCEL_KEEP, completed_record, ended_record
@@ -294,7 +294,7 @@ class Settler:
                 continue
             if not done[i]:
                 log.warning("%s finished, but its reservation had been taken over by another worker", attempt.label)
-            log.info("DONE    %s %s", attempt.label, _took(attempt.started))
+            info(log, f"DONE    {attempt.label} {_took(attempt.started)}")
             if done[i]:
                 self.events.processed(attempt)
 
