@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from core.log import one_line, redact
+from core.payload import peek_uuid
 from core.outage import OutageLog
 from core.queue.contract import QueueConnection, ReservedJob
 from core.worker.announce import WorkerEvents
@@ -424,38 +425,48 @@ class Worker:
         back to the queue now rather than after its reservation lapses.
         """
         try:
-            await conn.extend(jobs)
-            held = await conn.recover(self.options.queues, claim)
-            kept = {(job.queue, job.id) for job in held}
-            for job in jobs:
-                if (job.queue, job.id) not in kept:
-                    released = await _unreserve(conn, job)
-                    log.warning("%s on %s: its reservation lapsed before the worker read it (the event loop was "
-                                "blocked); not started, %s", one_line(job.id), job.queue,
-                                "released to the queue" if released else "it is another reservation's now")
+            return await self._renewed(conn, jobs, claim, "the worker read it (the event loop was blocked)")
         except Exception as exc:
             self._report(exc, 0.0)
             self._lost_claims.append((claim, time.monotonic()))   # recovered once the store answers
             return []
+
+    async def _renewed(self, conn: QueueConnection, jobs: list[ReservedJob], claim: str,
+                       before: str) -> list[ReservedJob]:
+        """Of jobs reserved by call `claim` a while ago, those still this worker's, renewed for a whole
+        visibility timeout before they start; the others are not started."""
+        await conn.extend(jobs)
+        held = await conn.recover(self.options.queues, claim)
+        kept = {(job.queue, job.id) for job in held}
+        for job in jobs:
+            if (job.queue, job.id) not in kept:
+                released = await _unreserve(conn, job)
+                log.warning("%s on %s: its reservation lapsed before %s; not started, %s", _named(job), job.queue,
+                            before, "released to the queue" if released else "it is another reservation's now")
         return held
 
     async def _recover(self, conn: QueueConnection) -> bool:
         """Start the jobs that reserve calls whose answers were lost took: their attempts are counted.
 
-        A claim older than the visibility timeout is dropped: its jobs (if any) have lapsed. False
-        when the store could not say (backed off).
+        A claim older than the visibility timeout is dropped: its jobs (if any) have lapsed. Those
+        found are renewed before they start: held since the lost call, up to a visibility timeout
+        ago, one could lapse before the heartbeat's next beat and be taken again while it ran (a
+        PostgreSQL soak: recovered 0.1 s before its reservation ran out). False when the store could
+        not say (backed off).
         """
         try:
             while self._lost_claims:
                 claim, lost_at = self._lost_claims[0]
                 if time.monotonic() - lost_at < self.visibility_timeout:
                     jobs = await conn.recover(self.options.queues, claim)
+                    if jobs:
+                        jobs = await self._renewed(conn, jobs, claim, "it was recovered")
                     if self._stopping.is_set():      # told to stop while the store was away: no new job
                         await self._put_back(conn, jobs)
                         jobs = []
                     for job in jobs:
                         log.warning("%s on %s: its reservation's answer was lost; recovered and started",
-                                    one_line(job.id), job.queue)
+                                    _named(job), job.queue)
                         self._start(job)
                 self._lost_claims.popleft()
         except Exception as exc:
@@ -604,6 +615,13 @@ class Worker:
             return
         for cls in discover_job_classes(self.packages):
             self.attempts.long_timeouts.check(cls.class_path(), float(cls.timeout))
+
+
+def _named(job: ReservedJob) -> str:
+    """A job not started yet, for a log line: its id as the RUNNING and DONE lines give it (the payload's
+    uuid), so one grep finds all of a job's lines; the store's own id where the payload names none."""
+    uuid = peek_uuid(job.payload)
+    return one_line(job.id) if uuid is None or uuid == job.id else f"{uuid} (row {one_line(job.id)})"
 
 
 async def _unreserve(conn: QueueConnection, job: ReservedJob) -> bool:

@@ -20,6 +20,8 @@ from core.dispatch import _encode
 from core.worker import Worker, WorkerOptions
 from tests.conftest import ROOT, store_env
 from tests.faults.conftest import eventually
+from tests.jobs.contract_jobs import read_runs
+from tests.jobs.outage_jobs import OutageJob
 from tests.jobs.sample_jobs import read_events
 from tests.jobs.worker_audit_jobs import FailsJob, FailsOnceJob, SucceedsJob
 
@@ -223,6 +225,51 @@ async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_o
     assert rows == [] and sizes.as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
     assert any(m.endswith("its reservation's answer was lost; recovered and started") for m in caplog.messages)
     assert any(m.startswith(f"DONE    SucceedsJob [{job_id}]") for m in caplog.messages)
+
+
+async def test_a_job_recovered_just_before_its_reservation_runs_out_is_renewed_before_it_starts(monkeypatch, tmp_path,
+                                                                                                 caplog):
+    """A reserve's answer is lost, and the worker recovers the call's claim a moment before the reservation
+    runs out (a PostgreSQL soak: 0.1 s; the claim is asked for up to a visibility timeout). It renews the
+    job as it starts it: another worker reserving just after that moment finds nothing, and the job runs
+    once. Before, it waited for the heartbeat's next beat, and the other worker took and ran it again."""
+    monkeypatch.setenv("QUEUE_CONNECTION", "database")
+    # 8: the heartbeat beats every 2 s, so it seldom happens to renew the job in the moment left.
+    monkeypatch.setenv("QUEUE_VISIBILITY_TIMEOUT", "8")
+    runs = str(tmp_path / "runs")
+    with caplog.at_level(logging.INFO):
+        async with create_app() as app:
+            conn = await app.queue.connection()
+            job_id = await OutageJob.dispatch(path=runs, seconds=2.0)
+            runs_out: list[float] = []          # when the lost call's reservation would lapse (the store's clock)
+            reserve_wait = conn.reserve_wait
+
+            async def answer_lost_once(*args, **kwargs):
+                job = await reserve_wait(*args, **kwargs)
+                if job is not None and not runs_out:
+                    [(until,)] = await conn.db.fetchall("SELECT available_at FROM jobs WHERE id = ?", [int(job.id)])
+                    runs_out.append(float(until))      # SQLite's clock is whole seconds: due once it reads `until`
+                    await asyncio.sleep(until - 0.6 - time.time())      # the worker backs off 0.5 s, then recovers
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                return job
+
+            monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+            worker = Worker(app, WorkerOptions(queues=("outage",), sleep=0.05))
+            task = asyncio.create_task(worker.run())
+            taken = []
+            try:
+                await eventually(lambda: len(read_runs(runs)) >= 1, 15, "the recovered job to start")
+                await asyncio.sleep(max(0.0, runs_out[0] + 0.05 - time.time()))
+                while time.time() < runs_out[0] + 1.2:          # another worker, reserving right after
+                    taken += await conn.reserve_many(["outage"], 1)
+                    await asyncio.sleep(0.1)
+                await eventually(lambda: not worker._running, 10, "the job to finish")
+            finally:
+                worker.stop("test over")
+                await asyncio.wait_for(task, 20)
+    assert taken == [], "a second worker took the job while the first ran it"
+    assert read_runs(runs) == [(job_id, 1)]
+    assert any(m.endswith("its reservation's answer was lost; recovered and started") for m in caplog.messages)
 
 
 async def test_a_job_recovered_from_a_lost_reserve_answer_counts_toward_max_jobs(monkeypatch, tmp_path):
