@@ -191,7 +191,7 @@ class MqttApp:
         finally:
             self.connected.clear()
             if self._stop.is_set():
-                connection.pause()      # take nothing new; what was received is still handled and acked
+                connection.stop_taking()    # nothing new; what was received is still handled and acked
                 await self._drain()     # handlers finishing now can still publish their replies
             self.client._mqtt = None
             await connection.close()
@@ -222,7 +222,7 @@ class MqttApp:
             try:
                 connection = self._connection
                 if connection is not None and connection.paused and self._inbox.qsize() <= self.capacity // 2 \
-                        and not self._stop.is_set():     # stopping: the reader stays paused
+                        and not self._stop.is_set():     # stopping: stop_taking() runs the reader
                     connection.resume()
                 await self._process(message)
             finally:

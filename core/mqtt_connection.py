@@ -128,6 +128,7 @@ class Connection:
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
         self.paused = False
+        self.taking = True      # False once the app stops: stop_taking()
         self.closed = False
         paho: Any = self.client._client          # paho: the hooks below
         self._paho = paho
@@ -207,8 +208,18 @@ class Connection:
         ids = getattr(properties, "SubscriptionIdentifier", None) or ()
         received = Received(topic, message.payload, 2 if self._qos2 else message.qos, bool(message.retain),
                             message.mid, tuple(ids), properties, self)
+        if not self.taking:
+            return          # stopping: neither handed over nor acknowledged (a persistent session gets it again)
         if self._deliver(received):
             self.pause()
+
+    def stop_taking(self) -> None:
+        """The app is stopping: messages that arrive from now on are neither handed to it nor acknowledged,
+        and the reader goes on, so the handlers still running get the acknowledgements of what they
+        publish. (Pausing the reader instead left a handler's QoS 1 reply waiting for its PUBACK until
+        the publish timed out, 10 s, and failed.)"""
+        self.taking = False
+        self.resume()
 
     def pause(self) -> None:
         sock = self._paho.socket()

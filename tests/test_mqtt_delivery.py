@@ -20,10 +20,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from core.mqtt import RunnerOptions
+from core.mqtt import MqttApp, RunnerOptions
 from core.router import Router
 from tests.conftest import run_cli
-from tests.mqtt_support import AppProcess, LocalMosquitto, mqtt_config, publish, running_app, topic_prefix
+from tests.mqtt_support import (AppProcess, LocalMosquitto, mqtt_config, publish, running_app, subscribed, topic_prefix,
+                                wait_connected)
 from tests.servers import MQTT, require
 
 HOLD_A_FLOOD = "max_queued_messages 0"
@@ -111,6 +112,38 @@ async def test_handlers_that_raise_or_call_sys_exit_are_logged_acked_and_the_app
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert [e.split(": ", 1)[1] for e in errors if e.startswith("Handler failed")] == [
         "SystemExit: 3", "KeyboardInterrupt: ", "RuntimeError: boom"]
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_handler_still_running_as_the_app_stops_gets_its_reply_out(protocol, caplog):
+    """The app is told to stop while a handler runs; the handler then publishes its QoS 1 reply. The
+    app still reads the broker's acknowledgement of it: the reply goes out and nothing fails. (The
+    stop used to pause reading, so the reply waited for a PUBACK it could not read until the publish
+    timed out, and the handler failed with 'Operation timed out'.)"""
+    prefix = topic_prefix()
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def ask(client):
+        started.set()
+        await go.wait()
+        await client.publish(f"{prefix}/reply", {"answer": 42}, qos=1)
+
+    router = Router()
+    router.on(f"{prefix}/ask", ask, qos=1)
+    with caplog.at_level(logging.INFO):
+        async with subscribed(f"{prefix}/reply") as replies:
+            app = MqttApp(router, mqtt_config(protocol=protocol), options=RunnerOptions(first_delay=0.1))
+            task = asyncio.create_task(app.run(handle_signals=False))
+            await wait_connected(app, task)
+            await publish(f"{prefix}/ask", {}, qos=1)
+            await asyncio.wait_for(started.wait(), 10)
+            app.stop()
+            await until(lambda: any("in-flight" in m for m in caplog.messages), 10, "the app to start draining")
+            go.set()
+            await asyncio.wait_for(task, 30)
+            topic, reply = await asyncio.wait_for(replies.get(), 10)
+    assert (topic, reply) == (f"{prefix}/reply", {"answer": 42})
+    assert not [m for m in caplog.messages if m.startswith("Handler failed")], caplog.messages
 
 
 # -- persistent sessions --------------------------------------------------------------------------
