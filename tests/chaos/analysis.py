@@ -129,6 +129,7 @@ class ChaosReport:
     left: int = 0                 # pending + delayed + reserved at the end (queue:size)
     long_jobs: int = 0
     long_once: int = 0            # long jobs that ran once, past the visibility timeout, and succeeded
+    long_past: int = 0            # long jobs with a run past the visibility timeout that succeeded (renewed all along)
     faults: dict[str, int] = field(default_factory=dict)   # what the driver did besides killing
     problems: list[str] = field(default_factory=list)
 
@@ -151,8 +152,8 @@ class ChaosReport:
                 f"{self.dup_retry} after queue:retry, {self.unexplained} unexplained | lost {self.lost} "
                 f"(missing {self.missing}, queue:clear removed {self.cleared}), stale failed rows {self.stale_rows}, "
                 f"failed() calls {self.failed_calls} ({self.extra_failed_calls} extra), stuck {self.left} | "
-                f"{self.long_once}/{self.long_jobs} long jobs ran once past the {self.visibility_timeout}s visibility "
-                f"timeout -> {'OK' if self.ok else 'FAILED'}")
+                f"{self.long_past}/{self.long_jobs} long jobs succeeded in a run past the {self.visibility_timeout}s "
+                f"visibility timeout ({self.long_once} in their only run) -> {'OK' if self.ok else 'FAILED'}")
 
 
 def read_runs(path: Path) -> dict[str, list[Run]]:
@@ -446,9 +447,10 @@ def analyze(store: str, planned: dict[str, PlannedJob], runs: dict[str, list[Run
         report.problems += v.problems
         if plan.kind == "long":
             report.long_jobs += 1
-            if len(job_runs) == 1 and job_runs[0].outcome == "ok" and \
-                    job_runs[0].end - job_runs[0].start > visibility_timeout:
-                report.long_once += 1
+            past = [run for run in job_runs if run.outcome == "ok" and run.end is not None
+                    and run.end - run.start > visibility_timeout]
+            report.long_past += bool(past)
+            report.long_once += len(job_runs) == 1 and bool(past)
     report.outcomes = dict(outcomes)
     report.missing, report.cleared = len(missing), sum(c.count for c in clears)
     report.retried = sum(len(r.uuids) for r in retries)

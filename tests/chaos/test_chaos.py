@@ -44,7 +44,10 @@ async def test_chaos_loses_nothing_and_repeats_only_what_a_kill_or_a_retry_expla
     # blockers ran, failed jobs were retried, and the faults of this store were staged.
     assert report.kills >= 4, report.line()
     assert report.cut + report.unacked >= 1, report.line()
-    assert report.long_once >= 1, report.line()
+    # A run that outlived the visibility timeout and succeeded, with no other run of its job started meanwhile
+    # (report.ok): its reservation was renewed all along. Not necessarily the job's only run: a long job is
+    # often cut by a kill, and some runs had every long job cut at least once (0/13 ran only once).
+    assert report.long_past >= 1, report.line()
     assert report.outcomes.get("failed-planned", 0) >= 1, report.line()
     assert report.faults.get("blockers", 0) >= 10 and report.retried >= 1, report.line()
     assert report.faults.get("results kept", 0) >= 50, report.line()     # SPEC 11: half the jobs keep one

@@ -190,6 +190,26 @@ async def test_a_reserve_answer_lost_on_redis_does_not_cost_the_job_its_only_try
     assert rows == []
 
 
+def lose_the_first_reserve_answer(monkeypatch, conn, before=None) -> list:
+    """conn.reserve_wait reserves as usual, but the answer of the first call that took a job is lost: the
+    store reserved it (its attempt counted), then the connection resets. `before(job)` is awaited first.
+    Returns the jobs whose answers were lost."""
+    lost: list = []
+    reserve_wait = conn.reserve_wait
+
+    async def answer_lost_once(*args, **kwargs):
+        job = await reserve_wait(*args, **kwargs)
+        if job is not None and not lost:
+            lost.append(job)
+            if before is not None:
+                await before(job)
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return job
+
+    monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+    return lost
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "mysql", "pgsql"])
 async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_only_try(kind, request, monkeypatch,
                                                                                         tmp_path, caplog):
@@ -205,17 +225,7 @@ async def test_a_reserve_answer_lost_on_the_database_does_not_cost_the_job_its_o
         async with create_app() as app:
             conn = await app.queue.connection()
             job_id = await SucceedsJob.dispatch(log=log, max_tries=1)
-            lost: list[str] = []
-            reserve_wait = conn.reserve_wait
-
-            async def answer_lost_once(*args, **kwargs):
-                job = await reserve_wait(*args, **kwargs)      # the store reserved it, counting the attempt
-                if job is not None and not lost:
-                    lost.append(job.id)
-                    raise ConnectionResetError(104, "Connection reset by peer")
-                return job
-
-            monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+            lost = lose_the_first_reserve_answer(monkeypatch, conn)
             worker = Worker(app, WorkerOptions(sleep=0.05, stop_when_empty=True))
             await asyncio.wait_for(worker.run(), 20)
             rows = await (await app.queue.failed_store()).all()
@@ -242,18 +252,13 @@ async def test_a_job_recovered_just_before_its_reservation_runs_out_is_renewed_b
             conn = await app.queue.connection()
             job_id = await OutageJob.dispatch(path=runs, seconds=2.0)
             runs_out: list[float] = []          # when the lost call's reservation would lapse (the store's clock)
-            reserve_wait = conn.reserve_wait
 
-            async def answer_lost_once(*args, **kwargs):
-                job = await reserve_wait(*args, **kwargs)
-                if job is not None and not runs_out:
-                    [(until,)] = await conn.db.fetchall("SELECT available_at FROM jobs WHERE id = ?", [int(job.id)])
-                    runs_out.append(float(until))      # SQLite's clock is whole seconds: due once it reads `until`
-                    await asyncio.sleep(until - 0.6 - time.time())      # the worker backs off 0.5 s, then recovers
-                    raise ConnectionResetError(104, "Connection reset by peer")
-                return job
+            async def until_just_before_it_runs_out(job):
+                [(until,)] = await conn.db.fetchall("SELECT available_at FROM jobs WHERE id = ?", [int(job.id)])
+                runs_out.append(float(until))      # SQLite's clock is whole seconds: due once it reads `until`
+                await asyncio.sleep(until - 0.6 - time.time())      # the worker backs off 0.5 s, then recovers
 
-            monkeypatch.setattr(conn, "reserve_wait", answer_lost_once)
+            lose_the_first_reserve_answer(monkeypatch, conn, until_just_before_it_runs_out)
             worker = Worker(app, WorkerOptions(queues=("outage",), sleep=0.05))
             task = asyncio.create_task(worker.run())
             taken = []
