@@ -37,17 +37,17 @@ class LineFormatter(logging.Formatter):
         self._text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._text = second, time.strftime(DATEFMT, self.converter(record.created))
-        return self._text
+        return self._date(record.created)
 
     def line(self, message: str, created: float) -> str:
         """What format() makes of a record of `message` (no exception) created at `created`."""
+        return f"{self._date(created)}.{int((created - int(created)) * 1000):03d} {self.tag}{message}"
+
+    def _date(self, created: float) -> str:
         second = int(created)
         if second != self._second:
             self._second, self._text = second, time.strftime(DATEFMT, self.converter(created))
-        return f"{self._text}.{int((created - second) * 1000):03d} {self.tag}{message}"
+        return self._text
 
 
 class LoopFlushingHandler(logging.StreamHandler):
