@@ -234,11 +234,12 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     name = "redis"
     pushes_in_flight = 1        # one push.lua call at a time per queue, carrying what came meanwhile
 
-    def __init__(self, config: RedisConfig, failed: FailedJobStore | Callable[[], Awaitable[FailedJobStore]],
+    def __init__(self, config: RedisConfig, failed: Callable[[], Awaitable[FailedJobStore]],
                  visibility_timeout: int = 90, replay_window: int = 900) -> None:
         self.config = config
-        # The store, or how to open it: a connection opened for pushes and renewals (a dispatcher, a
-        # worker's heartbeat) does not wait for the database that keeps failed_jobs (failed_store()).
+        # How to open the failed-job store (QueueManager.failed_store, which keeps it once open): a
+        # connection opened for pushes and renewals (a dispatcher, a worker's heartbeat) does not wait
+        # for the database that keeps failed_jobs.
         self.failed = failed
         self.visibility_timeout = visibility_timeout
         self.replay_window = max(0, int(replay_window))
@@ -254,8 +255,6 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
     async def failed_store(self) -> FailedJobStore:
         """failed_jobs, opened on first need: a heartbeat that opened its connection while that database
         was away could renew nothing until it came back, and the jobs it held lapsed and ran twice."""
-        if isinstance(self.failed, FailedJobStore):
-            return self.failed
         return await self.failed()
 
     async def open(self) -> None:
