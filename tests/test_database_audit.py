@@ -87,17 +87,73 @@ async def test_a_transaction_cut_while_waiting_for_a_mysql_row_lock_leaves_no_tr
         with holder.cursor() as cur:
             cur.execute("BEGIN")
             cur.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (int(job.id),))
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(conn.acknowledge_many([job]), 0.5)
+            with pytest.raises(TimeoutError):          # fail(): a transaction of several round trips
+                await asyncio.wait_for(conn.fail(job, "RuntimeError: boom"), 0.5)
             cur.execute("COMMIT")
         assert all(not c.get_transaction_status() for c in conn.db._pool._free)
-        assert await conn.acknowledge_many([job]) == [True]
+        assert await conn.fail(job, "RuntimeError: boom") is True
         later = payload(2)
         await conn.push("audit", later)
         with holder.cursor() as cur:
             cur.execute("SELECT payload FROM jobs")
             assert [p for (p,) in cur.fetchall()] == [later]
         holder.close()
+
+
+async def test_a_mysql_acknowledgement_cut_while_waiting_for_a_row_lock_acknowledges_once(mysql_env, monkeypatch):
+    configure(monkeypatch, "database")
+    async with create_app() as app:
+        conn = await queue_of(app)
+        await conn.push("audit", payload(1))
+        job = await conn.reserve(["audit"])
+        holder = mysql_connection()
+        with holder.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (int(job.id),))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(conn.acknowledge_many([job]), 0.5)
+            cur.execute("COMMIT")
+        # Its statements went out whole: cut off, the acknowledgement may still have committed on the
+        # server. Either way it happened once, nothing is left open, and the job is not handed out again.
+        assert all(not c.get_transaction_status() for c in conn.db._pool._free)
+        await conn.acknowledge_many([job])
+        assert await conn.reserve(["audit"]) is None
+        later = payload(2)
+        await conn.push("audit", later)
+        with holder.cursor() as cur:
+            cur.execute("SELECT payload FROM jobs")
+            assert [p for (p,) in cur.fetchall()] == [later]
+            cur.execute("SELECT COUNT(*) FROM finished_jobs WHERE uuid = %s", (uuid_of(job.payload),))
+            assert cur.fetchone() == (1,)
+        holder.close()
+
+
+async def test_a_mysql_acknowledgement_holds_no_row_lock_while_job_code_blocks_the_worker_loop(mysql_env, monkeypatch):
+    """Job code that blocks the loop (a sync call in handle()) while an acknowledgement is in flight
+    must not keep the acknowledged rows locked: the heartbeat's renewal skips locked rows, so a
+    store cut then rolled the acknowledgement back after the reservation had lapsed (a second run)."""
+    configure(monkeypatch, "database")
+    async with create_app() as app:
+        conn = await queue_of(app)
+        await conn.push_many("audit", [payload(n) for n in range(3)])
+        jobs = await conn.reserve_many(["audit"], 3)
+        probe = mysql_connection()
+        with probe.cursor() as cur:
+            cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        acknowledging = asyncio.create_task(conn.acknowledge_many(jobs))
+        locked_out = []
+        while not acknowledging.done():
+            await asyncio.sleep(0)            # the acknowledgement goes on, a step at a time...
+            try:                               # ... and blocking job code runs between its steps
+                with probe.cursor() as cur:
+                    cur.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (int(jobs[0].id),))
+            except pymysql.err.OperationalError as exc:
+                locked_out.append(exc.args[1])
+                break
+        acknowledged = await acknowledging
+        probe.close()
+        assert locked_out == []
+        assert acknowledged == [True, True, True]
 
 
 # -- finding 13: reserve cost does not grow with the delayed jobs ahead -----------------------------------------

@@ -174,6 +174,12 @@ RENEWABLE = "SELECT id FROM jobs WHERE id IN "
 MARK_FAILING = ("UPDATE jobs SET failing = ?, failed_ran = ?, reserved_at = {now}, available_at = {due} "
                 "WHERE " + HELD)
 HELD_OF = "SELECT id, attempts, claim, uuid FROM jobs WHERE reserved_at IS NOT NULL AND id IN "
+# Where an acknowledgement is one round trip of fixed statements (MySQL, Database.run_batch): the rows
+# held under these reservations, found again by each statement after HELD_OF locked them.
+HELD_AMONG = "reserved_at IS NOT NULL AND id IN {ids} AND (id, attempts, claim) IN ({fences})"
+# Their uuids remembered: the row's, or (a row of the previous release has none) its payload's.
+REMEMBER_HELD = ("INSERT INTO finished_jobs (uuid, finished_at) SELECT u, {now} FROM (SELECT "
+                 "COALESCE(uuid{payload_uuid}) AS u FROM jobs WHERE {held}) held WHERE u IS NOT NULL")
 DELETE_IDS = "DELETE FROM jobs WHERE id IN "
 # The rows a reserve call still holds: RESERVED rows not lapsed yet, one range of jobs_reserve_index.
 RECOVER = ("SELECT j.id, j.queue, j.payload, j.attempts, j.failing, j.failed_ran, " + TIMING + " FROM jobs j "
@@ -253,6 +259,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         # A push of a uuid still stored is a no-op (it can only be a repeated push of the same job).
         self._on_duplicate = dialect.ignore_duplicate("uuid")
         self._remember = REMEMBER + dialect.upsert("uuid", REMEMBER_AGAIN)
+        self._remember_held = REMEMBER_HELD + dialect.upsert("uuid", REMEMBER_AGAIN)
         self._clearable = CLEARABLE + dialect.for_update
         self._prune = dialect.delete_first("finished_jobs", "uuid", PRUNE_WHERE, "finished_at")
         self._signal_bump = SIGNAL_BUMP + dialect.upsert("name", SIGNAL_BUMP_AGAIN)
@@ -568,7 +575,34 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             return []
         if self._one_statement:
             return await self.db.run_statements(self._acknowledge_one_steps(jobs))
+        if self.db.batches:
+            return await self._acknowledge_at_once(jobs, [])
         return await self.db.run_transaction(self._acknowledge_steps(jobs))
+
+    async def _acknowledge_at_once(self, jobs: Sequence[ReservedJob], records: Sequence[Statement]) -> list[bool]:
+        """The acknowledgement as fixed statements sent in one round trip (Database.run_batch): lock
+        the held rows, then `records` (statements each fenced to its job's reservation), remember
+        the held rows' uuids, delete them. No statement waits for this process, so no row stays
+        locked while job code blocks the worker's loop."""
+        fences = [_fence(job) for job in jobs]
+        ids = [job_id for job_id, _, _ in fences]
+        held = (HELD_AMONG.replace("{ids}", marks(len(ids)))
+                .replace("{fences}", ", ".join(["(?, ?, ?)"] * len(fences))))
+        held_params = [*ids, *(value for fence in fences for value in fence)]
+        named = [(job_id, job_uuid) for job_id, job_uuid in zip(ids, map(peek_uuid, (job.payload for job in jobs)))
+                 if job_uuid is not None]
+        payload_uuid = (", CASE id " + " ".join(["WHEN ? THEN ?"] * len(named)) + " END") if named else ""
+        remember = self._remember_held.replace("{payload_uuid}", payload_uuid).replace("{held}", held)
+        statements = [fetch(HELD_OF + marks(len(ids)) + self._lock_held, ids), *records,
+                      change(remember, [*(value for pair in named for value in pair), *held_params]),
+                      change("DELETE FROM jobs WHERE " + held, held_params)]
+        self._finished_since_prune += len(jobs)
+        if self._finished_since_prune >= PRUNE_EVERY:
+            self._finished_since_prune = 0
+            statements.append(change(self._prune, (self.replay_window, PRUNE_LIMIT)))
+        rows = (await self.db.run_batch(statements))[0]
+        held_now = {f"{job_id}:{attempts}:{claim}" for job_id, attempts, claim, _ in rows}
+        return [f"{job.id}:{job.token}" in held_now for job in jobs]
 
     async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
                                       claim: str) -> tuple[list[bool], list[ReservedJob]]:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.database import Steps, change, fetch
+from core.database import Statement, Steps, change, fetch
 from core.payload import peek_uuid
 from core.queue.contract import KeptResult, ReservedJob
 from core.queue.status import CANCEL_KEEP, JobStatus, parse_progress, from_failed, from_payload, from_record
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 RESULT = ("INSERT INTO job_results (uuid, queue, state, record, finished_at, expires_at) "
           "VALUES (?, ?, ?, ?, {now}, {now} + ?)")
+# The same, as a statement that writes only while the job's reservation holds its row (the columns
+# named apart from jobs' own, so that the upsert's names are job_results' alone).
+RESULT_HELD = ("INSERT INTO job_results (uuid, queue, state, record, finished_at, expires_at) SELECT * FROM "
+               "(SELECT ? AS u, ? AS q, ? AS s, ? AS r, {now} AS f, {now} + ? AS e FROM jobs "
+               "WHERE id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL) kept")
 RESULT_AGAIN = ("state = excluded.state, record = excluded.record, finished_at = excluded.finished_at, "
                 "expires_at = excluded.expires_at")     # a job queue:retry brought back finished again
 RESULT_OF = "SELECT record, finished_at FROM job_results WHERE uuid = ? AND expires_at >= {now}"
@@ -63,7 +68,29 @@ class DatabaseJobs:
         worker (its delete found no row) writes none."""
         if not jobs:
             return []
+        if self.db.batches:
+            records = [self._result_statement(job, kept) for job, kept in zip(jobs, results)]
+            return await self._acknowledge_at_once(jobs, [*records, *self._results_prune(len(jobs))])
         return await self.db.run_transaction(self._complete_steps(jobs, results))
+
+    def _result_statement(self, job: ReservedJob, kept: KeptResult) -> Statement:
+        """The record of a job, written only while `job`'s reservation holds its row (a statement
+        of a batch sent whole, which cannot wait for the acknowledgement's answer)."""
+        attempts, _, claim = job.token.partition(":")
+        params = (peek_uuid(job.payload) or job.id, job.queue, kept.state, kept.record, kept.keep,
+                  int(job.id), int(attempts), claim)
+        return change(RESULT_HELD + self.db.dialect.upsert("uuid", RESULT_AGAIN), params)
+
+    def _results_prune(self, stored: int) -> list[Statement]:
+        self._results_since_prune = getattr(self, "_results_since_prune", 0) + stored
+        if self._results_since_prune < PRUNE_RESULTS_EVERY:
+            return []
+        self._results_since_prune = 0
+        return [change(self.db.dialect.delete_first("job_results", "uuid", "expires_at < {now}", "expires_at"),
+                       (4 * PRUNE_RESULTS_EVERY,))]
+
+    async def _acknowledge_at_once(self, jobs: Sequence[ReservedJob], records: Sequence[Statement]) -> list[bool]:
+        raise NotImplementedError
 
     def _complete_steps(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> Steps[list[bool]]:
         done = yield from self._acknowledge_steps(jobs)
@@ -75,11 +102,8 @@ class DatabaseJobs:
     def _result_steps(self, job_uuid: str, queue: str, state: str, kept: KeptResult) -> Steps[None]:
         upsert = self.db.dialect.upsert("uuid", RESULT_AGAIN)
         yield change(RESULT + upsert, (job_uuid, queue, state, kept.record, kept.keep))
-        self._results_since_prune = getattr(self, "_results_since_prune", 0) + 1
-        if self._results_since_prune >= PRUNE_RESULTS_EVERY:
-            self._results_since_prune = 0
-            yield change(self.db.dialect.delete_first("job_results", "uuid", "expires_at < {now}", "expires_at"),
-                         (4 * PRUNE_RESULTS_EVERY,))
+        for statement in self._results_prune(1):
+            yield statement
 
     # -- status ---------------------------------------------------------------------------------
 
