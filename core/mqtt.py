@@ -36,16 +36,16 @@ class Client:
     started before a reconnect can still reply after it."""
 
     def __init__(self) -> None:
-        self._mqtt: aiomqtt.Client | None = None
+        self._connection: Connection | None = None
 
     @property
     def connected(self) -> bool:
-        return self._mqtt is not None
+        return self._connection is not None
 
     async def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False) -> None:
-        if self._mqtt is None:
+        if self._connection is None:
             raise ConnectionFailed(f"cannot publish to {topic}: not connected to the MQTT broker")
-        await self._mqtt.publish(topic, encode_payload(payload), qos=qos, retain=retain)
+        await self._connection.publish(topic, encode_payload(payload), qos=qos, retain=retain)
 
 
 def client_id(config: MqttConfig, app_name: str) -> str:
@@ -176,7 +176,7 @@ class MqttApp:
         if not await self._until_stopped(connection.connect()):
             return
         self._session_connected = True
-        self.client._mqtt = connection.client
+        self.client._connection = connection
         try:
             for sub in self.plan:
                 granted = await connection.client.subscribe(
@@ -193,7 +193,7 @@ class MqttApp:
             if self._stop.is_set():
                 connection.stop_taking()    # nothing new; what was received is still handled and acked
                 await self._drain()     # handlers finishing now can still publish their replies
-            self.client._mqtt = None
+            self.client._connection = None
             await connection.close()
 
     async def _until_stopped(self, awaitable: Awaitable[Any]) -> bool:
@@ -221,7 +221,9 @@ class MqttApp:
             message = await self._inbox.get()
             try:
                 connection = self._connection
-                if connection is not None and connection.paused and self._inbox.qsize() <= self.capacity // 2 \
+                # `full`, not `paused`: a reply waiting for its PUBACK keeps a full app's reader going,
+                # and the pause it leaves behind must still be lifted here
+                if connection is not None and connection.full and self._inbox.qsize() <= self.capacity // 2 \
                         and not self._stop.is_set():     # stopping: stop_taking() runs the reader
                     connection.resume()
                 await self._process(message)

@@ -119,7 +119,9 @@ def subscribe_properties(config: MqttConfig, identifier: int) -> Properties | No
 class Connection:
     """An aiomqtt client whose incoming messages go to `deliver` (not aiomqtt's unbounded queue) and are
     acknowledged by `ack()`. `deliver` returns True when the app's buffer is full: reading pauses until
-    `resume()`; TCP's window then stops the broker, which keeps what it has (QoS 1/2 in the session)."""
+    `resume()`; TCP's window then stops the broker, which keeps what it has (QoS 1/2 in the session).
+    Except while a handler's QoS 1/2 publish waits for its acknowledgement (`publish()`): that comes
+    on this socket behind whatever the broker sent before it, so reading goes on until it is in."""
 
     def __init__(self, config: MqttConfig, identifier: str, keepalive: int, deliver: Callable[[Received], bool],
                  *, receive_maximum: int | None = None) -> None:
@@ -128,6 +130,8 @@ class Connection:
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
         self.paused = False
+        self.full = False       # the app asked for a pause (its inbox is full) and has not resumed yet
+        self._replies = 0       # publishes waiting for the broker's acknowledgement
         self.taking = True      # False once the app stops: stop_taking()
         self.closed = False
         paho: Any = self.client._client          # paho: the hooks below
@@ -211,7 +215,27 @@ class Connection:
         if not self.taking:
             return          # stopping: neither handed over nor acknowledged (a persistent session gets it again)
         if self._deliver(received):
-            self.pause()
+            self.full = True
+            if not self._replies:
+                self.pause()
+
+    async def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False) -> None:
+        """A handler's publish on this connection. One of QoS 1/2 is done when the broker's PUBACK or
+        PUBCOMP comes in, behind the messages the broker sent before it: with reading paused (a full
+        inbox) it waited for nothing until the publish timed out (10 s). So reading goes on while
+        any such publish waits; the broker's in-flight window (MQTT 5's receive maximum, Mosquitto's
+        max_inflight_messages) bounds the QoS 1/2 messages that come in meanwhile."""
+        if qos == 0:
+            await self.client.publish(topic, payload, qos=qos, retain=retain)
+            return
+        self._replies += 1
+        self._unpause()
+        try:
+            await self.client.publish(topic, payload, qos=qos, retain=retain)
+        finally:
+            self._replies -= 1
+            if not self._replies and self.full and self.taking:
+                self.pause()
 
     def stop_taking(self) -> None:
         """The app is stopping: messages that arrive from now on are neither handed to it nor acknowledged,
@@ -228,6 +252,11 @@ class Connection:
             self.paused = True
 
     def resume(self) -> None:
+        """The app has room again."""
+        self.full = False
+        self._unpause()
+
+    def _unpause(self) -> None:
         if not self.paused:
             return
         self.paused = False

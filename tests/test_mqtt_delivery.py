@@ -7,6 +7,7 @@ Tests that stop, flood or configure a broker use a private mosquitto on a free p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -276,6 +277,35 @@ async def test_a_flood_with_slow_handlers_stays_bounded_and_the_broker_holds_the
             await asyncio.sleep(0.2)
     assert most == 2 * capacity
     assert sorted(handled) == list(range(total))
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_handlers_replying_at_qos_1_under_a_flood_never_wait_on_a_paused_reader(protocol, caplog):
+    """300 requests arrive at once on an app of 2 handlers, each of which answers with a QoS 1 reply.
+    The inbox fills and reading pauses, yet each reply's PUBACK must still be read: every request
+    gets its reply and no handler fails. (A paused reader left each reply waiting for its PUBACK
+    until the publish timed out after 10 s, and the handler failed with 'Operation timed out'.)"""
+    prefix, total = topic_prefix(), 300
+
+    async def answer(client, n):
+        await client.publish(f"{prefix}/reply/{n}", {"n": int(n)}, qos=1)
+
+    router = Router()
+    router.on(prefix + "/ask/{n}", answer, qos=1)
+    got: set[int] = set()
+    with caplog.at_level(logging.INFO):
+        async with subscribed(f"{prefix}/reply/#") as replies:
+            config = mqtt_config(protocol=protocol, max_concurrent_messages=2)
+            async with running_app(router, config):
+                await publish_to(MQTT[1], [(f"{prefix}/ask/{n}", n) for n in range(total)])
+                deadline = time.monotonic() + 60
+                while len(got) < total and time.monotonic() < deadline:
+                    failed = [m for m in caplog.messages if m.startswith("Handler failed")]
+                    assert not failed, failed[0]
+                    with contextlib.suppress(TimeoutError):
+                        got.add((await asyncio.wait_for(replies.get(), 0.5))[1]["n"])
+    assert not [m for m in caplog.messages if m.startswith("Handler failed")]
+    assert got == set(range(total))
 
 
 async def test_the_app_process_memory_stays_flat_under_a_flood(tmp_path):
