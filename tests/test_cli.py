@@ -229,7 +229,19 @@ def test_make_job_writes_a_working_job_class(tmp_path):
                             "print(TmpTestJob.queue, TmpTestJob.max_tries)"],
                            cwd=project, capture_output=True, text=True)
     assert check.stdout.strip() == "sms 3", check.stderr
-    assert run_cli("make:job", "not_camel").returncode == 1
+    # Laravel takes the name as given; a snake_case or camelCase name means its CamelCase class.
+    for given in ("read_meter_job", "readMeterJob"):
+        made = subprocess.run([sys.executable, "main.py", "make:job", given, "--force"], cwd=project,
+                              capture_output=True, text=True)
+        assert "Created app/jobs/read_meter_job.py: dispatch it with `await ReadMeterJob.dispatch" in made.stdout, \
+            made.stdout + made.stderr
+    check = subprocess.run([sys.executable, "-c", "from app.jobs.read_meter_job import ReadMeterJob"], cwd=project,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    for bad in ("send-email", "9lives", "None"):
+        refused = run_cli("make:job", bad)
+        assert refused.returncode == 1 and "must be a class name" in refused.stderr
+        assert "Traceback" not in refused.stderr
     assert not (ROOT / "app" / "jobs" / "tmp_test_job.py").exists()
 
 

@@ -42,16 +42,23 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
+def class_name(name: str) -> str:
+    """The job class NAME stands for: SendSmsJob as given; send_sms_job and sendSmsJob as SendSmsJob."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name in ("True", "False", "None"):
+        raise FrameworkError(f"job name {name!r} must be a class name such as SendSmsJob (or send_sms_job): "
+                             "letters, digits and underscores, starting with a letter")
+    return "".join(part[0].upper() + part[1:] for part in name.split("_") if part)
+
+
 @command("make:job")
 @click.argument("name")
 @click.option("--queue", default="default", show_default=True, help="The queue the job goes to.")
 @click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
 async def make_job(app, name, queue, force) -> None:
-    """Write app/jobs/<snake_name>.py with a Job class NAME (CamelCase, e.g. SendSmsJob)."""
+    """Write app/jobs/<snake_name>.py with a Job class NAME (SendSmsJob; send_sms_job is taken as SendSmsJob)."""
     from core.job import validate_queue_name
 
-    if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", name):
-        raise FrameworkError(f"job name {name!r} must be a CamelCase class name, such as SendSmsJob")
+    name = class_name(name)
     validate_queue_name(queue)
     path = ROOT / "app" / "jobs" / f"{snake_case(name)}.py"
     if path.exists() and not force:
