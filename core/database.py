@@ -543,10 +543,17 @@ class MysqlDatabase(ServerDatabase):
     async def close(self) -> None:
         await self._close_wake()
         self._bus.close()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.close()
+        pool = self._pool
+        if pool is not None:
+            # The pool stays this object's until it is closed: a unit of work still running gives its
+            # connection back to it. aiomysql's wait_closed() is woken only by a connection it closes
+            # itself, not by one a cut or cancelled unit of work closed (it would wait for good), so
+            # the connections in use are waited for here (each unit of work ends within DB_TIMEOUT).
+            pool.close()            # no connection is handed out from here on
+            while pool.size > pool.freesize:
+                await asyncio.sleep(0.01)
             await pool.wait_closed()
+            self._pool = None
 
     def _make_waker(self) -> Waker:
         """No change counter, no notifications: workers on this host listen on the socket bus."""

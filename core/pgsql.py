@@ -75,12 +75,13 @@ class PgsqlDatabase(ServerDatabase):
             listener.cancel()
             with contextlib.suppress(BaseException):
                 await listener
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        pool = self._pool
+        if pool is not None:        # still this object's while it closes: work still running gives back to it
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await pool.close()
             pool.terminate()
+            self._pool = None
 
     # -- errors -----------------------------------------------------------------------------
 

@@ -100,6 +100,29 @@ async def test_a_transaction_cut_while_waiting_for_a_mysql_row_lock_leaves_no_tr
         holder.close()
 
 
+@pytest.mark.parametrize("store", ["mysql", "pgsql"])
+async def test_closing_the_database_while_a_cancelled_statement_gives_back_its_connection_ends(store, request,
+                                                                                               monkeypatch):
+    """An application closing (a worker's exit, the MQTT app's stop) while a statement of a task that is
+    then cancelled still holds a pooled connection: the close ends, and the task ends cancelled. (The
+    close dropped its pool first, so the task's release failed with AttributeError and its connection
+    never came back; and aiomysql's wait_closed() is not woken by a connection closed by its user: the
+    close waited for good.)"""
+    store_env(request, store)
+    configure(monkeypatch, "database")
+    async with create_app() as app:
+        db = (await queue_of(app)).db
+        sleep = "SELECT SLEEP(3)" if store == "mysql" else "SELECT pg_sleep(3)"
+        statement = asyncio.create_task(db.fetchall(sleep))
+        await asyncio.sleep(0.3)            # the statement is on the server
+        closing = asyncio.create_task(db.close())
+        await asyncio.sleep(0.1)
+        statement.cancel()
+        await asyncio.wait_for(closing, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await statement
+
+
 async def test_a_mysql_acknowledgement_cut_while_waiting_for_a_row_lock_acknowledges_once(mysql_env, monkeypatch):
     configure(monkeypatch, "database")
     async with create_app() as app:
