@@ -92,7 +92,7 @@ async def push(job: Job, *, queue: str | None = None, connection: str | None = N
     is a share of its rate)."""
     app = current()
     announce = events.wants(JobQueued)      # before the push: loading app/listeners.py may fail
-    payload, raw = _encode(app, job, queue, through)
+    payload, raw = _encode(app, job, queue, through, delay)
     retrying = _Retrying(app, [(payload, raw)])
     conn = await _open(app, connection or job.connection, retrying)
     inline = None
@@ -123,10 +123,10 @@ async def _announce(connection: str, payloads: list[Payload], delay: float) -> N
 
 
 def _encode(app: "Application", job: Job, queue: str | None,
-            through: list[Any] | None = None) -> tuple[Payload, str]:
+            through: list[Any] | None = None, delay: float = 0.0) -> tuple[Payload, str]:
     """A new job's payload, with a fresh id; a retry of this dispatch pushes the same text."""
     middleware = frozen_middleware(job, through, app.config.app.job_packages) if through else None
-    payload = job.to_payload(queue, middleware)
+    payload = job.to_payload(queue, middleware, delay)
     raw = payload.encode(app.config.app.key)
     check_size(raw, app.config.queue.max_payload_bytes, payload.display_name)
     job.dispatched_as(payload)
@@ -153,7 +153,7 @@ async def _push_all(jobs: list[Job], *, queue: str | None, connection: str | Non
     groups: dict[tuple[str | None, str], list[tuple[Job, Payload, str]]] = {}
     order = []
     for job in jobs:
-        payload, raw = _encode(app, job, queue)
+        payload, raw = _encode(app, job, queue, delay=delay)
         groups.setdefault((connection or job.connection, payload.queue), []).append((job, payload, raw))
         order.append(payload.uuid)
     refs: dict[str, JobRef] = {}

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import FrameworkError, InvalidQueueName
-from core.job_settings import SETTING_NAMES, InvalidJobSetting, SerializationError, _number, frozen_settings
-from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, Exponential
+from core.job_settings import (SETTING_NAMES, InvalidJobSetting, SerializationError, _number, due_deadline,
+                               frozen_settings)
+from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, RETRY_UNTIL, Exponential
 from core.payload import InvalidPayload, Payload, from_json_value, import_class, new_id, now, to_json_value
 
 if TYPE_CHECKING:
@@ -144,12 +145,15 @@ class Job:
                 raise SerializationError(f"{type(self).__name__}.{name} cannot be serialized: {exc}") from None
         return data
 
-    def to_payload(self, queue: str | None = None, middleware: list[list[Any]] | None = None) -> Payload:
+    def to_payload(self, queue: str | None = None, middleware: list[list[Any]] | None = None,
+                   delay: float = 0.0) -> Payload:
         """The payload of a new job: a fresh id (every dispatch is a new job, SPEC 5; only its own
         retry after a lost answer reuses it, by pushing this same payload), and this job's
         settings (the class's, unless set on the instance) checked and frozen, with the
         `.through()` middleware already frozen by job_settings.frozen_middleware."""
         tries, timeout, retry, options = frozen_settings(self)
+        if delay and RETRY_UNTIL in options and isinstance(self.retry_until, datetime):
+            options[RETRY_UNTIL] = due_deadline(self, options[RETRY_UNTIL], delay)
         if middleware:
             options[MIDDLEWARE] = middleware
         return Payload(uuid=new_id(), job=type(self).class_path(),

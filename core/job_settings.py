@@ -81,14 +81,22 @@ def _seconds(job: "Job", name: str, value: Any) -> float | None:
 
 
 def _deadline(job: "Job", name: str, value: Any) -> float | None:
-    """retry_until: a duration from the dispatch, or a datetime turned into one now (a naive
-    datetime is local time, as for `.delay()`)."""
+    """retry_until: a duration from the moment the job is due (its dispatch plus its delay), or a
+    datetime turned into one now (a naive datetime is local time, as for `.delay()`; a delayed
+    dispatch takes its delay off: due_deadline)."""
     if not isinstance(value, datetime):
         return _seconds(job, name, value)
     seconds = value.timestamp() - time.time()
     if seconds <= 0:
         raise _refuse(job, name, "in the future when given as a datetime", value)
     return seconds
+
+
+def due_deadline(job: "Job", seconds: float, delay: float) -> float:
+    """A datetime retry_until, frozen as seconds from now, as seconds from the delayed job's due time."""
+    if seconds - delay <= 0:
+        raise _refuse(job, "retry_until", f"after the job is due (it is delayed {delay:g}s)", job.retry_until)
+    return seconds - delay
 
 
 def _whole(least: int, default: int | None) -> Callable[["Job", str, Any], int | None]:

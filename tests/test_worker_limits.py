@@ -78,10 +78,33 @@ def test_a_job_reserved_past_retry_until_fails_with_retry_deadline_passed_whatev
     assert refusal(reserved(attempts=50, now=PUSHED + 10), job) is None           # at the deadline: still in time
     kind, message = failure(refusal(reserved(attempts=2, now=PUSHED + 10.5), job))
     assert kind is RetryDeadlinePassed
-    assert "reserved 10.5s after its dispatch, past its retry_until of 10s; it was not run again" in message
+    assert "reserved 10.5s after it was due, past its retry_until of 10s; it was not run again" in message
     # Releases are bounded by it too: a job only ever released is refused past it.
     kind, _ = failure(refusal(reserved(attempts=6, releases=5, now=PUSHED + 11), job))
     assert kind is RetryDeadlinePassed
+
+
+def test_retry_until_counts_from_when_a_delayed_job_came_due():
+    """SPEC 9: measured from the push plus its delay. A job dispatched with .delay(30) and retry_until
+    10 runs at 35 s after its push; it is past its deadline only 10 s after it came due."""
+    job = payload(retry_until=10)
+    due = PUSHED + 30
+    assert refusal(reserved(now=due + 5, due_at=due), job) is None
+    assert refusal(reserved(attempts=3, now=due + 10, due_at=due), job) is None
+    kind, message = failure(refusal(reserved(attempts=3, now=due + 12, due_at=due), job))
+    assert kind is RetryDeadlinePassed and "reserved 12.0s after it was due" in message
+
+
+async def test_a_datetime_retry_until_stays_that_moment_when_the_dispatch_is_delayed():
+    from datetime import datetime, timedelta
+
+    from core.job_settings import InvalidJobSetting
+    from core.options import RETRY_UNTIL
+
+    job = RecordingJob.make(retry_until=datetime.now() + timedelta(seconds=100))
+    assert 99 <= job.to_payload(delay=30).options[RETRY_UNTIL] + 30 <= 100      # from the due time, 30 s on
+    with pytest.raises(InvalidJobSetting, match="retry_until must be after the job is due"):
+        job.to_payload(delay=200)
 
 
 def test_a_job_not_started_within_expires_after_of_being_due_expires():

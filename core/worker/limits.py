@@ -90,11 +90,12 @@ def _expired(reserved: ReservedJob, payload: Payload) -> Fail | Delete | None:
 
 
 def _past_deadline(reserved: ReservedJob, payload: Payload) -> Fail | None:
+    """Measured from the moment the job was due (its push plus its delay), as expires_after is."""
     until = payload.retry_until
-    if until is None or reserved.now <= reserved.pushed_at + until:
+    if until is None or reserved.now <= reserved.due_at + until:
         return None
-    return Fail(RetryDeadlinePassed(f"{_name(payload)} was reserved {reserved.now - reserved.pushed_at:.1f}s after "
-                                    f"its dispatch, past its retry_until of {until:g}s; it was not run again"))
+    return Fail(RetryDeadlinePassed(f"{_name(payload)} was reserved {reserved.now - reserved.due_at:.1f}s after "
+                                    f"it was due, past its retry_until of {until:g}s; it was not run again"))
 
 
 def _name(payload: Payload) -> str:
