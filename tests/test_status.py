@@ -13,8 +13,8 @@ from core.job_settings import InvalidPriority
 from core.queue import (JobCancelled, JobFailed, JobNotFound, JobRef, ResultNotKept, ResultNotSerializable,
                         WaitTimeout, job_ref)
 from tests.conftest import run_cli
-from tests.jobs.status_jobs import (AddJob, AlwaysFailsJob, LongJob, NoResultJob, RetryLaterJob, SkipsItselfJob,
-                                   UnkeepableResultJob)
+from tests.jobs.status_jobs import (AddJob, AlwaysFailsJob, CancelledOnItsLastTryJob, CancelledThenFailsJob,
+                                   LongJob, NoResultJob, RetryLaterJob, SkipsItselfJob, UnkeepableResultJob)
 from tests.worker_support import events, failed_rows, stop, until
 
 
@@ -173,6 +173,27 @@ async def test_a_running_job_is_cancelled_at_its_next_await_not_retried_and_fail
     assert (sizes.pending, sizes.delayed, sizes.reserved) == (0, 0, 0)
     listed = json.loads(run_cli("queue:jobs", "--state", "cancelled", "--json", check=True).stdout)
     assert [job["id"] for job in listed] == [ref]
+
+
+@pytest.mark.parametrize("job_class", [CancelledThenFailsJob, CancelledOnItsLastTryJob])
+async def test_a_job_cancelled_while_running_that_then_raises_is_cancelled_not_retried_or_failed(store, tmp_path,
+                                                                                                 job_class):
+    """The cancel request is stored while the job runs, and its attempt raises before the worker's
+    heartbeat (every 2 s at most) has read it: with tries left it must not be retried, on its last try
+    it must not be failed; either way failed() is not called. (It was retried and ended in failed_jobs.)"""
+    log = str(tmp_path / "events")
+    ref = await job_class.dispatch(log=log, conn=store.connection)
+    worker = store.start_worker("--sleep", "0.05")
+    try:
+        with pytest.raises(JobCancelled):
+            await ref.wait(timeout=20)
+        await until(lambda: "CANCEL" in store.worker_logs(), 10, "the CANCEL line", store)
+    finally:
+        await stop(store, worker)
+    assert (await ref.status()).state == "cancelled"
+    assert len(events(log, "started")) == 1 and not events(log, "failed")
+    assert ref not in await failed_rows(store)
+    assert "RETRY" not in store.worker_logs() and "FAIL " not in store.worker_logs()
 
 
 async def test_an_invalid_priority_is_refused_at_dispatch_and_nothing_is_pushed(store):

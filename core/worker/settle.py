@@ -68,6 +68,8 @@ class Settler:
         self.deferred = False
 
     async def settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        if isinstance(outcome, (Retry, Release, Fail)) and await self._cancel_requested(attempt):
+            outcome = Cancelled()
         match outcome:
             case Done(result):
                 self.done(attempt, result)
@@ -81,6 +83,18 @@ class Settler:
                 await self._delete(attempt, reason)
             case Cancelled():
                 await self._cancelled(attempt)
+
+    async def _cancel_requested(self, attempt: Attempt) -> bool:
+        """Whether someone cancelled this job while it ran (SPEC 11), asked before it would be retried,
+        released or failed: the heartbeat reads cancel requests every few seconds, and an attempt that
+        ends sooner would otherwise be run again, or failed with failed() called. (The request stays
+        on the job, so one that comes after this answer cancels its next attempt.) Not for a failure
+        another worker began: its failed() may have run."""
+        if attempt.reserved.failing is not None:
+            return False
+        cancelled = await self._store(attempt.label, "read cancel requests",
+                                      lambda: self.conn.extend([attempt.reserved]))
+        return attempt.reserved.id in (cancelled or ())
 
     async def put_back(self, attempt: Attempt) -> None:
         """The worker's own task was cancelled mid-attempt: the job goes back on the queue at once."""

@@ -134,3 +134,30 @@ class SkipsItselfJob(Job):
 
     async def handle(self) -> None:
         self.delete()
+
+
+class CancelledThenFailsJob(Job):
+    """Is cancelled (by itself, through job_ref, as a user's cancel() would) while it runs, then raises
+    before any worker heartbeat could have seen the request."""
+    keep_result = 60
+    retry_after = 0
+    max_tries = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ""
+        self.conn = ""
+
+    async def handle(self) -> None:
+        from core.queue import job_ref
+
+        record(self.log, event="started", job_id=self.job_id)
+        assert await job_ref(self.job_id, connection=self.conn, queue=self.queue).cancel() == "reserved"
+        raise RuntimeError("the upstream call failed")
+
+    async def failed(self, exception: BaseException) -> None:
+        record(self.log, event="failed", job_id=self.job_id)
+
+
+class CancelledOnItsLastTryJob(CancelledThenFailsJob):
+    max_tries = 1
