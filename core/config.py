@@ -40,8 +40,20 @@ def env_float(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    return env(name, "true" if default else "false").strip().lower() in {"1", "true", "yes", "on"}
+    """A yes/no setting. Anything but the usual words is refused: a typo (MQTT_TLS=ture) read as false
+    would connect in plain text without a word."""
+    raw = env(name).strip()
+    if not raw:
+        return default
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false (1/0, yes/no, on/off), got {raw!r}")
 
 
 def project_path(path: str) -> Path:

@@ -148,6 +148,27 @@ def test_timeout_not_below_visibility_timeout_is_refused():
         "loop that long lets another running job's reservation lapse and a second worker run it"]
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-jobs", "-1", "--max-jobs -1 must be 0 (no limit) or more"),          # hung: no job was ever taken
+    ("--max-time", "-1", "--max-time -1 must be a number of seconds, 0 (no limit) or more"),
+    ("--sleep", "-1", "--sleep -1 must be a number of seconds of 0 or more"),      # busy-polled the store
+    ("--sleep", "nan", "--sleep nan must be a number of seconds of 0 or more"),
+    ("--memory", "-5", "--memory -5 must be 0 (no limit) or more MB"),
+])
+def test_worker_options_out_of_range_are_one_clear_line(option, value, message):
+    result = run_cli("queue:work", option, value, "--stop-when-empty", timeout=30)
+    assert result.returncode == 1 and result.stderr.strip() == message, result.stderr
+
+
+@pytest.mark.parametrize("name", ["MQTT_TLS", "MQTT_CLEAN_SESSION", "DB_WAKE", "REDIS_CLUSTER"])
+def test_a_yes_no_setting_with_a_typo_is_refused_not_read_as_false(name):
+    """MQTT_TLS=ture used to connect in plain text without a word; every yes/no setting refuses it."""
+    result = run_cli("queue:size", env={name: "ture"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{name} must be true or false (1/0, yes/no, on/off), got 'ture'"
+    assert run_cli("queue:size", env={name: "off"}).returncode == 0
+
+
 def test_bad_queue_name_is_one_clear_line():
     result = run_cli("queue:work", "--queue", "bad name;drop")
     assert result.returncode == 1 and "Traceback" not in result.stderr

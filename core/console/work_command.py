@@ -18,7 +18,8 @@ from core.worker import Worker, WorkerOptions
               help="Queues to work, comma-separated, highest priority first.")
 @click.option("--concurrency", default=1, show_default=True, help="Jobs run at once in this process.")
 @click.option("--sleep", default=1.0, show_default=True,
-              help="Seconds to wait when no job is due (Redis wakes at once when one is pushed).")
+              help="Seconds an idle worker waits before it looks again; a push wakes it at once on Redis and, "
+                   "unless DB_WAKE=off, on the databases (so this bounds a missed wake-up).")
 @click.option("--tries", type=int, default=None, help="Attempts per job, overriding the job class's max_tries.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds one attempt may run, overriding the job class's timeout; must leave room below "

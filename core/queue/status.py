@@ -212,7 +212,9 @@ class JobRef(str):
         return await (await self._conn()).cancel_job(self.queue, str(self))
 
     async def wait(self, timeout: float = 30) -> Any:
-        """handle()'s return value once the job completed; never hangs (SPEC 11)."""
+        """handle()'s return value once the job completed; never hangs (SPEC 11), so it takes no None."""
+        if timeout is None or isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+            raise ValueError(f"wait() takes a timeout in seconds (it never waits for good), got {timeout!r}")
         if self.keep_result == 0 and self._inline is None:
             raise ResultNotKept(f"job {self} keeps no result (keep_result = 0); nothing to wait for")
         loop = asyncio.get_running_loop()

@@ -31,6 +31,14 @@ class WorkerOptions:
             raise ConfigError("--concurrency must be at least 1")
         if self.tries is not None and self.tries < 1:
             raise ConfigError(f"--tries {self.tries} must be at least 1 (the first run counts as a try)")
+        if not math.isfinite(self.sleep) or self.sleep < 0:
+            raise ConfigError(f"--sleep {self.sleep:g} must be a number of seconds of 0 or more")
+        if self.max_jobs < 0:
+            raise ConfigError(f"--max-jobs {self.max_jobs} must be 0 (no limit) or more")
+        if not (self.max_time >= 0) or math.isinf(self.max_time):
+            raise ConfigError(f"--max-time {self.max_time:g} must be a number of seconds, 0 (no limit) or more")
+        if self.memory < 0:
+            raise ConfigError(f"--memory {self.memory} must be 0 (no limit) or more MB")
         if self.timeout is not None:
             _check_timeout(self.timeout, max_timeout, visibility_timeout)
 
