@@ -172,9 +172,11 @@ def listen(*event_classes: type[Event]) -> Callable[[_F], _F]:
     def register(listener: _F) -> _F:
         if not callable(listener):
             raise FrameworkError(f"listen(): {listener!r} is not callable")
-        for event_class in event_classes:
-            for target in (event_class, *_subclasses(event_class)):
-                _listeners.setdefault(target, []).append(listener)
+        targets = dict.fromkeys(t for c in event_classes for t in (c, *_subclasses(c)))
+        for target in targets:      # once per class, however many of the given classes cover it
+            heard = _listeners.setdefault(target, [])
+            if listener not in heard:
+                heard.append(listener)
         return listener
 
     return register
@@ -281,24 +283,42 @@ class Announcer:
 
     def __init__(self, backlog: int = EVENT_BACKLOG) -> None:
         self._backlog = backlog
-        self._pending: deque[Event] = deque()
+        self._pending: deque[tuple[Event, asyncio.Future[None] | None]] = deque()
         self._task: asyncio.Task | None = None
         self._dropped = 0
 
     def announce(self, event: Event) -> None:
+        self._enqueue(event, None)
+
+    async def announce_and_wait(self, event: Event) -> None:
+        """Announce, then wait until its listeners have heard it: for an event that must be heard before
+        what it announces begins (JobProcessing, before the middleware). Bounded by its listeners' cuts
+        (and one more for an event still being heard before it); past that it is still heard, later."""
+        heard = asyncio.get_running_loop().create_future()
+        if self._enqueue(event, heard):
+            patience = (len(_listeners.get(type(event), ())) + 1) * LISTENER_TIMEOUT + 1
+            await asyncio.wait([heard], timeout=patience)
+
+    def _enqueue(self, event: Event, heard: asyncio.Future[None] | None) -> bool:
         if len(self._pending) >= self._backlog:
             if not self._dropped:
                 log.warning("%d events wait for slow listeners; dropping new ones until they catch up", self._backlog)
             self._dropped += 1
-            return
-        self._pending.append(event)
+            return False
+        self._pending.append((event, heard))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._deliver())
+        return True
 
     async def _deliver(self) -> None:
         try:
             while self._pending:
-                await emit(self._pending.popleft())
+                event, heard = self._pending.popleft()
+                try:
+                    await emit(event)
+                finally:
+                    if heard is not None and not heard.done():
+                        heard.set_result(None)
             if self._dropped:
                 log.warning("listeners caught up; %d event(s) were dropped meanwhile", self._dropped)
                 self._dropped = 0

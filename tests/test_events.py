@@ -50,6 +50,19 @@ async def test_listeners_run_in_registration_order_and_a_base_class_hears_its_su
     assert heard == [("first", "j-1"), ("every", "JobFailed"), ("plain", "JobFailed"), ("every", "JobQueued")]
 
 
+async def test_a_listener_given_an_event_and_its_base_class_hears_each_event_once():
+    heard = []
+
+    @listen(JobFailed, JobEvent)
+    def once(event):
+        heard.append(type(event).__name__)
+
+    listen(JobFailed)(once)                   # registered again for a class it already hears: still once
+    await events.emit(failed())
+    await events.emit(JobQueued(connection="redis", queue="q", job_id="j-2", job_class="a.B", attempts=0))
+    assert heard == ["JobFailed", "JobQueued"]
+
+
 async def test_a_listener_that_raises_is_one_log_line_and_the_next_still_runs(caplog):
     heard = []
 

@@ -18,7 +18,7 @@ import pytest
 from bootstrap.app import create_app
 from tests.conftest import ROOT, run_cli, store_env
 from tests.hostile_support import RawStore
-from tests.jobs.event_jobs import LastTryJob, TimedJob
+from tests.jobs.event_jobs import LastTryJob, MiddlewareTimedJob, TimedJob
 from tests.jobs.sample_jobs import FailedRaisesJob, FlakyJob, read_events
 from tests.test_signing import resign
 
@@ -76,6 +76,18 @@ async def test_a_job_failing_once_then_succeeding_is_heard_in_order(store, tmp_p
     assert [e["attempts"] for e in ran] == [1, 2]
 
 
+async def test_job_processing_is_heard_before_the_middleware_and_handle_run(store, tmp_path):
+    """SPEC 10: JobProcessing fires before the middleware. A listener that sets something up for the
+    job (a Laravel user's habit) has run when the middleware begins. (Listeners were heard from a task
+    of their own, so the middleware and handle() had begun before it.)"""
+    async with create_app():
+        job_id = await MiddlewareTimedJob.dispatch(log=str(tmp_path / "ran"))
+    work(tmp_path)
+    ran = {(e["event"], e["job_id"]): e["t"] for e in read_events(tmp_path / "ran")}
+    [processing] = [e for e in heard(tmp_path) if e["event"] == "JobProcessing" and e["job_id"] == job_id]
+    assert processing["heard"] <= ran[("middleware", job_id)] <= ran[("start", job_id)]
+
+
 async def test_a_listener_that_raises_changes_nothing(store, tmp_path, monkeypatch):
     async with create_app() as app:
         ok = await TimedJob.dispatch(log=str(tmp_path / "ran"))
@@ -100,10 +112,11 @@ async def test_a_listener_that_overruns_changes_nothing_and_the_worker_goes_on(t
         assert await (await app.queue.failed_store()).all() == []
     ran = {(e["event"], e["job_id"]): e["t"] for e in read_events(tmp_path / "ran")}
     events = heard(tmp_path)
-    # The first JobProcessing was heard by the recorder only after the slow listener's cut (5 s);
-    # by then both jobs had run: the worker did not wait for its listeners.
+    # SPEC 10: JobProcessing is heard before the middleware and handle() run. The first job's was heard
+    # by the recorder only after the slow listener's cut (5 s), and the job started after that; the
+    # slow listener was cut, not waited for, and the outcome is the same.
     [processing] = [e for e in events if e["event"] == "JobProcessing" and e["job_id"] == first]
-    assert ran[("end", second)] < processing["heard"]
+    assert processing["heard"] < ran[("start", first)]
     assert of_job(events, first) == of_job(events, second) == ["JobProcessing", "JobProcessed"]
     assert [line for line in result.stdout.splitlines() if "overran" in line] == [
         line for line in result.stdout.splitlines() if "listener slow of JobProcessing overran 5s and was cut" in line]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable
 
 from core.events import (Announcer, Event, JobExpired, JobFailed, JobProcessed, JobProcessing,
                          JobReleased, JobTimedOut, WorkerStarting, WorkerStopping, listening, wants)
@@ -37,10 +38,12 @@ class WorkerEvents:
 
     # -- an attempt ------------------------------------------------------------------------
 
-    def processing(self, attempt: Attempt) -> None:
-        """Before the middleware and handle()."""
+    def processing(self, attempt: Attempt) -> Awaitable[None] | None:
+        """Before the middleware and handle() (SPEC 10): what to await until its listeners have heard it
+        (each cut at 5 s), or None when no one listens, so that costs no coroutine."""
         if JobProcessing in self._heard:
-            self._announce(JobProcessing(**self._job(attempt)))
+            return self.announcer.announce_and_wait(JobProcessing(**self._job(attempt)))
+        return None
 
     def processed(self, attempt: Attempt, outcome: str = "succeeded") -> None:
         """Acknowledged: handle() returned ("succeeded"), or the job deleted itself ("skipped")."""

@@ -566,7 +566,9 @@ class Worker:
     async def _process(self, slot: int, reserved: ReservedJob) -> None:
         attempt, outcome = self.attempts.begin(reserved, slot)
         if outcome is None:
-            self._events.processing(attempt)      # JobProcessing: before the middleware, in attempts.run
+            heard = self._events.processing(attempt)   # JobProcessing: heard before the middleware runs
+            if heard is not None:
+                await heard
             self._in_run.add(slot)
             try:
                 outcome = await self.attempts.run(attempt, self._settler.settle)

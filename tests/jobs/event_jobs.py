@@ -28,3 +28,19 @@ class LastTryJob(TimedJob):
     """One try, long enough to be killed in: its worker's death uses it up."""
     max_tries = 1
     timeout = 30
+
+
+class RecordingMiddleware:
+    """Records when it begins, then runs the rest of the chain."""
+
+    def __init__(self, log: str = "") -> None:
+        self.log = log
+
+    async def __call__(self, job, next):
+        record(self.log, event="middleware", job_id=job.job_id, t=time.time())
+        return await next(job)
+
+
+class MiddlewareTimedJob(TimedJob):
+    def middleware(self) -> list:
+        return [RecordingMiddleware(self.log)]
