@@ -23,7 +23,8 @@ from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
 from core.queue.middleware.context import attempt_context
 from core.queue.sync import KeepsNothing, SyncQueue
-from core.queue.status import JobRef, JobStatus
+from core.queue.status import JobRef, JobStatus, completed_record, from_record
+from core.worker.outcome import exception_text, first_line
 
 __all__ = ["PushedJob", "QueueFake", "RunOutcome", "run_job"]
 
@@ -38,6 +39,7 @@ class PushedJob:
     state: str = "pending"      # pending, then completed / failed / released / skipped after run_pushed()
     result: Any = None
     exception: BaseException | None = None
+    attempts: int = 0           # 1 once run_pushed() ran it
 
     def describe(self) -> str:
         extra = f", delay {self.delay:g}s" if self.delay else ""
@@ -65,11 +67,22 @@ class _FakeConnection(KeepsNothing):
         self.fake.pushed.append(PushedJob(job, decoded, self.name, queue, float(delay)))
 
     async def job_status(self, queue: str | None, job_id: str) -> JobStatus | None:
+        """What a real store would answer for the pushed job: the same states (a job that released
+        itself waits, `delayed` or `pending`), a completed job's record built as a worker builds it
+        (a result that cannot be kept makes wait() raise ResultNotSerializable), and `last_error`
+        as `Class: message`."""
         for p in self.fake.pushed:
-            if p.payload.uuid == job_id:
-                return JobStatus(state=p.state, queue=p.queue, job=p.payload.job, id=job_id, result=p.result,
-                                 max_tries=p.payload.max_tries, keep_result=p.payload.keep_result,
-                                 last_error=None if p.exception is None else str(p.exception))
+            if p.payload.uuid != job_id:
+                continue
+            if p.state == "completed" and p.payload.keep_result:
+                return from_record(job_id, completed_record(p.payload, p.attempts, p.result))
+            state = p.state if p.state != "released" else "delayed" if p.delay else "pending"
+            exception = None if p.exception is None else exception_text(p.exception, [])
+            return JobStatus(state=state, queue=p.queue, job=p.payload.job, id=job_id, attempts=p.attempts,
+                             max_tries=p.payload.max_tries, keep_result=p.payload.keep_result,
+                             dispatched_at=p.payload.pushed_at,
+                             last_error=None if p.exception is None else first_line(p.exception),
+                             exception=exception if p.state == "failed" else None)
         return None
 
     async def cancel_job(self, queue: str | None, job_id: str) -> str:
@@ -169,7 +182,9 @@ class QueueFake:
                 return ran
             for pushed in due:
                 outcome = await run_job(pushed.job, attempts=1, payload=pushed.payload)
-                pushed.result, pushed.exception = outcome.result, outcome.failed
+                pushed.result, pushed.exception, pushed.attempts = outcome.result, outcome.failed, 1
+                if outcome.released is not None:
+                    pushed.delay = outcome.released
                 pushed.state = ("failed" if outcome.failed is not None else "released" if outcome.released is not None
                                 else "skipped" if outcome.deleted else "completed")
                 ran.append(pushed)

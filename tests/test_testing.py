@@ -13,7 +13,7 @@ from bootstrap.app import create_app
 from core.job import SerializationError
 from core.payload import PayloadTooLarge
 from core.queue import JobRef
-from tests.jobs.status_jobs import AddJob, ChainingJob, IntentJob
+from tests.jobs.status_jobs import AddJob, ChainingJob, IntentJob, UnkeepableResultJob
 
 pytest_plugins = ["core.testing"]     # as an application's test module says it (core.testing is imported below
                                        # inside the tests, so pytest registers the plugin before anything imports it)
@@ -81,6 +81,25 @@ async def test_run_pushed_runs_what_was_pushed_and_what_that_pushes(queue_fake):
     assert [p.job.n for p in ran] == [0, 1, 2] and [p.state for p in ran] == ["completed"] * 3
     assert await ref.wait(1) == 0
     queue_fake.assert_pushed(ChainingJob, times=3)
+
+
+async def test_the_fake_answers_status_and_wait_as_a_worker_and_its_store_would(queue_fake):
+    """SPEC 15: assertions see the job as a worker would. A result that cannot be kept is completed and
+    wait() raises ResultNotSerializable; a job that released itself waits (delayed), in SPEC 11's
+    vocabulary; last_error reads `Class: message`; attempts count the run."""
+    from core.queue import ResultNotSerializable
+
+    unkeepable = await UnkeepableResultJob.dispatch()
+    released = await IntentJob.dispatch(action="release")
+    raised = await IntentJob.dispatch(action="raise")
+    await queue_fake.run_pushed()
+    with pytest.raises(ResultNotSerializable):
+        await unkeepable.wait(1)
+    status = await released.status()
+    assert status.state == "delayed" and status.attempts == 1
+    failed = await raised.status()
+    assert failed.state == "failed" and failed.last_error == "ValueError: attempt 1 broke"
+    assert failed.attempts == 1 and failed.dispatched_at is not None
 
 
 async def test_after_the_fake_dispatch_reaches_the_real_store_again(app):
