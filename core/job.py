@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from datetime import datetime, timedelta
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -213,9 +214,14 @@ class Job:
             return False
         return await attempt.connection.set_progress(attempt.reserved, float(fraction), str(text))
 
-    def release(self, delay: float = 0) -> None:
-        """When handle() returns, put the job back to run again after `delay` seconds: a
-        release, not a failed try (bounded by max_releases and retry_until)."""
+    def release(self, delay: float | timedelta | datetime = 0) -> None:
+        """When handle() returns, put the job back to run again after `delay` (seconds, a timedelta, or
+        a datetime, as `.delay()` takes): a release, not a failed try (bounded by max_releases and
+        retry_until)."""
+        if isinstance(delay, timedelta):
+            delay = max(0.0, delay.total_seconds())
+        elif isinstance(delay, datetime):
+            delay = max(0.0, delay.timestamp() - time.time())     # a naive datetime is local time
         intend(self, "release", delay=delay, by="job")
 
     def delete(self) -> None:

@@ -71,6 +71,16 @@ def test_a_bad_release_delay_is_one_clear_error(delay):
     assert intent_of(job) is None
 
 
+def test_release_takes_a_timedelta_or_a_datetime_as_delay_does():
+    from datetime import datetime, timedelta
+
+    by_timedelta, by_datetime = VendorJob(), VendorJob()
+    by_timedelta.release(timedelta(minutes=2))
+    assert intent_of(by_timedelta) == Intent("release", 120.0, None, "job")
+    by_datetime.release(datetime.now() + timedelta(seconds=60))
+    assert 58 <= intent_of(by_datetime).delay <= 60
+
+
 def test_fail_takes_an_exception_or_a_message_only():
     with pytest.raises(TypeError, match="takes an exception or a message"):
         VendorJob().fail(42)

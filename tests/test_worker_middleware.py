@@ -171,9 +171,12 @@ async def test_release_delete_fail_and_dont_retry_from_inside_handle(store, tmp_
     rows = await failed_rows(store)
     # Five releases and a success with max_tries=1: releases are not tries.
     assert handles[released] == 6 and [e["job_id"] for e in events(log, "done")] == [released]
-    # max_releases=2: the third release is one too many; the job fails before running a fourth time.
+    # max_releases=2: the third release is one too many; the job fails then, not stored as a release
+    # (whose delay it would wait out only to fail at its next reservation), and never runs again.
     assert handles[too_many] == 3 and calls[too_many] == 1
     assert rows[too_many].exception.startswith("core.worker.TooManyReleases: ")
+    assert out.count(f"RELEASE FewReleasesJob [{too_many}]") == 2
+    assert "released 3 times, over its max_releases of 2" in rows[too_many].exception
     # delete(): gone, no failed row, a SKIP line; an exception after it changes nothing.
     assert handles[deleted] == 1 and calls[deleted] == 0 and deleted not in rows
     assert f"SKIP    ControlJob [{deleted}]" in out

@@ -21,7 +21,7 @@ from core.payload import Payload, restore_middleware
 from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
 from core.queue.middleware.context import AttemptContext, enter, leave
-from core.worker.limits import Tries, refusal, tries
+from core.worker.limits import TooManyReleases, Tries, refusal, tries
 from core.worker.options import WorkerOptions
 from core.worker.outcome import DONE, Delete, Done, Fail, Outcome, Release, Retry, first_line
 from core.worker.timeouts import JobInterrupted, LongTimeouts, Timeouts
@@ -175,13 +175,24 @@ class Attempts:
         if intent is None:
             return DONE if result is None else Done(result)
         if intent.kind == "release":
-            return Release(intent.delay, "release" if intent.by == "job" else "middleware")
+            return self._released(attempt, intent)
         if intent.kind == "delete":
             return Delete("skipped")
         if intent.kind == "fail":
             return Fail(intent.exception)   # type: ignore[arg-type]
         exc = intent.exception or RuntimeError(f"a middleware of {attempt.label} asked for a retry")
         return self._failed_try(attempt, exc, intent.delay)   # type: ignore[arg-type]
+
+    @staticmethod
+    def _released(attempt: Attempt, intent: Intent) -> Release | Fail:
+        """A release, or (SPEC 9: releases are bounded by max_releases) the failure its next reservation
+        would meet: the release past the limit is not stored, so the job does not wait out its delay
+        (an hour for release(3600)) only to fail then."""
+        payload, releases = attempt.payload, attempt.reserved.releases + 1
+        if payload is not None and releases > payload.max_releases:
+            return Fail(TooManyReleases(f"{payload.display_name} ({payload.uuid}) was released {releases} times, over "
+                                        f"its max_releases of {payload.max_releases}; it was not run again"))
+        return Release(intent.delay, "release" if intent.by == "job" else "middleware")
 
     def outcome_of(self, attempt: Attempt, exc: Exception) -> Retry | Fail | Delete:
         """An attempt that raised, timed out or was interrupted. A fail() or delete() recorded before
