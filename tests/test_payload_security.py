@@ -13,7 +13,7 @@ import pytest
 from bootstrap.app import create_app
 from core.errors import InvalidQueueName
 from core.job import Job
-from core.payload import PayloadTooLarge, check_size
+from core.payload import PayloadTooLarge, check_size, peek_uuid
 from tests.conftest import ROOT, run_cli, store_env
 from tests.jobs.hostile_jobs import DangerousJob
 from tests.jobs.sample_jobs import NotAJob, RecordingJob, read_events
@@ -103,7 +103,12 @@ async def test_broken_payloads_in_the_store_end_in_failed_jobs_and_the_worker_go
             (marker, row.summary)
         assert len(row.summary) < 300
     out = capsys.readouterr()
-    assert out.out.count("FAIL    job ") == len(cases)
+    fails = [line for line in out.out.splitlines() if " FAIL    " in line and "InvalidPayload" in line]
+    assert len(fails) == len(cases)
+    # A payload that names its class and carries a readable id is logged under that id, as queue:failed
+    # lists it (SPEC 5: a job's lines carry its class and id); the others under their row.
+    named = [row.uuid for row in failed if peek_uuid(row.payload) == row.uuid and _claims_a_class(row.payload)]
+    assert named and all(any(f"[{job_id}]" in line for line in fails) for job_id in named)
     assert "Queue connection error" not in out.out and "Logging error" not in out.err + out.out
     assert "\n2026-01-01 DONE forged line" not in out.out     # the forged id is escaped in the log line
 
@@ -300,3 +305,11 @@ async def test_queue_failed_lists_hostile_failed_jobs_printably(tmp_path):
     listed = json.loads(run_cli("queue:failed", "--json", check=True).stdout)
     assert len(table.splitlines()) == 4 and all(line.isprintable() for line in table.splitlines())
     assert sorted(j["job"] for j in listed) == ["?", "evil\\x1b[2J\\x1b[31mRED\\nDONE forged"]
+
+
+def _claims_a_class(raw: str) -> bool:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("job"), str) and bool(body["job"].strip())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import pkgutil
 import threading
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from core.job import Intent, Job, intent_of, resolve_job_class
 from core.log import info, one_line
 from core.options import DEFAULT_MAX_RELEASES, exception_matches
-from core.payload import Payload, restore_middleware
+from core.payload import Payload, peek_uuid, restore_middleware
 from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
 from core.queue.middleware.context import AttemptContext, enter, leave
@@ -70,6 +71,19 @@ def invoke(job: Job) -> Coroutine[Any, Any, object]:
     return job.run_handle()
 
 
+def unloaded_label(reserved: ReservedJob) -> str:
+    """The log label of a job whose payload did not load: the class and id it claims (unverified,
+    each made one printable line), as queue:failed will list them, else its row id and queue."""
+    job_id = peek_uuid(reserved.payload)
+    try:
+        claimed = json.loads(reserved.payload).get("job")
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        claimed = None
+    if job_id and isinstance(claimed, str) and claimed.strip():
+        return f"{one_line(claimed.rsplit('.', 1)[-1], 80)} [{job_id}]"
+    return f"job {one_line(reserved.id)} on {reserved.queue}"
+
+
 class Attempts:
     """Turns a reserved job into an Attempt and runs it.
 
@@ -105,7 +119,7 @@ class Attempts:
             job = cls.from_payload(payload, reserved.attempts)
             through = tuple(restore_middleware(payload, self.packages)) if payload.options else ()
         except Exception as exc:  # InvalidPayload, or a job class whose __init__ raises
-            return Attempt(reserved, slot, started, f"job {one_line(reserved.id)} on {reserved.queue}"), Fail(exc)
+            return Attempt(reserved, slot, started, unloaded_label(reserved)), Fail(exc)
         o = self.options
         max_tries = payload.max_tries if o.tries is None else o.tries
         timeout = payload.timeout if o.timeout is None else o.timeout
