@@ -169,6 +169,21 @@ def test_a_yes_no_setting_with_a_typo_is_refused_not_read_as_false(name):
     assert run_cli("queue:size", env={name: "off"}).returncode == 0
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"DB_LISTEN_URL": "garbage"}, "DB_LISTEN_URL must be a postgresql:// URL (postgresql://user:password@host:5432/"
+                                   "database), got no scheme"),
+    ({"DB_LISTEN_URL": "postgresql://u:secret@h:notaport/db"},
+     "DB_LISTEN_URL has a port that is not a number from 1 to 65535"),
+    ({"DB_TIMEOUT": "-5"}, "DB_TIMEOUT must be a number of seconds, 0 (no limit) or more, got -5"),
+])
+def test_a_malformed_database_setting_is_one_line_at_start(env, message):
+    """A bad DB_LISTEN_URL was found only by the wake-up listener, which retried it for good (and
+    --stop-when-empty exited 0); DB_TIMEOUT=-5 meant no limit. Neither repeats a password."""
+    result = run_cli("queue:size", env=env)
+    assert result.returncode == 1 and result.stderr.strip() == message
+    assert "secret" not in result.stderr
+
+
 def test_bad_queue_name_is_one_clear_line():
     result = run_cli("queue:work", "--queue", "bad name;drop")
     assert result.returncode == 1 and "Traceback" not in result.stderr
