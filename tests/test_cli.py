@@ -184,6 +184,25 @@ def test_a_malformed_database_setting_is_one_line_at_start(env, message):
     assert "secret" not in result.stderr
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"JOB_PACKAGES": ",,"},
+     "JOB_PACKAGES must name Python packages, comma-separated (app.jobs,billing.jobs), got ',,'"),
+    ({"LOG_FILE": "/tmp/app.log"}, "LOG_FILE must be a file name under storage/logs/ (worker.log, or "
+                                   "workers/emails.log), got '/tmp/app.log'"),
+    ({"LOG_FILE": "../../escape.log"}, "LOG_FILE must be a file name under storage/logs/ (worker.log, or "
+                                       "workers/emails.log), got '../../escape.log'"),
+    ({"MQTT_MAX_CONCURRENT": "0"}, "MQTT_MAX_CONCURRENT must be at least 1 (messages handled at once), got 0"),
+    ({"MQTT_CONNECT_TIMEOUT": "-1"}, "MQTT_CONNECT_TIMEOUT must be a number of seconds, 0 (retry for good) or "
+                                     "more, got -1"),
+])
+def test_an_app_setting_out_of_its_range_is_one_line_at_start(env, message):
+    """JOB_PACKAGES=',,' was taken and every job then failed as outside the job packages; LOG_FILE wrote
+    wherever it pointed (SPEC 3: under storage/logs/); the MQTT numbers were taken as given."""
+    result = run_cli("queue:size", env=env)
+    assert result.returncode == 1 and result.stderr.strip() == message
+    assert not (ROOT.parent / "escape.log").exists()
+
+
 def test_bad_queue_name_is_one_clear_line():
     result = run_cli("queue:work", "--queue", "bad name;drop")
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -2,13 +2,14 @@
 it connects, and no error line, log line or --help text shows it (SPEC 8)."""
 from __future__ import annotations
 
+import uuid
 
 import pytest
 import redis
 
 from bootstrap.app import create_app
 from core.config import load_config
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.redis_server import LocalRedis
 from tests.servers import free_port
 
@@ -45,8 +46,9 @@ async def test_such_a_url_connects(private_redis, monkeypatch, password):
 @pytest.mark.parametrize("password", PASSWORDS)
 def test_no_output_shows_it(tmp_path, password):
     port = free_port()                                    # nothing listens there
-    log = tmp_path / "app.log"
-    env = {"REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0", "LOG_FILE": str(log)}
+    name = f"url-password-{uuid.uuid4().hex[:8]}.log"     # LOG_FILE is a file under storage/logs/
+    log = ROOT / "storage" / "logs" / name
+    env = {"REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0", "LOG_FILE": name}
     outputs = []
     for command in (["queue:size", "redis"], ["queue:work", "redis", "--stop-when-empty"], ["queue:restart", "redis"]):
         result = run_cli(*command, env=env, timeout=30)
@@ -56,4 +58,5 @@ def test_no_output_shows_it(tmp_path, password):
         outputs += [result.stdout, result.stderr]
     outputs += [run_cli(*command, "--help", env=env).stdout for command in ("queue:work", "queue:size", "run")]
     outputs.append(log.read_text() if log.exists() else "")
+    log.unlink(missing_ok=True)
     assert not any(leaked(text, password) for text in outputs)
