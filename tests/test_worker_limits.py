@@ -39,7 +39,8 @@ def test_tries_used_are_attempts_less_releases_and_max_tries_bounds_them():
 @pytest.mark.parametrize("settings, limit", [
     ({"retry_until": 60}, None),                           # only the deadline bounds them
     ({"retry_until": 60, "max_exceptions": 4}, 4),
-    ({"max_exceptions": 4}, 3),                            # without retry_until, max_exceptions is not used
+    ({"max_exceptions": 4}, 3),                            # without retry_until, the lower of the two
+    ({"max_exceptions": 2}, 2),                            # (max_tries=5 with max_exceptions=2 ran 5 tries)
 ])
 def test_with_retry_until_max_exceptions_bounds_the_tries_instead_of_max_tries(settings, limit):
     assert tries(reserved(attempts=9, releases=2), payload(**settings), 3) == Tries(7, limit)

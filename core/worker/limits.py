@@ -55,7 +55,13 @@ class Tries:
 
 
 def tries(reserved: ReservedJob, payload: Payload, max_tries: int) -> Tries:
-    limit = max_tries if payload.retry_until is None else payload.max_exceptions
+    """With retry_until, max_exceptions bounds the failed tries (or nothing does); without it, max_tries,
+    and max_exceptions too when it is lower (as Laravel's maxExceptions bounds tries)."""
+    limit: int | None
+    if payload.retry_until is not None:
+        limit = payload.max_exceptions
+    else:
+        limit = max_tries if payload.max_exceptions is None else min(max_tries, payload.max_exceptions)
     return Tries(reserved.attempts - reserved.releases, limit)
 
 
