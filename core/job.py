@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import FrameworkError, InvalidQueueName
-from core.job_settings import (SETTING_NAMES, InvalidJobSetting, SerializationError, _number, due_deadline,
-                               frozen_settings)
+from core.job_settings import (SETTING_NAMES, InvalidJobSetting, InvalidPriority, SerializationError, _number,
+                               due_deadline, frozen_settings)
 from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, RETRY_UNTIL, Exponential
 from core.payload import InvalidPayload, Payload, from_json_value, import_class, new_id, now, to_json_value
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from core.dispatch import PendingDispatch
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
-__all__ = ["Exponential", "InvalidJobSetting", "Job", "SerializationError"]
+__all__ = ["Exponential", "InvalidJobSetting", "InvalidPriority", "Job", "SerializationError"]
 # Not job data: the id and attempt count, and the settings that travel in the payload's fields and options.
 _NOT_SERIALIZED = {"job_id", "attempts", "max_tries", "timeout", "retry_after", "queue", "connection",
                    *SETTING_NAMES}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.job_settings import InvalidPriority
+from core.job import InvalidPriority
 from core.queue import (JobCancelled, JobFailed, JobNotFound, JobRef, ResultNotKept, ResultNotSerializable,
                         WaitTimeout, job_ref)
 from tests.conftest import run_cli
