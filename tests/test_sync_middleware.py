@@ -79,3 +79,36 @@ async def test_a_rate_limited_job_over_its_limit_is_released_not_run(monkeypatch
             await ControlJob.dispatch(log=log).through([limit])
     assert [e["event"] for e in read_events(log)] == ["handle", "done"]     # the second never ran
     assert "was released (by its middleware) on the sync connection" in caplog.text
+
+
+@pytest.mark.parametrize(("action", "heard"), [
+    ("", [("JobProcessing", None), ("JobProcessed", "succeeded")]),
+    ("delete", [("JobProcessing", None), ("JobProcessed", "skipped")]),
+    ("fail", [("JobProcessing", None), ("JobFailed", "LookupError: the device is gone")]),
+    ("raise", [("JobProcessing", None), ("JobFailed", "ValueError: not worth retrying")]),
+])
+async def test_a_job_run_inline_is_heard_as_a_worker_reports_it(run, tmp_path, action, heard):
+    """SPEC 10: listeners run where the event happens. dispatch_sync and the sync connection heard
+    nothing of the run (as Laravel's sync queue, they now fire JobProcessing, then JobProcessed or
+    JobFailed); a release there puts nothing back, so it is heard as nothing."""
+    from core import events as core_events
+    from core.events import JobEvent, JobQueued
+
+    got = []
+
+    def listener(event):
+        if not isinstance(event, JobQueued):
+            got.append((type(event).__name__, getattr(event, "outcome", None) if type(event).__name__ ==
+                        "JobProcessed" else getattr(event, "exception", None), event.connection, event.attempts))
+
+    core_events.listen(JobEvent)(listener)
+    try:
+        async with create_app():
+            try:
+                await run(ControlJob, log=str(tmp_path / "events"), action=action)
+            except ValueError:
+                assert action == "raise"
+    finally:
+        core_events.forget(listener)
+    assert [(name, detail) for name, detail, _, _ in got] == heard
+    assert {(connection, attempts) for _, _, connection, attempts in got} == {("sync", 1)}

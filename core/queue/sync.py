@@ -3,12 +3,16 @@ so it offers no QueueAdmin (queue:size, queue:clear, queue:restart say so)."""
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from core import events
 from core.context import current
+from core.events import JobFailed, JobProcessed, JobProcessing
 from core.job import Job, intent_of, resolve_job_class
+from core.log import redact
 from core.payload import Payload, restore_middleware
 from core.pipeline import run_pipeline
 from core.queue.contract import QueueConnection, ReservedJob
@@ -71,6 +75,9 @@ async def run_inline(job: Job, payload: Payload, conn: SyncQueue | None = None) 
     conn = conn or _inline.get(app) or _inline.setdefault(app, SyncQueue(app))
     chain = [*app.config.queue.middleware, *job.middleware(), *restore_middleware(payload, app.config.app.job_packages)]
     reserved = ReservedJob(id=payload.uuid, queue=payload.queue, payload="", attempts=1, token="inline")
+    heard = _Heard(conn.name, payload)
+    if events.wants(JobProcessing):
+        await events.emit(JobProcessing(**heard.fields))
     try:
         with attempt_context(conn, reserved, app.config.queue.visibility_timeout) as attempt:
             try:
@@ -80,19 +87,49 @@ async def run_inline(job: Job, payload: Payload, conn: SyncQueue | None = None) 
     except Exception as exc:
         chosen = intent_of(job)
         if chosen is not None and chosen.kind in ("fail", "delete"):   # chosen before it raised: that stands
-            return await _chosen(job, chosen)
+            return await _chosen(job, chosen, heard)
         await job.run_failed(exc)
+        await heard.failed(exc)
         raise
     chosen = intent_of(job)
-    return result if chosen is None or chosen.kind == "retry" else await _chosen(job, chosen)
+    if chosen is None or chosen.kind == "retry":
+        await heard.processed("succeeded")
+        return result
+    return await _chosen(job, chosen, heard)
 
 
-async def _chosen(job: Job, chosen: Any) -> None:
+async def _chosen(job: Job, chosen: Any, heard: "_Heard") -> None:
     if chosen.kind == "fail":
         await job.run_failed(chosen.exception)
         log.info("%s [%s] failed by its %s on the sync connection: %s", type(job).__name__, job.job_id, chosen.by,
                  chosen.exception)
-    elif chosen.kind == "release":
+        await heard.failed(chosen.exception)
+    elif chosen.kind == "delete":
+        await heard.processed("skipped")
+    elif chosen.kind == "release":     # no JobReleased: nothing puts it back (an event reports only what happened)
         log.warning("%s [%s] was released (by its %s) on the sync connection, which keeps no jobs: it is not run "
                     "again", type(job).__name__, job.job_id, chosen.by)
     return None
+
+
+class _Heard:
+    """The SPEC 10 events of a job run inline, as a worker reports them (JobProcessing before the
+    middleware, JobProcessed or JobFailed at the end), built only when someone listens. JobFailed
+    says the job failed and failed() was called; the sync connection writes no failed_jobs row."""
+
+    def __init__(self, connection: str, payload: Payload) -> None:
+        self.fields: dict[str, Any] = {"connection": connection, "queue": payload.queue, "job_id": payload.uuid,
+                       "job_class": payload.job, "attempts": 1}
+        self.started = time.monotonic()
+
+    async def processed(self, outcome: str) -> None:
+        if events.wants(JobProcessed):
+            await events.emit(JobProcessed(**self.fields, duration=time.monotonic() - self.started, outcome=outcome))
+
+    async def failed(self, exc: BaseException) -> None:
+        if events.wants(JobFailed):
+            cls = type(exc)
+            name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+            message = (str(exc).strip().splitlines() or [""])[0]
+            line = redact(f"{name}: {message}" if message else name, current().config.secrets())
+            await events.emit(JobFailed(**self.fields, exception=line, duration=time.monotonic() - self.started))
