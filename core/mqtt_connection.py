@@ -116,6 +116,33 @@ def subscribe_properties(config: MqttConfig, identifier: int) -> Properties | No
     return properties
 
 
+def fail_fast(client: aiomqtt.Client) -> None:
+    """aiomqtt ignores a connection closed before CONNACK (a TLS alert for a missing client certificate
+    comes then) and waits out its timeout for nothing: fail the connect at once, with paho's reason.
+    For the app's connection and the jobs' publisher alike."""
+    paho: Any = client._client          # paho: its log and disconnect callbacks
+    loop = asyncio.get_running_loop()
+    last_error = [""]
+    aiomqtt_disconnect = paho.on_disconnect
+
+    def on_log(_client: Any, _userdata: Any, level: int, text: str) -> None:
+        if level == MQTT_LOG_ERR:
+            last_error[0] = text
+
+    def fail(why: str) -> None:
+        connected = client._connected
+        if not connected.done():
+            connected.set_exception(aiomqtt.MqttError(why))
+
+    def on_disconnect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        why = last_error[0] or f"the broker closed the connection before accepting it ({reason_code})"
+        # paho may call this from the thread aiomqtt connects in: the future is the event loop's
+        loop.call_soon_threadsafe(fail, why.removeprefix("failed to receive on socket: "))
+        aiomqtt_disconnect(c, userdata, flags, reason_code, properties)
+
+    paho.on_log, paho.on_disconnect = on_log, on_disconnect
+
+
 class Connection:
     """An aiomqtt client whose incoming messages go to `deliver` (not aiomqtt's unbounded queue) and are
     acknowledged by `ack()`. `deliver` returns True when the app's buffer is full: reading pauses until
@@ -141,11 +168,7 @@ class Connection:
         self._paho_publish, self._paho_pubrel = paho._handle_publish, paho._handle_pubrel
         paho._handle_publish, paho._handle_pubrel = self._handle_publish, self._handle_pubrel
         self._qos2 = False
-        # aiomqtt ignores a connection closed before CONNACK (a TLS alert for a missing client certificate
-        # comes then) and waits 10 s for nothing: fail the connect at once, with paho's reason.
-        self._last_error = ""
-        self._aiomqtt_disconnect = paho.on_disconnect
-        paho.on_log, paho.on_disconnect = self._on_log, self._on_disconnect
+        fail_fast(self.client)
         # paho reads a packet in three recv() calls (type, length, body): read the socket in blocks instead
         self._paho_recv, paho._sock_recv = paho._sock_recv, self._sock_recv
         self._buffer, self._offset = b"", 0
@@ -185,21 +208,6 @@ class Connection:
             return self._paho_pubrel()
         finally:
             self._paho._manual_ack = True
-
-    def _on_log(self, _client: Any, _userdata: Any, level: int, text: str) -> None:
-        if level == MQTT_LOG_ERR:
-            self._last_error = text
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
-        why = self._last_error or f"the broker closed the connection before accepting it ({reason_code})"
-        # paho may call this from the thread aiomqtt connects in: the future is the event loop's
-        self._loop.call_soon_threadsafe(self._fail_connect, why.removeprefix("failed to receive on socket: "))
-        self._aiomqtt_disconnect(client, userdata, flags, reason_code, properties)
-
-    def _fail_connect(self, why: str) -> None:
-        connected = self.client._connected
-        if not connected.done():
-            connected.set_exception(aiomqtt.MqttError(why))
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import aiomqtt
 
 from core.config import MqttConfig
 from core.errors import ConnectionFailed
-from core.mqtt_connection import client_options, encode_payload, short_reason
+from core.mqtt_connection import client_options, encode_payload, fail_fast, short_reason
 
 
 class MqttPublisher:
@@ -51,6 +51,7 @@ class MqttPublisher:
             if self._client is None:
                 client = aiomqtt.Client(self.config.host, self.config.port,
                                         **client_options(self.config, self.identifier, 30, clean=True))
+                fail_fast(client)       # a refusal before CONNACK (a TLS alert) in its own words, not "timed out"
                 try:
                     await asyncio.wait_for(client.__aenter__(), self.config.connect_timeout or 10)
                 except (aiomqtt.MqttError, TimeoutError) as exc:

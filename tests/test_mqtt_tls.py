@@ -95,6 +95,27 @@ def test_run_without_the_client_certificate_is_refused_in_one_line(certificates,
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stdout
 
 
+async def test_a_job_publishing_without_the_client_certificate_fails_with_the_brokers_reason(certificates,
+                                                                                              tls_broker, monkeypatch):
+    """The jobs' publisher, like `run`, says why the broker refused it (the TLS alert that comes
+    before CONNACK), at once, instead of 'timed out' after MQTT_CONNECT_TIMEOUT."""
+    import time
+
+    from bootstrap.app import create_app
+    from core.errors import ConnectionFailed
+    from tests.jobs.mqtt_jobs import PublishingJob
+
+    for key, value in {"MQTT_PORT": str(tls_broker.port), "MQTT_CA_FILE": str(certificates / "ca.crt"),
+                       "MQTT_CONNECT_TIMEOUT": "20"}.items():
+        monkeypatch.setenv(key, value)
+    async with create_app():
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed) as refused:
+            await PublishingJob.dispatch_sync(topic="devices/d3/status", payload={})
+    assert "certificate required" in str(refused.value) and "timed out" not in str(refused.value)
+    assert time.monotonic() - started < 20          # not the connect timeout
+
+
 def test_a_broker_certificate_from_another_ca_is_refused(certificates, tls_broker, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
