@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ class PgsqlDatabase(ServerDatabase):
         if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
             return "connection closed"
         if isinstance(exc, OSError):
-            return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+            return describe_error(exc)
         return None
 
     # -- sessions ---------------------------------------------------------------------------
@@ -245,6 +246,8 @@ async def _keep(conn: Any) -> None:
 
 def describe_error(exc: BaseException) -> str:
     """The server's or the system's own words for an error, one line."""
+    if isinstance(exc, socket.gaierror):     # an unknown host: errno -2, which os.strerror cannot name
+        return exc.strerror or str(exc)
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     text = str(exc).strip().splitlines()

@@ -192,6 +192,9 @@ def test_a_malformed_database_setting_is_one_line_at_start(env, message):
     ({"LOG_FILE": "../../escape.log"}, "LOG_FILE must be a file name under storage/logs/ (worker.log, or "
                                        "workers/emails.log), got '../../escape.log'"),
     ({"MQTT_MAX_CONCURRENT": "0"}, "MQTT_MAX_CONCURRENT must be at least 1 (messages handled at once), got 0"),
+    ({"REDIS_URL": "http://user:secret@cache:6379/0"},     # was redis-py's ValueError, naming no setting
+     "REDIS_URL must start with redis://, rediss://, unix://, redis+cluster://, rediss+cluster://, got one with "
+     "the scheme 'http'"),
     ({"MQTT_CONNECT_TIMEOUT": "-1"}, "MQTT_CONNECT_TIMEOUT must be a number of seconds, 0 (retry for good) or "
                                      "more, got -1"),
 ])
@@ -200,7 +203,15 @@ def test_an_app_setting_out_of_its_range_is_one_line_at_start(env, message):
     wherever it pointed (SPEC 3: under storage/logs/); the MQTT numbers were taken as given."""
     result = run_cli("queue:size", env=env)
     assert result.returncode == 1 and result.stderr.strip() == message
-    assert not (ROOT.parent / "escape.log").exists()
+    assert not (ROOT.parent / "escape.log").exists() and "secret" not in result.stderr
+
+
+def test_a_database_host_that_does_not_resolve_is_named_as_such(pgsql_env, monkeypatch):
+    """PostgreSQL said 'Unknown error -2' (os.strerror of the resolver's code), MySQL the resolver's words."""
+    result = run_cli("queue:size", env={"DB_HOST": "nonexistent.invalid"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == \
+        "Cannot connect to PostgreSQL at nonexistent.invalid:5432: Name or service not known"
 
 
 def test_bad_queue_name_is_one_clear_line():
@@ -293,7 +304,7 @@ def test_make_job_writes_a_working_job_class(tmp_path):
     check = subprocess.run([sys.executable, "-c", "from app.jobs.read_meter_job import ReadMeterJob"], cwd=project,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    for bad in ("send-email", "9lives", "None"):
+    for bad in ("send-email", "9lives", "None", "class", "import"):
         refused = run_cli("make:job", bad)
         assert refused.returncode == 1 and "must be a class name" in refused.stderr
         assert "Traceback" not in refused.stderr

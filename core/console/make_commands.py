@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import keyword
 import re
 
 import click
@@ -44,9 +45,10 @@ def snake_case(name: str) -> str:
 
 def class_name(name: str) -> str:
     """The job class NAME stands for: SendSmsJob as given; send_sms_job and sendSmsJob as SendSmsJob."""
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name in ("True", "False", "None"):
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or keyword.iskeyword(name) or keyword.iskeyword(
+            snake_case(name)):      # app/jobs/class.py could not be imported
         raise FrameworkError(f"job name {name!r} must be a class name such as SendSmsJob (or send_sms_job): "
-                             "letters, digits and underscores, starting with a letter")
+                             "letters, digits and underscores, starting with a letter, and not a Python keyword")
     return "".join(part[0].upper() + part[1:] for part in name.split("_") if part)
 
 
