@@ -35,11 +35,12 @@ PRUNE_RESULTS_EVERY = 256     # results stored between two bounded prunes, per p
 JOB_BY_UUID = ("SELECT id, queue, payload, attempts, state, available_at, last_error, progress, {now} "
                "FROM jobs WHERE uuid = ?")
 LIST = "SELECT id, queue, payload, attempts, state, available_at, last_error, progress, {now} FROM jobs"
-# A state's rows, by the state column and the clock: a DELAYED row already due is pending (SPEC: pending
-# is due, not reserved), until a reserve makes it READY. Each is one range of an index on (queue, state,
-# available_at); pending is two, each read with the LIMIT.
-STATE_WHERE = {"pending": ("state = 0", "state = 1 AND available_at <= {now}"),
-               "delayed": ("state = 1 AND available_at > {now}",), "reserved": ("state = 2",)}
+# A state's rows, by the state column and the clock: a DELAYED row already due, and a RESERVED row whose
+# reservation lapsed (a dead worker's), are pending (SPEC: pending is due, not reserved), until a reserve
+# takes them. Each is one range of an index on (queue, state, available_at); pending is three, each read
+# with the LIMIT.
+STATE_WHERE = {"pending": ("state = 0", "state = 1 AND available_at <= {now}", "state = 2 AND available_at <= {now}"),
+               "delayed": ("state = 1 AND available_at > {now}",), "reserved": ("state = 2 AND available_at > {now}",)}
 # States this store keeps records of (job_results); the rest of SPEC's (waiting, superseded) it never holds.
 RECORDED = ("completed", "cancelled", "skipped")
 FLAG_CANCEL = "UPDATE jobs SET cancelled = 1 WHERE id = ?"
@@ -197,6 +198,8 @@ def _queued(job_id: str | None, row: Sequence[Any]) -> JobStatus:
     name = {0: "pending", 1: "delayed", 2: "reserved"}.get(int(state), "pending")
     if name == "delayed" and int(available_at) <= int(now):
         name = "pending"
+    elif name == "reserved" and int(available_at) <= int(now):
+        name = "pending"        # its reservation lapsed (a dead worker's job): no one holds it, it is due again
     return from_payload(job_id or peek_uuid(payload) or "", name, queue, payload, attempts=int(attempts),
                         available_at=float(available_at) if name == "delayed" else None,
                         last_error=last_error, progress=parse_progress(progress))

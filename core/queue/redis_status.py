@@ -145,16 +145,18 @@ class RedisJobs:
         return found
 
     async def _listed(self, k: Any, state: str, count: int, now: float) -> list[str]:
-        """Up to about `count` ids to look at for `state`. A delayed job whose time came (by `now`) is
-        pending (status.lua says so) until a reserve moves it to the ready set: pending reads both."""
+        """Up to about `count` ids to look at for `state`. A delayed job whose time came (by `now`), and a
+        reserved one whose reservation lapsed (a dead worker's), are pending (status.lua says so) until a
+        reserve takes them: pending reads all three."""
         if state in RECORDED:
             return list(await self.client.zrange(k.results_exp, 0, count))
         if state == "reserved":
-            return list(await self.client.zrange(k.reserved, 0, count))
+            return list(await self.client.zrangebyscore(k.reserved, f"({now}", "+inf", start=0, num=count))
         if state == "delayed":
             return list(await self.client.zrangebyscore(k.delayed, f"({now}", "+inf", start=0, num=count))
         return [*await self.client.zrange(k.ready, 0, count),
-                *await self.client.zrangebyscore(k.delayed, "-inf", now, start=0, num=count)]
+                *await self.client.zrangebyscore(k.delayed, "-inf", now, start=0, num=count),
+                *await self.client.zrangebyscore(k.reserved, "-inf", now, start=0, num=count)]
 
     async def prune_results(self) -> int:
         import time

@@ -84,3 +84,19 @@ async def test_a_batch_mixing_priorities_is_pushed_in_one_call_and_reserved_by_p
     await conn.push_many("batch", raws)
     taken = [await conn.reserve(["batch"]) for _ in range(5)]
     assert [job.payload for job in taken] == [raws[1], raws[4], raws[0], raws[2], raws[3]]
+
+
+async def test_a_job_whose_reservation_lapsed_is_pending_not_reserved(backend):
+    """A dead worker's job: once its reservation lapsed no one holds it, and the next reserve takes it
+    back, so status() says pending (SPEC 11: reserved is "a worker holds it"), not reserved until then."""
+    conn = backend.conn
+    raw = payload(1)
+    await conn.push("lapsed", raw)
+    held = await conn.reserve(["lapsed"])
+    assert held is not None and (await conn.job_status("lapsed", uuid_of(raw))).state == "reserved"
+    await asyncio.sleep(EXPIRED)                          # its worker died: nothing renews it
+    assert (await conn.job_status("lapsed", uuid_of(raw))).state == "pending"
+    assert [j.id for j in await conn.jobs("lapsed", "pending", 10)] == [uuid_of(raw)]     # queue:jobs agrees
+    assert await conn.jobs("lapsed", "reserved", 10) == []
+    again = await conn.reserve(["lapsed"])
+    assert again is not None and (await conn.job_status("lapsed", uuid_of(raw))).state == "reserved"

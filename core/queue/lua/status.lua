@@ -20,7 +20,9 @@ if payload then
     local state, at = 'pending', nil
     local score = redis.call('ZSCORE', KEYS[3], id)
     if score then
-        state = 'reserved'
+        -- held until its reservation lapses (score = expiry); after that no worker holds it: it is
+        -- due again, taken back by the next reserve (a dead worker's job)
+        if tonumber(score) > now then state = 'reserved' end
     else
         score = redis.call('ZSCORE', KEYS[2], id)
         if score then
