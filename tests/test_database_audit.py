@@ -77,19 +77,26 @@ async def test_a_transaction_cut_while_waiting_for_the_sqlite_lock_leaves_no_tra
         other.close()
 
 
+async def cut_while_row_locked(job, call) -> pymysql.Connection:
+    """Another connection holds `job`'s row lock while `call()` runs, and `call()` is cut (0.5 s) waiting
+    for it; the lock is let go after. The holder's connection, still open."""
+    holder = mysql_connection()
+    with holder.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (int(job.id),))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call(), 0.5)
+        cur.execute("COMMIT")
+    return holder
+
+
 async def test_a_transaction_cut_while_waiting_for_a_mysql_row_lock_leaves_no_transaction_open(mysql_env, monkeypatch):
     configure(monkeypatch, "database")
     async with create_app() as app:
         conn = await queue_of(app)
         await conn.push("audit", payload(1))
         job = await conn.reserve(["audit"])
-        holder = mysql_connection()
-        with holder.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (int(job.id),))
-            with pytest.raises(TimeoutError):          # fail(): a transaction of several round trips
-                await asyncio.wait_for(conn.fail(job, "RuntimeError: boom"), 0.5)
-            cur.execute("COMMIT")
+        holder = await cut_while_row_locked(job, lambda: conn.fail(job, "RuntimeError: boom"))   # round trips
         assert all(not c.get_transaction_status() for c in conn.db._pool._free)
         assert await conn.fail(job, "RuntimeError: boom") is True
         later = payload(2)
@@ -129,13 +136,7 @@ async def test_a_mysql_acknowledgement_cut_while_waiting_for_a_row_lock_acknowle
         conn = await queue_of(app)
         await conn.push("audit", payload(1))
         job = await conn.reserve(["audit"])
-        holder = mysql_connection()
-        with holder.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (int(job.id),))
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(conn.acknowledge_many([job]), 0.5)
-            cur.execute("COMMIT")
+        holder = await cut_while_row_locked(job, lambda: conn.acknowledge_many([job]))
         # Its statements went out whole: cut off, the acknowledgement may still have committed on the
         # server. Either way it happened once, nothing is left open, and the job is not handed out again.
         assert all(not c.get_transaction_status() for c in conn.db._pool._free)
