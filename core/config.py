@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -216,8 +217,25 @@ def _encode_userinfo(text: str) -> str:
 
 
 def load_env_file(path: Path | None = None) -> None:
-    """Read `.env` without overriding variables already set in the real environment."""
-    load_dotenv(path or ROOT / ".env", override=False)
+    """Read `.env` without overriding variables already set in the real environment. A line that cannot
+    be read (an unclosed quote: DB_CONNECTION="pgsql) is one line and exit 1; python-dotenv only warns
+    and skips it, and the command then ran on the default (SQLite). The message names the line, never
+    its value (it may be a password)."""
+    from dotenv.parser import parse_stream
+
+    path = path or ROOT / ".env"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name} cannot be read: {exc}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            name = (binding.original.string.split("=", 1)[0].strip() or "?")[:60]
+            raise ConfigError(f"{path.name} line {binding.original.line}: the setting {name!r} cannot be read "
+                              "(an unclosed quote?)")
+    load_dotenv(path, override=False)
 
 
 def load_config() -> Config:

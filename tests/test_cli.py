@@ -311,6 +311,21 @@ def test_make_job_writes_a_working_job_class(tmp_path):
     assert not (ROOT / "app" / "jobs" / "tmp_test_job.py").exists()
 
 
+def test_an_env_file_line_that_cannot_be_read_is_one_line_naming_it_not_skipped(tmp_path):
+    """python-dotenv warns and skips such a line, so DB_CONNECTION="pgsql (an unclosed quote) ran on
+    SQLite. Now: one line naming the line and the setting, never its value, and exit 1."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".*", "__pycache__", "bench", "docs", "tests",
+                                                                 "storage"))
+    (project / ".env").write_text('APP_NAME=demo\nDB_PASSWORD="s3cret\nDB_CONNECTION=sqlite\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "APP_"))}
+    result = subprocess.run([sys.executable, "main.py", "queue:size"], cwd=project, capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ".env line 2: the setting 'DB_PASSWORD' cannot be read (an unclosed quote?)"
+    assert "s3cret" not in result.stdout + result.stderr
+
+
 def test_demo_runs_the_examples_and_ends_with_the_failing_one_in_failed_jobs():
     result = run_cli("demo", check=True, timeout=90)
     for name in ("SendEmailJob", "SendNotificationJob", "ProcessDataJob", "GenerateReportJob"):
