@@ -152,19 +152,30 @@ async def test_a_mysql_acknowledgement_cut_while_waiting_for_a_row_lock_acknowle
         holder.close()
 
 
-async def test_a_mysql_acknowledgement_holds_no_row_lock_while_job_code_blocks_the_worker_loop(mysql_env, monkeypatch):
-    """Job code that blocks the loop (a sync call in handle()) while an acknowledgement is in flight
-    must not keep the acknowledged rows locked: the heartbeat's renewal skips locked rows, so a
+@pytest.mark.parametrize("call", ["acknowledge_many", "acknowledge_and_reserve"])
+async def test_a_mysql_acknowledgement_holds_no_row_lock_while_job_code_blocks_the_worker_loop(mysql_env, monkeypatch,
+                                                                                               call):
+    """Job code that blocks the loop (a sync call in handle(), or in a listener beside a worker at
+    concurrency 1, whose acknowledgement goes with its next reserve) while an acknowledgement is in
+    flight must not keep the acknowledged rows locked: the heartbeat's renewal skips locked rows, so a
     store cut then rolled the acknowledgement back after the reservation had lapsed (a second run)."""
     configure(monkeypatch, "database")
     async with create_app() as app:
         conn = await queue_of(app)
-        await conn.push_many("audit", [payload(n) for n in range(3)])
+        await conn.push_many("audit", [payload(n) for n in range(4)])
         jobs = await conn.reserve_many(["audit"], 3)
         probe = mysql_connection()
         with probe.cursor() as cur:
             cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
-        acknowledging = asyncio.create_task(conn.acknowledge_many(jobs))
+
+        async def acknowledge() -> list[bool]:
+            if call == "acknowledge_many":
+                return await conn.acknowledge_many(jobs)
+            done, taken = await conn.acknowledge_and_reserve(jobs, "audit", "next-claim")
+            assert len(taken) == 1
+            return done
+
+        acknowledging = asyncio.create_task(acknowledge())
         locked_out = []
         while not acknowledging.done():
             await asyncio.sleep(0)            # the acknowledgement goes on, a step at a time...

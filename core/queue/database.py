@@ -609,10 +609,12 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         """A worker at concurrency 1: the finished jobs' acknowledgement, then the next reserve of
         `queue`, never side by side. Sent beside the reserve (its own transaction on another
         connection), the acknowledgement's locks made MariaDB's SKIP LOCKED pass over the next ready
-        row now and then, so one worker ran two jobs of a priority out of dispatch order. On MySQL and
-        SQLite both are one transaction (a commit per job saved); where a statement is its own step
-        (PostgreSQL) they run one after the other."""
-        if self._one_statement:
+        row now and then, so one worker ran two jobs of a priority out of dispatch order. On SQLite
+        they are one transaction (a commit per job saved); where a statement is its own step
+        (PostgreSQL), or the acknowledgement is one packet (MySQL: as one transaction of several round
+        trips it kept its rows locked while code blocking the loop, a listener's, ran between them),
+        they run one after the other."""
+        if self._one_statement or self.db.batches:
             return await self.acknowledge_many(jobs), await self.reserve_many([queue], 1, claim)
 
         def steps() -> Steps[tuple[list[bool], tuple[list[ReservedJob], list[str]]]]:
