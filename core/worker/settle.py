@@ -68,8 +68,8 @@ class Settler:
         self.deferred = False
 
     async def settle(self, attempt: Attempt, outcome: Outcome) -> None:
-        if isinstance(outcome, (Retry, Release, Fail)) and await self._cancel_requested(attempt):
-            outcome = Cancelled()
+        if isinstance(outcome, (Retry, Release)) and await self._cancel_requested(attempt):
+            outcome = Cancelled()           # (a Fail asks once its failing mark is stored: _fail)
         match outcome:
             case Done(result):
                 self.done(attempt, result)
@@ -85,11 +85,11 @@ class Settler:
                 await self._cancelled(attempt)
 
     async def _cancel_requested(self, attempt: Attempt) -> bool:
-        """Whether someone cancelled this job while it ran (SPEC 11), asked before it would be retried,
-        released or failed: the heartbeat reads cancel requests every few seconds, and an attempt that
-        ends sooner would otherwise be run again, or failed with failed() called. (The request stays
-        on the job, so one that comes after this answer cancels its next attempt.) Not for a failure
-        another worker began: its failed() may have run."""
+        """Whether someone cancelled this job while it ran (SPEC 11), asked before it would be retried or
+        released, and before failed() of a failure: the heartbeat reads cancel requests every few
+        seconds, and an attempt that ends sooner would otherwise be run again, or failed with failed()
+        called. (The request stays on the job, so one that comes after this answer cancels its next
+        attempt.) Not for a failure another worker began: its failed() may have run."""
         if attempt.reserved.failing is not None:
             return False
         cancelled = await self._store(attempt.label, "read cancel requests",
@@ -215,8 +215,15 @@ class Settler:
         reserved, job = attempt.reserved, attempt.job
         resumed = reserved.failing is not None
         failure = self._failure(attempt, exc)
-        if not resumed and job is not None and not await self._mark_failing(failure, False):
-            return
+        if not resumed and job is not None:
+            if not await self._mark_failing(failure, False):
+                return
+            # Cancelled while it ran (SPEC 11): no failed(), no failed_jobs row. Asked after the mark, not
+            # before: a store call in front of it left a worker cut off meanwhile with nothing stored,
+            # and the next worker failed the job as a dead worker's instead of with its exception.
+            if await self._cancel_requested(attempt):
+                await self._cancelled(attempt)
+                return
         if job is None or (resumed and reserved.failed_ran):     # failed() is not due
             await self._finish_failure(failure, False)
             return
