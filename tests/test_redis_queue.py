@@ -11,6 +11,7 @@ import pytest
 from redis.crc import key_slot
 
 from bootstrap.app import create_app
+from core.queue.contract import ReservedJob
 from core.queue.redis import RedisQueue
 from tests.jobs.contract_jobs import RecordRun
 from tests.redis_server import LocalRedis
@@ -206,6 +207,85 @@ async def test_a_worker_at_concurrency_1_runs_each_job_once_and_acknowledges_it(
     lines = runs.read_text().splitlines()
     assert sorted(lines) == sorted(f"{job_id} 1" for job_id in ids)
     assert (await redis_queue.sizes(["work"]))["work"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
+async def test_thousands_of_jobs_are_reserved_and_acknowledged_in_one_call_each(redis_queue):
+    """A worker at --concurrency 5000 reserves and acknowledges that many at once. The scripts do
+    each step for many jobs in one command, a slice at a time: an acknowledgement of 5,000 jobs once
+    stopped with "too many results to unpack" (Lua's limit on one command's arguments), so the
+    jobs stayed reserved and ran again after the visibility timeout."""
+    q = redis_queue
+    payloads = [raw() for _ in range(5_000)]
+    await q.push_many("wide", payloads)
+    held = await q.reserve_many(["wide"], 5_000, claim="wideclaim")
+    # In dispatch order across the script's rounds, one attempt each, every token its own.
+    assert [json.loads(job.payload)["uuid"] for job in held] == [json.loads(p)["uuid"] for p in payloads]
+    assert {job.attempts for job in held} == {1} and len({job.token for job in held}) == 5_000
+    assert {(job.id, job.token) for job in await q.recover(["wide"], "wideclaim")} == \
+        {(job.id, job.token) for job in held}
+    assert await q.acknowledge_many(held) == [True] * 5_000
+    assert (await q.sizes(["wide"]))["wide"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+    assert await q.client.hlen("queues:{wide}:state") == 0
+    assert await q.client.zcard("queues:{wide}:done") == 5_000      # each remembered for the replay window
+    await q.push_many("wide", payloads[:3])                           # so a replay stores none again
+    assert (await q.sizes(["wide"]))["wide"].pending == 0
+
+
+async def test_thousands_of_kept_results_expire_in_one_call(redis_queue):
+    """Completing a batch clears expired result records too, up to twice as many as it adds: 4,000
+    completed at once with 9,000 records expired once stopped with "too many results to unpack", and
+    the 4,000 stayed reserved to run again."""
+    from core.queue.contract import KeptResult
+
+    q = redis_queue
+
+    async def complete(count: int, keep: float) -> list[ReservedJob]:
+        await q.push_many("kept", [raw() for _ in range(count)])
+        held = await q.reserve_many(["kept"], count)
+        assert await q.complete_many(held, [KeptResult('{"state": "completed"}', keep)] * count) == [True] * count
+        return held
+
+    for _ in range(9):
+        await complete(1_000, 0.3)
+    await asyncio.sleep(0.4)                                  # all 9,000 records have expired
+    kept = await complete(4_000, 60)
+    assert None not in await q.client.hmget("queues:{kept}:results", [job.id for job in kept])
+    assert (await q.sizes(["kept"]))["kept"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
+async def test_a_job_named_twice_in_one_acknowledgement_is_acknowledged_once(redis_queue):
+    q = redis_queue
+    await q.push_many("twice", [raw(), raw()])
+    first, second = await q.reserve_many(["twice"], 2)
+    assert await q.acknowledge_many([first, second, first]) == [True, True, False]
+    assert await q.acknowledge_many([first]) == [False]
+
+
+async def test_above_concurrency_1_a_quick_job_is_acknowledged_while_a_long_one_runs(redis_queue, tmp_path):
+    """Above concurrency 1 finished jobs wait for the next reserve to carry their acknowledgement
+    only while every slot is busy: the job that finishes frees a slot, the worker reserves for it at
+    once with them, and blocks for new work with nothing held back. A quick job beside a long one
+    leaves the queue while the long one still runs, not when the long one ends."""
+    from core.context import current
+    from core.worker import Worker, WorkerOptions
+    from tests.jobs.event_jobs import TimedJob
+
+    log = str(tmp_path / "log")
+    await TimedJob.dispatch(log=log, seconds=3.0).on_queue("pair")
+    await TimedJob.dispatch(log=log, seconds=0.0).on_queue("pair")
+    worker = asyncio.create_task(Worker(current(), WorkerOptions(queues=["pair"], concurrency=2, sleep=5,
+                                                                  stop_when_empty=True)).run())
+    try:
+        deadline = time.monotonic() + 2.5
+        while (size := (await redis_queue.sizes(["pair"]))["pair"]).as_dict() != \
+                {"pending": 0, "delayed": 0, "reserved": 1}:
+            assert time.monotonic() < deadline, f"the quick job was not acknowledged beside the long one: {size}"
+            await asyncio.sleep(0.05)
+        assert not worker.done()                                          # the long job still runs
+        await asyncio.wait_for(worker, 10)
+    finally:
+        worker.cancel()
+    assert (await redis_queue.sizes(["pair"]))["pair"].as_dict() == {"pending": 0, "delayed": 0, "reserved": 0}
 
 
 async def test_callers_waiting_for_a_pooled_connection_get_one_in_the_order_they_asked(redis_env):

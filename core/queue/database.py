@@ -604,10 +604,16 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         held_now = {f"{job_id}:{attempts}:{claim}" for job_id, attempts, claim, _ in rows}
         return [f"{job.id}:{job.token}" in held_now for job in jobs]
 
+    @property
+    def reserve_carries_acknowledgements(self) -> bool:
+        """acknowledge_and_reserve is one transaction in one hop (SQLite), not two calls in a row: worth
+        a worker at any concurrency holding finished jobs back for its next reserve."""
+        return not (self._one_statement or self.db.batches)
+
     async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
-                                      claim: str) -> tuple[list[bool], list[ReservedJob]]:
-        """A worker at concurrency 1: the finished jobs' acknowledgement, then the next reserve of
-        `queue`, never side by side. Sent beside the reserve (its own transaction on another
+                                      claim: str, limit: int = 1) -> tuple[list[bool], list[ReservedJob]]:
+        """A worker: the finished jobs' acknowledgement, then the next reserve of up to `limit` jobs
+        of `queue`, never side by side. Sent beside the reserve (its own transaction on another
         connection), the acknowledgement's locks made MariaDB's SKIP LOCKED pass over the next ready
         row now and then, so one worker ran two jobs of a priority out of dispatch order. On SQLite
         they are one transaction (a commit per job saved); where a statement is its own step
@@ -615,11 +621,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         trips it kept its rows locked while code blocking the loop, a listener's, ran between them),
         they run one after the other."""
         if self._one_statement or self.db.batches:
-            return await self.acknowledge_many(jobs), await self.reserve_many([queue], 1, claim)
+            return await self.acknowledge_many(jobs), await self.reserve_many([queue], limit, claim)
 
         def steps() -> Steps[tuple[list[bool], tuple[list[ReservedJob], list[str]]]]:
             done = yield from self._acknowledge_steps(jobs)
-            taken = yield from self._reserve_steps([queue], 1, claim)
+            taken = yield from self._reserve_steps([queue], limit, claim)
             return done, taken
 
         done, (taken, dropped) = await self.db.run_transaction(steps())

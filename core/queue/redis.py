@@ -436,19 +436,25 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
             jobs, wake = self._answer(queue, stem, result)
         return jobs[0]
 
+    @property
+    def reserve_carries_acknowledgements(self) -> bool:
+        """acknowledge_and_reserve is one call here (one script), not two: worth a worker at any
+        concurrency holding finished jobs back for its next reserve."""
+        return not self.cluster
+
     async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
-                                      claim: str) -> tuple[list[bool], list[ReservedJob]]:
-        """Acknowledge finished jobs of `queue` and reserve its next job, in one round trip and one
-        script call (a worker at concurrency 1 spends a round trip on each otherwise): acknowledge.lua
-        then reserve.lua, run in sequence by one script (in_sequence). Never blocks: [] when no job is
-        due (the caller then waits as it would)."""
+                                      claim: str, limit: int = 1) -> tuple[list[bool], list[ReservedJob]]:
+        """Acknowledge finished jobs of `queue` and reserve up to `limit` of its next jobs, in one
+        round trip and one script call (a worker spends a round trip on each otherwise):
+        acknowledge.lua then reserve.lua, run in sequence by one script (in_sequence). Never blocks:
+        [] when no job is due (the caller then waits as it would)."""
         if self.cluster or any(job.queue != queue for job in jobs):
-            return await self.acknowledge_many(jobs), (await self._reserve([queue], 1, claim))[0]
+            return await self.acknowledge_many(jobs), (await self._reserve([queue], limit, claim))[0]
         ack_keys, ack_args = self._acknowledge_call(queue, jobs)
         keys = self.keys(queue).for_reserve(claim)
         flags, result = await self._run("acknowledge_reserve", [*ack_keys, *keys],
                                         [len(ack_keys), len(ack_args), *ack_args,
-                                         self.visibility_timeout, claim, BATCH, 1])
+                                         self.visibility_timeout, claim, BATCH, limit])
         return [flag == 1 for flag in flags], self._rows(queue, claim, result)
 
     def send_acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str, claim: str

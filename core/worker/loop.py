@@ -95,6 +95,7 @@ class Worker:
         self._conn: QueueConnection   # likewise
         # Concurrency 1: the next reserve, sent with the acknowledgement by the job that just finished
         # (_reserve_ahead): how to send one, and the one on its way (its answer, jobs it carries, claim, when).
+        self._rides = False           # finished jobs' acknowledgements go with the next reserve (run())
         self._send_ahead: Callable[..., Callable[[], Any] | None] | None = None
         self._ahead: tuple[Callable[[], Any], list[Attempt], str, float] | None = None
 
@@ -118,10 +119,13 @@ class Worker:
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
                                 self.visibility_timeout, self._events)
         self.attempts.bind(conn)
-        # Concurrency 1 on one queue: a finished job's acknowledgement rides on the next reserve
-        # (one round trip for both) where the store can do that.
-        self._settler.deferred = (self.options.concurrency == 1 and len(self.options.queues) == 1
-                                  and callable(getattr(conn, "acknowledge_and_reserve", None)))
+        # One queue: finished jobs' acknowledgements ride on the next reserve (one round trip for both)
+        # where the store can do that. At concurrency 1 always; above it only where that is one call
+        # (reserve_carries_acknowledgements), and only while every slot is busy (_wait_for_change): the
+        # job that finishes then frees a slot, and the loop reserves for it at once.
+        self._rides = (len(self.options.queues) == 1 and callable(getattr(conn, "acknowledge_and_reserve", None))
+                       and (self.options.concurrency == 1 or getattr(conn, "reserve_carries_acknowledgements", False)))
+        self._settler.deferred = self._rides and self.options.concurrency == 1
         self._conn = conn
         self._send_ahead = getattr(conn, "send_acknowledge_and_reserve", None) if self._settler.deferred else None
         self._handle_signals(True)
@@ -293,8 +297,11 @@ class Worker:
         if self.options.max_jobs:
             free = min(free, self.options.max_jobs - self.processed - len(self._running))
         if free <= 0:
-            self._settler.flush()
-            await self._wait_for_change()
+            if self._rides and len(self._running) >= self.options.concurrency:
+                await self._wait_for_change(hold_acknowledgements=True)
+            else:
+                self._settler.flush()
+                await self._wait_for_change()
             return None
         jobs = await self._reserve(conn, free)
         if jobs and self._stopping.is_set():    # told to stop while the reserve was in flight: no new job
@@ -311,10 +318,19 @@ class Worker:
             # A store that blocked in reserve_wait (Redis) has already waited its --sleep.
             await self._idle(self.options.sleep - (time.monotonic() - self._polled_at))
 
-    async def _wait_for_change(self) -> None:
-        """Until a running job finishes or the worker is told to stop."""
+    async def _wait_for_change(self, hold_acknowledgements: bool = False) -> None:
+        """Until a running job finishes or the worker is told to stop. With `hold_acknowledgements`
+        (every slot busy, the store's reserve carries them) the jobs that finish meanwhile wait for
+        the reserve that follows, instead of a round trip of their own (concurrency 1 always holds)."""
         self._changed.clear()
-        await self._changed.wait()
+        if not hold_acknowledgements or self.options.concurrency == 1:
+            await self._changed.wait()
+            return
+        self._settler.deferred = True
+        try:
+            await self._changed.wait()
+        finally:
+            self._settler.deferred = False
 
     async def _idle(self, seconds: float) -> None:
         if seconds > 0 and not self._stopping.is_set():
@@ -377,10 +393,13 @@ class Worker:
             if self._ahead is not None:
                 answer, riding, claim, self._polled_at = self._ahead
                 self._ahead = None
-                jobs = await self._acknowledge_and_reserve(conn, riding, claim, answer)
+                jobs = await self._acknowledge_and_reserve(conn, riding, claim, answer=answer)
             elif free > 1 and not o.once:
                 claim = token_hex(8)
-                jobs = await conn.reserve_many(o.queues, free, claim=claim)
+                if self._rides and (riding := self._settler.take()):
+                    jobs = await self._acknowledge_and_reserve(conn, riding, claim, free)
+                else:
+                    jobs = await conn.reserve_many(o.queues, free, claim=claim)
             elif riding := self._settler.take():
                 claim = token_hex(8)
                 jobs = await self._acknowledge_and_reserve(conn, riding, claim)
@@ -402,12 +421,12 @@ class Worker:
         return jobs
 
     async def _acknowledge_and_reserve(self, conn: QueueConnection, riding: list[Attempt], claim: str,
-                                       answer: Callable[[], Any] | None = None) -> list[ReservedJob]:
-        """The finished jobs' acknowledgements and the next reserve in one call (Settler.deferred);
-        `answer` reads that of a call already sent (_reserve_ahead)."""
+                                       limit: int = 1, answer: Callable[[], Any] | None = None) -> list[ReservedJob]:
+        """The finished jobs' acknowledgements and the next reserve (of up to `limit` jobs) in one call
+        (Settler.deferred); `answer` reads that of a call already sent (_reserve_ahead)."""
         try:
             done, jobs = await (answer() if answer is not None else conn.acknowledge_and_reserve(  # type: ignore[attr-defined]
-                [attempt.reserved for attempt in riding], self.options.queues[0], claim))
+                [attempt.reserved for attempt in riding], self.options.queues[0], claim, limit))
         except BaseException:
             self._settler.give_back(riding)     # acknowledged the usual way, retried while the store is away
             raise

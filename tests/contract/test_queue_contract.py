@@ -67,6 +67,22 @@ async def test_acknowledge_and_reserve_acknowledges_then_takes_the_next_in_order
     assert await conn.acknowledge_and_reserve([third], "contract", "claimfour") == ([False], [])   # not held
 
 
+async def test_acknowledge_and_reserve_takes_up_to_its_limit_with_the_reservation_named(backend):
+    """A worker above concurrency 1 hands every finished job's acknowledgement to the reserve that
+    fills its free slots: all acknowledged, up to `limit` next jobs in dispatch order, and the call's
+    claim names them (a lost answer is recovered, not taken again)."""
+    conn = backend.conn
+    pushed = [payload(n) for n in range(8)]
+    await conn.push_many("contract", pushed)
+    first = await conn.reserve_many(["contract"], 3)
+    done, taken = await conn.acknowledge_and_reserve(first, "contract", "claimwide", 4)
+    assert done == [True] * 3 and [job.payload for job in taken] == pushed[3:7]
+    assert sorted(job.id for job in await conn.recover(["contract"], "claimwide")) == sorted(job.id for job in taken)
+    done, rest = await conn.acknowledge_and_reserve(taken, "contract", "claimrest", 4)
+    assert done == [True] * 4 and [job.payload for job in rest] == pushed[7:]
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 1}
+
+
 async def test_the_first_queue_with_a_due_job_wins(backend):
     conn = backend.conn
     low, high = payload(1), payload(2)

@@ -38,8 +38,9 @@ if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
 if window > 0 then redis.call('EXPIRE', KEYS[5], math.ceil(window)) end
 -- Expired records, at most a few more than this call adds: bounded work, and the hash cannot grow.
 local old = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 2 * #done + 10)
-if #old > 0 then
-    redis.call('ZREM', KEYS[7], unpack(old))
-    redis.call('HDEL', KEYS[6], unpack(old))
+for first = 1, #old, 500 do      -- a slice at a time: unpack's limit
+    local last = math.min(first + 499, #old)
+    redis.call('ZREM', KEYS[7], unpack(old, first, last))
+    redis.call('HDEL', KEYS[6], unpack(old, first, last))
 end
 return done

@@ -86,40 +86,48 @@ if #expired > 0 then
     for _, id in ipairs(expired) do redis.call('HDEL', KEYS[6], id .. ':token') end
 end
 
--- Pop, count the attempt and record the reservation, job by job. An id whose payload is gone
--- (cleared while it waited) is skipped; one that finished within the window (written back
--- behind push's back: a replay) is deleted unrun and reported.
+-- Pop, count the attempt and record the reservation. An id whose payload is gone (cleared while
+-- it waited) is skipped; one that finished within the window (written back behind push's back: a
+-- replay) is deleted unrun and reported. The pop, the payloads, the tokens and the reservations
+-- are one command each for all the jobs of a round (a command called from a script costs about a
+-- microsecond, about what the work in it costs); only the attempt count and the replay check are
+-- one per job. A round takes at most CHUNK jobs (unpack's limit).
 local function drop_finished(id)
     redis.call('HDEL', KEYS[4], id, id .. ':seq')
     redis.call('HDEL', KEYS[6], id .. ':attempts', id .. ':token', id .. ':failing', id .. ':releases')
 end
+local CHUNK = 200
 local taken, ids, dropped, count = {}, {}, {}, 0
 while count < limit do
-    local id, payload, job
-    repeat
-        id = redis.call('ZPOPMIN', KEYS[1])[1]
-        if id then
-            job = redis.call('HMGET', KEYS[4], id, id .. ':seq')
-            payload = job[1]
-        end
+    local popped = redis.call('ZPOPMIN', KEYS[1], math.min(limit - count, CHUNK))
+    if #popped == 0 then break end
+    local fields = {}
+    for i = 1, #popped, 2 do fields[#fields + 1], fields[#fields + 2] = popped[i], popped[i] .. ':seq' end
+    local jobs = redis.call('HMGET', KEYS[4], unpack(fields))
+    local tokens, members = {}, {}
+    for i = 1, #popped, 2 do
+        local id, payload, seq = popped[i], jobs[i], jobs[i + 1]
         if payload and redis.call('ZSCORE', KEYS[7], id) then
             drop_finished(id)
             dropped[#dropped + 1] = id
-            payload = nil
+        elseif payload then
+            count = count + 1
+            local attempts = redis.call('HINCRBY', KEYS[6], id .. ':attempts', 1)
+            tokens[#tokens + 1], tokens[#tokens + 2] = id .. ':token', token .. ':' .. count
+            members[#members + 1], members[#members + 2] = now + vt, id
+            -- Only a job tried before can carry a failing mark (release and requeue clear it) or releases.
+            local before = attempts > 1 and redis.call('HMGET', KEYS[6], id .. ':failing', id .. ':releases')
+            before = before or {false, false}
+            local at = #taken
+            taken[at + 1], taken[at + 2], taken[at + 3], taken[at + 4] = id, payload, attempts, before[1]
+            taken[at + 5], taken[at + 6], taken[at + 7] = count, pushed_at(id, seq), before[2]
+            ids[count] = id
         end
-    until not id or payload
-    if not id then break end
-    count = count + 1
-    local attempts = redis.call('HINCRBY', KEYS[6], id .. ':attempts', 1)
-    redis.call('HSET', KEYS[6], id .. ':token', token .. ':' .. count)
-    redis.call('ZADD', KEYS[3], now + vt, id)
-    -- Only a job tried before can carry a failing mark (release and requeue clear it) or releases.
-    local before = attempts > 1 and redis.call('HMGET', KEYS[6], id .. ':failing', id .. ':releases')
-    before = before or {false, false}
-    local at = #taken
-    taken[at + 1], taken[at + 2], taken[at + 3], taken[at + 4] = id, payload, attempts, before[1]
-    taken[at + 5], taken[at + 6], taken[at + 7] = count, pushed_at(id, job[2]), before[2]
-    ids[count] = id
+    end
+    if #tokens > 0 then
+        redis.call('HSET', KEYS[6], unpack(tokens))
+        redis.call('ZADD', KEYS[3], unpack(members))
+    end
 end
 if KEYS[8] and count > 0 then
     -- Two visibility timeouts: a worker whose loop was blocked while this answer waited unread
