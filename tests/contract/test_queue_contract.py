@@ -83,6 +83,22 @@ async def test_acknowledge_and_reserve_takes_up_to_its_limit_with_the_reservatio
     assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 1}
 
 
+async def test_thousands_of_jobs_are_reserved_and_acknowledged_in_one_call_each(backend):
+    """A worker at --concurrency 5000 reserves, renews and acknowledges that many at once: no store
+    call may stop at a limit of its own (Lua's unpack, a statement's placeholders) and leave the
+    jobs to run again after the visibility timeout."""
+    conn = backend.conn
+    pushed = [payload(n) for n in range(5_000)]
+    await conn.push_many("contract", pushed)
+    held = await conn.reserve_many(["contract"], 5_000, claim="claimwide")
+    assert [job.payload for job in held] == pushed
+    await conn.extend(held)
+    done, more = await conn.acknowledge_and_reserve(held[:2_500], "contract", "claimmore", 5_000)
+    assert done == [True] * 2_500 and more == []
+    assert await conn.acknowledge_many(held[2_500:]) == [True] * 2_500
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 0}
+
+
 async def test_the_first_queue_with_a_due_job_wins(backend):
     conn = backend.conn
     low, high = payload(1), payload(2)
