@@ -605,10 +605,12 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return [f"{job.id}:{job.token}" in held_now for job in jobs]
 
     @property
-    def reserve_carries_acknowledgements(self) -> bool:
-        """acknowledge_and_reserve is one transaction in one hop (SQLite), not two calls in a row: worth
-        a worker at any concurrency holding finished jobs back for its next reserve."""
-        return not (self._one_statement or self.db.batches)
+    def held_acknowledgements(self) -> str | None:
+        """How a worker above concurrency 1 sends the acknowledgements it held while every slot was busy:
+        "carried" by its next reserve where acknowledge_and_reserve is one transaction in one hop
+        (SQLite: one commit instead of two); on MySQL and PostgreSQL they would run one after the other
+        instead of side by side, so none is held (None)."""
+        return None if self._one_statement or self.db.batches else "carried"
 
     async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
                                       claim: str, limit: int = 1) -> tuple[list[bool], list[ReservedJob]]:

@@ -247,6 +247,7 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         self.client: Redis | RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
         self._lane: Lane | None = None
+        self._lane_two: Lane | None = None      # for a call made while the first is busy
         self._keys: dict[str, QueueKeys] = {}
         self._state: RedisState | None = None
 
@@ -275,6 +276,7 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         self._scripts["acknowledge_reserve"] = client.register_script(in_sequence("acknowledge", "reserve"))
         if not isinstance(client, RedisCluster):   # a cluster client routes each call to its node: no single one
             self._lane = Lane(client)
+            self._lane_two = Lane(client)
         self._state = RedisState(client, self.config.prefix)
 
     @property
@@ -290,8 +292,10 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         return self._state
 
     async def close(self) -> None:
-        if self._lane is not None:
-            lane, self._lane = self._lane, None
+        lanes, self._lane, self._lane_two = [self._lane, self._lane_two], None, None
+        for lane in lanes:
+            if lane is None:
+                continue
             try:
                 await lane.close()
             except (redis_errors.RedisError, OSError, RuntimeError):
@@ -319,8 +323,11 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         return keys
 
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._lane is not None:
-            return await self._lane.run(self._scripts[script], keys, args)
+        lane = self._lane
+        if lane is not None:
+            if lane.busy and self._lane_two is not None:
+                lane = self._lane_two
+            return await lane.run(self._scripts[script], keys, args)
         return await self._scripts[script](keys=list(keys), args=list(args))
 
     # -- pushing ---------------------------------------------------------------------------------
@@ -436,11 +443,11 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
             jobs, wake = self._answer(queue, stem, result)
         return jobs[0]
 
-    @property
-    def reserve_carries_acknowledgements(self) -> bool:
-        """acknowledge_and_reserve is one call here (one script), not two: worth a worker at any
-        concurrency holding finished jobs back for its next reserve."""
-        return not self.cluster
+    # A worker above concurrency 1 sends the acknowledgements it held while every slot was busy right
+    # after its reserve, on the second lane: the server answers the reserve first and deletes the
+    # finished jobs while the worker starts the next ones (carried in the reserve's own call, the
+    # deletes would come first and the worker would wait for them).
+    held_acknowledgements = "after"
 
     async def acknowledge_and_reserve(self, jobs: Sequence[ReservedJob], queue: str,
                                       claim: str, limit: int = 1) -> tuple[list[bool], list[ReservedJob]]:

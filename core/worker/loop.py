@@ -95,7 +95,8 @@ class Worker:
         self._conn: QueueConnection   # likewise
         # Concurrency 1: the next reserve, sent with the acknowledgement by the job that just finished
         # (_reserve_ahead): how to send one, and the one on its way (its answer, jobs it carries, claim, when).
-        self._rides = False           # finished jobs' acknowledgements go with the next reserve (run())
+        self._held_acks: str | None = None   # above concurrency 1: how held acknowledgements go (run())
+        self._rides = False           # finished jobs' acknowledgements wait for the next reserve (run())
         self._send_ahead: Callable[..., Callable[[], Any] | None] | None = None
         self._ahead: tuple[Callable[[], Any], list[Attempt], str, float] | None = None
 
@@ -119,12 +120,14 @@ class Worker:
         self._settler = Settler(conn, self._outage, self.timeouts, self._held_lock, self.secrets,
                                 self.visibility_timeout, self._events)
         self.attempts.bind(conn)
-        # One queue: finished jobs' acknowledgements ride on the next reserve (one round trip for both)
-        # where the store can do that. At concurrency 1 always; above it only where that is one call
-        # (reserve_carries_acknowledgements), and only while every slot is busy (_wait_for_change): the
-        # job that finishes then frees a slot, and the loop reserves for it at once.
-        self._rides = (len(self.options.queues) == 1 and callable(getattr(conn, "acknowledge_and_reserve", None))
-                       and (self.options.concurrency == 1 or getattr(conn, "reserve_carries_acknowledgements", False)))
+        # Finished jobs' acknowledgements and the next reserve: at concurrency 1 on one queue, one call
+        # for both where the store has it. Above it the store says (held_acknowledgements) whether the
+        # jobs that finish while every slot is busy wait for the reserve their freed slot triggers:
+        # "carried" in its call (one queue), or sent right "after" it is written; else each goes at once.
+        single = len(self.options.queues) == 1 and callable(getattr(conn, "acknowledge_and_reserve", None))
+        held = getattr(conn, "held_acknowledgements", None) if self.options.concurrency > 1 else None
+        self._held_acks = held if held == "after" or (held == "carried" and single) else None
+        self._rides = (self.options.concurrency == 1 and single) or self._held_acks is not None
         self._settler.deferred = self._rides and self.options.concurrency == 1
         self._conn = conn
         self._send_ahead = getattr(conn, "send_acknowledge_and_reserve", None) if self._settler.deferred else None
@@ -396,14 +399,17 @@ class Worker:
                 jobs = await self._acknowledge_and_reserve(conn, riding, claim, answer=answer)
             elif free > 1 and not o.once:
                 claim = token_hex(8)
-                if self._rides and (riding := self._settler.take()):
+                if self._held_acks == "carried" and (riding := self._settler.take()):
                     jobs = await self._acknowledge_and_reserve(conn, riding, claim, free)
                 else:
+                    if self._held_acks == "after":
+                        self._settler.flush()   # its task runs, and sends them, once this reserve is written
                     jobs = await conn.reserve_many(o.queues, free, claim=claim)
-            elif riding := self._settler.take():
+            elif len(o.queues) == 1 and (riding := self._settler.take()):
                 claim = token_hex(8)
                 jobs = await self._acknowledge_and_reserve(conn, riding, claim)
             if not jobs:
+                self._settler.flush()       # none waits while this call blocks for new work
                 # --stop-when-empty asks about now: no point blocking for a job to arrive.
                 claim = token_hex(8)
                 job = await conn.reserve_wait(o.queues, 0 if o.stop_when_empty else o.sleep, self._stopping,
