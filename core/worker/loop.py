@@ -96,7 +96,6 @@ class Worker:
         # Concurrency 1: the next reserve, sent with the acknowledgement by the job that just finished
         # (_reserve_ahead): how to send one, and the one on its way (its answer, jobs it carries, claim, when).
         self._held_acks: str | None = None   # above concurrency 1: how held acknowledgements go (run())
-        self._rides = False           # finished jobs' acknowledgements wait for the next reserve (run())
         self._send_ahead: Callable[..., Callable[[], Any] | None] | None = None
         self._ahead: tuple[Callable[[], Any], list[Attempt], str, float] | None = None
 
@@ -127,8 +126,7 @@ class Worker:
         single = len(self.options.queues) == 1 and callable(getattr(conn, "acknowledge_and_reserve", None))
         held = getattr(conn, "held_acknowledgements", None) if self.options.concurrency > 1 else None
         self._held_acks = held if held == "after" or (held == "carried" and single) else None
-        self._rides = (self.options.concurrency == 1 and single) or self._held_acks is not None
-        self._settler.deferred = self._rides and self.options.concurrency == 1
+        self._settler.deferred = self.options.concurrency == 1 and single
         self._conn = conn
         self._send_ahead = getattr(conn, "send_acknowledge_and_reserve", None) if self._settler.deferred else None
         self._handle_signals(True)
@@ -300,7 +298,7 @@ class Worker:
         if self.options.max_jobs:
             free = min(free, self.options.max_jobs - self.processed - len(self._running))
         if free <= 0:
-            if self._rides and len(self._running) >= self.options.concurrency:
+            if self._held_acks is not None and len(self._running) >= self.options.concurrency:
                 await self._wait_for_change(hold_acknowledgements=True)
             else:
                 self._settler.flush()
@@ -323,10 +321,10 @@ class Worker:
 
     async def _wait_for_change(self, hold_acknowledgements: bool = False) -> None:
         """Until a running job finishes or the worker is told to stop. With `hold_acknowledgements`
-        (every slot busy, the store's reserve carries them) the jobs that finish meanwhile wait for
-        the reserve that follows, instead of a round trip of their own (concurrency 1 always holds)."""
+        (every slot busy, above concurrency 1: _held_acks) the jobs that finish meanwhile wait for the
+        reserve that follows, instead of a call of their own (concurrency 1 holds them always)."""
         self._changed.clear()
-        if not hold_acknowledgements or self.options.concurrency == 1:
+        if not hold_acknowledgements:
             await self._changed.wait()
             return
         self._settler.deferred = True
