@@ -21,6 +21,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from pathlib import Path
@@ -301,10 +302,33 @@ class SqliteDatabase(Database):
             # its row fail: it would block the queue behind it. C-level str(), so no cost on the hot path.
             self._conn.text_factory = functools.partial(str, encoding="utf-8", errors="replace")
             await self._conn.execute("PRAGMA busy_timeout = 60000")
-            await self._conn.execute("PRAGMA journal_mode = WAL")
+            await self._use_wal()
             await self._conn.execute("PRAGMA synchronous = NORMAL")
         except Exception as exc:  # sqlite3.OperationalError, OSError
             raise ConnectionFailed(f"Cannot open SQLite database at {self.path}: {exc}") from None
+
+    async def _use_wal(self, patience: float = 60.0) -> None:
+        """Switch the file to WAL unless it is already. On a fresh file in rollback mode the switch
+        needs the file to itself, and SQLite answers "database is locked" at once, without waiting
+        out the busy timeout, while another process holds a write lock on it: several workers
+        opening a new file together hit that. So try again until the busy timeout would have
+        lapsed; once one of them has switched, the mode is in the file and the others only read it."""
+        deadline = time.monotonic() + patience
+        pause = 0.005
+        while True:
+            try:
+                async with self._conn.execute("PRAGMA journal_mode") as cur:
+                    if (await cur.fetchone())[0].lower() == "wal":
+                        return
+                await self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def close(self) -> None:
         await self._close_wake()

@@ -91,3 +91,28 @@ async def test_steps_run_inside_a_callers_async_transaction_too(conn):
         await tx.run(conn._requeue_steps("inside", payload(1)))
         assert await tx.fetchone("SELECT COUNT(*) FROM jobs WHERE queue = 'inside'") == (1,)
     assert (await conn.sizes(["inside"]))["inside"].pending == 1
+
+
+@pytest.mark.parametrize("begin", ["BEGIN IMMEDIATE", "BEGIN"])
+async def test_a_new_sqlite_file_written_by_another_process_opens_once_it_lets_go(tmp_path, begin):
+    """Workers started together on a database file that does not exist yet: one creates its tables
+    while another opens it. Switching a file in rollback mode to WAL needs it to itself, and SQLite
+    answers "database is locked" at once, without waiting out the busy timeout; the opening worker
+    exited with "Cannot open SQLite database" and its supervisor restarted it. It waits instead."""
+    from core.database import SqliteDatabase
+
+    path = tmp_path / "fresh.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute(begin)
+    other.execute("CREATE TABLE made_by_the_other (x)")
+    let_go = threading.Timer(0.3, other.execute, ["COMMIT"])
+    let_go.start()
+    db = SqliteDatabase(path, wake=False)
+    try:
+        await db.open()
+        assert await db.fetchone("PRAGMA journal_mode") == ("wal",)
+        assert await db.fetchall("SELECT x FROM made_by_the_other") == []
+    finally:
+        let_go.join()
+        await db.close()
+        other.close()
