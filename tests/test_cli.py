@@ -76,6 +76,11 @@ def test_retry_all_forget_flush_and_prune(tmp_path):
     assert run_cli("queue:prune-failed", "--hours", "1", check=True).stdout.startswith("Pruned 0")
     assert run_cli("queue:retry", "all", check=True).stdout.count("Retried") == 2
     run_cli("queue:work", "--stop-when-empty", "--sleep", "0.05", "--tries", "1", check=True)
+    # Negative hours would reach into the future: every failed job. Refused, nothing deleted.
+    for command in ("queue:flush", "queue:prune-failed"):
+        refused = run_cli(command, "--hours", "-1")
+        assert refused.returncode == 2 and "Invalid value for '--hours'" in refused.stderr
+    assert len(json.loads(run_cli("queue:failed", "--json").stdout)) == 2
     assert "Deleted 2 failed job(s)" in run_cli("queue:flush", check=True).stdout
     assert run_cli("queue:failed", check=True).stdout.strip() == "No failed jobs."
 
@@ -352,3 +357,16 @@ def test_a_job_that_cannot_be_interrupted_ends_the_worker_and_is_not_run_again(t
     assert [e["event"] for e in read_events(log)] == ["start", "failed"]   # not run past its one try; failed() once
     [row] = json.loads(run_cli("queue:failed", "--json", check=True).stdout)
     assert row["id"] == job_id and row["exception"].startswith("core.worker.MaxAttemptsExceededError")
+
+
+def test_output_piped_into_a_reader_that_went_away_ends_quietly():
+    """`python main.py route:list | head -0`: the write finds the pipe closed. Quiet, like a shell tool
+    ended by SIGPIPE (status 141), not a BrokenPipeError line with exit 1."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                          # the reader is gone before the first write
+    try:
+        result = subprocess.run([sys.executable, "main.py", "route:list"], cwd=ROOT, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == ""

@@ -61,6 +61,23 @@ async def test_wait_raises_job_failed_with_the_exception_and_status_reports_fail
     assert ref in await failed_rows(store)
 
 
+def test_job_failed_keeps_every_line_of_the_message_apart_from_the_traceback():
+    """failed_jobs.exception as the worker writes it, for a message of several lines: wait()'s JobFailed
+    has the whole message, and the traceback starts at "Traceback"."""
+    from core.worker.outcome import exception_text
+
+    try:
+        raise RuntimeError("sensor 7 is offline\nlast seen 12:00\n\nretry later")
+    except RuntimeError as exc:
+        text = exception_text(exc, [])
+    failed = JobFailed("abc", text)
+    assert failed.exception_class == "RuntimeError"
+    assert failed.message == "sensor 7 is offline\nlast seen 12:00\n\nretry later"
+    assert failed.traceback.startswith("Traceback (most recent call last):")
+    assert str(failed) == "job abc failed: RuntimeError: sensor 7 is offline"
+    assert JobFailed("abc", "ValueError: bad").message == "bad"     # no traceback: a message alone
+
+
 async def test_a_retried_job_shows_delayed_with_its_attempts_and_last_error(store):
     ref = await RetryLaterJob.dispatch()
     worker = store.start_worker("--stop-when-empty")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
@@ -50,12 +51,23 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, int | None]], *args: Any, **
         return asyncio.run(main()) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except FrameworkError as exc:
         return fail(str(exc), secrets)
     except Exception as exc:  # the last resort: still one line, never a traceback
         if os.environ.get("APP_DEBUG", "").lower() in {"1", "true"}:
             raise
         return fail(describe_exception(exc), secrets)
+
+
+def _reader_went_away() -> int:
+    """Output piped into a reader that stopped (`queue:jobs | head -1`): quiet, as a shell tool killed
+    by SIGPIPE; stdout goes to /dev/null so that Python's flush at exit has nothing to complain about."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13     # 141: the shell's status for a process ended by SIGPIPE
 
 
 def fail(message: str, secrets: list[str] | None = None) -> int:

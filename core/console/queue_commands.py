@@ -73,7 +73,7 @@ async def forget(app, job_id) -> int:
 
 
 @command("queue:flush")
-@click.option("--hours", type=float, default=None, help="Only failed jobs older than this many hours.")
+@click.option("--hours", type=click.FloatRange(min=0), default=None, help="Only failed jobs older than this many hours.")
 async def flush(app, hours) -> None:
     """Delete all failed jobs (or those older than --hours)."""
     count = await (await app.queue.failed_store()).flush(hours)
@@ -81,7 +81,8 @@ async def flush(app, hours) -> None:
 
 
 @command("queue:prune-failed")
-@click.option("--hours", type=float, default=24, show_default=True, help="Delete failed jobs older than this.")
+@click.option("--hours", type=click.FloatRange(min=0), default=24, show_default=True,
+              help="Delete failed jobs older than this.")
 async def prune_failed(app, hours) -> None:
     """Delete failed jobs older than --hours."""
     count = await (await app.queue.failed_store()).flush(hours)

@@ -30,11 +30,15 @@ class JobFailed(FrameworkError):
     """wait(): the job failed for good. `exception_class`, `message`, `traceback` from failed_jobs."""
 
     def __init__(self, job_id: str, text: str) -> None:
-        first, _, rest = (text or "").partition("\n")
-        self.exception_class, _, self.message = first.partition(": ")
+        # failed_jobs.exception is "Class: message", a blank line, the traceback (worker/outcome.py);
+        # the message may run over several lines.
+        text = text or ""
+        at = text.find("\n\nTraceback (most recent call last):")
+        head, rest = (text[:at], text[at:]) if at >= 0 else text.partition("\n\n")[::2]
+        self.exception_class, _, self.message = head.strip().partition(": ")
         self.traceback = rest.strip()
         self.text = text
-        super().__init__(f"job {job_id} failed: {first}")
+        super().__init__(f"job {job_id} failed: {head.strip().splitlines()[0] if head.strip() else ''}")
 
 
 class JobCancelled(FrameworkError):
