@@ -73,7 +73,8 @@ async def forget(app, job_id) -> int:
 
 
 @command("queue:flush")
-@click.option("--hours", type=click.FloatRange(min=0), default=None, help="Only failed jobs older than this many hours.")
+@click.option("--hours", type=click.FloatRange(min=0), default=None,
+              help="Only failed jobs older than this many hours.")
 async def flush(app, hours) -> None:
     """Delete all failed jobs (or those older than --hours)."""
     count = await (await app.queue.failed_store()).flush(hours)
