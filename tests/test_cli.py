@@ -279,9 +279,31 @@ def test_migrate_creates_the_tables(tmp_path):
     assert columns == {"jobs": ["id", "queue", "payload", "attempts", "reserved_at", "available_at", "created_at",
                                 "uuid", "state", "claim", "failing", "failed_ran", "releases", "due_at",
                                 "priority_rank", "last_error", "progress", "cancelled"],
-                       "failed_jobs": ["id", "uuid", "connection", "queue", "payload", "exception", "failed_at"]}
+                       "failed_jobs": ["id", "uuid", "connection", "queue", "payload", "exception", "failed_at",
+                                       "attempts"]}
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"job_locks", "job_limits", "job_limit_hits", "job_throttles"} <= tables      # SPEC 9 middleware state
+
+
+def test_migrate_adds_attempts_to_a_failed_jobs_table_of_an_earlier_release():
+    """Laravel's failed_jobs as an earlier release made it, with a row: migrate adds the attempts
+    column (SPEC 11's status of a failed job); the old row stays listed and reads 0."""
+    import sqlite3
+
+    db = sqlite3.connect(os.environ["DB_DATABASE"])
+    db.execute("CREATE TABLE failed_jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, uuid VARCHAR(255) NOT NULL, "
+               "connection TEXT NOT NULL, queue TEXT NOT NULL, payload TEXT NOT NULL, exception TEXT NOT NULL, "
+               "failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+               "CONSTRAINT failed_jobs_uuid_unique UNIQUE (uuid))")
+    db.execute("INSERT INTO failed_jobs (uuid, connection, queue, payload, exception) "
+               "VALUES ('old-1', 'database', 'default', '{\"job\": \"app.jobs.x.X\"}', 'ValueError: old')")
+    db.commit()
+    run_cli("migrate", check=True)
+    assert [r[1] for r in db.execute("PRAGMA table_info(failed_jobs)")][-1] == "attempts"
+    listed = json.loads(run_cli("queue:failed", "--json", check=True).stdout)
+    assert [(row["id"], row["exception"]) for row in listed] == [("old-1", "ValueError: old")]
+    shown = json.loads(run_cli("queue:status", "old-1", "--json", check=True).stdout)
+    assert (shown["state"], shown["attempts"]) == ("failed", 0)
 
 
 def test_make_job_writes_a_working_job_class(tmp_path):

@@ -58,6 +58,7 @@ async def test_wait_raises_job_failed_with_the_exception_and_status_reports_fail
     status = await ref.status()
     assert status.state == "failed" and status.last_error == "ValueError: sensor 7 is offline"
     assert status.keep_result == 60 and status.max_tries == 1       # the class's settings, as dispatched
+    assert status.attempts == 1                                     # the tries it had
     assert ref in await failed_rows(store)
 
 

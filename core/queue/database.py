@@ -698,7 +698,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     def _fail_steps(self, job: ReservedJob, exception: str) -> Steps[bool]:
         if (yield change(DELETE_HELD, _fence(job))) != 1:
             return False
-        yield from self.failed.record_steps(self.name, job.queue, job.payload, exception)
+        yield from self.failed.record_steps(self.name, job.queue, job.payload, exception, job.attempts)
         yield from self._remember_steps([peek_uuid(job.payload)])
         return True
 

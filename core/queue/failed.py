@@ -20,17 +20,21 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS failed_jobs (
     payload {longtext} NOT NULL,
     exception {longtext} NOT NULL,
     failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    attempts INTEGER NOT NULL DEFAULT 0,
     CONSTRAINT failed_jobs_uuid_unique UNIQUE (uuid)){table}"""
+# Laravel's columns, then ours: `attempts`, the tries the job had when it failed (SPEC 11's status).
+# A table made by an earlier release gets it from migrate (or the first use); its rows read 0.
+ADD_ATTEMPTS = "ALTER TABLE failed_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
 
 # Insert unless the uuid has a row; never overwrite one: a payload carrying the uuid of another
 # failed job (forged, unsigned) must not replace the payload queue:retry needs.
-INSERT_NEW = """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)
-    VALUES (?, ?, ?, ?, ?, ?)"""
+INSERT_NEW = """INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at, attempts)
+    VALUES (?, ?, ?, ?, ?, ?, ?)"""
 # The row now under a uuid, read locking where the database locks rows (MySQL), so a row committed
 # after this transaction's snapshot is seen too.
 PAYLOAD_OF = "SELECT payload FROM failed_jobs WHERE uuid = ?"
 FORGET = "DELETE FROM failed_jobs WHERE uuid = ?"
-SELECT = "SELECT uuid, connection, queue, payload, exception, failed_at FROM failed_jobs"
+SELECT = "SELECT uuid, connection, queue, payload, exception, failed_at, attempts FROM failed_jobs"
 _TIME = "%Y-%m-%d %H:%M:%S"
 
 
@@ -42,6 +46,7 @@ class FailedJob:
     payload: str
     exception: str
     failed_at: datetime
+    attempts: int = 0       # tries it had when it failed (0: recorded by an earlier release)
 
     @property
     def job_class(self) -> str:
@@ -68,22 +73,28 @@ class FailedJobStore:
         self._payload_of = PAYLOAD_OF + db.dialect.for_update
 
     async def migrate(self) -> None:
-        await self.db.execute_ddl(self.db.dialect.ddl(SCHEMA))
+        dialect = self.db.dialect
+        await self.db.execute_ddl(dialect.ddl(SCHEMA))
+        columns = {str(name) for (name,) in await self.db.fetchall(dialect.column_names, ("failed_jobs",))}
+        if "attempts" not in columns:
+            await self.db.execute_ddl(ADD_ATTEMPTS)
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
-                     session: Session | None = None) -> str:
+                     session: Session | None = None, attempts: int = 0) -> str:
         """Write one failed job (inside `session`'s transaction when given); returns the uuid it is under.
 
         The payload's own uuid when that is free, or already holds this same payload (the same
         failure recorded again: nothing changes, no second row); a payload that differs is recorded
         under a fresh uuid, so no row is ever overwritten. Safe to repeat."""
-        steps = self.record_steps(connection, queue, payload, exception)
+        steps = self.record_steps(connection, queue, payload, exception, attempts)
         return await (session.run(steps) if session else self.db.run_transaction(steps))
 
-    def record_steps(self, connection: str, queue: str, payload: str, exception: str) -> Steps[str]:
+    def record_steps(self, connection: str, queue: str, payload: str, exception: str,
+                     attempts: int = 0) -> Steps[str]:
         """record() as transaction steps (core.database), to run inside another transaction's."""
         stored = storable(payload)
-        row = (connection, queue, stored, storable(exception), self.db.dialect.timestamp(datetime.now(timezone.utc)))
+        row = (connection, queue, stored, storable(exception), self.db.dialect.timestamp(datetime.now(timezone.utc)),
+               attempts)
         # No readable id: a random one, as two such jobs may hold the same bytes and are two failures.
         job_uuid: str | None = peek_uuid(payload) or str(uuid_module.uuid4())
         for n in itertools.count():
@@ -143,7 +154,8 @@ def storable(text: str) -> str:
 
 
 def _row(row: tuple) -> FailedJob:
-    uuid_, connection, queue, payload, exception, failed_at = row
+    uuid_, connection, queue, payload, exception, failed_at, attempts = row
     if isinstance(failed_at, str):
         failed_at = datetime.strptime(failed_at[:19], _TIME)
-    return FailedJob(uuid_, connection, queue, payload, exception, failed_at.replace(tzinfo=timezone.utc))
+    return FailedJob(uuid_, connection, queue, payload, exception, failed_at.replace(tzinfo=timezone.utc),
+                     int(attempts or 0))

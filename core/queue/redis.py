@@ -582,7 +582,7 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         """
         if not (await self._extend_queue(job.queue, [job]))[0]:
             return False
-        await (await self.failed_store()).record(self.name, job.queue, job.payload, exception)
+        await (await self.failed_store()).record(self.name, job.queue, job.payload, exception, attempts=job.attempts)
         return await self.acknowledge(job)
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:

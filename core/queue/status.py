@@ -165,7 +165,7 @@ def from_failed(failed: Any) -> JobStatus:
     body = body if isinstance(body, dict) else {}
     options = body.get("options")
     keep = options.get(KEEP_RESULT) if isinstance(options, dict) else None
-    return JobStatus(state="failed", queue=failed.queue, job=failed.job_class, id=failed.uuid,
+    return JobStatus(state="failed", queue=failed.queue, job=failed.job_class, id=failed.uuid, attempts=failed.attempts,
                      max_tries=int(body.get("maxTries") or 0), dispatched_at=body.get("pushedAt"),
                      keep_result=float(keep) if isinstance(keep, (int, float)) and not isinstance(keep, bool) else 0.0,
                      finished_at=_timestamp(failed.failed_at), last_error=(text.splitlines() or [""])[0],
