@@ -33,19 +33,42 @@ class RunnerOptions:
 
 class Client:
     """What handlers get as `client`: publishes over whichever connection is current, so a handler
-    started before a reconnect can still reply after it."""
+    started before a reconnect can still reply after it. Between connections a publish waits for
+    the next one, up to CONNECT_WAIT: a persistent session hands over the messages it held the
+    moment the broker accepts the app, before the app has finished subscribing, and their replies
+    must not fail for that."""
+
+    CONNECT_WAIT = 10.0     # seconds; aiomqtt's own publish timeout
 
     def __init__(self) -> None:
         self._connection: Connection | None = None
+        self._ready = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._connection is not None
 
+    def use(self, connection: Connection | None) -> None:
+        """The connection publishes go over from now on (None: between connections)."""
+        self._connection = connection
+        if connection is None:
+            self._ready.clear()
+        else:
+            self._ready.set()
+
     async def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False) -> None:
-        if self._connection is None:
-            raise ConnectionFailed(f"cannot publish to {topic}: not connected to the MQTT broker")
-        await self._connection.publish(topic, encode_payload(payload), qos=qos, retain=retain)
+        connection = self._connection
+        if connection is None:
+            try:
+                async with asyncio.timeout(self.CONNECT_WAIT):
+                    await self._ready.wait()
+            except TimeoutError:
+                raise ConnectionFailed(f"cannot publish to {topic}: not connected to the MQTT broker "
+                                       f"(waited {self.CONNECT_WAIT:g}s)") from None
+            connection = self._connection
+            if connection is None:
+                raise ConnectionFailed(f"cannot publish to {topic}: not connected to the MQTT broker")
+        await connection.publish(topic, encode_payload(payload), qos=qos, retain=retain)
 
 
 def client_id(config: MqttConfig, app_name: str) -> str:
@@ -176,7 +199,7 @@ class MqttApp:
         if not await self._until_stopped(connection.connect()):
             return
         self._session_connected = True
-        self.client._connection = connection
+        self.client.use(connection)
         try:
             for sub in self.plan:
                 granted = await connection.client.subscribe(
@@ -193,7 +216,7 @@ class MqttApp:
             if self._stop.is_set():
                 connection.stop_taking()    # nothing new; what was received is still handled and acked
                 await self._drain()     # handlers finishing now can still publish their replies
-            self.client._connection = None
+            self.client.use(None)
             await connection.close()
 
     async def _until_stopped(self, awaitable: Awaitable[Any]) -> bool:

@@ -175,6 +175,39 @@ async def test_a_persistent_session_gets_what_was_published_while_the_app_was_do
     assert sorted(got) == [0, 1, 2, 3, 4, 100]
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_messages_held_for_a_persistent_session_get_their_replies_out(protocol, caplog):
+    """The broker hands a persistent session what it held the moment it accepts the app, before the
+    app has subscribed: handlers ran then, and their `client.publish` failed with "not connected to
+    the MQTT broker" (the message acked all the same, the reply lost). Now the publish waits for
+    the connection."""
+    async def ping(n, client):
+        await client.publish(f"pong/{n}", {"n": int(n)}, qos=1)
+
+    router = Router()
+    router.on("ping/{n}", ping, qos=1)
+    with LocalMosquitto() as broker:
+        async with running_app(router, mqtt_config(**persistent(broker.port, protocol=protocol))) as app:
+            config = app.config
+        await publish_to(broker.port, [(f"ping/{n}", n) for n in range(5)])
+        replies: list[str] = []
+        async with aiomqtt.Client("127.0.0.1", broker.port) as listener:
+            await listener.subscribe("pong/+", qos=1)
+
+            async def listen() -> None:
+                async for message in listener.messages:
+                    replies.append(message.topic.value)
+
+            reading = asyncio.create_task(listen())
+            try:
+                async with running_app(router, config):
+                    await until(lambda: len(replies) == 5, 15, "a reply to each held message")
+            finally:
+                reading.cancel()
+    assert sorted(replies) == [f"pong/{n}" for n in range(5)]
+    assert "Handler failed" not in caplog.text
+
+
 def test_a_persistent_session_without_a_fixed_client_id_is_one_line_and_exit_1():
     result = run_cli("run", env={"MQTT_CLEAN_SESSION": "false"}, timeout=30)
     assert result.returncode == 1
