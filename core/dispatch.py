@@ -48,11 +48,13 @@ class PendingDispatch:
         self._awaited = False
 
     def delay(self, delay: float | timedelta | datetime) -> "PendingDispatch":
-        self._delay = delay_seconds(delay)
+        with self._refused():
+            self._delay = delay_seconds(delay)
         return self
 
     def on_queue(self, queue: str) -> "PendingDispatch":
-        self._queue = validate_queue_name(queue)
+        with self._refused():
+            self._queue = validate_queue_name(queue)
         return self
 
     def on_connection(self, connection: str) -> "PendingDispatch":
@@ -72,9 +74,20 @@ class PendingDispatch:
     def through(self, middleware: list[Any]) -> "PendingDispatch":
         """Middleware for this dispatch only, run after the class's own: it travels in the payload."""
         if not isinstance(middleware, (list, tuple)):
+            self._awaited = True        # refused: the error says so, not a "never awaited" line
             raise FrameworkError(f"through() takes a list of middleware, got {type(middleware).__name__}")
         self._through = list(middleware)
         return self
+
+    @contextlib.contextmanager
+    def _refused(self) -> Generator[None, None, None]:
+        """A setting refused while the dispatch is built: the caller gets the error, and this dispatch,
+        which can no longer be awaited, does not also log that it never was."""
+        try:
+            yield
+        except BaseException:
+            self._awaited = True
+            raise
 
     def __await__(self) -> Generator[Any, None, JobRef]:
         self._awaited = True

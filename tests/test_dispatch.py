@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from bootstrap.app import create_app
-from core.errors import InvalidQueueName
+from core.errors import FrameworkError, InvalidQueueName
 from core.job import SerializationError
 from core.queue import dispatch
 from core.worker import Worker, WorkerOptions
@@ -85,13 +85,20 @@ async def test_dispatch_sync_runs_in_process(tmp_path):
         assert [e["value"] for e in read_events(log)] == [3] and await pending(app) == 0
 
 
-async def test_refused_dispatches_push_nothing(tmp_path):
+async def test_refused_dispatches_push_nothing(tmp_path, caplog):
+    import gc
+
     async with create_app() as app:
         with pytest.raises(SerializationError, match="RecordingJob.value"):
             await RecordingJob.dispatch(log="x", value=object())
         with pytest.raises(InvalidQueueName):
             await RecordingJob.dispatch(log="x").on_queue("no spaces allowed")
+        with pytest.raises(FrameworkError, match="delay must be"):
+            await RecordingJob.dispatch(log="x").delay("soon")
+        gc.collect()
         assert await pending(app) == 0
+    # The refusal is the whole story: no "was never awaited" line about the dispatch it cut short.
+    assert "never awaited" not in caplog.text
 
 
 def test_a_script_dispatches_with_lazy_boot_and_exits(tmp_path):
