@@ -198,6 +198,12 @@ def _valid_id(job_id: str) -> bool:
     return 0 < len(job_id) <= MAX_UUID_LENGTH and job_id.isprintable()
 
 
+def valid_id(job_id: object) -> bool:
+    """Whether a job id from elsewhere than a payload (a store's key) may name the job: 1-255
+    printable characters, as a payload's own (bytes that were not UTF-8 are not printable)."""
+    return isinstance(job_id, str) and _valid_id(job_id)
+
+
 def _retry_after(body: dict[str, Any]) -> tuple[float, ...]:
     retry = body.get("retryAfter", [])
     items = retry if isinstance(retry, list) else [retry]

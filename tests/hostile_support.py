@@ -62,6 +62,19 @@ class RawStore:
             self.db.zadd(base, {job_id: seq})
             self.db.rpush(f"{base}:notify", 1)
 
+    def spoil(self, job_id: str, payload: str, queue: str = "default") -> None:
+        """Overwrite a dispatched job's stored payload, its id left as it was."""
+        if self.backend == "sqlite":
+            self.db.execute("UPDATE jobs SET payload = ? WHERE uuid = ?", (payload, job_id))
+        elif self.backend == "mysql":
+            with self.db.cursor() as cur:
+                cur.execute("UPDATE jobs SET payload = %s WHERE uuid = %s", (payload, job_id))
+        elif self.backend == "pgsql":
+            pgsql_query("UPDATE jobs SET payload = $1 WHERE uuid = $2", payload, job_id,
+                        database=os.environ["DB_DATABASE"])
+        else:
+            self.db.hset(f"queues:{{{queue}}}:jobs", job_id, payload)
+
     def close(self) -> None:
         if self.db is not None:
             self.db.close()

@@ -113,6 +113,32 @@ async def test_broken_payloads_in_the_store_end_in_failed_jobs_and_the_worker_go
     assert "\n2026-01-01 DONE forged line" not in out.out     # the forged id is escaped in the log line
 
 
+async def test_a_job_whose_payload_was_spoiled_keeps_its_id_in_failed_jobs_and_through_a_retry(store, tmp_path):
+    """A payload that is not JSON carries no id of its own: it was recorded under a random one, so the
+    id the dispatch returned (and queue:status, queue:retry) found nothing, and a retried one failed
+    again under yet another. It is recorded under the id the store knew it by, and keeps it."""
+    from core.queue.retry import retry_failed
+
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        ref = await RecordingJob.dispatch(log=log, value="spoiled")
+        raw = RawStore(store)
+        try:
+            raw.spoil(ref, "not json {")
+        finally:
+            raw.close()
+        await drain(app)
+        failed = await (await app.queue.failed_store()).all()
+        assert [row.uuid for row in failed] == [ref]
+        assert "payload is not valid JSON" in failed[0].summary
+        status = await ref.status()
+        assert (status.state, status.attempts) == ("failed", 1)
+        assert [job.uuid for job in (await retry_failed(app, [ref])).retried] == [ref]
+        await drain(app)
+        assert [row.uuid for row in await (await app.queue.failed_store()).all()] == [ref]
+    assert read_events(log) == []
+
+
 async def test_redis_ids_and_payloads_that_are_not_utf8_do_not_jam_a_batch(redis_env, monkeypatch, tmp_path):
     """The reserve reply could not be decoded: those jobs and the good ones of the same batch sat reserved."""
     monkeypatch.setenv("QUEUE_CONNECTION", "redis")

@@ -222,11 +222,12 @@ class QueueConnection(ABC):
         """Write the job to failed_jobs and remove it from the queue, atomically where one store
         holds both; else the row first, then the delete. Either step may be repeated safely."""
 
-    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
+    async def requeue(self, queue: str, payload: str, delay: float = 0, job_id: str | None = None) -> None:
         """queue:retry: put a failed job back under its own id with its attempts and releases reset
         and its push time restarted (retry_until, expires_after count from now), even if
         its id is still stored (a worker still failing it loses its reservation) or is remembered
-        as finished. Unlike push, never a no-op. `delay`: seconds before it is due (queue:retry --delay)."""
+        as finished. Unlike push, never a no-op. `delay`: seconds before it is due (queue:retry --delay).
+        `job_id`: the id to keep for a payload with no readable uuid of its own (failed_jobs.uuid)."""
         await self.push(queue, payload, delay)
 
     async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob", delay: float = 0) -> bool:
@@ -234,7 +235,7 @@ class QueueConnection(ABC):
         if its failed row was gone already (another retry took it). Requeued first, then
         forgotten: a crash in between leaves the failed row, never a lost job. A connection that
         shares the failed store's database does both in one transaction instead."""
-        await self.requeue(job.queue, job.payload, delay)
+        await self.requeue(job.queue, job.payload, delay, job_id=job.uuid)
         return await store.forget(job.uuid)
 
     @abstractmethod

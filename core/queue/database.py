@@ -156,6 +156,7 @@ ACKNOWLEDGE = ("WITH held (id, attempts, claim, uuid) AS (SELECT * FROM unnest(C
                "WHERE uuid IS NOT NULL{upsert}) SELECT id, attempts, claim FROM gone")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
 DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
+UUID_OF = "SELECT uuid FROM jobs WHERE id = ?"
 RELEASE_HELD = ("UPDATE jobs SET state = 0, reserved_at = NULL, available_at = 0, claim = NULL, failing = NULL, "
                 "failed_ran = 0 WHERE " + HELD)
 RELEASE_HELD_DELAYED = ("UPDATE jobs SET state = 1, reserved_at = NULL, available_at = {due}, claim = NULL, "
@@ -329,18 +330,19 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         if delay <= 0:
             await self.db.announce(queue)
 
-    def _push(self, queue: str, payload: str, delay: float = 0) -> Statement:
+    def _push(self, queue: str, payload: str, delay: float = 0, job_uuid: str | None = None) -> Statement:
         on_duplicate = self._on_duplicate
         priority = peek_priority(payload)
+        job_uuid = job_uuid or peek_uuid(payload)
         if priority:
             if delay > 0:
                 return change(PUSH_DELAYED_RANKED + on_duplicate,
-                              (queue, payload, float(delay), peek_uuid(payload), float(delay), -priority))
-            return change(PUSH_RANKED + on_duplicate, (queue, payload, peek_uuid(payload), -priority))
+                              (queue, payload, float(delay), job_uuid, float(delay), -priority))
+            return change(PUSH_RANKED + on_duplicate, (queue, payload, job_uuid, -priority))
         if delay > 0:
             delay = float(delay)
-            return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, peek_uuid(payload), delay))
-        return change(PUSH + on_duplicate, (queue, payload, peek_uuid(payload)))
+            return change(PUSH_DELAYED + on_duplicate, (queue, payload, delay, job_uuid, delay))
+        return change(PUSH + on_duplicate, (queue, payload, job_uuid))
 
     async def push_many(self, queue: str, payloads: Sequence[str], delay: float = 0) -> None:
         chunks = list(await self._chunks(payloads))
@@ -412,8 +414,8 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         if missing:
             await self.push_many(queue, missing, delay)
 
-    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
-        await self.db.run_transaction(self._requeue_steps(queue, payload, delay))
+    async def requeue(self, queue: str, payload: str, delay: float = 0, job_id: str | None = None) -> None:
+        await self.db.run_transaction(self._requeue_steps(queue, payload, delay, job_id))
         await self.db.announce(queue)
 
     async def requeue_failed(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> bool:
@@ -431,20 +433,21 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> Steps[bool]:
         if not (yield from store.forget_steps(job.uuid)):
             return False
-        yield from self._requeue_steps(job.queue, job.payload, delay)
+        yield from self._requeue_steps(job.queue, job.payload, delay, job.uuid)
         return True
 
-    def _requeue_steps(self, queue: str, payload: str, delay: float = 0) -> Steps[None]:
+    def _requeue_steps(self, queue: str, payload: str, delay: float = 0, job_id: str | None = None) -> Steps[None]:
         """Forget the finished record, and take the job over if it is still stored (a worker still
-        failing it loses its reservation), else push it."""
-        job_uuid = peek_uuid(payload)
+        failing it loses its reservation), else push it (under `job_id` when the payload has no
+        readable uuid of its own)."""
+        job_uuid = peek_uuid(payload) or job_id
         if job_uuid is not None:
             yield change(FORGET, (job_uuid,))
             taken = yield (change(TAKE_OVER_DELAYED, (queue, payload, float(delay), float(delay), job_uuid))
                            if delay > 0 else change(TAKE_OVER, (queue, payload, job_uuid)))
             if taken > 0:
                 return
-        yield self._push(queue, payload, delay)
+        yield self._push(queue, payload, delay, job_uuid)
 
     # -- reserve ----------------------------------------------------------------------------
 
@@ -696,9 +699,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return await self.db.run_transaction(self._fail_steps(job, exception))
 
     def _fail_steps(self, job: ReservedJob, exception: str) -> Steps[bool]:
+        # A payload with no readable uuid (not JSON): the row's, the id it was dispatched under.
+        row_uuid = None if peek_uuid(job.payload) else ((yield fetch(UUID_OF, (int(job.id),))) or [(None,)])[0][0]
         if (yield change(DELETE_HELD, _fence(job))) != 1:
             return False
-        yield from self.failed.record_steps(self.name, job.queue, job.payload, exception, job.attempts)
+        yield from self.failed.record_steps(self.name, job.queue, job.payload, exception, job.attempts, row_uuid)
         yield from self._remember_steps([peek_uuid(job.payload)])
         return True
 

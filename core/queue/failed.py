@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from core.database import Database, Session, Steps, change, fetch
 from core.log import one_line
-from core.payload import peek_uuid
+from core.payload import peek_uuid, valid_id
 
 # The dialect fills in {id}, {longtext} and {table} (core/dialects.py).
 SCHEMA = """CREATE TABLE IF NOT EXISTS failed_jobs (
@@ -80,23 +80,25 @@ class FailedJobStore:
             await self.db.execute_ddl(ADD_ATTEMPTS)
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
-                     session: Session | None = None, attempts: int = 0) -> str:
+                     session: Session | None = None, attempts: int = 0, job_id: str | None = None) -> str:
         """Write one failed job (inside `session`'s transaction when given); returns the uuid it is under.
 
         The payload's own uuid when that is free, or already holds this same payload (the same
         failure recorded again: nothing changes, no second row); a payload that differs is recorded
-        under a fresh uuid, so no row is ever overwritten. Safe to repeat."""
-        steps = self.record_steps(connection, queue, payload, exception, attempts)
+        under a fresh uuid, so no row is ever overwritten. Safe to repeat. `job_id`: the id the
+        store knew the job by, for a payload with no readable uuid of its own (not JSON)."""
+        steps = self.record_steps(connection, queue, payload, exception, attempts, job_id)
         return await (session.run(steps) if session else self.db.run_transaction(steps))
 
     def record_steps(self, connection: str, queue: str, payload: str, exception: str,
-                     attempts: int = 0) -> Steps[str]:
+                     attempts: int = 0, job_id: str | None = None) -> Steps[str]:
         """record() as transaction steps (core.database), to run inside another transaction's."""
         stored = storable(payload)
         row = (connection, queue, stored, storable(exception), self.db.dialect.timestamp(datetime.now(timezone.utc)),
                attempts)
-        # No readable id: a random one, as two such jobs may hold the same bytes and are two failures.
-        job_uuid: str | None = peek_uuid(payload) or str(uuid_module.uuid4())
+        # No readable id: the store's (the one dispatched and logged), else a random one, as two such
+        # jobs may hold the same bytes and are two failures.
+        job_uuid: str | None = peek_uuid(payload) or (job_id if valid_id(job_id) else None) or str(uuid_module.uuid4())
         for n in itertools.count():
             job_uuid = job_uuid or _derived_uuid(stored, n)
             yield change(self._insert_new, (job_uuid, *row))

@@ -355,12 +355,12 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
                     args += [peek_uuid(payload) or str(uuid.uuid4()), payload]
             await self._run("push", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.done], args)
 
-    async def requeue(self, queue: str, payload: str, delay: float = 0) -> None:
+    async def requeue(self, queue: str, payload: str, delay: float = 0, job_id: str | None = None) -> None:
         """queue:retry: forget the finished record and store the job again, or take it over from a
         worker still failing it (requeue.lua): attempts reset, failing mark and token cleared."""
         k = self.keys(queue)
         await self._run("requeue", [k.ready, k.delayed, k.reserved, k.jobs, k.notify, k.seq, k.state, k.done],
-                        [peek_uuid(payload) or str(uuid.uuid4()), payload, peek_priority(payload),
+                        [peek_uuid(payload) or job_id or str(uuid.uuid4()), payload, peek_priority(payload),
                          max(0.0, float(delay))])
 
     # -- reserving -------------------------------------------------------------------------------
@@ -582,7 +582,8 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         """
         if not (await self._extend_queue(job.queue, [job]))[0]:
             return False
-        await (await self.failed_store()).record(self.name, job.queue, job.payload, exception, attempts=job.attempts)
+        await (await self.failed_store()).record(self.name, job.queue, job.payload, exception, attempts=job.attempts,
+                                                 job_id=job.id)
         return await self.acknowledge(job)
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:
