@@ -151,3 +151,34 @@ def test_the_watchdog_exits_only_for_code_that_keeps_the_loop_stuck(code, surviv
         assert (result.returncode, result.stdout.strip()) == (0, "still running"), result.stderr
     else:
         assert result.returncode == 70 and "could not be interrupted for 2s" in result.stdout + result.stderr
+
+
+GIL_SCRIPT = """
+import asyncio, re
+from core.worker import Watchdog, run_guarded
+
+async def holds_the_gil():
+    re.match(r"(a+)+$", "a" * 64 + "b")     # backtracking in C with the GIL held: for ages
+
+async def main():
+    watchdog = Watchdog(hard_limit=1.0)
+    watchdog.start()
+    watchdog.watch(1, 0.2, "job 1 exceeded its timeout of 0.2s")
+    await run_guarded(1, holds_the_gil)
+    print("still running")
+
+asyncio.run(main())
+"""
+
+
+def test_job_code_stuck_in_c_holding_the_gil_ends_the_worker_instead_of_hanging_it():
+    """The watchdog is a Python thread: C code that never lets the GIL go starved it, and the worker
+    hung for good (a regex backtracking: 12 minutes, SIGTERM ignored). faulthandler's timer needs no
+    GIL: it fires a little after the watchdog's own exit would have, shows where the job was stuck,
+    and ends the process, so the job's reservation lapses and the next worker counts the attempt."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", GIL_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                            timeout=40)
+    assert result.returncode == 1 and "still running" not in result.stdout
+    assert "Timeout" in result.stderr and "in holds_the_gil" in result.stderr, result.stderr
+    assert time.monotonic() - started < 25       # deadline 0.2 + hard limit 1 + DEADMAN_SLACK 5 (twice at most)

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import functools
 import importlib.util
 import logging
 import os
 import signal
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -46,6 +48,8 @@ EXIT_BLOCKED = 70
 CANCEL_GRACE = 2.0        # seconds cancelled job code may take to end before the worker leaves it behind
 RECANCEL_EVERY = 1.0      # seconds between cancellations of job code left behind
 TICK = 0.1                # seconds between the watchdog thread's looks at the watches
+DEADMAN_SLACK = 5.0       # the dead-man switch fires at least this long after the watchdog's own exit would have
+DEADMAN_IDLE = 1.0        # seconds without job code before it is disarmed
 LEFT_BEHIND_LIMIT = 3     # job tasks ignoring cancellation at once before the worker stops to be replaced
 RENEWAL_ALLOWANCE = 0.5   # seconds for the renewal's round trip and its thread getting to run, on a loaded host
 # Code a timeout must never interrupt: the framework's store calls and the drivers and asyncio
@@ -90,6 +94,8 @@ class Watchdog:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous: Any = None
+        self._armed_at: float | None = None      # when the dead-man switch fires (_arm), if armed
+        self._busy_at = 0.0                      # when job code was last seen running
 
     def start(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -107,6 +113,7 @@ class Watchdog:
             self._thread.join(timeout=1)
             signal.signal(SIGNAL, self._previous or signal.SIG_DFL)
             self._thread = None
+        self._disarm()
 
     @property
     def overrun(self) -> float:
@@ -115,18 +122,61 @@ class Watchdog:
         return self.grace + 3 * TICK
 
     def watch(self, key: int, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._watches[key] = _Watch(time.monotonic() + timeout, message)
+            self._watches[key] = _Watch(deadline, message)
+            # Armed before the job's code runs: code that holds the GIL from its first instruction
+            # would keep this thread from ever arming it. Rarely more than a comparison (_arm).
+            if self._thread is not None:
+                self._arm(deadline)
 
     def unwatch(self, key: int) -> None:
         with self._lock:
             self._watches.pop(key, None)
+
+    def _arm(self, latest: float) -> None:
+        """The dead-man switch, for job code whose deadline (or last sign of life) is `latest`.
+
+        Job code stuck in C code that holds the GIL (a regex backtracking for ever, a C extension's
+        loop) starves this thread as well as the event loop: neither the signal nor the exit below
+        can happen, and the worker hung for good. faulthandler's timer is a C thread that needs no
+        GIL. Armed for DEADMAN_SLACK past the moment this thread would exit (and up to as much
+        again, so that it is moved on once every few seconds, not for every job: each arming starts
+        a thread, about 30 us), and moved on while this thread runs, it fires only when this thread
+        could not: it writes every thread's traceback to stderr (where the job was stuck) and ends
+        the process with exit code 1. Disarmed once no job code runs: a worker suspended with
+        Ctrl-Z while idle resumes as it was."""
+        needed = latest + self.hard_limit + DEADMAN_SLACK
+        if self._armed_at is not None and self._armed_at >= needed:
+            return
+        stderr = sys.__stderr__
+        if stderr is None:
+            return
+        fire_at = needed + DEADMAN_SLACK
+        try:
+            faulthandler.dump_traceback_later(max(fire_at - time.monotonic(), 1.0), exit=True, file=stderr)
+        except (ValueError, OSError, AttributeError, RuntimeError) as exc:   # no stderr to write to
+            log.debug("dead-man switch not armed: %s", exc)
+            return
+        self._armed_at = fire_at
+
+    def _disarm(self) -> None:
+        with self._lock:
+            if self._armed_at is not None:
+                faulthandler.cancel_dump_traceback_later()
+                self._armed_at = None
 
     def _watch_loop(self) -> None:
         while not self._stopped.wait(TICK):
             now = time.monotonic()
             with self._lock:
                 overdue = [(k, w) for k, w in self._watches.items() if now > w.deadline + self.grace]
+                latest = max((max(w.deadline, w.idle_at) for w in self._watches.values()), default=None)
+                if latest is not None:
+                    self._busy_at = now
+                    self._arm(latest)
+            if latest is None and now - self._busy_at > DEADMAN_IDLE:
+                self._disarm()
             for key, watch in overdue:
                 if not watch.reported and now > watch.deadline + CANCEL_GRACE and self.on_overdue is not None:
                     watch.reported = True
