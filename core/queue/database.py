@@ -205,18 +205,21 @@ TAKE_OVER_DELAYED = TAKE_OVER.replace("due_at = NULL, state = 0, available_at = 
 STORED_UUIDS = "SELECT uuid FROM jobs WHERE uuid IN "
 FINISHED_UUIDS = "SELECT uuid FROM finished_jobs WHERE finished_at + ? >= {now} AND uuid IN "
 STORED = "SELECT payload FROM jobs WHERE queue = ? AND payload IN "
+# A reserved row's available_at is when its reservation lapses: past it (a dead worker's job) no one
+# holds it and it is due again, so it counts as pending, as status() says (SPEC: pending is due, not
+# reserved), and queue:clear deletes it.
 SIZES = ("SELECT queue, "
-         "SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END), "
+         "SUM(CASE WHEN available_at <= {now} THEN 1 ELSE 0 END), "
          "SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END), "
-         "SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END) FROM jobs")
+         "SUM(CASE WHEN reserved_at IS NOT NULL AND available_at > {now} THEN 1 ELSE 0 END) FROM jobs")
 # queue:clear, a batch per transaction: the waiting rows locked (FOR UPDATE where rows lock), deleted by
 # id, and the uuids of those pushed within the replay window remembered, so a dispatch whose answer was
 # lost and retries its push (push_missing) after the clear does not store the cleared job again. Read
 # with a lock, not by an INSERT ... SELECT beside the DELETE: MySQL's INSERT ... SELECT read a snapshot
 # in which a row a worker had just reserved was still waiting, remembered it without deleting it, and
 # the job, back after its worker died, was dropped as "already ran".
-CLEARABLE = ("SELECT id, uuid, created_at + ? >= {now} FROM jobs WHERE queue = ? AND reserved_at IS NULL "
-             "ORDER BY id LIMIT ?")
+CLEARABLE = ("SELECT id, uuid, created_at + ? >= {now} FROM jobs WHERE queue = ? "
+             "AND (reserved_at IS NULL OR available_at <= {now}) ORDER BY id LIMIT ?")
 SIGNAL_GET = "SELECT value FROM queue_signals WHERE name = ?"
 # A counter, bumped in one statement: no clock is read, so workers on skewed hosts agree.
 SIGNAL_BUMP = "INSERT INTO queue_signals (name, value) VALUES (?, 1)"

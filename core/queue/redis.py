@@ -629,8 +629,8 @@ class RedisQueue(RedisJobs, QueueConnection, QueueAdmin):
         k = self.keys(queue)
         total = 0
         while True:
-            count = int(await self._run("clear", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.state, k.done],
-                                          [BATCH, self.replay_window]))
+            count = int(await self._run("clear", [k.ready, k.delayed, k.jobs, k.notify, k.seq, k.state, k.done,
+                                                    k.reserved], [BATCH, self.replay_window]))
             total += count
             if count < BATCH:
                 return total

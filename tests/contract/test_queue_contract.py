@@ -277,6 +277,26 @@ async def test_size_and_clear(backend):
     assert await conn.clear("contract") == 0
 
 
+async def test_a_lapsed_reservation_counts_as_pending_and_queue_clear_deletes_it(backend):
+    """A dead worker's job (its reservation lapsed, no one renews it) is due again: queue:size went on
+    calling it reserved until some worker took it, and queue:clear left it ("Cleared 0")."""
+    conn = backend.conn
+    await conn.push_many("contract", [payload(1), payload(2)])
+    dead = await conn.reserve(["contract"])
+    alive = await conn.reserve(["contract"])
+    assert dead is not None and alive is not None
+    deadline = time.monotonic() + VISIBILITY_TIMEOUT + 3
+    while counts((await conn.sizes(["contract"]))["contract"])["pending"] == 0:
+        assert time.monotonic() < deadline, "the lapsed reservation never counted as pending"
+        await conn.extend([alive])          # a live worker renews its own
+        await asyncio.sleep(0.2)
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 1, "delayed": 0, "reserved": 1}
+    assert await conn.clear("contract") == 1                    # the lapsed one; the held one stays
+    assert counts((await conn.sizes(["contract"]))["contract"]) == {"pending": 0, "delayed": 0, "reserved": 1}
+    assert await conn.acknowledge(alive) is True
+    assert await conn.acknowledge(dead) is False
+
+
 async def test_a_retried_push_does_not_bring_back_a_job_cleared_since(backend):
     """A dispatch whose answer was lost retries its push (push_missing). If queue:clear deleted the
     job in between, the retry must not store it again: a cleared job would come back and run."""

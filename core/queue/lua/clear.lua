@@ -1,4 +1,5 @@
--- Delete up to a batch of a queue's jobs that are not reserved (ready first, then delayed).
+-- Delete up to a batch of a queue's jobs that no worker holds: ready first, then delayed, then those
+-- whose reservation lapsed (a dead worker's; pending again, as size.lua counts them).
 -- KEYS[1] ready zset      queues:{q}
 -- KEYS[2] delayed zset    queues:{q}:delayed
 -- KEYS[3] jobs hash       queues:{q}:jobs
@@ -6,6 +7,7 @@
 -- KEYS[5] sequence        queues:{q}:seq       (deleted with the queue's last job)
 -- KEYS[6] state hash      queues:{q}:state     (<id>:attempts, <id>:token, <id>:failing, <id>:releases)
 -- KEYS[7] finished zset   queues:{q}:done      (ids finished, or cleared, within the replay window)
+-- KEYS[8] reserved zset   queues:{q}:reserved  (score = reservation expiry)
 -- ARGV[1] batch size; ARGV[2] the replay window in seconds (0: remember nothing)
 -- Returns how many jobs were deleted; the caller repeats until it gets less than a batch.
 --
@@ -25,10 +27,14 @@ if #ids < batch then
         for _, id in ipairs(delayed) do ids[#ids + 1] = id end
     end
 end
-local now, remembered = 0, {}
-if window > 0 and #ids > 0 then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local t = redis.call('TIME')
+local now, remembered = tonumber(t[1]) + tonumber(t[2]) / 1000000, {}
+if #ids < batch and KEYS[8] then
+    local lapsed = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now, 'LIMIT', 0, batch - #ids)
+    if #lapsed > 0 then
+        redis.call('ZREM', KEYS[8], unpack(lapsed))
+        for _, id in ipairs(lapsed) do ids[#ids + 1] = id end
+    end
 end
 for _, id in ipairs(ids) do
     if window > 0 then
