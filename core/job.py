@@ -43,8 +43,10 @@ _SHADOWED: dict[type, frozenset[str]] = {}
 
 def _check_name(cls: type, name: str) -> str | None:
     """Why `name` cannot be a job attribute set at dispatch or restored from a payload, else None."""
-    if name.startswith("_") or name in ("job_id", "attempts"):
+    if name in ("job_id", "attempts"):
         return "is the framework's own"
+    if name.startswith("_"):
+        return "is private (a name starting with '_' is never serialized)"
     if name in _shadowed(cls):
         return f"would hide {cls.__name__}.{name}, which is not data (a method, property or descriptor)"
     return None

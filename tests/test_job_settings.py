@@ -96,6 +96,11 @@ async def test_an_attribute_hiding_a_method_or_the_framework_is_refused(name):
         assert await stored(app) == 0
 
 
+async def test_a_private_name_at_dispatch_is_refused_as_private():
+    with pytest.raises(SerializationError, match=r"'_note' cannot be set at dispatch: it is private"):
+        ShadowJob.dispatch(_note="x")
+
+
 def test_a_payload_naming_a_method_is_not_restored():
     payload = Payload(uuid="u-1", job=ShadowJob.class_path(), queue="default", max_tries=1, timeout=1.0,
                       retry_after=(0.0,), data={"note": "x", "handle": "oops"})
