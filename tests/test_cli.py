@@ -392,3 +392,11 @@ def test_output_piped_into_a_reader_that_went_away_ends_quietly():
     finally:
         os.close(write_end)
     assert result.returncode == 141 and result.stderr == ""
+
+
+def test_a_job_package_that_cannot_be_imported_is_named_when_the_worker_starts():
+    """JOB_PACKAGES with a typo was taken without a word; every job of the intended package then failed
+    as 'outside the job packages'. The worker says so as it starts (and still runs)."""
+    result = run_cli("queue:work", "--stop-when-empty", env={"JOB_PACKAGES": "app.jobs,app.jbos"})
+    assert result.returncode == 0, result.stderr
+    assert "JOB_PACKAGES names app.jbos, which cannot be imported" in result.stdout + result.stderr

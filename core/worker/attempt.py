@@ -290,7 +290,10 @@ def discover_job_classes(packages: tuple[str, ...]) -> list[type[Job]]:
     for package in packages:
         try:
             pkg = importlib.import_module(package)
-        except ImportError:
+        except ImportError as exc:
+            # JOB_PACKAGES with a typo: every job of the intended package would fail as outside it.
+            log.warning("JOB_PACKAGES names %s, which cannot be imported (%s): no job class is loaded from it",
+                        package, first_line(exc))
             continue
         names = [package] + [m.name for m in pkgutil.walk_packages(getattr(pkg, "__path__", []), package + ".")]
         for name in names:
