@@ -431,3 +431,35 @@ async def test_messages_of_every_size_arrive_whole_and_in_order_on_each_qos(prot
         await until(lambda: len(got[0]) == len(sent) and len(got[1]) == len(sent), 20, "every message")
     assert got[0] == sent
     assert got[1] == sent
+
+
+async def test_mqtt5_handlers_see_the_publish_properties_whichever_way_the_message_was_read():
+    """Over MQTT 5 the app reads a PUBLISH itself when its only properties are subscription identifiers,
+    and leaves one with others (a ResponseTopic, CorrelationData) to paho: either way a handler's
+    context.properties is paho's Properties with what the broker sent."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    prefix = topic_prefix()
+    seen: list[tuple[str, list[int], str | None, bytes | None]] = []
+
+    async def handler(name, context):
+        props = context.properties
+        seen.append((name, list(getattr(props, "SubscriptionIdentifier", [])), getattr(props, "ResponseTopic", None),
+                     getattr(props, "CorrelationData", None)))
+
+    router = Router()
+    router.on(prefix + "/p/{name}", handler, qos=1)
+    asked = Properties(PacketTypes.PUBLISH)
+    asked.ResponseTopic, asked.CorrelationData = prefix + "/reply", b"42"
+    async with running_app(router, mqtt_config(protocol="5")):
+        async with aiomqtt.Client(*MQTT, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.publish(f"{prefix}/p/plain", "x", qos=1)
+            await client.publish(f"{prefix}/p/asking", "x", qos=1, properties=asked)
+            await client.publish(f"{prefix}/p/plain-again", "x", qos=0)
+        await until(lambda: len(seen) == 3, 10, "the three messages")
+    by_name = {name: rest for name, *rest in seen}
+    ids = by_name["plain"][0]
+    assert len(ids) == 1 and ids[0] > 0                       # the app's subscription, as the broker tagged it
+    assert by_name["plain"] == [ids, None, None] and by_name["plain-again"] == [ids, None, None]
+    assert by_name["asking"] == [ids, prefix + "/reply", b"42"]
