@@ -47,6 +47,16 @@ def persistent(port: int, **overrides) -> dict:
     return {"port": port, "client_id": f"app-{uuid.uuid4().hex[:8]}", "clean_session": False, **overrides}
 
 
+async def held_for_a_session(broker: LocalMosquitto, router: Router, protocol: str,
+                             messages: list[tuple[str, object]]):
+    """A persistent session made by running the app once, then `messages` published while it is down
+    (the broker holds them): the config to start the app with again."""
+    async with running_app(router, mqtt_config(**persistent(broker.port, protocol=protocol))) as app:
+        config = app.config
+    await publish_to(broker.port, messages)
+    return config
+
+
 async def publish_to(port: int, messages: list[tuple[str, object]], qos: int = 1) -> None:
     async with aiomqtt.Client("127.0.0.1", port) as client:
         for topic, payload in messages:
@@ -159,9 +169,7 @@ async def test_a_persistent_session_gets_what_was_published_while_the_app_was_do
     router = Router()
     router.on("down/{n}", handler, qos=1)
     with LocalMosquitto() as broker:
-        async with running_app(router, mqtt_config(**persistent(broker.port, protocol=protocol))) as app:
-            config = app.config
-        await publish_to(broker.port, [(f"down/{n}", n) for n in range(5)])
+        config = await held_for_a_session(broker, router, protocol, [(f"down/{n}", n) for n in range(5)])
         async with running_app(router, config):
             await until(lambda: len(got) == 5, 10, "the messages kept by the broker")
         # A clean session (the default) is forgotten: what is published meanwhile is gone.
@@ -187,9 +195,7 @@ async def test_messages_held_for_a_persistent_session_get_their_replies_out(prot
     router = Router()
     router.on("ping/{n}", ping, qos=1)
     with LocalMosquitto() as broker:
-        async with running_app(router, mqtt_config(**persistent(broker.port, protocol=protocol))) as app:
-            config = app.config
-        await publish_to(broker.port, [(f"ping/{n}", n) for n in range(5)])
+        config = await held_for_a_session(broker, router, protocol, [(f"ping/{n}", n) for n in range(5)])
         replies: list[str] = []
         async with aiomqtt.Client("127.0.0.1", broker.port) as listener:
             await listener.subscribe("pong/+", qos=1)
