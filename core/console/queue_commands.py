@@ -94,7 +94,8 @@ async def prune_failed(app, hours) -> None:
 @click.argument("connection", required=False)
 @click.option("--queue", default="default", show_default=True, help="Queue(s) to clear, comma-separated.")
 async def clear(app, connection, queue) -> None:
-    """Delete the jobs waiting in a queue (pending and delayed; jobs running now are left to finish)."""
+    """Delete the jobs waiting in a queue: pending (a dead worker's whose reservation lapsed included)
+    and delayed; jobs running now are left to finish."""
     conn = await app.queue.connection(connection)
     store = admin(conn, "queue:clear")
     for name in _queues(queue) or []:
