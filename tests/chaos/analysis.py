@@ -126,6 +126,7 @@ class ChaosReport:
     stale_rows: int = 0
     failed_calls: int = 0
     extra_failed_calls: int = 0
+    doomed_failed: int = 0        # jobs planned to fail every attempt whose failed() ran (before any retry or clear)
     left: int = 0                 # pending + delayed + reserved at the end (queue:size)
     long_jobs: int = 0
     long_once: int = 0            # long jobs that ran once, past the visibility timeout, and succeeded
@@ -431,6 +432,8 @@ def analyze(store: str, planned: dict[str, PlannedJob], runs: dict[str, list[Run
         if v.outcome == "missing":
             last = job_runs[-1] if job_runs else None
             missing.append(f"{job_id[:8]}: missing: neither succeeded nor in failed_jobs nor queued (last run: {last})")
+        if plan.kind == "doomed" and calls.get(job_id):
+            report.doomed_failed += 1
         if plan.kind == "doomed" and v.outcome == "succeeded" and v.generations == 1:
             v.problems.append(f"{job_id[:8]}: planned to fail every attempt, yet succeeded without a queue:retry")
         requeue_candidates += v.requeue_candidate

@@ -48,7 +48,9 @@ async def test_chaos_loses_nothing_and_repeats_only_what_a_kill_or_a_retry_expla
     # (report.ok): its reservation was renewed all along. Not necessarily the job's only run: a long job is
     # often cut by a kill, and some runs had every long job cut at least once (0/13 ran only once).
     assert report.long_past >= 1, report.line()
-    assert report.outcomes.get("failed-planned", 0) >= 1, report.line()
+    # A job planned to fail ran its course to failed() (where it ends up after queue:retry and queue:clear
+    # took their turns is chance: in one run every such job was last retried, then cleared).
+    assert report.doomed_failed >= 1, report.line()
     assert report.faults.get("blockers", 0) >= 10 and report.retried >= 1, report.line()
     assert report.faults.get("results kept", 0) >= 50, report.line()     # SPEC 11: half the jobs keep one
     staged = ("write locks",) if store == "sqlite" else ("store cuts",) if store in ("mysql", "pgsql") else \
