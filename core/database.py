@@ -222,6 +222,17 @@ class Database:
                 return False
             raise
 
+    async def names(self, table: str, query: str) -> set[str]:
+        """A table's column or index names, by the dialect's query for them (column_names, index_names)."""
+        return {str(name) for (name,) in await self.fetchall(query, (table,))}
+
+    async def ensure(self, table: str, name: str, query: str, ddl: str) -> bool:
+        """Run `ddl` unless `name` exists (a column or an index, as `query` lists them); True if this
+        call created it."""
+        if name in await self.names(table, query):
+            return False
+        return await self.execute_ddl(ddl) and name in await self.names(table, query)
+
     async def run_statements(self, steps: Steps[T]) -> T:
         """Run steps statement by statement on one connection, each statement atomic on its own:
         for steps whose statements need no transaction around them."""

@@ -268,16 +268,10 @@ class Connection:
         command = buf[at]
         if command & 0xF0 != 0x30 or command & _QOS_BITS not in (0, _QOS1):
             return False
-        length, mult, i = 0, 1, at + 1
-        while True:                     # the remaining length: at most 4 bytes of 7 bits, low first
-            if i >= end or i - at > 4:
-                return False
-            byte = buf[i]
-            i += 1
-            length += (byte & 127) * mult
-            mult *= 128
-            if not byte & 128:
-                break
+        remaining = _varint(buf, at + 1, end)       # the remaining length
+        if remaining is None:
+            return False
+        length, i = remaining
         stop = i + length
         if stop > end or length < 2:
             return False

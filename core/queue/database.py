@@ -293,31 +293,22 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         dialect = self.db.dialect
         for statement in TABLES:
             await self.db.execute_ddl(dialect.ddl(statement))
-        added = [name for name, ddl in COLUMNS.items() if await self._ensure(
+        added = [name for name, ddl in COLUMNS.items() if await self.db.ensure(
             "jobs", name, dialect.column_names, dialect.ddl(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}"))]
         reserve_index = RESERVE_INDEX if dialect.index_ends_with_key else RESERVE_INDEX_WITH_ID
         for table, name, ddl in (reserve_index, *INDEXES):
-            await self._ensure(table, name, dialect.index_names, ddl)
+            await self.db.ensure(table, name, dialect.index_names, ddl)
         if "state" in added:
             async with self.db.transaction() as tx:
                 await tx.execute(ADOPT_RESERVED, (self.visibility_timeout,))
                 await tx.execute(ADOPT_DELAYED)
                 await tx.execute(ADOPT_READY)
-        names = await self._names("jobs", dialect.index_names)
+        names = await self.db.names("jobs", dialect.index_names)
         for old in (*OLD_INDEXES, *([] if reserve_index is RESERVE_INDEX else [RESERVE_INDEX[1]])):
             if old in names:
                 await self.db.execute_ddl(dialect.drop_index("jobs", old))
         await self.failed.migrate()
         await self._state.migrate()
-
-    async def _names(self, table: str, query: str) -> set[str]:
-        return {str(name) for (name,) in await self.db.fetchall(query, (table,))}
-
-    async def _ensure(self, table: str, name: str, query: str, ddl: str) -> bool:
-        """Run `ddl` unless `name` exists; True if this call created it."""
-        if name in await self._names(table, query):
-            return False
-        return await self.db.execute_ddl(ddl) and name in await self._names(table, query)
 
     def describe(self) -> str:
         return self.db.describe()
@@ -702,12 +693,13 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return await self.db.run_transaction(self._fail_steps(job, exception))
 
     def _fail_steps(self, job: ReservedJob, exception: str) -> Steps[bool]:
+        job_uuid = peek_uuid(job.payload)
         # A payload with no readable uuid (not JSON): the row's, the id it was dispatched under.
-        row_uuid = None if peek_uuid(job.payload) else ((yield fetch(UUID_OF, (int(job.id),))) or [(None,)])[0][0]
+        row_uuid = None if job_uuid else ((yield fetch(UUID_OF, (int(job.id),))) or [(None,)])[0][0]
         if (yield change(DELETE_HELD, _fence(job))) != 1:
             return False
         yield from self.failed.record_steps(self.name, job.queue, job.payload, exception, job.attempts, row_uuid)
-        yield from self._remember_steps([peek_uuid(job.payload)])
+        yield from self._remember_steps([job_uuid])
         return True
 
     async def extend(self, jobs: Sequence[ReservedJob]) -> list[str]:

@@ -75,9 +75,7 @@ class FailedJobStore:
     async def migrate(self) -> None:
         dialect = self.db.dialect
         await self.db.execute_ddl(dialect.ddl(SCHEMA))
-        columns = {str(name) for (name,) in await self.db.fetchall(dialect.column_names, ("failed_jobs",))}
-        if "attempts" not in columns:
-            await self.db.execute_ddl(ADD_ATTEMPTS)
+        await self.db.ensure("failed_jobs", "attempts", dialect.column_names, ADD_ATTEMPTS)
 
     async def record(self, connection: str, queue: str, payload: str, exception: str,
                      session: Session | None = None, attempts: int = 0, job_id: str | None = None) -> str:
