@@ -33,7 +33,7 @@ from core.database import Database, Statement, Steps, change, fetch
 from core.errors import ConnectionFailed
 from core.payload import peek_priority, peek_uuid
 from core.queue.contract import QueueAdmin, QueueConnection, QueueSize, ReservedJob
-from core.queue.database_status import DatabaseJobs
+from core.queue.database_status import DatabaseJobs, fence, held_arrays
 from core.queue.failed import FailedJob, FailedJobStore, storable
 from core.queue.state_database import DatabaseState
 
@@ -147,13 +147,15 @@ TAKE = ("UPDATE jobs j SET state = 2, reserved_at = {now}, available_at = {due},
 # (data-modifying CTEs). Its parameters are four arrays, one element per job: ids, attempts, claims,
 # uuids (the payloads'). One text for any number of jobs, so it is parsed and planned once per
 # connection; a VALUES row per job made a statement per batch size, prepared again and again.
-ACKNOWLEDGE = ("WITH held (id, attempts, claim, uuid) AS (SELECT * FROM unnest(CAST(? AS BIGINT[]), "
-               "CAST(? AS BIGINT[]), CAST(? AS VARCHAR(255)[]), CAST(? AS VARCHAR(255)[]))), "
+# {columns}, {arrays} and {also}: more of each held row, and more statements on the rows gone
+# (database_status.py: the results kept with the acknowledgement, in the same statement).
+ACKNOWLEDGE = ("WITH held (id, attempts, claim, uuid{columns}) AS (SELECT * FROM unnest(CAST(? AS BIGINT[]), "
+               "CAST(? AS BIGINT[]), CAST(? AS VARCHAR(255)[]), CAST(? AS VARCHAR(255)[]){arrays})), "
                "gone AS (DELETE FROM jobs j USING held h WHERE j.id = h.id AND j.attempts = h.attempts "
                "AND j.claim = h.claim AND j.reserved_at IS NOT NULL RETURNING j.id, j.attempts, j.claim, "
                "COALESCE(j.uuid, h.uuid) AS uuid), "
                "kept AS (INSERT INTO finished_jobs (uuid, finished_at) SELECT DISTINCT uuid, {now} FROM gone "
-               "WHERE uuid IS NOT NULL{upsert}) SELECT id, attempts, claim FROM gone")
+               "WHERE uuid IS NOT NULL{upsert}){also} SELECT id, attempts, claim FROM gone")
 HELD = "id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL"
 DELETE_HELD = "DELETE FROM jobs WHERE " + HELD
 UUID_OF = "SELECT uuid FROM jobs WHERE id = ?"
@@ -257,6 +259,8 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         self._one_statement = dialect.returning
         self._take = TAKE.replace("{skip_locked}", dialect.skip_locked).replace("{relaxed}", dialect.relaxed_commit)
         self._acknowledge = ACKNOWLEDGE.replace("{upsert}", dialect.upsert("uuid", REMEMBER_AGAIN))
+        self._acknowledge_only = (self._acknowledge.replace("{columns}", "").replace("{arrays}", "")
+                                  .replace("{also}", ""))
         self._promoted_at: dict[tuple[str, ...], float] = {}
         self._lock_held = dialect.for_update
         self._renewable = RENEWABLE + "{marks}" + dialect.skip_locked if dialect.skip_locked else ""
@@ -581,11 +585,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         the held rows, then `records` (statements each fenced to its job's reservation), remember
         the held rows' uuids, delete them. No statement waits for this process, so no row stays
         locked while job code blocks the worker's loop."""
-        fences = [_fence(job) for job in jobs]
+        fences = [fence(job) for job in jobs]
         ids = [job_id for job_id, _, _ in fences]
         held = (HELD_AMONG.replace("{ids}", marks(len(ids)))
                 .replace("{fences}", ", ".join(["(?, ?, ?)"] * len(fences))))
-        held_params = [*ids, *(value for fence in fences for value in fence)]
+        held_params = [*ids, *(value for held_row in fences for value in held_row)]
         named = [(job_id, job_uuid) for job_id, job_uuid in zip(ids, map(peek_uuid, (job.payload for job in jobs)))
                  if job_uuid is not None]
         payload_uuid = (", CASE id " + " ".join(["WHEN ? THEN ?"] * len(named)) + " END") if named else ""
@@ -633,10 +637,11 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return done, taken
 
     def _acknowledge_one_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
-        fences = [_fence(job) for job in jobs]
-        params = ([job_id for job_id, _, _ in fences], [attempts for _, attempts, _ in fences],
-                  [claim for _, _, claim in fences], [peek_uuid(job.payload) for job in jobs])
-        rows = yield fetch(self._acknowledge, params)
+        rows = yield fetch(self._acknowledge_only, held_arrays(jobs))
+        return (yield from self._acknowledged(jobs, rows))
+
+    def _acknowledged(self, jobs: Sequence[ReservedJob], rows: Sequence[tuple]) -> Steps[list[bool]]:
+        """The one-statement acknowledgement's answer (the rows it deleted) per job, and now and then a prune."""
         gone = {f"{job_id}:{attempts}:{claim}" for job_id, attempts, claim in rows}
         self._finished_since_prune += len(gone)
         if self._finished_since_prune >= PRUNE_EVERY:       # on its own: pruning needs no transaction
@@ -671,22 +676,22 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     async def release(self, job: ReservedJob, delay: float = 0, *, free: bool = False) -> bool:
         if delay > 0:
             sql = RELEASE_FREE_DELAYED if free else RELEASE_HELD_DELAYED
-            return await self.db.execute(sql, (float(delay), *_fence(job))) == 1
-        return await self.db.execute(RELEASE_FREE if free else RELEASE_HELD, _fence(job)) == 1
+            return await self.db.execute(sql, (float(delay), *fence(job))) == 1
+        return await self.db.execute(RELEASE_FREE if free else RELEASE_HELD, fence(job)) == 1
 
     async def unreserve(self, job: ReservedJob) -> bool:
         """Put back a job this worker reserved but never started (it was stopping): it waits at its
         place again with its attempt taken back, as if never reserved. False if the reservation was lost."""
-        return await self.db.execute(UNRESERVE, _fence(job)) == 1
+        return await self.db.execute(UNRESERVE, fence(job)) == 1
 
     async def release_failed(self, job: ReservedJob, delay: float, error: str) -> bool:
         error = storable(error)[:1000]
         if delay > 0:
-            return await self.db.execute(RELEASE_ERROR_DELAYED, (error, float(delay), *_fence(job))) == 1
-        return await self.db.execute(RELEASE_ERROR, (error, *_fence(job))) == 1
+            return await self.db.execute(RELEASE_ERROR_DELAYED, (error, float(delay), *fence(job))) == 1
+        return await self.db.execute(RELEASE_ERROR, (error, *fence(job))) == 1
 
     async def mark_failing(self, job: ReservedJob, exception: str, failed_ran: bool = False) -> bool:
-        params = (storable(exception), int(failed_ran), self.visibility_timeout, *_fence(job))
+        params = (storable(exception), int(failed_ran), self.visibility_timeout, *fence(job))
         return await self.db.execute(MARK_FAILING, params) == 1
 
     async def fail(self, job: ReservedJob, exception: str) -> bool:
@@ -696,7 +701,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         job_uuid = peek_uuid(job.payload)
         # A payload with no readable uuid (not JSON): the row's, the id it was dispatched under.
         row_uuid = None if job_uuid else ((yield fetch(UUID_OF, (int(job.id),))) or [(None,)])[0][0]
-        if (yield change(DELETE_HELD, _fence(job))) != 1:
+        if (yield change(DELETE_HELD, fence(job))) != 1:
             return False
         yield from self.failed.record_steps(self.name, job.queue, job.payload, exception, job.attempts, row_uuid)
         yield from self._remember_steps([job_uuid])
@@ -718,7 +723,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
             free = {row_id for (row_id,) in (yield fetch(self._renewable.replace("{marks}", marks(len(ids))), ids))}
             jobs = [job for job in jobs if int(job.id) in free]
         for job in jobs:
-            yield change(EXTEND_HELD, (self.visibility_timeout, *_fence(job)))
+            yield change(EXTEND_HELD, (self.visibility_timeout, *fence(job)))
         # SPEC 11: which of them someone cancelled, learnt with the renewal (database_status.py).
         return (yield from self._cancelled_steps(jobs))
 
@@ -755,11 +760,6 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
     async def restart_signal(self) -> str:
         row = await self.db.fetchone(SIGNAL_GET, ("restart",))
         return repr(float(row[0])) if row else ""
-
-
-def _fence(job: ReservedJob) -> tuple[int, int, str]:
-    attempts, _, claim = job.token.partition(":")
-    return int(job.id), int(attempts), claim
 
 
 def _reserved(queue: str, row: Sequence, claim: str, counted: bool) -> ReservedJob:

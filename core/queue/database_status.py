@@ -26,6 +26,14 @@ RESULT = ("INSERT INTO job_results (uuid, queue, state, record, finished_at, exp
 RESULT_HELD = ("INSERT INTO job_results (uuid, queue, state, record, finished_at, expires_at) SELECT * FROM "
                "(SELECT ? AS u, ? AS q, ? AS s, ? AS r, {now} AS f, {now} + ? AS e FROM jobs "
                "WHERE id = ? AND attempts = ? AND claim = ? AND reserved_at IS NOT NULL) kept")
+# Where the acknowledgement is one statement (PostgreSQL), the results go into it: the records of the
+# rows it deleted, in the same statement (database.py's ACKNOWLEDGE, its held rows with these columns).
+RESULT_COLUMNS = ", result_uuid, result_queue, result_state, record, keep"
+RESULT_ARRAYS = (", CAST(? AS VARCHAR(255)[]), CAST(? AS VARCHAR(255)[]), CAST(? AS VARCHAR(255)[]), "
+                 "CAST(? AS TEXT[]), CAST(? AS DOUBLE PRECISION[])")
+RESULTS_OF_GONE = (", results AS (INSERT INTO job_results (uuid, queue, state, record, finished_at, expires_at) "
+                   "SELECT DISTINCT ON (h.result_uuid) h.result_uuid, h.result_queue, h.result_state, h.record, "
+                   "{now}, {now} + h.keep FROM held h JOIN gone g ON g.id = h.id{upsert})")
 RESULT_AGAIN = ("state = excluded.state, record = excluded.record, finished_at = excluded.finished_at, "
                 "expires_at = excluded.expires_at")     # a job queue:retry brought back finished again
 RESULT_OF = "SELECT record, finished_at FROM job_results WHERE uuid = ? AND expires_at >= {now}"
@@ -53,10 +61,26 @@ def _marks(n: int) -> str:
     return "(" + ", ".join("?" for _ in range(n)) + ")"
 
 
+def fence(job: ReservedJob) -> tuple[int, int, str]:
+    """A reservation's row: its id, attempts and claim, which every statement on a held row matches."""
+    attempts, _, claim = job.token.partition(":")
+    return int(job.id), int(attempts), claim
+
+
+def held_arrays(jobs: Sequence[ReservedJob]) -> list[list[Any]]:
+    """The one-statement acknowledgement's parameters: the held rows' ids, attempts, claims, uuids."""
+    fences = [fence(job) for job in jobs]
+    return [[job_id for job_id, _, _ in fences], [attempts for _, attempts, _ in fences],
+            [claim for _, _, claim in fences], [peek_uuid(job.payload) for job in jobs]]
+
+
 class DatabaseJobs:
     db: "Database"
     failed: "FailedJobStore"
     _lock_held: str
+    _one_statement: bool
+    _acknowledge: str
+    _complete: str | None = None
 
     def _acknowledge_steps(self, jobs: Sequence[ReservedJob]) -> Steps[list[bool]]:
         raise NotImplementedError
@@ -64,22 +88,42 @@ class DatabaseJobs:
     def _remember_steps(self, uuids: Sequence[str | None]) -> Steps[None]:
         raise NotImplementedError
 
+    def _acknowledged(self, jobs: Sequence[ReservedJob], rows: Sequence[tuple]) -> Steps[list[bool]]:
+        raise NotImplementedError
+
     async def complete_many(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> list[bool]:
         """acknowledge_many and each acknowledged job's record in one transaction: a fenced-off
         worker (its delete found no row) writes none."""
         if not jobs:
             return []
+        if self._one_statement:
+            return await self.db.run_statements(self._complete_one_steps(jobs, results))
         if self.db.batches:
             records = [self._result_statement(job, kept) for job, kept in zip(jobs, results)]
             return await self._acknowledge_at_once(jobs, [*records, *self._results_prune(len(jobs))])
         return await self.db.run_transaction(self._complete_steps(jobs, results))
 
+    def _complete_one_steps(self, jobs: Sequence[ReservedJob], results: Sequence[KeptResult]) -> Steps[list[bool]]:
+        """One statement: delete the rows still held, remember their uuids, store their records. A
+        transaction of several round trips kept the rows locked while job code blocking the loop ran
+        between them; the heartbeat's renewal skips locked rows, so a cut then rolled back an
+        acknowledgement whose reservation had lapsed meanwhile (a second run)."""
+        if self._complete is None:
+            self._complete = (self._acknowledge.replace("{columns}", RESULT_COLUMNS).replace("{arrays}", RESULT_ARRAYS)
+                              .replace("{also}", RESULTS_OF_GONE.replace(
+                                  "{upsert}", self.db.dialect.upsert("uuid", RESULT_AGAIN))))
+        params = [*held_arrays(jobs), [peek_uuid(job.payload) or job.id for job in jobs], [job.queue for job in jobs],
+                  [kept.state for kept in results], [kept.record for kept in results],
+                  [float(kept.keep) for kept in results]]
+        rows = yield fetch(self._complete, params)
+        for statement in self._results_prune(len(rows)):
+            yield statement
+        return (yield from self._acknowledged(jobs, rows))
+
     def _result_statement(self, job: ReservedJob, kept: KeptResult) -> Statement:
         """The record of a job, written only while `job`'s reservation holds its row (a statement
         of a batch sent whole, which cannot wait for the acknowledgement's answer)."""
-        attempts, _, claim = job.token.partition(":")
-        params = (peek_uuid(job.payload) or job.id, job.queue, kept.state, kept.record, kept.keep,
-                  int(job.id), int(attempts), claim)
+        params = (peek_uuid(job.payload) or job.id, job.queue, kept.state, kept.record, kept.keep, *fence(job))
         return change(RESULT_HELD + self.db.dialect.upsert("uuid", RESULT_AGAIN), params)
 
     def _results_prune(self, stored: int) -> list[Statement]:
