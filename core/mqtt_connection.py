@@ -11,12 +11,13 @@ import asyncio
 import json
 import re
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.client import MQTT_ERR_AGAIN, MQTT_LOG_ERR, time_func
+from paho.mqtt.client import MQTT_ERR_AGAIN, MQTT_LOG_ERR, PUBACK, time_func
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -25,6 +26,7 @@ from core.errors import ConfigError
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF      # MQTT 5: what an MQTT 3.1.1 persistent session does
 _QOS_BITS, _QOS1, _QOS2 = 0x06, 0x02, 0x04
+_PUBACK = struct.Struct("!BBH")         # a PUBACK: type, remaining length 2, the message id
 READ_BATCH = 256                        # packets read per wake-up at most, so one connection cannot starve the loop
 RECV_SIZE = 65536
 
@@ -204,6 +206,7 @@ class Connection:
         self._paho_recv, paho._sock_recv = paho._sock_recv, self._sock_recv
         self._buffer, self._offset = b"", 0
         self._v5 = config.protocol == "5"       # _take_publish: MQTT 5 packets carry properties
+        self._pubacks: list[int] = []           # ack(): the mids to acknowledge in this turn of the loop
 
     # -- acknowledgements ---------------------------------------------------------------------
 
@@ -215,9 +218,22 @@ class Connection:
         if message.qos == 0 or self.closed:
             return
         if message.qos == 1:
-            self._paho.ack(message.mid, 1)
+            self._pubacks.append(message.mid)
+            if len(self._pubacks) == 1:
+                self._loop.call_soon(self._send_pubacks)
         else:
             self._paho._send_pubrec(message.mid)            # paho: QoS 2's first answer, held back until now
+
+    def _send_pubacks(self) -> None:
+        """The PUBACKs of the handlers that finished in one turn of the loop, as one write: paho sends
+        each packet with a send() of its own, and with mosquitto's window of 20 unacknowledged messages
+        (MQTT 3.1.1) those came back to back after every window. The bytes are paho's PUBACK (MQTT 5's
+        too: a success needs no reason code); paho writes them as one packet."""
+        mids, self._pubacks = self._pubacks, []
+        if self.closed or not mids:
+            return
+        packet = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
+        self._paho._packet_queue(PUBACK, packet, 0, 1)     # paho: its write queue, as _send_puback uses
 
     def _handle_publish(self) -> Any:
         """paho answers a QoS 2 PUBLISH with PUBREC at once, and then owns the message: a crash before
@@ -412,6 +428,7 @@ class Connection:
             pass
 
     async def close(self) -> None:
+        self._send_pubacks()            # the last handlers' acknowledgements go out before the DISCONNECT
         self.closed = True
         try:
             await self.client.__aexit__(None, None, None)

@@ -160,6 +160,29 @@ async def test_a_handler_still_running_as_the_app_stops_gets_its_reply_out(proto
 # -- persistent sessions --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_burst_of_qos1_messages_handled_at_once_is_acknowledged_whole(protocol):
+    """Handlers that finish in the same turn of the loop have their PUBACKs sent together: every one
+    reaches the broker, which delivers none of them again to the same session, and the app stopping
+    right after the last handler still acknowledges it."""
+    got: list[int] = []
+
+    async def handler(n):
+        got.append(int(n))
+
+    router = Router()
+    router.on("burst/{n}", handler, qos=1)
+    with LocalMosquitto() as broker:
+        config = await held_for_a_session(broker, router, protocol, [(f"burst/{n}", n) for n in range(300)])
+        async with running_app(router, config):
+            await until(lambda: len(got) == 300, 20, "the burst kept by the broker")
+        async with running_app(router, config):        # the same session again: nothing comes back
+            await publish_to(broker.port, [("burst/1000", 1000)])
+            await until(lambda: 1000 in got, 10, "the next message")
+    assert sorted(got) == [*range(300), 1000]
+
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_a_persistent_session_gets_what_was_published_while_the_app_was_down(protocol):
     got: list[int] = []
 
