@@ -68,6 +68,8 @@ class Dialect:
         """A CREATE or ALTER statement with its type and table-option placeholders filled in."""
         return text.format_map(self.types)
 
+    counts_found_rows = False     # an INSERT that ignore_duplicate skipped counts 0 rows
+
     def ignore_duplicate(self, key: str) -> str:
         """Ends an INSERT: a row whose unique `key` is taken already is skipped, without an error."""
         return f" ON CONFLICT({key}) DO NOTHING"
@@ -129,6 +131,10 @@ class MysqlDialect(Dialect):
 
     def placeholders(self, text: str) -> str:
         return text.replace("?", "%s")
+
+    # Connections are opened with FOUND_ROWS (core.database): an INSERT whose duplicate changed nothing
+    # counts 1 row, as one that inserted does.
+    counts_found_rows = True
 
     def ignore_duplicate(self, key: str) -> str:
         return f" ON DUPLICATE KEY UPDATE {key} = {key}"    # assigning a column itself changes nothing

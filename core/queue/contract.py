@@ -233,10 +233,12 @@ class QueueConnection(ABC):
     async def requeue_failed(self, store: "FailedJobStore", job: "FailedJob", delay: float = 0) -> bool:
         """queue:retry of one failed job: back on its queue (requeue) and out of failed_jobs; False
         if its failed row was gone already (another retry took it). Requeued first, then
-        forgotten: a crash in between leaves the failed row, never a lost job. A connection that
+        forgotten: a crash in between leaves the failed row, never a lost job. Only the row read is
+        forgotten: a worker may take the job back and fail it again in between, and that failure's
+        row (written anew, FailedJobStore.record) is then the job's only record. A connection that
         shares the failed store's database does both in one transaction instead."""
         await self.requeue(job.queue, job.payload, delay, job_id=job.uuid)
-        return await store.forget(job.uuid)
+        return await store.forget(job.uuid, row_id=job.row_id)
 
     @abstractmethod
     async def extend(self, jobs: Sequence[ReservedJob]) -> list[str] | None:

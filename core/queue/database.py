@@ -429,7 +429,7 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
         return done
 
     def _requeue_failed_steps(self, store: FailedJobStore, job: FailedJob, delay: float = 0) -> Steps[bool]:
-        if not (yield from store.forget_steps(job.uuid)):
+        if not (yield from store.forget_steps(job.uuid, job.row_id)):
             return False
         yield from self._requeue_steps(job.queue, job.payload, delay, job.uuid)
         return True

@@ -34,7 +34,9 @@ INSERT_NEW = """INSERT INTO failed_jobs (uuid, connection, queue, payload, excep
 # after this transaction's snapshot is seen too.
 PAYLOAD_OF = "SELECT payload FROM failed_jobs WHERE uuid = ?"
 FORGET = "DELETE FROM failed_jobs WHERE uuid = ?"
-SELECT = "SELECT uuid, connection, queue, payload, exception, failed_at, attempts FROM failed_jobs"
+# queue:retry forgets the row it read, not a newer failure of the job it pushed back (record()).
+FORGET_ROW = FORGET + " AND id = ?"
+SELECT = "SELECT uuid, connection, queue, payload, exception, failed_at, attempts, id FROM failed_jobs"
 _TIME = "%Y-%m-%d %H:%M:%S"
 
 
@@ -47,6 +49,7 @@ class FailedJob:
     exception: str
     failed_at: datetime
     attempts: int = 0       # tries it had when it failed (0: recorded by an earlier release)
+    row_id: int | None = None   # the failed_jobs row's own id: which failure of the job this is
 
     @property
     def job_class(self) -> str:
@@ -82,7 +85,7 @@ class FailedJobStore:
         """Write one failed job (inside `session`'s transaction when given); returns the uuid it is under.
 
         The payload's own uuid when that is free, or already holds this same payload (the same
-        failure recorded again: nothing changes, no second row); a payload that differs is recorded
+        failure recorded again, or the job failed again: one row, written anew); a payload that differs is recorded
         under a fresh uuid, so no row is ever overwritten. Safe to repeat. `job_id`: the id the
         store knew the job by, for a payload with no readable uuid of its own (not JSON)."""
         steps = self.record_steps(connection, queue, payload, exception, attempts, job_id)
@@ -99,9 +102,16 @@ class FailedJobStore:
         job_uuid: str | None = peek_uuid(payload) or (job_id if valid_id(job_id) else None) or str(uuid_module.uuid4())
         for n in itertools.count():
             job_uuid = job_uuid or _derived_uuid(stored, n)
-            yield change(self._insert_new, (job_uuid, *row))
+            inserted = yield change(self._insert_new, (job_uuid, *row))
             found = yield fetch(self._payload_of, (job_uuid,))
             if found and found[0][0] == stored:
+                if inserted != 1 or self.db.dialect.counts_found_rows:
+                    # The same job failed again: its row is written anew (a new id), so a queue:retry that
+                    # pushed the job back before this failure, and forgets the row it read only now,
+                    # leaves this one. Kept as it was, that forget deleted the only record of a job
+                    # already gone from its queue.
+                    yield change(FORGET, (job_uuid,))
+                    yield change(self._insert_new, (job_uuid, *row))
                 return job_uuid
             job_uuid = None          # that uuid holds another job's failure: leave it as it is
         raise AssertionError("unreachable")
@@ -122,12 +132,13 @@ class FailedJobStore:
         row = await self.db.fetchone(SELECT + " WHERE uuid = ?", (job_uuid,))
         return _row(row) if row else None
 
-    async def forget(self, job_uuid: str, session: Session | None = None) -> bool:
-        return await (session or self.db).execute(FORGET, (job_uuid,)) > 0
+    async def forget(self, job_uuid: str, session: Session | None = None, row_id: int | None = None) -> bool:
+        """Delete the job's failed row; with `row_id`, only that row (the failure a queue:retry read)."""
+        return await (session or self.db).execute(*_forget(job_uuid, row_id)) > 0
 
-    def forget_steps(self, job_uuid: str) -> Steps[bool]:
+    def forget_steps(self, job_uuid: str, row_id: int | None = None) -> Steps[bool]:
         """forget() as transaction steps, to run inside another transaction's (queue:retry)."""
-        return (yield change(FORGET, (job_uuid,))) > 0
+        return (yield change(*_forget(job_uuid, row_id))) > 0
 
     async def flush(self, older_than_hours: float | None = None) -> int:
         if older_than_hours is None:
@@ -153,9 +164,13 @@ def storable(text: str) -> str:
     return str(text)
 
 
+def _forget(job_uuid: str, row_id: int | None) -> tuple[str, tuple]:
+    return (FORGET, (job_uuid,)) if row_id is None else (FORGET_ROW, (job_uuid, row_id))
+
+
 def _row(row: tuple) -> FailedJob:
-    uuid_, connection, queue, payload, exception, failed_at, attempts = row
+    uuid_, connection, queue, payload, exception, failed_at, attempts, row_id = row
     if isinstance(failed_at, str):
         failed_at = datetime.strptime(failed_at[:19], _TIME)
     return FailedJob(uuid_, connection, queue, payload, exception, failed_at.replace(tzinfo=timezone.utc),
-                     int(attempts or 0))
+                     int(attempts or 0), int(row_id))
