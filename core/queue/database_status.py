@@ -205,8 +205,8 @@ class DatabaseJobs:
         rows = yield fetch(JOB_BY_UUID + self._lock_held, (job_uuid,))
         if not rows:
             return ""
-        row_id, queue, payload, attempts, state, *_ = rows[0]
-        if int(state) == 2:
+        row_id, queue, payload, attempts, state, available_at, _, _, now = rows[0]
+        if int(state) == 2 and int(available_at) > int(now):   # a lapsed reservation (a dead worker's) is pending
             yield change(FLAG_CANCEL, (row_id,))
             return "reserved"
         yield change(DELETE_ONE, (row_id,))

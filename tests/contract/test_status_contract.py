@@ -60,6 +60,24 @@ async def test_cancelling_a_waiting_job_removes_it_and_records_it_in_one_step(st
     assert await conn.reserve(["cancel"]) is None
 
 
+async def test_cancelling_a_job_whose_reservation_lapsed_removes_it_as_pending(backend):
+    """A dead worker's job whose reservation lapsed is pending (SPEC 11: status says so): cancel removes
+    it and records it cancelled, rather than flagging it for a worker that is gone, after which the
+    next worker ran it."""
+    conn = backend.conn
+    await conn.push("lapsed", payload(1))
+    dead = await conn.reserve(["lapsed"])
+    await asyncio.sleep(EXPIRED)
+    job_uuid = uuid_of(dead.payload)
+    assert (await conn.job_status("lapsed", job_uuid)).state == "pending"
+    assert await conn.cancel_job("lapsed", job_uuid) == "cancelled"
+    assert (await conn.job_status("lapsed", job_uuid)).state == "cancelled"
+    assert await conn.reserve(["lapsed"]) is None
+    assert await conn.acknowledge(dead) is False                 # its worker, had it lived, holds nothing
+    size = (await conn.sizes(["lapsed"]))["lapsed"]
+    assert (size.pending, size.delayed, size.reserved) == (0, 0, 0)
+
+
 async def test_priority_orders_due_jobs_and_a_release_keeps_its_place(store):
     conn = store.conn
     low, mid, high, top = (payload(n, options={"priority": p}) for n, p in ((1, -5), (2, 0), (3, 20), (4, 90)))

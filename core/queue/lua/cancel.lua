@@ -1,4 +1,4 @@
--- Cancel a job (SPEC 11): one pending or delayed is removed and recorded cancelled; one reserved
+-- Cancel a job (SPEC 11): one pending (a lapsed reservation too) or delayed is removed and recorded cancelled; one reserved
 -- is flagged, and the worker running it cancels its task at its next await (the heartbeat reads
 -- the flag through extend.lua).
 -- KEYS[1] ready zset      queues:{q}
@@ -18,11 +18,15 @@
 local id = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if redis.call('ZSCORE', KEYS[3], id) then
+local held_until = redis.call('ZSCORE', KEYS[3], id)
+if held_until and tonumber(held_until) > now then
     redis.call('HSET', KEYS[5], id .. ':cancel', 1)
     return 'reserved'
 end
-if redis.call('ZREM', KEYS[1], id) + redis.call('ZREM', KEYS[2], id) == 0 then return '' end
+-- A reservation that lapsed (a dead worker's) is pending again (size.lua): removed like one.
+if redis.call('ZREM', KEYS[1], id) + redis.call('ZREM', KEYS[2], id) + redis.call('ZREM', KEYS[3], id) == 0 then
+    return ''
+end
 local payload = redis.call('HGET', KEYS[4], id) or '{}'
 local attempts = tonumber(redis.call('HGET', KEYS[5], id .. ':attempts') or '0')
 redis.call('HDEL', KEYS[4], id, id .. ':seq')
