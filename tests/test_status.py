@@ -306,7 +306,7 @@ async def test_dispatch_many_returns_a_ref_per_job_in_order(store):
         await finish(store, worker)
 
 
-@pytest.mark.parametrize("timeout", [None, "30", float("nan")])
+@pytest.mark.parametrize("timeout", [None, "30", float("nan"), float("inf")])
 async def test_wait_without_a_number_of_seconds_is_a_clear_error_not_a_type_error(timeout):
     """wait() never hangs (SPEC 11), so None is not "for good": it says so, before asking any store."""
     ref = JobRef("5f0c0000-0000-0000-0000-000000000000", "database", "default", keep_result=60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 STATES = ("pending", "delayed", "reserved", "waiting", "completed", "failed", "superseded", "skipped",
           "cancelled", "unknown")
 FINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
-CANCEL_KEEP = 86400.0     # seconds a cancelled job's record is kept at least (longer when it keeps results)
+POLL_FIRST, POLL_MAX = 0.05, 0.5     # SQL stores: wait() polls 50 ms doubling to 0.5 s (seen within a second)
 POLL_FIRST, POLL_MAX = 0.05, 1.0     # SQL stores: wait() polls 50 ms doubling to 1 s
 
 
@@ -221,7 +222,8 @@ class JobRef(str):
 
     async def wait(self, timeout: float = 30) -> Any:
         """handle()'s return value once the job completed; never hangs (SPEC 11), so it takes no None."""
-        if timeout is None or isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        if (timeout is None or isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not math.isfinite(timeout)):
             raise ValueError(f"wait() takes a timeout in seconds (it never waits for good), got {timeout!r}")
         if self.keep_result == 0 and self._inline is None:
             raise ResultNotKept(f"job {self} keeps no result (keep_result = 0); nothing to wait for")
