@@ -240,7 +240,12 @@ async def _call(listener: Listener, event: Event) -> None:
                         LISTENER_TIMEOUT)
         else:
             _report(listener, event, exc)
-    except Exception as exc:
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():     # the caller itself is being cancelled: not the listener's
+            raise
+        _report(listener, event, exc)
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() in a listener too: one line, never the outcome
         _report(listener, event, exc)
 
 

@@ -82,6 +82,42 @@ async def test_a_listener_that_raises_is_one_log_line_and_the_next_still_runs(ca
                      "of JobFailed raised RuntimeError: pager down"]
 
 
+@pytest.mark.parametrize("thrown", [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError()])
+async def test_a_listener_raising_a_base_exception_is_one_log_line_too_and_the_caller_goes_on(thrown, caplog):
+    """sys.exit() in a listener ended a worker with jobs left reserved, and a CancelledError made an
+    awaited dispatch raise although its job was stored: a listener never changes what its caller does."""
+    heard = []
+
+    @listen(JobFailed)
+    def broken(event):
+        raise thrown
+
+    @listen(JobFailed)
+    async def after(event):
+        heard.append(event.job_id)
+
+    with caplog.at_level(logging.WARNING, logger="events"):
+        await events.emit(failed())
+    assert heard == ["j-1"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "events"]
+    assert len(lines) == 1 and f"of JobFailed raised {type(thrown).__name__}" in lines[0]
+
+
+async def test_cancelling_the_caller_while_a_listener_runs_still_cancels_it():
+    started = asyncio.Event()
+
+    @listen(JobFailed)
+    async def slow(event):
+        started.set()
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(events.emit(failed()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_a_listener_that_overruns_is_cut_and_logged(monkeypatch, caplog):
     monkeypatch.setattr(events, "LISTENER_TIMEOUT", 0.2)
     heard = []

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 STATES = ("pending", "delayed", "reserved", "waiting", "completed", "failed", "superseded", "skipped",
           "cancelled", "unknown")
 FINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
+CANCEL_KEEP = 86400.0     # seconds a cancelled job's record is kept at least (longer when it keeps results)
 POLL_FIRST, POLL_MAX = 0.05, 0.5     # SQL stores: wait() polls 50 ms doubling to 0.5 s (seen within a second)
-POLL_FIRST, POLL_MAX = 0.05, 1.0     # SQL stores: wait() polls 50 ms doubling to 1 s
 
 
 class JobFailed(FrameworkError):
