@@ -137,3 +137,23 @@ def test_through_takes_a_list():
     pending._awaited = True                     # never pushed, on purpose: no "never awaited" warning
     with pytest.raises(FrameworkError, match="^through\\(\\) takes a list of middleware, got Tag$"):
         pending.through(Tag("x"))
+
+
+@pytest.mark.parametrize("error, tries", [("LookupError", 1), ("KeyError", 1), ("ValueError", 3)])
+async def test_fail_on_exception_given_to_through_fails_at_once_on_its_classes_and_their_subclasses(error, tries,
+                                                                                                     tmp_path):
+    """SPEC 9: middleware per dispatch too. FailOnException kept its exception classes as classes, which
+    no payload can hold: `.through([FailOnException([...])])` was refused at dispatch."""
+    from core.queue.middleware import FailOnException
+    from core.worker import Worker, WorkerOptions
+    from tests.jobs.control_jobs import RaisingJob
+    from tests.jobs.sample_jobs import read_events
+
+    log = str(tmp_path / "events")
+    async with create_app() as app:
+        await RaisingJob.dispatch(log=log, error=error).through([FailOnException([LookupError])])
+        await Worker(app, WorkerOptions(stop_when_empty=True, sleep=0.05)).run()
+        failed = await (await app.queue.failed_store()).all()
+    events = read_events(log)
+    assert [e["event"] for e in events] == ["handle"] * tries + ["failed"]
+    assert events[-1]["exception"] == error and len(failed) == 1

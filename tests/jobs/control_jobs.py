@@ -2,6 +2,8 @@
 the file named by its `log` attribute, with times on the queue store's own clock where they are compared."""
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import os
 from typing import Any
@@ -145,3 +147,21 @@ class ExpiringJob(Job):
 
 class QuietlyExpiringJob(ExpiringJob):
     expires_quietly = True
+
+
+class RaisingJob(Job):
+    """Raises the built-in exception `error` names on every try (3 of them), recording each try and failed()."""
+
+    max_tries = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = ""
+        self.error = "KeyError"
+
+    async def handle(self) -> None:
+        record(self.log, event="handle", attempts=self.attempts)
+        raise getattr(builtins, self.error)("the reading was lost")
+
+    async def failed(self, exception: BaseException) -> None:
+        record(self.log, event="failed", exception=type(exception).__name__)

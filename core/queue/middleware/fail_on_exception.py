@@ -1,11 +1,16 @@
 """FailOnException([...]) (SPEC 9): these exceptions fail the job at once (failed() once, then
-failed_jobs), no retry. Given exception classes, or a callable (exception, job) -> bool."""
+failed_jobs), no retry. Given exception classes, or a callable (exception, job) -> bool.
+
+The classes are kept as their class paths and matched on the exception's MRO (as dont_retry is), so
+the middleware travels in a payload (`.through([FailOnException([...])])`): a worker imports
+nothing a payload names to answer. A callable cannot travel; it is for middleware() and config."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from core.job import Job, intend, intent_of
+from core.options import class_path, exception_matches
 from core.queue.middleware.checks import InvalidMiddleware
 
 
@@ -14,7 +19,7 @@ class FailOnException:
         if isinstance(exceptions, type) or not (callable(exceptions) or _classes(exceptions)):
             raise InvalidMiddleware(f"FailOnException: give a list of exception classes or a callable "
                                     f"(exception, job) -> bool, got {exceptions!r}")
-        self.matches = exceptions if callable(exceptions) else tuple(exceptions)
+        self.matches = exceptions if callable(exceptions) else [class_path(c) for c in exceptions]
 
     async def __call__(self, job: Job, next: Any) -> Any:
         try:
@@ -27,8 +32,8 @@ class FailOnException:
             return None
 
     def _fails(self, exc: Exception, job: Job) -> bool:
-        if isinstance(self.matches, tuple):
-            return isinstance(exc, self.matches)
+        if isinstance(self.matches, (list, tuple)):
+            return exception_matches(exc, self.matches)
         return bool(self.matches(exc, job))
 
 
