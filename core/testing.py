@@ -8,6 +8,7 @@ worker would refuse. `dispatch_sync` is not intercepted. Never imported by the r
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -76,7 +77,8 @@ class _FakeConnection(KeepsNothing):
                 continue
             if p.state == "completed" and p.payload.keep_result:
                 return from_record(job_id, completed_record(p.payload, p.attempts, p.result))
-            state = p.state if p.state != "released" else "delayed" if p.delay else "pending"
+            # Not run yet, or released: `delayed` while it has a delay (the fake keeps no clock: it stays so).
+            state = p.state if p.state not in ("pending", "released") else "delayed" if p.delay else "pending"
             exception = None if p.exception is None else exception_text(p.exception, [])
             return JobStatus(state=state, queue=p.queue, job=p.payload.job, id=job_id, attempts=p.attempts,
                              max_tries=p.payload.max_tries, keep_result=p.payload.keep_result,
@@ -93,7 +95,9 @@ class _FakeConnection(KeepsNothing):
         return "unknown" if status is None else status.state
 
     async def await_change(self, queue: str | None, job_id: str, seconds: float) -> None:
-        raise TimeoutError(f"job {job_id} never finishes under QueueFake unless the test runs it (run_pushed())")
+        """As a polled store: wait() asks again after `seconds` (another task may run_pushed() meanwhile),
+        and raises WaitTimeout with the last state once its time is up."""
+        await asyncio.sleep(seconds)
 
 
 class QueueFake:

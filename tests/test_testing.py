@@ -102,6 +102,24 @@ async def test_the_fake_answers_status_and_wait_as_a_worker_and_its_store_would(
     assert failed.attempts == 1 and failed.dispatched_at is not None
 
 
+async def test_under_the_fake_a_delayed_job_is_delayed_and_wait_times_out_with_its_state(queue_fake):
+    """As on every store: a job dispatched with a delay reads `delayed` until it runs, and wait() on a
+    job no one ran raises WaitTimeout (a TimeoutError) with the last state once its time is up."""
+    import time
+
+    from core.queue import WaitTimeout
+
+    later = await AddJob.dispatch(a=1, b=2).delay(60)
+    now = await AddJob.dispatch(a=1, b=1)
+    assert (await later.status()).state == "delayed" and (await now.status()).state == "pending"
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as timed_out:
+        await now.wait(0.3)
+    assert timed_out.value.state == "pending" and time.monotonic() - started >= 0.3
+    await queue_fake.run_pushed()
+    assert await later.wait(1) == 3
+
+
 async def test_after_the_fake_dispatch_reaches_the_real_store_again(app):
     from core.testing import QueueFake
 
