@@ -139,6 +139,32 @@ async def test_a_job_whose_payload_was_spoiled_keeps_its_id_in_failed_jobs_and_t
     assert read_events(log) == []
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "pgsql"])
+async def test_a_spoiled_row_with_no_uuid_is_failed_under_the_id_its_event_gives(kind, request, monkeypatch,
+                                                                                 tmp_path):
+    """A jobs row with no uuid (written by hand, or by an earlier release) and a payload that is not
+    JSON was recorded under a random uuid while its JobFailed event named the row: a listener could not
+    find the row, and queue:retry with the id the event and the log gave found nothing."""
+    from core import events
+    from core.events import JobFailed, listen
+
+    store_env(request, kind)
+    monkeypatch.setenv("QUEUE_CONNECTION", "database")
+    monkeypatch.setattr(events, "_listeners", {})
+    monkeypatch.setattr(events, "_discovered", True)
+    heard: list[str] = []
+    listen(JobFailed)(lambda event: heard.append(event.job_id))
+    async with create_app() as app:
+        ref = await RecordingJob.dispatch(log=str(tmp_path / "events"), value="spoiled")
+        db = await app.queue.database()
+        await db.execute("UPDATE jobs SET uuid = NULL, payload = ? WHERE uuid = ?", ("not json {", str(ref)))
+        await drain(app)
+        failed = await (await app.queue.failed_store()).all()
+        assert len(heard) == 1 and [row.uuid for row in failed] == heard
+        status = await (await app.queue.connection()).job_status(None, heard[0])
+        assert status is not None and status.state == "failed"
+
+
 async def test_redis_ids_and_payloads_that_are_not_utf8_do_not_jam_a_batch(redis_env, monkeypatch, tmp_path):
     """The reserve reply could not be decoded: those jobs and the good ones of the same batch sat reserved."""
     monkeypatch.setenv("QUEUE_CONNECTION", "redis")

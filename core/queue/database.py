@@ -699,8 +699,10 @@ class DatabaseQueue(DatabaseJobs, QueueConnection, QueueAdmin):
 
     def _fail_steps(self, job: ReservedJob, exception: str) -> Steps[bool]:
         job_uuid = peek_uuid(job.payload)
-        # A payload with no readable uuid (not JSON): the row's, the id it was dispatched under.
-        row_uuid = None if job_uuid else ((yield fetch(UUID_OF, (int(job.id),))) or [(None,)])[0][0]
+        # A payload with no readable uuid (not JSON): the row's, the id it was dispatched under; a row
+        # with none (written by hand, or by an earlier release) by its own id, the one its JobFailed
+        # event and log lines name, so queue:retry takes the id they give.
+        row_uuid = None if job_uuid else ((yield fetch(UUID_OF, (int(job.id),))) or [(None,)])[0][0] or job.id
         if (yield change(DELETE_HELD, fence(job))) != 1:
             return False
         yield from self.failed.record_steps(self.name, job.queue, job.payload, exception, job.attempts, row_uuid)
