@@ -17,6 +17,7 @@ from core.errors import ConnectionFailed, FrameworkError, QueueConnectionError
 from core.events import JobQueued
 from core.job import Job, validate_queue_name
 from core.job_settings import frozen_middleware
+from core.options import MAX_DELAY
 from core.payload import Payload, check_size
 from core.queue.status import JobRef, JobStatus
 
@@ -30,12 +31,16 @@ log = logging.getLogger("dispatch")
 def delay_seconds(delay: float | timedelta | datetime) -> float:
     """Seconds from now; a naive datetime is local time, as datetime.timestamp() reads it."""
     if isinstance(delay, timedelta):
-        return max(0.0, delay.total_seconds())
-    if isinstance(delay, datetime):
-        return max(0.0, delay.timestamp() - time.time())
-    if isinstance(delay, (int, float)) and not isinstance(delay, bool):
-        return max(0.0, float(delay))
-    raise FrameworkError(f"delay must be seconds, a timedelta or a datetime, got {type(delay).__name__}")
+        seconds = max(0.0, delay.total_seconds())
+    elif isinstance(delay, datetime):
+        seconds = max(0.0, delay.timestamp() - time.time())
+    elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
+        seconds = max(0.0, float(delay)) if delay == delay else float("nan")     # max() would turn NaN into 0
+    else:
+        raise FrameworkError(f"delay must be seconds, a timedelta or a datetime, got {type(delay).__name__}")
+    if not seconds <= MAX_DELAY:        # NaN too
+        raise FrameworkError(f"delay must be at most {MAX_DELAY} seconds (50 years), got {delay!r}")
+    return seconds
 
 
 class PendingDispatch:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from core.errors import FrameworkError, InvalidQueueName
 from core.job_settings import (SETTING_NAMES, InvalidJobSetting, InvalidPriority, SerializationError, _number,
                                due_deadline, frozen_settings)
-from core.options import DEFAULT_MAX_RELEASES, MIDDLEWARE, RETRY_UNTIL, Exponential
+from core.options import DEFAULT_MAX_RELEASES, MAX_DELAY, MIDDLEWARE, RETRY_UNTIL, Exponential
 from core.payload import InvalidPayload, Payload, from_json_value, import_class, new_id, now, to_json_value
 
 if TYPE_CHECKING:
@@ -277,9 +277,9 @@ def intend(job: Job, kind: str, delay: float = 0, exception: BaseException | str
     RuntimeError, except over a "retry" (only a hint how to retry a failed try: any decision replaces it)."""
     if kind not in INTENT_KINDS or by not in ("job", "middleware"):
         raise ValueError(f"an intent is one of {', '.join(INTENT_KINDS)}, by job or middleware; got {kind!r} by {by!r}")
-    if not _number(delay) or delay < 0:
-        raise ValueError(f"{type(job).__name__}.{kind}() delay must be a finite number of seconds of 0 or more, "
-                         f"got {delay!r}")
+    if not _number(delay) or not 0 <= delay <= MAX_DELAY:
+        raise ValueError(f"{type(job).__name__}.{kind}() delay must be a finite number of seconds from 0 to "
+                         f"{MAX_DELAY} (50 years), got {delay!r}")
     recorded = intent_of(job)
     if recorded is not None and recorded.kind != "retry":
         raise RuntimeError(f"{type(job).__name__} already chose to {recorded.kind} (by {recorded.by}); only the "

@@ -69,6 +69,11 @@ def exception_matches(exception: BaseException, paths: Iterable[str]) -> bool:
     return bool(wanted) and any(class_path(c) in wanted for c in type(exception).__mro__)
 
 
+# The longest delay a dispatch or a release may ask for: every store can hold its due time (MySQL's
+# columns are unsigned 32-bit seconds, until 2106), and a larger one is a mistake, not a plan.
+MAX_DELAY = 50 * 365 * 86400
+
+
 def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 

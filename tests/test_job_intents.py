@@ -63,7 +63,7 @@ def test_a_retry_hint_gives_way_to_any_decision():
     assert intent_of(job) == Intent("fail", 0.0, boom, "middleware")
 
 
-@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), "30", True])
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), "30", True, 10 ** 12])
 def test_a_bad_release_delay_is_one_clear_error(delay):
     job = VendorJob()
     with pytest.raises(ValueError, match="VendorJob.release.. delay must be a finite number of seconds"):
