@@ -121,6 +121,11 @@ async def test_a_listener_that_overruns_changes_nothing_and_the_worker_goes_on(t
     assert [line for line in result.stdout.splitlines() if "overran" in line] == [
         line for line in result.stdout.splitlines() if "listener slow of JobProcessing overran 5s and was cut" in line]
     assert len([line for line in result.stdout.splitlines() if "overran" in line]) == 1
+    # The job's time is its own: the DONE line and JobProcessed.duration leave the listener's 5 s out.
+    [processed] = [e for e in events if e["event"] == "JobProcessed" and e["job_id"] == first]
+    assert processed["duration"] < 2.5, processed
+    [done] = [line for line in result.stdout.splitlines() if " DONE " in line and first in line]
+    assert float(done.rsplit(" ", 1)[1].removesuffix("ms")) < 2500, done
 
 
 async def test_a_worker_killed_on_the_last_try_is_failed_by_the_next_with_max_attempts_exceeded(store, tmp_path,

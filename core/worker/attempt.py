@@ -53,10 +53,11 @@ class RecordedFailure(Exception):
 @dataclass(slots=True, eq=False)
 class Attempt:
     """A reserved job being worked on, and what settling its outcome needs to know. Never changed once
-    made (not frozen: one is made per job, and a frozen __init__ costs three times a plain one's)."""
+    made but for `started`, taken again once JobProcessing's listeners were heard (not frozen: one is
+    made per job, and a frozen __init__ costs three times a plain one's)."""
     reserved: ReservedJob
     slot: int                      # the job's key in Worker._running
-    started: float                 # time.monotonic() when the worker took it up
+    started: float                 # time.monotonic() when the worker took it up (after JobProcessing was heard)
     label: str                     # "DisplayName [uuid]" in log lines
     job: Job | None = None         # None: the payload could not be turned back into a job
     payload: Payload | None = None

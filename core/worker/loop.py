@@ -592,6 +592,7 @@ class Worker:
             heard = self._events.processing(attempt)   # JobProcessing: heard before the middleware runs
             if heard is not None:
                 await heard
+                attempt.started = time.monotonic()     # a job's time is its own, not its listeners'
             self._in_run.add(slot)
             try:
                 outcome = await self.attempts.run(attempt, self._settler.settle)
