@@ -91,8 +91,10 @@ def _expired(reserved: ReservedJob, payload: Payload) -> Fail | Delete | None:
         return None
     if payload.expires_quietly:
         return Delete("expired")
+    # A job released before (by itself from handle(), or by a middleware) may have run: not run *again*.
+    ran = "it was not run" if reserved.attempts <= 1 else "it was not run again"
     return Fail(JobExpired(f"{_name(payload)} was not started within {limit:g}s of being due (reserved "
-                           f"{late:.1f}s after); it was not run"))
+                           f"{late:.1f}s after); {ran}"))
 
 
 def _past_deadline(reserved: ReservedJob, payload: Payload) -> Fail | None:
